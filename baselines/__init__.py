@@ -1,0 +1,1 @@
+"""Baseline pipelines the end-to-end model is compared against (the cascade)."""

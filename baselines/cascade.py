@@ -1,0 +1,148 @@
+"""The cascade baseline: Whisper ASR -> LLM -> TTS, streaming the answer piece by piece.
+
+`CascadePipeline.run` is a generator of `omni_cli.events`: the transcript, then text
+deltas as the LLM writes them; whenever a sentence or long clause is complete it is
+synthesized at once and its audio chunk yielded, so the first piece is spoken while
+the LLM is still generating the rest. `respond` drains the same generator.
+This module knows nothing about the CLI or rendering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from omni_cli.asr import ASR, AsrOptions, load_asr
+from omni_cli.audio import SAMPLE_RATE
+from omni_cli.errors import InputError
+from omni_cli.events import (
+    AudioChunk,
+    Done,
+    ErrorEvent,
+    Event,
+    SpeechEnded,
+    StageTiming,
+    TextDelta,
+    TextSegment,
+    Transcript,
+    now,
+)
+from omni_cli.llm import SPOKEN_SYSTEM_PROMPT, ChatLLM, GenerationOptions
+from omni_cli.metrics import latency_metrics
+from omni_cli.text import ChunkerOptions, SentenceChunker, clean_for_speech
+from omni_cli.tts import TTS, load_tts
+from omni_cli.vad import has_speech
+
+
+@dataclass(frozen=True)
+class CascadeOptions:
+    system_prompt: str = SPOKEN_SYSTEM_PROMPT  # asks for short, spoken-style answers
+    generation: GenerationOptions = field(default_factory=GenerationOptions)
+    chunker: ChunkerOptions = field(default_factory=ChunkerOptions)
+    check_speech: bool = True  # refuse silence-only input (Silero VAD) before running models
+
+
+@dataclass(frozen=True, eq=False)
+class Response:
+    """A drained run: what was heard, what was answered, the reply audio and the events."""
+
+    transcript: str | None
+    text: str
+    audio: np.ndarray
+    sample_rate: int
+    events: tuple[Event, ...]
+
+    @property
+    def metrics(self) -> dict[str, float | None]:
+        return latency_metrics(self.events)
+
+
+def collect(events: Iterator[Event], sample_rate: int) -> Response:
+    """Drain an event stream into a Response (raises the message of an ErrorEvent)."""
+    from omni_cli.errors import OmniError
+
+    seen: list[Event] = []
+    for e in events:
+        seen.append(e)
+        if isinstance(e, ErrorEvent):
+            raise OmniError(e.message)
+    done = next((e for e in reversed(seen) if isinstance(e, Done)), None)
+    chunks = [e.samples for e in seen if isinstance(e, AudioChunk)]
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    return Response(
+        transcript=done.transcript if done else None,
+        text=done.text if done else "",
+        audio=audio,
+        sample_rate=sample_rate,
+        events=tuple(seen),
+    )
+
+
+class CascadePipeline:
+    mode = "cascade"
+
+    def __init__(self, asr: ASR, llm: ChatLLM, tts: TTS, options: CascadeOptions = CascadeOptions()):
+        self.asr, self.llm, self.tts, self.options = asr, llm, tts, options
+
+    @classmethod
+    def load(
+        cls,
+        asr_model: str | None = None,
+        asr_backend: str = "faster-whisper",
+        llm: str | None = None,
+        tts: str = "piper",
+        voice: str | None = None,
+        options: CascadeOptions = CascadeOptions(),
+        asr_options: AsrOptions = AsrOptions(),
+    ) -> CascadePipeline:
+        return cls(load_asr(asr_model, asr_backend, asr_options), ChatLLM.load(llm), load_tts(tts, voice), options)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.tts.sample_rate
+
+    def run(self, audio: np.ndarray, history: list[dict[str, str]] | None = None) -> Iterator[Event]:
+        """Answer the speech in `audio` (16 kHz mono); `history` holds earlier chat turns."""
+        if self.options.check_speech and not has_speech(audio):
+            raise InputError("no speech detected in the input (silence or noise only)")
+        yield SpeechEnded(duration_s=len(audio) / SAMPLE_RATE)
+
+        t = now()
+        transcript = self.asr.transcribe(audio).text.strip()
+        yield StageTiming(stage="asr", seconds=now() - t)
+        yield Transcript(text=transcript)
+        if not transcript:
+            yield ErrorEvent(message="no words were recognized in the input speech")
+            return
+
+        messages = [{"role": "system", "content": self.options.system_prompt}, *(history or [])]
+        messages.append({"role": "user", "content": transcript})
+        chunker = SentenceChunker(self.options.chunker)
+        answer: list[str] = []
+        spoken = 0
+        t = now()
+        for step in self.llm.stream_chat(messages, self.options.generation):
+            if not step.text:
+                continue
+            answer.append(step.text)
+            yield TextDelta(text=step.text)
+            for piece in chunker.feed(step.text):
+                yield from self._speak(piece, spoken)
+                spoken += 1
+        for piece in chunker.flush():
+            yield from self._speak(piece, spoken)
+            spoken += 1
+        yield Done(text="".join(answer).strip(), transcript=transcript)
+
+    def _speak(self, piece: str, index: int) -> Iterator[Event]:
+        yield TextSegment(text=piece, index=index)
+        t = now()
+        samples = self.tts.synthesize(clean_for_speech(piece))
+        yield StageTiming(stage="tts", seconds=now() - t)
+        if samples.size:
+            yield AudioChunk(samples=samples, sample_rate=self.tts.sample_rate, index=index)
+
+    def respond(self, audio: np.ndarray, history: list[dict[str, str]] | None = None) -> Response:
+        return collect(self.run(audio, history), self.sample_rate)

@@ -1,0 +1,148 @@
+"""Speech recognition: Whisper behind one interface, two backends over the same weights.
+
+- `faster-whisper` (CTranslate2, int8 on CPU): the default, several times faster on CPU;
+- `openai-whisper` (the reference torch implementation).
+Both decode with the same options (`AsrOptions`), so their outputs are comparable.
+`load_asr` resolves the model spec through the registry. This module knows nothing
+about pipelines or the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from omni_cli.audio import SAMPLE_RATE
+from omni_cli.errors import ConfigError, ModelNotFoundError
+from omni_cli.registry import resolve_whisper
+
+BACKENDS = ("faster-whisper", "openai-whisper")
+
+
+@dataclass(frozen=True)
+class AsrOptions:
+    beam_size: int = 5  # beam search width (1 = greedy)
+    language: str | None = None  # None: English for .en models, detected otherwise
+    condition_on_previous_text: bool = True  # feed the previous window's text as the prompt
+    compute_type: str = "int8"  # faster-whisper on CPU: int8 | float32 (openai-whisper runs float32 on CPU)
+    threads: int = 0  # CPU threads for faster-whisper (0: its default)
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Transcription:
+    text: str
+    segments: tuple[Segment, ...]
+    language: str
+    duration_s: float
+
+
+class ASR(Protocol):
+    backend: str
+    label: str
+
+    def transcribe(self, audio: np.ndarray) -> Transcription: ...
+
+
+def _join(segments: list[Segment]) -> str:
+    return " ".join(s.text.strip() for s in segments if s.text.strip())
+
+
+class FasterWhisperASR:
+    backend = "faster-whisper"
+
+    def __init__(self, model: str | None = None, options: AsrOptions = AsrOptions(), device: str = "cpu"):
+        from faster_whisper import WhisperModel
+
+        resolved = resolve_whisper(model, need="ct2")
+        self.label = resolved.label
+        self.options = options
+        source = str(resolved.ct2_dir) if resolved.ct2_dir else resolved.remote_name
+        compute_type = options.compute_type if device == "cpu" else "float16"
+        try:
+            self.model = WhisperModel(source, device=device, compute_type=compute_type, cpu_threads=options.threads)
+        except Exception as exc:  # noqa: BLE001 - a hub fetch or a corrupt folder; say which
+            raise ModelNotFoundError(
+                f"could not load Whisper '{source}' with faster-whisper ({type(exc).__name__}: {str(exc)[:120]}); "
+                "offline, use the embedded 'tiny.en' or a local CTranslate2 folder"
+            ) from exc
+
+    def transcribe(self, audio: np.ndarray) -> Transcription:
+        o = self.options
+        segments, info = self.model.transcribe(
+            audio,
+            beam_size=o.beam_size,
+            language=o.language,
+            condition_on_previous_text=o.condition_on_previous_text,
+        )
+        segs = [Segment(s.start, s.end, s.text) for s in segments]
+        return Transcription(_join(segs), tuple(segs), info.language, len(audio) / SAMPLE_RATE)
+
+
+class OpenAIWhisperASR:
+    backend = "openai-whisper"
+
+    def __init__(self, model: str | None = None, options: AsrOptions = AsrOptions(), device: str = "cpu"):
+        import torch
+        import whisper
+
+        resolved = resolve_whisper(model, need="openai")
+        self.label = resolved.label
+        self.options = options
+        self.device = device
+        source = str(resolved.openai_checkpoint) if resolved.openai_checkpoint else resolved.remote_name
+        try:
+            self.model = whisper.load_model(source, device=device)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelNotFoundError(
+                f"could not load Whisper '{source}' with openai-whisper ({type(exc).__name__}: {str(exc)[:120]}); "
+                "offline, use the embedded 'tiny.en' or a local checkpoint"
+            ) from exc
+        if resolved.openai_checkpoint:
+            heads = torch.load(resolved.openai_checkpoint, map_location="cpu", weights_only=True).get("alignment_heads")
+            if heads:
+                dims = self.model.dims
+                mask = torch.zeros(dims.n_text_layer, dims.n_text_head, dtype=torch.bool)
+                for layer, head in heads:
+                    mask[layer, head] = True
+                self.model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
+
+    def transcribe(self, audio: np.ndarray) -> Transcription:
+        o = self.options
+        language = o.language or ("en" if not self.model.is_multilingual else None)
+        result = self.model.transcribe(
+            audio,
+            fp16=self.device != "cpu",
+            language=language,
+            beam_size=o.beam_size if o.beam_size > 1 else None,
+            best_of=5,
+            condition_on_previous_text=o.condition_on_previous_text,
+            verbose=None,
+        )
+        segs = [Segment(s["start"], s["end"], s["text"]) for s in result["segments"]]
+        return Transcription(_join(segs), tuple(segs), result.get("language") or "en", len(audio) / SAMPLE_RATE)
+
+
+def load_asr(model: str | None = None, backend: str = "faster-whisper", options: AsrOptions = AsrOptions(), device: str = "cpu") -> ASR:
+    if backend == "faster-whisper":
+        return FasterWhisperASR(model, options, device)
+    if backend == "openai-whisper":
+        if options.threads:
+            import torch
+
+            torch.set_num_threads(options.threads)
+        return OpenAIWhisperASR(model, options, device)
+    raise ConfigError(f"unknown --asr-backend '{backend}': choose one of {', '.join(BACKENDS)}")
+
+
+def default_threads() -> int:
+    return os.cpu_count() or 1

@@ -1,0 +1,166 @@
+"""Reading, checking and writing audio.
+
+`load_audio` turns any common audio file (any sample rate, any channel count) into
+16 kHz mono float32, or raises `InputError` with a one-line reason: missing, not a
+file, empty, not audio, corrupt, no samples, too long. Decoding is libsndfile
+(soundfile) with FFmpeg (PyAV) as the fallback for containers libsndfile lacks;
+resampling is soxr. Writing is atomic, so a killed run never leaves a half file.
+This module knows nothing about models.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from omni_cli.errors import InputError
+
+SAMPLE_RATE = 16_000
+MAX_DURATION_S = 30 * 60.0
+AUDIO_EXTENSIONS = frozenset(
+    ".wav .wave .flac .mp3 .ogg .oga .opus .m4a .aac .wma .webm .aiff .aif .aifc .au .caf .mp4 .mka".split()
+)
+
+
+def shown(path: str | os.PathLike) -> str:
+    """A printable form of a path, whatever bytes its name holds (non-UTF-8 names)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def is_audio_path(path: Path) -> bool:
+    return path.suffix.lower() in AUDIO_EXTENSIONS
+
+
+def _probe_duration(path: Path) -> float | None:
+    """Duration from the header alone, without decoding (None when unknown)."""
+    try:
+        info = sf.info(str(path))
+        if info.samplerate > 0 and info.frames > 0:
+            return info.frames / info.samplerate
+    except Exception:  # noqa: BLE001 - libsndfile can't read it; PyAV may
+        pass
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            if container.duration:
+                return container.duration / 1_000_000
+    except Exception:  # noqa: BLE001
+        pass
+    return None
+
+
+def _decode_soundfile(path: Path) -> tuple[np.ndarray, int]:
+    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    return data.mean(axis=1), sr
+
+
+def _decode_av(path: Path) -> tuple[np.ndarray, int]:
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise InputError(f"{shown(path)}: the file has no audio stream")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        pieces = []
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                pieces.append(out.to_ndarray().reshape(-1))
+        for out in resampler.resample(None):
+            pieces.append(out.to_ndarray().reshape(-1))
+    if not pieces:
+        return np.zeros(0, dtype=np.float32), SAMPLE_RATE
+    return np.concatenate(pieces).astype(np.float32), SAMPLE_RATE
+
+
+def load_audio(
+    path: str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    max_duration_s: float | None = MAX_DURATION_S,
+) -> np.ndarray:
+    """Decode `path` to mono float32 at `sample_rate`; raise InputError with the reason."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{shown(path)}: no such file")
+    if path.is_dir():
+        raise InputError(f"{shown(path)}: is a directory, not an audio file")
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"{shown(path)}: the file is empty (0 bytes)")
+    duration = _probe_duration(path)
+    if max_duration_s is not None and duration is not None and duration > max_duration_s:
+        raise InputError(
+            f"{shown(path)}: audio is {duration / 60:.1f} min long, over the "
+            f"{max_duration_s / 60:.0f} min limit (raise it with --max-duration)"
+        )
+    try:
+        audio, sr = _decode_soundfile(path)
+    except Exception:  # noqa: BLE001 - not something libsndfile reads; try FFmpeg
+        try:
+            audio, sr = _decode_av(path)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            kind = "corrupt or not an audio file" if is_audio_path(path) else "not an audio file"
+            raise InputError(f"{shown(path)}: {kind} ({type(exc).__name__})") from exc
+    if audio.size == 0:
+        raise InputError(f"{shown(path)}: the audio has no samples (zero length)")
+    if not np.isfinite(audio).all():
+        raise InputError(f"{shown(path)}: corrupt audio (non-finite samples)")
+    if max_duration_s is not None and audio.size / sr > max_duration_s:
+        raise InputError(
+            f"{shown(path)}: audio is {audio.size / sr / 60:.1f} min long, over the "
+            f"{max_duration_s / 60:.0f} min limit (raise it with --max-duration)"
+        )
+    if sr != sample_rate:
+        audio = soxr.resample(audio, sr, sample_rate)
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    if from_rate == to_rate:
+        return audio.astype(np.float32, copy=False)
+    return soxr.resample(audio, from_rate, to_rate).astype(np.float32)
+
+
+def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> Path:
+    """Write 16-bit PCM wav atomically (a temp file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        sf.write(tmp, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def find_audio_files(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Expand files and folders (recursively) into audio files, sorted per folder.
+
+    Returns (files, problems): a path that does not exist, or a folder with no audio
+    in it, is a problem with its reason; a file given by name is kept whatever its
+    extension (the decoder decides), so a user's mislabelled file is not skipped silently.
+    """
+    files: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and is_audio_path(f))
+            if not found:
+                problems.append((p, f"{shown(p)}: no audio files in this folder"))
+            files.extend(found)
+        elif p.exists():
+            files.append(p)
+        else:
+            problems.append((p, f"{shown(p)}: no such file or folder"))
+    return files, problems

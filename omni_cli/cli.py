@@ -1,0 +1,329 @@
+"""The `omni` command line: parses options, calls the library, renders the results.
+
+Data goes to stdout (transcripts, answers, JSON); progress, tables and diagnostics go to
+stderr. Expected failures (`OmniError`) become one red line and a non-zero exit; a
+traceback is shown only with --debug (anywhere on the command line, or OMNI_DEBUG=1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from omni_cli import __version__
+from omni_cli import render as ui
+from omni_cli.errors import ConfigError, OmniError
+
+app = typer.Typer(
+    name="omni",
+    help="Spoken conversation with LLMs: transcribe, respond, and measure how well and how fast.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+models_app = typer.Typer(help="List the known models and prepare the embedded defaults.", no_args_is_help=False)
+app.add_typer(models_app, name="models")
+
+DEBUG = bool(os.environ.get("OMNI_DEBUG"))
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turn expected failures into one line on stderr and an exit code."""
+    try:
+        yield
+    except OmniError as exc:
+        if DEBUG:
+            raise
+        ui.error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the CLI boundary: no traceback for users
+        if DEBUG:
+            raise
+        ui.error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        raise typer.Exit(70) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"omni {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    """Spoken conversation with LLMs: transcribe, respond, and measure how well and how fast.
+
+    Add --debug anywhere to see tracebacks.
+    """
+
+
+# -- omni models ------------------------------------------------------------------------
+
+
+def _model_rows() -> list[dict]:
+    from omni_cli.registry import MODELS
+
+    return [
+        {
+            "name": m.name,
+            "role": m.role,
+            "size": m.size,
+            "source": m.source,
+            "license": m.license,
+            "status": m.status(),
+            "default": m.default,
+            "install": m.install,
+        }
+        for m in MODELS.values()
+    ]
+
+
+@models_app.callback(invoke_without_command=True)
+def models_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+) -> None:
+    """List the known models: role, size, source, license and status (installed / cached / missing).
+
+    [bold]Example:[/] omni models
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    with user_errors():
+        rows = _model_rows()
+        if as_json:
+            ui.out(json.dumps(rows, indent=2) + "\n")
+            return
+        ui.err.print(ui.models_table(rows))
+        missing = [r for r in rows if r["status"] == "missing"]
+        for r in missing:
+            ui.note(f"{r['name']}: missing; install with `{r['install']}`")
+        from omni_cli.cache import cache_dir
+
+        ui.note(f"cache: {cache_dir()} (set OMNI_CACHE_DIR to move it)")
+
+
+@models_app.command("prepare")
+def models_prepare() -> None:
+    """Convert the embedded default models once (Whisper for openai-whisper, the GGUF LLM to safetensors).
+
+    [bold]Example:[/] omni models prepare
+    """
+    from omni_cli.registry import prepare_defaults
+
+    with user_errors():
+        prepare_defaults(progress=ui.note)
+        ui.note("embedded defaults ready")
+
+
+# -- omni transcribe --------------------------------------------------------------------
+
+
+class Format(str, Enum):
+    txt = "txt"
+    json = "json"
+    srt = "srt"
+    vtt = "vtt"
+
+
+class Backend(str, Enum):
+    faster_whisper = "faster-whisper"
+    openai_whisper = "openai-whisper"
+
+
+AsrModelOpt = Annotated[
+    str | None,
+    typer.Option("--asr", help="Whisper model: 'tiny.en' (embedded), a local folder/.pt, or a name such as large-v3 (network)."),
+]
+BackendOpt = Annotated[Backend, typer.Option("--asr-backend", help="Whisper implementation.")]
+BeamOpt = Annotated[int, typer.Option("--beam-size", min=1, help="Beam width for Whisper decoding (1 = greedy).")]
+MaxDurOpt = Annotated[float, typer.Option("--max-duration", min=1.0, help="Refuse audio longer than this many seconds.")]
+
+
+@app.command()
+def transcribe(
+    paths: Annotated[list[Path], typer.Argument(help="Audio files and/or folders (searched recursively).", show_default=False)],
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.txt,
+    ref: Annotated[Path | None, typer.Option("--ref", help="Reference manifest: TSV (path<TAB>text) or JSONL (audio, text).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Write one output file per input into this folder.")] = None,
+    asr_model: AsrModelOpt = None,
+    backend: BackendOpt = Backend.faster_whisper,
+    beam_size: BeamOpt = 5,
+    max_duration: MaxDurOpt = 1800.0,
+) -> None:
+    """Transcribe audio files and folders with Whisper; with references, report per-file and corpus WER.
+
+    References: a .txt beside each audio file (same name), or --ref. WER is computed after
+    Whisper's English text normalizer on both sides. A file that fails is reported and the rest go on.
+
+    [bold]Examples:[/]
+      omni transcribe talk.wav
+      omni transcribe recordings/ --format json --ref refs.tsv > results.json
+      omni transcribe lecture.mp3 --format srt --out subs/
+    """
+    from omni_cli.asr import AsrOptions, load_asr
+    from omni_cli.audio import shown
+    from omni_cli.transcribe import corpus_wer, render, transcribe_paths
+
+    with user_errors():
+        if len(paths) > 1 or any(p.is_dir() for p in paths):
+            if fmt in (Format.srt, Format.vtt) and out_dir is None:
+                raise ConfigError(f"--format {fmt.value} with several files needs --out DIR (one subtitle file per input)")
+        with ui.err.status("loading Whisper ..."):
+            asr = load_asr(asr_model, backend.value, AsrOptions(beam_size=beam_size))
+        total, results_iter = transcribe_paths(asr, paths, ref, max_duration)
+        single = total == 1
+        results = []
+        with ui.progress() as bar:
+            task = bar.add_task("transcribing", total=total)
+            for r in results_iter:
+                results.append(r)
+                bar.advance(task)
+                if r.error:
+                    bar.console.print(f"[red]failed:[/] {r.error}", soft_wrap=True)
+                    continue
+                if out_dir is not None:
+                    target = out_dir / f"{r.path.stem}.{fmt.value}"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(render(r, fmt.value), encoding="utf-8")
+                elif fmt == Format.txt:
+                    ui.out(render(r, "txt") if single else f"{shown(r.path)}\t{r.text}\n")
+                elif fmt in (Format.srt, Format.vtt):
+                    ui.out(render(r, fmt.value))
+        if fmt == Format.json and out_dir is None:
+            ui.out(json.dumps([r.to_json() for r in results], ensure_ascii=False, indent=2) + "\n")
+        cwer = corpus_wer(results)
+        failed = [r for r in results if r.error]
+        if not single or cwer is not None:
+            ui.err.print(ui.transcribe_table(results, cwer))
+        if out_dir is not None:
+            ui.note(f"wrote {len(results) - len(failed)} file(s) to {shown(out_dir)}")
+        if failed:
+            if single:
+                raise OmniError(failed[0].error)
+            ui.error(f"{len(failed)} of {len(results)} file(s) failed")
+            raise typer.Exit(1)
+
+
+# -- omni respond -----------------------------------------------------------------------
+
+
+class Mode(str, Enum):
+    cascade = "cascade"
+
+
+class TtsEngine(str, Enum):
+    piper = "piper"
+    espeak = "espeak"
+
+
+@app.command()
+def respond(
+    audio_path: Annotated[Path, typer.Argument(metavar="AUDIO", help="The spoken request (any common audio format).", show_default=False)],
+    mode: Annotated[Mode, typer.Option("--mode", "-m", help="Pipeline.")] = Mode.cascade,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write the spoken answer (wav). Default: <input name>.reply.wav here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (transcript, text, audio, metrics) instead of text.")] = False,
+    asr_model: AsrModelOpt = None,
+    backend: BackendOpt = Backend.faster_whisper,
+    beam_size: BeamOpt = 5,
+    llm: Annotated[str | None, typer.Option("--llm", help="LLM: 'smollm2-135m-instruct' (embedded), a local folder or .gguf, or a hub id (network).")] = None,
+    tts: Annotated[TtsEngine, typer.Option("--tts", help="Voice engine for the cascade.")] = TtsEngine.piper,
+    voice: Annotated[str | None, typer.Option("--voice", help="Piper voice (.onnx path) or espeak-ng voice name.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer in tokens.")] = 160,
+    system_prompt: Annotated[str | None, typer.Option("--system-prompt", help="Replace the spoken-style system prompt.")] = None,
+    max_duration: MaxDurOpt = 1800.0,
+) -> None:
+    """Answer a spoken request with text and speech, and report how fast it went.
+
+    The cascade transcribes (Whisper), streams the LLM's answer, and speaks each sentence as
+    soon as it is complete. The answer text goes to stdout, the spoken answer to --out.
+
+    [bold]Examples:[/]
+      omni respond question.wav
+      omni respond question.wav --out answer.wav --json
+      omni respond question.mp3 --tts espeak --llm ./my-llm-folder
+    """
+    from baselines.cascade import CascadeOptions, CascadePipeline
+    from omni_cli.asr import AsrOptions
+    from omni_cli.audio import load_audio, shown, write_wav
+    from omni_cli.events import AudioChunk, ErrorEvent, TextDelta, Transcript
+    from omni_cli.llm import SPOKEN_SYSTEM_PROMPT, GenerationOptions
+    from omni_cli.metrics import latency_metrics
+
+    with user_errors():
+        audio = load_audio(audio_path, max_duration_s=max_duration)
+        target = out if out is not None else Path(f"{audio_path.stem}.reply.wav")
+        options = CascadeOptions(
+            system_prompt=system_prompt or SPOKEN_SYSTEM_PROMPT,
+            generation=GenerationOptions(max_new_tokens=max_new_tokens),
+        )
+        with ui.err.status("loading models ..."):
+            pipeline = CascadePipeline.load(asr_model, backend.value, llm, tts.value, voice, options, AsrOptions(beam_size=beam_size))
+        events, chunks = [], []
+        transcript = None
+        try:
+            for e in pipeline.run(audio):
+                events.append(e)
+                if isinstance(e, Transcript):
+                    transcript = e.text
+                    if not as_json:
+                        ui.note(f"heard: {e.text}")
+                elif isinstance(e, TextDelta) and not as_json:
+                    ui.out(e.text)
+                elif isinstance(e, AudioChunk):
+                    chunks.append(e.samples)
+                elif isinstance(e, ErrorEvent):
+                    raise OmniError(e.message)
+        except KeyboardInterrupt:
+            if chunks:
+                write_wav(target, _concat(chunks), pipeline.sample_rate)
+                ui.note(f"\ninterrupted: the answer so far is in {shown(target)}")
+            raise typer.Exit(130) from None
+        reply = _concat(chunks)
+        write_wav(target, reply, pipeline.sample_rate)
+        metrics = latency_metrics(events)
+        text = next(e.text for e in reversed(events) if hasattr(e, "transcript"))
+        if as_json:
+            payload = {
+                "mode": mode.value,
+                "input": shown(audio_path),
+                "transcript": transcript,
+                "text": text,
+                "audio": shown(target),
+                "sample_rate": pipeline.sample_rate,
+                "metrics": {k: (None if v is None else round(v, 4)) for k, v in metrics.items()},
+            }
+            ui.out(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+        else:
+            ui.out("\n")
+            ui.err.print(ui.metrics_table(metrics, title=f"{mode.value} timings (s)"))
+            ui.note(f"spoken answer: {shown(target)} ({len(reply) / pipeline.sample_rate:.1f} s)")
+
+
+def _concat(chunks):
+    import numpy as np
+
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+
+
+def main() -> None:
+    """Console entry point: strips --debug from anywhere on the command line."""
+    global DEBUG
+    if "--debug" in sys.argv[1:]:
+        DEBUG = True
+        sys.argv = [a for a in sys.argv if a != "--debug"]
+    app()

@@ -1,0 +1,97 @@
+"""The one event stream every pipeline speaks.
+
+A pipeline run is a generator of these frozen, timestamped events; `respond` renders
+them, `talk` plays them, `eval` measures them. Timestamps are `time.perf_counter()`
+seconds; latency figures are differences between event timestamps (see
+`omni_cli.metrics.latency_metrics`), never separate timers. This module knows nothing
+about models or rendering.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+@dataclass(frozen=True)
+class Event:
+    t: float = field(default_factory=now, kw_only=True)
+
+
+@dataclass(frozen=True)
+class SpeechEnded(Event):
+    """The user's speech is complete and available to the pipeline (latency origin)."""
+
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class StageTiming(Event):
+    """A pipeline stage finished; `seconds` is its wall time."""
+
+    stage: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Transcript(Event):
+    """What the ASR heard (cascade only)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class TextDelta(Event):
+    """New text of the answer, as the LLM writes it."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class TextSegment(Event):
+    """A sentence or clause of the answer handed to speech synthesis."""
+
+    text: str
+    index: int
+
+
+@dataclass(frozen=True)
+class UnitChunk(Event):
+    """Discrete speech units handed to a unit vocoder (end-to-end mode)."""
+
+    units: tuple[int, ...]
+    index: int
+
+
+@dataclass(frozen=True, eq=False)
+class AudioChunk(Event):
+    """A piece of the spoken answer, ready to play."""
+
+    samples: np.ndarray  # float32 mono in [-1, 1]
+    sample_rate: int
+    index: int
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+@dataclass(frozen=True)
+class ErrorEvent(Event):
+    """A failure inside the pipeline; the stream ends after it."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Done(Event):
+    """The answer is complete."""
+
+    text: str
+    transcript: str | None = None

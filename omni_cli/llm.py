@@ -1,0 +1,161 @@
+"""The chat LLM: any transformers causal LM, driven by our own short decode loop.
+
+`stream_generate` is one loop over a KV cache that yields, for every generated token,
+the token id, the new text it adds, and (on request) the last-layer hidden state that
+emitted it: the cascade reads the text, the end-to-end speech decoder reads the hidden
+states. Decoding is greedy unless a temperature is set (then seeded sampling).
+This module knows nothing about speech.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from omni_cli.errors import ConfigError, ModelNotFoundError
+from omni_cli.registry import resolve_llm
+
+SPOKEN_SYSTEM_PROMPT = (
+    "You are a helpful voice assistant. Your answers are spoken aloud, so answer in one to "
+    "three short, plain English sentences. Never use lists, markdown, code or emojis."
+)
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_new_tokens: int = 160  # the answer stops here if no end token came first
+    temperature: float = 0.0  # 0: greedy; > 0: sampling at this temperature
+    top_p: float = 1.0  # nucleus sampling mass (with temperature > 0)
+    repetition_penalty: float = 1.1  # > 1 discourages repeating tokens (small models loop)
+    seed: int = 0  # sampling seed, so the same input gives the same answer
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
+
+
+@dataclass(frozen=True)
+class TokenStep:
+    token_id: int
+    text: str  # the text this token adds (may be "" while a multi-byte character is incomplete)
+    hidden: torch.Tensor | None  # (hidden_size,) last-layer state that emitted this token
+
+
+class ChatLLM:
+    """A causal LM with its tokenizer and chat template."""
+
+    def __init__(self, model, tokenizer, label: str):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.label = label
+        eos = {tokenizer.eos_token_id}
+        gen_eos = getattr(model.generation_config, "eos_token_id", None)
+        eos |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
+        for name in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>"):
+            tid = tokenizer.convert_tokens_to_ids(name) if name in tokenizer.get_vocab() else None
+            if tid is not None:
+                eos.add(tid)
+        self.eos_ids = frozenset(t for t in eos if t is not None)
+
+    @classmethod
+    def load(cls, spec: str | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ChatLLM:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        source = resolve_llm(spec)
+        hf_logging.disable_progress_bar()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(source))
+            model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype).to(device)
+        except OSError as exc:
+            raise ModelNotFoundError(
+                f"could not load LLM '{source}' ({str(exc).splitlines()[0][:120]}); offline, use the embedded "
+                "'smollm2-135m-instruct', a local transformers folder or a .gguf file"
+            ) from exc
+        return cls(model, tokenizer, str(spec or Path(source).name))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> torch.Tensor:
+        """Token ids (1, T) of a chat ending with the assistant's turn opened."""
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        return ids["input_ids"].to(self.device)
+
+    def stream_chat(
+        self, messages: list[dict[str, str]], options: GenerationOptions = GenerationOptions()
+    ) -> Iterator[TokenStep]:
+        yield from stream_generate(self, input_ids=self.chat_ids(messages), options=options)
+
+
+def _pick(logits: torch.Tensor, generated: list[int], options: GenerationOptions, gen: torch.Generator) -> int:
+    logits = logits.float()
+    if options.repetition_penalty != 1.0 and generated:
+        prev = torch.tensor(sorted(set(generated)), device=logits.device)
+        scores = logits[prev]
+        logits[prev] = torch.where(scores > 0, scores / options.repetition_penalty, scores * options.repetition_penalty)
+    if options.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / options.temperature, dim=-1)
+    if options.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < options.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+
+
+@torch.inference_mode()
+def stream_generate(
+    llm: ChatLLM,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    options: GenerationOptions = GenerationOptions(),
+    output_hidden: bool = False,
+) -> Iterator[TokenStep]:
+    """Generate from a prompt given as ids (1, T) or embeddings (1, T, H), one token per step.
+
+    With `output_hidden`, each step carries the last-layer hidden state at the position
+    that produced its token: the last prompt position for the first token, then the
+    state of each generated step (the LLaMA-Omni speech decoder's input).
+    """
+    from transformers import DynamicCache
+
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("give exactly one of input_ids and inputs_embeds")
+    model, tokenizer = llm.model, llm.tokenizer
+    cache = DynamicCache()
+    gen = torch.Generator().manual_seed(options.seed)
+    past = 0
+    kwargs = {"input_ids": input_ids} if input_ids is not None else {"inputs_embeds": inputs_embeds}
+    generated: list[int] = []
+    text_so_far = ""
+    for _ in range(options.max_new_tokens):
+        n_new = (kwargs.get("input_ids") if "input_ids" in kwargs else kwargs["inputs_embeds"]).shape[1]
+        position = torch.arange(past, past + n_new, device=llm.device)
+        past += n_new
+        out = model(
+            **kwargs,
+            past_key_values=cache,
+            use_cache=True,
+            output_hidden_states=output_hidden,
+            position_ids=position.unsqueeze(0),
+            logits_to_keep=1,
+        )
+        cache = out.past_key_values
+        token = _pick(out.logits[0, -1], generated, options, gen)
+        if token in llm.eos_ids:
+            return
+        generated.append(token)
+        text = tokenizer.decode(generated, skip_special_tokens=True)
+        delta = ""
+        if not text.endswith("\ufffd"):
+            delta, text_so_far = text[len(text_so_far) :], text
+        hidden = out.hidden_states[-1][0, -1].detach().clone() if output_hidden else None
+        yield TokenStep(token, delta, hidden)
+        kwargs = {"input_ids": torch.tensor([[token]], device=llm.device)}

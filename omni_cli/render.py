@@ -1,0 +1,85 @@
+"""Terminal rendering with rich: what the CLI shows a person (on stderr) while data goes to stdout."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+err = Console(stderr=True, highlight=False)
+
+
+def out(text: str) -> None:
+    """Data to stdout, unstyled, flushed (so streamed text appears as it is written)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def error(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+
+
+def note(message: str) -> None:
+    err.print(f"[dim]{message}[/]", soft_wrap=True)
+
+
+def progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def metrics_table(metrics: dict, title: str = "timings") -> Table:
+    table = Table(title=title, title_justify="left", show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, _fmt(value))
+    return table
+
+
+def models_table(rows: Iterable[dict]) -> Table:
+    table = Table(show_header=True, header_style="bold")
+    for col in ("name", "role", "size", "source", "license", "status"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        status = r["status"]
+        style = "green" if status in ("installed", "cached") else ("red" if status == "missing" else "yellow")
+        table.add_row(r["name"], r["role"], r["size"], r["source"], r["license"], f"[{style}]{status}[/]")
+    return table
+
+
+def transcribe_table(results, corpus_wer: float | None) -> Table:
+    table = Table(show_header=True, header_style="bold", title="transcription", title_justify="left")
+    table.add_column("file", overflow="fold")
+    table.add_column("audio s", justify="right")
+    table.add_column("WER", justify="right")
+    table.add_column("result", overflow="fold")
+    for r in results:
+        if r.error:
+            table.add_row(r.to_json()["path"], "-", "-", f"[red]failed: {r.error}[/]")
+        else:
+            wer = "-" if r.wer is None else f"{100 * r.wer:.1f}%"
+            table.add_row(r.to_json()["path"], f"{r.duration_s:.1f}", wer, r.text or "")
+    if corpus_wer is not None:
+        table.add_section()
+        table.add_row("[bold]corpus[/]", "", f"[bold]{100 * corpus_wer:.1f}%[/]", "")
+    return table

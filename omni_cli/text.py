@@ -1,0 +1,91 @@
+"""Cutting streamed answer text into speakable pieces, and cleaning it for a voice.
+
+`SentenceChunker` receives text deltas as the LLM writes them and hands out a piece as
+soon as a sentence ends (. ! ? or a line break), or a clause ends (, ; :) once the piece
+is long enough to sound natural. A boundary is only confirmed when the whitespace after
+the mark arrives, so "3.5" or "e.g." never split. Nothing here knows about models.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st jr sr vs etc e.g i.e approx no fig mt ft lt col gen sgt inc ltd co u.s".split()
+)
+_SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*\s|\n")
+_CLAUSE_END = re.compile(r"[,;:–—]\s")
+
+
+@dataclass(frozen=True)
+class ChunkerOptions:
+    first_clause_chars: int = 24  # the first piece may end at a clause once this long (early audio)
+    clause_chars: int = 60  # later pieces end at a clause only once this long
+    max_chars: int = 220  # a piece with no boundary is cut at a space beyond this length
+
+
+class SentenceChunker:
+    def __init__(self, options: ChunkerOptions = ChunkerOptions()):
+        self.options = options
+        self.buffer = ""
+        self.pieces_out = 0
+
+    @staticmethod
+    def _is_real_sentence_end(before: str) -> bool:
+        """`before` ends with a sentence mark: False for 'Dr.', 'e.g.', initials and '1.' list markers."""
+        mark = before.rstrip("\"')]")
+        if not mark.endswith("."):
+            return True
+        word = re.search(r"(\S+)$", mark.rstrip("."))
+        if word is None:
+            return True
+        token = word.group(1).lower().strip("(\"'")
+        if token in _ABBREVIATIONS or (len(token) == 1 and token.isalpha()):
+            return False
+        if token.isdigit() and len(mark.split()) <= 1:
+            return False  # "1." at the start of a list item
+        return True
+
+    def _cut(self) -> int | None:
+        text = self.buffer
+        for m in _SENTENCE_END.finditer(text):
+            end = m.end()
+            if m.group(0) == "\n" or self._is_real_sentence_end(text[: m.start() + len(m.group(0).rstrip())]):
+                if re.search(r"\w", text[:end]):
+                    return end
+        limit = self.options.first_clause_chars if self.pieces_out == 0 else self.options.clause_chars
+        for m in _CLAUSE_END.finditer(text):
+            if m.end() >= limit:
+                return m.end()
+        if len(text) > self.options.max_chars:
+            space = text.rfind(" ", 0, self.options.max_chars)
+            return space + 1 if space > 0 else self.options.max_chars
+        return None
+
+    def feed(self, delta: str) -> Iterator[str]:
+        """Add text; yield every piece that is now complete."""
+        self.buffer += delta
+        while (cut := self._cut()) is not None:
+            piece, self.buffer = self.buffer[:cut], self.buffer[cut:]
+            if clean_for_speech(piece):
+                self.pieces_out += 1
+                yield piece.strip()
+
+    def flush(self) -> Iterator[str]:
+        """Yield what is left at the end of the answer."""
+        piece, self.buffer = self.buffer, ""
+        if clean_for_speech(piece):
+            self.pieces_out += 1
+            yield piece.strip()
+
+
+def clean_for_speech(text: str) -> str:
+    """Text as a voice should read it: no markdown, list markers, URLs or emoji; '' if nothing speakable."""
+    text = re.sub(r"https?://\S+", " ", text)
+    text = re.sub(r"^\s*(?:[-*•]|\d+[.)])\s+", " ", text, flags=re.MULTILINE)
+    text = re.sub(r"[*_`#>|~\[\]{}]", " ", text)
+    text = "".join(ch for ch in text if ch.isascii() or ch.isalpha() or ch in "’‘“”–—…")
+    text = " ".join(text.split())
+    return text if re.search(r"[A-Za-z0-9]", text) else ""

@@ -1,0 +1,170 @@
+"""Batch transcription: files and folders in, one result per file out, with WER when a
+reference exists.
+
+References come from a `.txt` beside each audio file (same stem), or from a manifest
+(`--ref`): TSV lines `path<TAB>text`, or JSONL objects with `audio`/`path` and
+`text`/`ref`/`reference`; manifest paths are relative to the manifest's folder. A file
+that fails is a result with its `error` and the batch goes on. Output writers for txt,
+json, srt and vtt. This module knows nothing about the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from omni_cli.asr import ASR, Segment
+from omni_cli.audio import MAX_DURATION_S, find_audio_files, load_audio, shown
+from omni_cli.errors import InputError, OmniError
+from omni_cli.metrics import wer_counts
+from omni_cli.vad import has_speech
+
+FORMATS = ("txt", "json", "srt", "vtt")
+
+
+@dataclass(frozen=True)
+class FileResult:
+    path: Path
+    text: str | None = None
+    segments: tuple[Segment, ...] = ()
+    duration_s: float | None = None
+    seconds: float | None = None  # processing time
+    reference: str | None = None
+    errors: int | None = None  # word edits against the reference
+    ref_words: int | None = None
+    error: str | None = None
+
+    @property
+    def wer(self) -> float | None:
+        if self.errors is None or not self.ref_words:
+            return None
+        return self.errors / self.ref_words
+
+    def to_json(self) -> dict:
+        out: dict = {"path": shown(self.path)}
+        if self.error is not None:
+            out["error"] = self.error
+            return out
+        out["text"] = self.text
+        out["duration_s"] = round(self.duration_s or 0.0, 3)
+        out["seconds"] = round(self.seconds or 0.0, 3)
+        out["segments"] = [{"start": round(s.start, 2), "end": round(s.end, 2), "text": s.text.strip()} for s in self.segments]
+        if self.reference is not None:
+            out["reference"] = self.reference
+            out["wer"] = None if self.wer is None else round(self.wer, 4)
+        return out
+
+
+def read_manifest(path: Path) -> dict[Path, str]:
+    """Reference transcripts keyed by resolved audio path."""
+    if not path.is_file():
+        raise InputError(f"{shown(path)}: reference manifest not found")
+    refs: dict[Path, str] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{shown(path)}: the manifest is not UTF-8 text") from exc
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{shown(path)}:{n}: not valid JSON ({exc.msg})") from exc
+            audio = row.get("audio") or row.get("path")
+            text = row.get("text") or row.get("ref") or row.get("reference")
+        else:
+            audio, _, text = line.partition("\t")
+        if not audio or text is None:
+            raise InputError(f"{shown(path)}:{n}: expected 'path<TAB>text' or a JSON object with audio and text")
+        refs[(path.parent / audio).resolve()] = str(text)
+    return refs
+
+
+def reference_for(audio: Path, manifest: dict[Path, str] | None) -> str | None:
+    if manifest is not None:
+        return manifest.get(audio.resolve())
+    beside = audio.with_suffix(".txt")
+    if beside.is_file():
+        try:
+            return beside.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+def transcribe_file(asr: ASR, path: Path, reference: str | None, max_duration_s: float | None = MAX_DURATION_S) -> FileResult:
+    import time
+
+    try:
+        audio = load_audio(path, max_duration_s=max_duration_s)
+        if not has_speech(audio):
+            raise InputError(f"{shown(path)}: no speech detected (silence or noise only)")
+        t = time.perf_counter()
+        out = asr.transcribe(audio)
+        seconds = time.perf_counter() - t
+    except OmniError as exc:
+        return FileResult(path, error=str(exc))
+    errors = ref_words = None
+    if reference is not None:
+        errors, ref_words = wer_counts(reference, out.text)
+    return FileResult(path, out.text, out.segments, out.duration_s, seconds, reference, errors, ref_words)
+
+
+def transcribe_paths(
+    asr: ASR, paths: list[Path], manifest: Path | None = None, max_duration_s: float | None = MAX_DURATION_S
+) -> tuple[int, Iterator[FileResult]]:
+    """(number of items, results as they finish); missing paths and empty folders are failed items."""
+    files, problems = find_audio_files(paths)
+    refs = read_manifest(manifest) if manifest is not None else None
+
+    def run() -> Iterator[FileResult]:
+        for path, reason in problems:
+            yield FileResult(path, error=reason)
+        for path in files:
+            yield transcribe_file(asr, path, reference_for(path, refs), max_duration_s)
+
+    return len(files) + len(problems), run()
+
+
+def corpus_wer(results: list[FileResult]) -> float | None:
+    scored = [r for r in results if r.ref_words]
+    if not scored:
+        return None
+    return sum(r.errors for r in scored) / sum(r.ref_words for r in scored)
+
+
+def _stamp(seconds: float, sep: str) -> str:
+    ms = int(round(seconds * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def to_srt(result: FileResult) -> str:
+    blocks = [
+        f"{i}\n{_stamp(s.start, ',')} --> {_stamp(s.end, ',')}\n{s.text.strip()}\n"
+        for i, s in enumerate(result.segments, 1)
+    ]
+    return "\n".join(blocks)
+
+
+def to_vtt(result: FileResult) -> str:
+    blocks = [f"{_stamp(s.start, '.')} --> {_stamp(s.end, '.')}\n{s.text.strip()}\n" for s in result.segments]
+    return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def render(result: FileResult, fmt: str) -> str:
+    if fmt == "txt":
+        return (result.text or "") + "\n"
+    if fmt == "json":
+        return json.dumps(result.to_json(), ensure_ascii=False, indent=2) + "\n"
+    if fmt == "srt":
+        return to_srt(result)
+    if fmt == "vtt":
+        return to_vtt(result)
+    raise ValueError(f"unknown format {fmt}")

@@ -1,0 +1,50 @@
+"""Voice activity detection with Silero VAD (the model bundled in the `silero-vad` wheel).
+
+Used to refuse silence-only input before any model runs, and to find where speech
+ends in a recording. Streaming VAD for the microphone lives with `talk`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from omni_cli.audio import SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class VadOptions:
+    threshold: float = 0.5  # speech probability above which a frame is speech
+    min_speech_ms: int = 120  # shorter bursts are ignored (clicks, breaths)
+    min_silence_ms: int = 300  # a pause shorter than this does not end a speech segment
+
+
+@lru_cache(maxsize=1)
+def _silero():
+    from silero_vad import load_silero_vad
+
+    return load_silero_vad(onnx=True)
+
+
+def speech_segments(audio: np.ndarray, options: VadOptions = VadOptions()) -> list[tuple[float, float]]:
+    """Speech spans (start_s, end_s) in 16 kHz mono audio."""
+    from silero_vad import get_speech_timestamps
+
+    if audio.size < SAMPLE_RATE // 10:
+        return []
+    stamps = get_speech_timestamps(
+        torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),
+        _silero(),
+        threshold=options.threshold,
+        sampling_rate=SAMPLE_RATE,
+        min_speech_duration_ms=options.min_speech_ms,
+        min_silence_duration_ms=options.min_silence_ms,
+    )
+    return [(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in stamps]
+
+
+def has_speech(audio: np.ndarray, options: VadOptions = VadOptions()) -> bool:
+    return bool(speech_segments(audio, options))
