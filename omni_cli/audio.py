@@ -39,7 +39,7 @@ def is_audio_path(path: Path) -> bool:
 def _probe_duration(path: Path) -> float | None:
     """Duration from the header alone, without decoding (None when unknown)."""
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))
         if info.samplerate > 0 and info.frames > 0:
             return info.frames / info.samplerate
     except Exception:  # noqa: BLE001 - libsndfile can't read it; PyAV may
@@ -47,7 +47,7 @@ def _probe_duration(path: Path) -> float | None:
     try:
         import av
 
-        with av.open(str(path)) as container:
+        with open(path, "rb") as f, av.open(f) as container:
             if container.duration:
                 return container.duration / 1_000_000
     except Exception:  # noqa: BLE001
@@ -55,15 +55,28 @@ def _probe_duration(path: Path) -> float | None:
     return None
 
 
+def _check_riff_length(path: Path, size: int) -> None:
+    """A WAV whose header promises more bytes than the file holds was cut off (libsndfile
+    would silently decode the part that is there)."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        declared = int.from_bytes(head[4:8], "little") + 8
+        if declared not in (8, 0xFFFFFFFF + 8) and declared > size:
+            raise InputError(
+                f"{shown(path)}: truncated WAV file (the header promises {declared} bytes, the file has {size})"
+            )
+
+
 def _decode_soundfile(path: Path) -> tuple[np.ndarray, int]:
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    data, sr = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
     return data.mean(axis=1), sr
 
 
 def _decode_av(path: Path) -> tuple[np.ndarray, int]:
     import av
 
-    with av.open(str(path)) as container:
+    with open(path, "rb") as f, av.open(f) as container:
         if not container.streams.audio:
             raise InputError(f"{shown(path)}: the file has no audio stream")
         stream = container.streams.audio[0]
@@ -93,6 +106,7 @@ def load_audio(
     size = path.stat().st_size
     if size == 0:
         raise InputError(f"{shown(path)}: the file is empty (0 bytes)")
+    _check_riff_length(path, size)
     duration = _probe_duration(path)
     if max_duration_s is not None and duration is not None and duration > max_duration_s:
         raise InputError(
@@ -136,7 +150,7 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> P
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        sf.write(tmp, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+        sf.write(os.fsencode(tmp), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -194,7 +194,8 @@ def transcribe(
                 results.append(r)
                 bar.advance(task)
                 if r.error:
-                    bar.console.print(f"[red]failed:[/] {r.error}", soft_wrap=True)
+                    if not single:
+                        bar.console.print(f"[red]failed:[/] {r.error}", soft_wrap=True)
                     continue
                 if out_dir is not None:
                     target = out_dir / f"{r.path.stem}.{fmt.value}"
@@ -276,7 +277,7 @@ def respond(
         events, chunks = [], []
         transcript = None
         try:
-            for e in pipeline.run(audio):
+            for e in _input_errors_name(audio_path, pipeline.run(audio)):
                 events.append(e)
                 if isinstance(e, Transcript):
                     transcript = e.text
@@ -312,6 +313,17 @@ def respond(
             ui.out("\n")
             ui.err.print(ui.metrics_table(metrics, title=f"{mode.value} timings (s)"))
             ui.note(f"spoken answer: {shown(target)} ({len(reply) / pipeline.sample_rate:.1f} s)")
+
+
+def _input_errors_name(path: Path, events):
+    """Prefix the input's name to an InputError the pipeline raises about the audio."""
+    from omni_cli.audio import shown
+    from omni_cli.errors import InputError
+
+    try:
+        yield from events
+    except InputError as exc:
+        raise InputError(f"{shown(path)}: {exc}") from exc
 
 
 def _concat(chunks):

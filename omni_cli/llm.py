@@ -122,7 +122,9 @@ def stream_generate(
 
     With `output_hidden`, each step carries the last-layer hidden state at the position
     that produced its token: the last prompt position for the first token, then the
-    state of each generated step (the LLaMA-Omni speech decoder's input).
+    state of each generated step (the LLaMA-Omni speech decoder's input). Text of a
+    multi-byte character is held back until the character is complete (and dropped if
+    the answer stops before it is).
     """
     from transformers import DynamicCache
 

@@ -1,0 +1,123 @@
+"""Shared fixtures: tiny random models (no downloads, built in a second) and the real
+embedded models (offline, from installed packages; the `real` marker)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_QUESTION = ROOT / "examples" / "question.wav"
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = [
+    "The moon is a celestial body that orbits the Earth.",
+    "Paris is the capital of France. It is a large city, with many museums!",
+    "You are a helpful voice assistant. Answer in short sentences?",
+] * 20
+
+
+def make_tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|im_start|>", pad_token="<|endoftext|>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def make_tiny_llm(seed: int = 0):
+    """A random 2-layer Llama (hidden 16) with a real byte-level BPE tokenizer and chat template."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from omni_cli.llm import ChatLLM
+
+    tokenizer = make_tiny_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return ChatLLM(model, tokenizer, "tiny-random-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_llm():
+    return make_tiny_llm()
+
+
+@pytest.fixture()
+def tmp_cache(tmp_path, monkeypatch):
+    """An empty, private omni cache."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("OMNI_CACHE_DIR", str(cache))
+    return cache
+
+
+def tone(seconds: float = 1.0, sr: int = 16000, freq: float = 220.0, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    mono = 0.3 * np.sin(2 * np.pi * freq * t).astype(np.float32)
+    return np.stack([mono] * channels, axis=1) if channels > 1 else mono
+
+
+@pytest.fixture()
+def bad_inputs(tmp_path) -> dict[str, Path]:
+    """One file (or folder) for each kind of bad input the commands must refuse clearly."""
+    d = tmp_path / "bad"
+    d.mkdir()
+    good = sf.read(str(EXAMPLE_QUESTION), dtype="float32")[0]
+    paths = {
+        "missing": d / "missing.wav",
+        "empty": d / "empty.wav",
+        "not_audio": d / "notes.wav",
+        "corrupt": d / "corrupt.flac",
+        "truncated": d / "truncated.wav",
+        "zero_length": d / "zero.wav",
+        "silence": d / "silence.wav",
+        "too_long": d / "long.flac",
+        "no_audio_dir": d / "empty_folder",
+        "non_utf8": Path(os.fsdecode(bytes(d / "caf") + b"\xe9.wav")),
+    }
+    paths["empty"].write_bytes(b"")
+    paths["not_audio"].write_text("these are my notes, not audio\n")
+    paths["corrupt"].write_bytes(b"fLaC" + os.urandom(2000))
+    sf.write(paths["truncated"], good, 16000, subtype="PCM_16")
+    data = paths["truncated"].read_bytes()
+    paths["truncated"].write_bytes(data[: len(data) // 2])
+    sf.write(paths["zero_length"], np.zeros(0, dtype=np.float32), 16000)
+    sf.write(paths["silence"], np.zeros(3 * 16000, dtype=np.float32), 16000)
+    sf.write(paths["too_long"], np.zeros(16000 * 60 * 31, dtype=np.int16), 16000, subtype="PCM_16")
+    paths["no_audio_dir"].mkdir()
+    (paths["no_audio_dir"] / "readme.txt").write_text("nothing to hear")
+    sf.write(os.fsencode(paths["non_utf8"]), good, 16000, subtype="PCM_16")
+    return paths

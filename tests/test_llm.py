@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from omni_cli.errors import ConfigError
+from omni_cli.llm import GenerationOptions, stream_generate
+
+MESSAGES = [{"role": "system", "content": "Be short."}, {"role": "user", "content": "Where is Paris?"}]
+
+
+def run(llm, options, **kw):
+    return list(stream_generate(llm, input_ids=llm.chat_ids(MESSAGES), options=options, **kw))
+
+
+def test_greedy_is_deterministic_and_max_tokens_is_honoured(tiny_llm):
+    opts = GenerationOptions(max_new_tokens=12, repetition_penalty=1.0)
+    a, b = run(tiny_llm, opts), run(tiny_llm, opts)
+    assert [s.token_id for s in a] == [s.token_id for s in b]
+    assert 1 <= len(a) <= 12
+
+
+def test_same_seed_same_sample_different_seed_differs(tiny_llm):
+    ids = lambda seed: [s.token_id for s in run(tiny_llm, GenerationOptions(max_new_tokens=20, temperature=1.5, seed=seed))]
+    assert ids(1) == ids(1)
+    assert any(ids(1) != ids(s) for s in (2, 3, 4))
+
+
+def test_text_deltas_add_up_to_the_decoded_tokens(tiny_llm):
+    steps = run(tiny_llm, GenerationOptions(max_new_tokens=30))
+    text = "".join(s.text for s in steps)
+    decoded = tiny_llm.tokenizer.decode([s.token_id for s in steps], skip_special_tokens=True)
+    # a character still incomplete when the answer stops is never emitted
+    assert text == decoded.removesuffix("\ufffd")
+    assert "\ufffd" not in text[-1:]
+
+
+def test_cached_decoding_equals_a_full_forward_pass(tiny_llm):
+    """Tokens and hidden states from the KV-cache loop match one uncached pass over the sequence."""
+    prompt = tiny_llm.chat_ids(MESSAGES)
+    steps = list(stream_generate(tiny_llm, input_ids=prompt, options=GenerationOptions(max_new_tokens=10, repetition_penalty=1.0), output_hidden=True))
+    generated = torch.tensor([[s.token_id for s in steps]])
+    full = torch.cat([prompt, generated], dim=1)
+    with torch.no_grad():
+        out = tiny_llm.model(full, output_hidden_states=True)
+    # the state that emitted token i sits at position prompt_len - 1 + i
+    start = prompt.shape[1] - 1
+    expected_hidden = out.hidden_states[-1][0, start : start + len(steps)]
+    got_hidden = torch.stack([s.hidden for s in steps])
+    torch.testing.assert_close(got_hidden, expected_hidden, atol=1e-5, rtol=1e-4)
+    expected_tokens = out.logits[0, start : start + len(steps)].argmax(-1)
+    assert expected_tokens.tolist() == generated[0].tolist()
+
+
+def test_embeddings_prompt_equals_ids_prompt(tiny_llm):
+    prompt = tiny_llm.chat_ids(MESSAGES)
+    embeds = tiny_llm.model.get_input_embeddings()(prompt)
+    opts = GenerationOptions(max_new_tokens=8)
+    by_ids = [s.token_id for s in stream_generate(tiny_llm, input_ids=prompt, options=opts)]
+    by_embeds = [s.token_id for s in stream_generate(tiny_llm, inputs_embeds=embeds, options=opts)]
+    assert by_ids == by_embeds
+
+
+def test_end_token_stops_generation(tiny_llm):
+    eos = tiny_llm.tokenizer.eos_token_id
+    with torch.no_grad():
+        tiny_llm.model.lm_head.bias = torch.nn.Parameter(torch.zeros(tiny_llm.model.config.vocab_size))
+        tiny_llm.model.lm_head.bias[eos] = 1e4
+    try:
+        assert run(tiny_llm, GenerationOptions(max_new_tokens=20)) == []
+    finally:
+        tiny_llm.model.lm_head.bias = None
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ConfigError):
+        GenerationOptions(max_new_tokens=0)
+    with pytest.raises(ConfigError):
+        GenerationOptions(top_p=0)

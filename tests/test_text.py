@@ -1,0 +1,52 @@
+import pytest
+
+from omni_cli.text import ChunkerOptions, SentenceChunker, clean_for_speech
+
+
+def pieces(text: str, step: int = 1, options: ChunkerOptions = ChunkerOptions()) -> list[str]:
+    chunker = SentenceChunker(options)
+    out = []
+    for i in range(0, len(text), step):
+        out += list(chunker.feed(text[i : i + step]))
+    return out + list(chunker.flush())
+
+
+@pytest.mark.parametrize("step", [1, 3, 1000])
+def test_sentences_come_out_as_soon_as_they_end(step):
+    text = "The capital of France is Paris. It is big! Is it old? Yes"
+    assert pieces(text, step) == ["The capital of France is Paris.", "It is big!", "Is it old?", "Yes"]
+
+
+def test_a_sentence_is_released_when_the_space_after_it_arrives():
+    chunker = SentenceChunker()
+    assert list(chunker.feed("Paris is nice.")) == []  # could still be "3.5" or "e.g."
+    assert list(chunker.feed(" Next")) == ["Paris is nice."]
+
+
+def test_abbreviations_decimals_initials_and_list_markers_do_not_split():
+    text = "Dr. Smith paid 3.5 dollars to J. Doe, e.g. for tea. Done."
+    assert pieces(text, options=ChunkerOptions(first_clause_chars=1000, clause_chars=1000)) == [
+        "Dr. Smith paid 3.5 dollars to J. Doe, e.g. for tea.",
+        "Done.",
+    ]
+    assert pieces("1. Boil water.\n2. Add tea.") == ["1. Boil water.", "2. Add tea."]
+
+
+def test_long_clauses_split_at_commas_first_piece_sooner():
+    options = ChunkerOptions(first_clause_chars=10, clause_chars=40)
+    text = "Well, the moon is bright, and it is far away from us, which is nice."
+    assert pieces(text, options=options) == ["Well, the moon is bright,", "and it is far away from us, which is nice."]
+
+
+def test_a_piece_without_boundaries_is_cut_at_a_space():
+    text = "word " * 100
+    out = pieces(text, options=ChunkerOptions(max_chars=50))
+    assert all(len(p) <= 50 for p in out)
+    assert " ".join(out).split() == text.split()
+
+
+def test_clean_for_speech():
+    assert clean_for_speech("**Bold** and `code` see https://x.org/a") == "Bold and code see"
+    assert clean_for_speech("- item one") == "item one"
+    assert clean_for_speech("2. Pour it") == "Pour it"
+    assert clean_for_speech("🙂 *** ") == ""
