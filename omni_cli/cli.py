@@ -23,14 +23,13 @@ from omni_cli.errors import ConfigError, OmniError
 
 app = typer.Typer(
     name="omni",
-    help="Spoken conversation with LLMs: transcribe, respond, and measure how well and how fast.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-models_app = typer.Typer(help="List the known models and prepare the embedded defaults.", no_args_is_help=False)
+models_app = typer.Typer(no_args_is_help=False, context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(models_app, name="models")
 
 DEBUG = bool(os.environ.get("OMNI_DEBUG"))
@@ -67,7 +66,12 @@ def _main(
 ) -> None:
     """Spoken conversation with LLMs: transcribe, respond, and measure how well and how fast.
 
-    Add --debug anywhere to see tracebacks.
+    Add --debug anywhere on the command line to see tracebacks.
+
+    [bold]Examples:[/]
+      omni respond examples/question.wav
+      omni transcribe recordings/ --format json
+      omni models
     """
 
 
@@ -97,7 +101,7 @@ def models_list(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
 ) -> None:
-    """List the known models: role, size, source, license and status (installed / cached / missing).
+    """List the known models (role, size, source, license, status); `omni models prepare` converts the defaults.
 
     [bold]Example:[/] omni models
     """

@@ -58,7 +58,8 @@ def metrics_table(metrics: dict, title: str = "timings") -> Table:
 
 def models_table(rows: Iterable[dict]) -> Table:
     table = Table(show_header=True, header_style="bold")
-    for col in ("name", "role", "size", "source", "license", "status"):
+    table.add_column("name", no_wrap=True)
+    for col in ("role", "size", "source", "license", "status"):
         table.add_column(col, overflow="fold")
     for r in rows:
         status = r["status"]

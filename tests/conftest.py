@@ -121,3 +121,32 @@ def bad_inputs(tmp_path) -> dict[str, Path]:
     (paths["no_audio_dir"] / "readme.txt").write_text("nothing to hear")
     sf.write(os.fsencode(paths["non_utf8"]), good, 16000, subtype="PCM_16")
     return paths
+
+
+@pytest.fixture(scope="session")
+def real_asr():
+    from omni_cli.asr import load_asr
+
+    return load_asr()
+
+
+@pytest.fixture(scope="session")
+def piper():
+    from omni_cli.tts import PiperTTS
+
+    return PiperTTS()
+
+
+@pytest.fixture(scope="session")
+def real_cascade(real_asr, piper):
+    from baselines.cascade import CascadePipeline
+    from omni_cli.llm import ChatLLM
+
+    return CascadePipeline(real_asr, ChatLLM.load(), piper)
+
+
+@pytest.fixture(scope="session")
+def question_audio():
+    from omni_cli.audio import load_audio
+
+    return load_audio(EXAMPLE_QUESTION)

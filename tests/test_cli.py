@@ -1,0 +1,135 @@
+"""The command line, through typer's runner: data on stdout, diagnostics on stderr,
+one clear line and a non-zero exit for every kind of bad input."""
+
+import json
+import shutil
+
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from omni_cli.cli import app
+from tests.conftest import EXAMPLE_QUESTION
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("command", [[], ["transcribe"], ["respond"], ["models"], ["models", "prepare"]])
+def test_every_command_has_help_with_an_example(command):
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.stdout
+
+
+def test_models_lists_roles_licenses_and_status():
+    result = invoke("models", "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert rows["whisper-tiny.en"]["license"] == "MIT"
+    assert rows["smollm2-135m-instruct"]["role"] == "llm"
+    assert all(r["status"] in ("installed", "cached", "missing", "installed (converted on first use)") for r in rows.values())
+    table = invoke("models")
+    assert table.exit_code == 0 and "piper-en_US-joe-medium" in table.stderr
+
+
+@pytest.fixture()
+def corpus(tmp_path, bad_inputs):
+    """A folder with a real spoken question + its reference, and a broken file beside it."""
+    d = tmp_path / "corpus"
+    (d / "sub").mkdir(parents=True)
+    shutil.copy(EXAMPLE_QUESTION, d / "sub" / "question.wav")
+    (d / "sub" / "question.txt").write_text("Tell me about the moon.")
+    shutil.copy(bad_inputs["not_audio"], d / "broken.mp3")
+    return d
+
+
+def test_transcribe_json_with_references_and_a_failed_item(corpus):
+    result = invoke("transcribe", corpus, "--format", "json")
+    assert result.exit_code == 1  # one item failed; the other was still transcribed
+    items = {r["path"].split("/")[-1]: r for r in json.loads(result.stdout)}
+    assert "not an audio file" in items["broken.mp3"]["error"]
+    good = items["question.wav"]
+    assert "moon" in good["text"].lower() and good["wer"] == 0.0
+    assert "1 of 2 file(s) failed" in result.stderr
+
+
+def test_transcribe_manifest_reference_and_subtitles(corpus, tmp_path):
+    manifest = tmp_path / "refs.tsv"
+    manifest.write_text("corpus/sub/question.wav\tTell me about the sun.\n")
+    result = invoke("transcribe", corpus / "sub" / "question.wav", "--ref", manifest, "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)[0]["wer"] == pytest.approx(0.2)  # moon vs sun: 1 of 5 words
+    srt = invoke("transcribe", corpus / "sub" / "question.wav", "-f", "srt")
+    assert srt.stdout.startswith("1\n00:00:00,000 --> ")
+    out = tmp_path / "subs"
+    vtt = invoke("transcribe", corpus, "-f", "vtt", "--out", out)
+    assert (out / "question.vtt").read_text().startswith("WEBVTT")
+    assert vtt.exit_code == 1  # the broken file
+
+
+def test_txt_to_stdout_only(corpus):
+    result = invoke("transcribe", corpus / "sub" / "question.wav")
+    assert result.exit_code == 0
+    assert result.stdout.strip().lower().startswith("tell me about the moon")
+    assert "loading" not in result.stdout
+
+
+BAD = ["missing", "empty", "not_audio", "corrupt", "truncated", "zero_length", "silence", "too_long", "no_audio_dir"]
+
+
+@pytest.mark.parametrize("kind", BAD)
+@pytest.mark.parametrize("command", ["transcribe", "respond"])
+def test_bad_input_one_line_and_nonzero_exit(bad_inputs, kind, command, tmp_path):
+    args = [command, bad_inputs[kind]] + (["--out", tmp_path / "r.wav"] if command == "respond" else [])
+    result = invoke(*args)
+    assert result.exit_code != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "r.wav").exists()
+
+
+def test_non_utf8_name_is_transcribed_and_printed(bad_inputs):
+    result = invoke("transcribe", bad_inputs["non_utf8"], "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    item = json.loads(result.stdout)[0]
+    assert item["path"].endswith("caf\\xe9.wav") and "moon" in item["text"].lower()
+
+
+def test_unknown_option_values_are_refused():
+    result = invoke("respond", EXAMPLE_QUESTION, "--mode", "telepathy")
+    assert result.exit_code == 2
+
+
+def test_srt_for_many_files_needs_an_output_folder(corpus):
+    result = invoke("transcribe", corpus, "-f", "srt")
+    assert result.exit_code == 2 and "needs --out" in result.stderr
+
+
+@pytest.mark.real
+def test_respond_cascade_json(tmp_path):
+    out = tmp_path / "answer.wav"
+    result = invoke("respond", EXAMPLE_QUESTION, "--mode", "cascade", "--out", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert {"mode", "input", "transcript", "text", "audio", "metrics"} <= payload.keys()
+    assert payload["mode"] == "cascade" and "moon" in payload["transcript"].lower() and payload["text"]
+    m = payload["metrics"]
+    for key in ("asr_s", "first_token_s", "first_audio_latency_s", "total_s", "audio_s", "rtf"):
+        assert m[key] is not None and m[key] > 0, key
+    assert m["first_audio_latency_s"] <= m["total_s"]
+    data, sr = sf.read(payload["audio"])
+    assert sr == 22050 and len(data) / sr == pytest.approx(m["audio_s"], abs=0.01)
+
+
+@pytest.mark.real
+def test_respond_with_espeak_voice_streams_text_to_stdout(tmp_path):
+    out = tmp_path / "answer.wav"
+    result = invoke("respond", EXAMPLE_QUESTION, "--tts", "espeak", "--out", out, "--max-new-tokens", "30")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() and "heard:" in result.stderr and "first_audio_latency_s" in result.stderr
+    assert sf.info(out).duration > 0.5
