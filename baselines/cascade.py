@@ -96,8 +96,14 @@ class CascadePipeline:
         voice: str | None = None,
         options: CascadeOptions = CascadeOptions(),
         asr_options: AsrOptions = AsrOptions(),
+        device: str = "cpu",
     ) -> CascadePipeline:
-        return cls(load_asr(asr_model, asr_backend, asr_options), ChatLLM.load(llm), load_tts(tts, voice), options)
+        return cls(
+            load_asr(asr_model, asr_backend, asr_options, device),
+            ChatLLM.load(llm, device=device),
+            load_tts(tts, voice),
+            options,
+        )
 
     @property
     def sample_rate(self) -> int:

@@ -67,9 +67,12 @@ class FasterWhisperASR:
         self.label = resolved.label
         self.options = options
         source = str(resolved.ct2_dir) if resolved.ct2_dir else resolved.remote_name
-        compute_type = options.compute_type if device == "cpu" else "float16"
+        kind, _, index = device.partition(":")
+        compute_type = options.compute_type if kind == "cpu" else "float16"
         try:
-            self.model = WhisperModel(source, device=device, compute_type=compute_type, cpu_threads=options.threads)
+            self.model = WhisperModel(
+                source, device=kind, device_index=int(index or 0), compute_type=compute_type, cpu_threads=options.threads
+            )
         except Exception as exc:  # noqa: BLE001 - a hub fetch or a corrupt folder; say which
             raise ModelNotFoundError(
                 f"could not load Whisper '{source}' with faster-whisper ({type(exc).__name__}: {str(exc)[:120]}); "

@@ -155,6 +155,7 @@ AsrModelOpt = Annotated[
 ]
 BackendOpt = Annotated[Backend, typer.Option("--asr-backend", help="Whisper implementation.")]
 BeamOpt = Annotated[int, typer.Option("--beam-size", min=1, help="Beam width for Whisper decoding (1 = greedy).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Where models run: cpu, or cuda / cuda:N with a GPU build of torch.")]
 MaxDurOpt = Annotated[float, typer.Option("--max-duration", min=1.0, help="Refuse audio longer than this many seconds.")]
 
 
@@ -167,6 +168,7 @@ def transcribe(
     asr_model: AsrModelOpt = None,
     backend: BackendOpt = Backend.faster_whisper,
     beam_size: BeamOpt = 5,
+    device: DeviceOpt = "cpu",
     max_duration: MaxDurOpt = 1800.0,
 ) -> None:
     """Transcribe audio files and folders with Whisper; with references, report per-file and corpus WER.
@@ -188,7 +190,7 @@ def transcribe(
             if fmt in (Format.srt, Format.vtt) and out_dir is None:
                 raise ConfigError(f"--format {fmt.value} with several files needs --out DIR (one subtitle file per input)")
         with ui.err.status("loading Whisper ..."):
-            asr = load_asr(asr_model, backend.value, AsrOptions(beam_size=beam_size))
+            asr = load_asr(asr_model, backend.value, AsrOptions(beam_size=beam_size), device)
         total, results_iter = transcribe_paths(asr, paths, ref, max_duration)
         single = total == 1
         results = []
@@ -250,6 +252,7 @@ def respond(
     voice: Annotated[str | None, typer.Option("--voice", help="Piper voice (.onnx path) or espeak-ng voice name.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer in tokens.")] = 160,
     system_prompt: Annotated[str | None, typer.Option("--system-prompt", help="Replace the spoken-style system prompt.")] = None,
+    device: DeviceOpt = "cpu",
     max_duration: MaxDurOpt = 1800.0,
 ) -> None:
     """Answer a spoken request with text and speech, and report how fast it went.
@@ -277,7 +280,9 @@ def respond(
             generation=GenerationOptions(max_new_tokens=max_new_tokens),
         )
         with ui.err.status("loading models ..."):
-            pipeline = CascadePipeline.load(asr_model, backend.value, llm, tts.value, voice, options, AsrOptions(beam_size=beam_size))
+            pipeline = CascadePipeline.load(
+                asr_model, backend.value, llm, tts.value, voice, options, AsrOptions(beam_size=beam_size), device
+            )
         events, chunks = [], []
         transcript = None
         try:
