@@ -69,10 +69,19 @@ class FasterWhisperASR:
         source = str(resolved.ct2_dir) if resolved.ct2_dir else resolved.remote_name
         kind, _, index = device.partition(":")
         compute_type = options.compute_type if kind == "cpu" else "float16"
-        try:
-            self.model = WhisperModel(
-                source, device=kind, device_index=int(index or 0), compute_type=compute_type, cpu_threads=options.threads
+        def load(local_only: bool):
+            return WhisperModel(
+                source, device=kind, device_index=int(index or 0), compute_type=compute_type,
+                cpu_threads=options.threads, local_files_only=local_only,
             )
+
+        try:
+            try:  # a folder, or a hub model already in the local hub cache
+                self.model = load(local_only=True)
+            except Exception:  # noqa: BLE001
+                if resolved.ct2_dir is not None or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+                    raise
+                self.model = load(local_only=False)
         except Exception as exc:  # noqa: BLE001 - a hub fetch or a corrupt folder; say which
             raise ModelNotFoundError(
                 f"could not load Whisper '{source}' with faster-whisper ({type(exc).__name__}: {str(exc)[:120]}); "

@@ -183,7 +183,7 @@ def transcribe(
     """
     from omni_cli.asr import AsrOptions, load_asr
     from omni_cli.audio import shown
-    from omni_cli.transcribe import corpus_wer, render, transcribe_paths
+    from omni_cli.transcribe import corpus_wer, transcribe_paths
 
     with user_errors():
         if len(paths) > 1 or any(p.is_dir() for p in paths):
@@ -193,24 +193,19 @@ def transcribe(
             asr = load_asr(asr_model, backend.value, AsrOptions(beam_size=beam_size), device)
         total, results_iter = transcribe_paths(asr, paths, ref, max_duration)
         single = total == 1
+        existing = [p.resolve() if p.is_dir() else p.resolve().parent for p in paths if p.exists()]
+        root = Path(os.path.commonpath(existing)) if existing else Path.cwd()
         results = []
+        interrupted = False
         with ui.progress() as bar:
             task = bar.add_task("transcribing", total=total)
-            for r in results_iter:
-                results.append(r)
-                bar.advance(task)
-                if r.error:
-                    if not single:
-                        bar.console.print(f"[red]failed:[/] {r.error}", soft_wrap=True)
-                    continue
-                if out_dir is not None:
-                    target = out_dir / f"{r.path.stem}.{fmt.value}"
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_text(render(r, fmt.value), encoding="utf-8")
-                elif fmt == Format.txt:
-                    ui.out(render(r, "txt") if single else f"{shown(r.path)}\t{r.text}\n")
-                elif fmt in (Format.srt, Format.vtt):
-                    ui.out(render(r, fmt.value))
+            try:
+                for r in results_iter:
+                    results.append(r)
+                    bar.advance(task)
+                    _emit_transcript(r, fmt, out_dir, root, single, bar.console)
+            except KeyboardInterrupt:
+                interrupted = True  # keep and print what is done
         if fmt == Format.json and out_dir is None:
             ui.out(json.dumps([r.to_json() for r in results], ensure_ascii=False, indent=2) + "\n")
         cwer = corpus_wer(results)
@@ -219,11 +214,34 @@ def transcribe(
             ui.err.print(ui.transcribe_table(results, cwer))
         if out_dir is not None:
             ui.note(f"wrote {len(results) - len(failed)} file(s) to {shown(out_dir)}")
+        if interrupted:
+            ui.error(f"interrupted after {len(results)} of {total} file(s); the results above are kept")
+            raise typer.Exit(130)
         if failed:
             if single:
                 raise OmniError(failed[0].error)
             ui.error(f"{len(failed)} of {len(results)} file(s) failed")
             raise typer.Exit(1)
+
+
+def _emit_transcript(r, fmt: Format, out_dir: Path | None, root: Path, single: bool, console) -> None:
+    """Write one finished result where it belongs: a file in --out (mirroring the input
+    folders below `root`, so equal names never overwrite each other), or stdout."""
+    from omni_cli.audio import shown
+    from omni_cli.transcribe import render
+
+    if r.error:
+        if not single:
+            console.print(f"[red]failed:[/] {r.error}", soft_wrap=True)
+        return
+    if out_dir is not None:
+        target = (out_dir / r.path.resolve().relative_to(root)).with_suffix(f".{fmt.value}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(render(r, fmt.value), encoding="utf-8")
+    elif fmt == Format.txt:
+        ui.out(render(r, "txt") if single else f"{shown(r.path)}\t{r.text}\n")
+    elif fmt in (Format.srt, Format.vtt):
+        ui.out(render(r, fmt.value))
 
 
 # -- omni respond -----------------------------------------------------------------------

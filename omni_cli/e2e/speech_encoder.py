@@ -1,0 +1,73 @@
+"""The speech encoder: openai-whisper's AudioEncoder, LayerNorms as plain `nn.LayerNorm`.
+
+Two modes (`EncoderConfig.padded`): padded to 30 s, as the published weights were
+trained (valid frames = (mel_len + 1) // 2 of 1500), or real length, slicing the
+positional embedding (faster, fewer LLM tokens; for models trained that way). The
+encoder is frozen in every training stage. Knows nothing about the LLM.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from omni_cli.e2e.config import EncoderConfig
+
+HOP = 160  # samples per mel frame at 16 kHz (Whisper's STFT hop)
+N_SAMPLES_30S = 480_000
+
+
+def _plain_layer_norms(module: nn.Module) -> None:
+    """Swap whisper's fp32-casting LayerNorm subclass for nn.LayerNorm with the same weights."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.LayerNorm) and type(child) is not nn.LayerNorm:
+            plain = nn.LayerNorm(child.normalized_shape, eps=child.eps, elementwise_affine=child.elementwise_affine)
+            plain.load_state_dict(child.state_dict())
+            setattr(module, name, plain)
+        else:
+            _plain_layer_norms(child)
+
+
+class SpeechEncoder(nn.Module):
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        from whisper.model import AudioEncoder
+
+        self.config = config
+        self.whisper = AudioEncoder(config.n_mels, config.n_ctx, config.width, config.n_heads, config.n_layers)
+        _plain_layer_norms(self.whisper)
+
+    def mel(self, audio: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Log-mel (n_mels, frames) of 16 kHz audio, and the number of frames of real audio."""
+        import whisper
+
+        audio = torch.as_tensor(np.asarray(audio, dtype=np.float32))
+        n_frames = audio.shape[-1] // HOP
+        limit = self.config.n_ctx * 2 * HOP
+        if self.config.padded:
+            audio = whisper.pad_or_trim(audio, limit)
+        else:
+            audio = audio[:limit]
+            n_frames = min(n_frames, self.config.n_ctx * 2)
+        mel = whisper.log_mel_spectrogram(audio, n_mels=self.config.n_mels)
+        if not self.config.padded:
+            mel = mel[:, : max(2, n_frames - n_frames % 2)]
+        return mel, n_frames
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """(batch, n_mels, frames) -> (batch, frames // 2, width)."""
+        w = self.whisper
+        x = nn.functional.gelu(w.conv1(mel))
+        x = nn.functional.gelu(w.conv2(x)).permute(0, 2, 1)
+        x = x + w.positional_embedding[: x.shape[1]].to(x.dtype)
+        for block in w.blocks:
+            x = block(x)
+        return w.ln_post(x)
+
+    def encode(self, audio: np.ndarray) -> torch.Tensor:
+        """(frames, width) encoder states of one utterance; in padded mode, all 30 s of them
+        (the published model feeds the padding frames to the adaptor too)."""
+        device = next(self.parameters()).device
+        mel, _ = self.mel(audio)
+        return self(mel.unsqueeze(0).to(device))[0]

@@ -1,0 +1,132 @@
+"""The non-autoregressive CTC speech decoder (`speech_generator`) and its streaming state.
+
+Each LLM hidden state that emitted a text token is projected (`input_proj`), repeated
+lambda times (`upsample`), run through N causal Llama decoder layers (transformers'
+`LlamaDecoderLayer`), and classified (`output_proj`) into K units + blank (index K).
+Greedy CTC decoding: argmax, collapse consecutive repeats, drop blanks.
+
+`SpeechDecoderStream` runs the same layers incrementally with a KV cache: for each new
+text token only its lambda new positions are computed, so the work per token does not
+grow with the answer's length (the published code re-runs the whole prefix after every
+token), and the units equal a full pass over all hidden states. Knows nothing about text.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from omni_cli.e2e.config import SpeechDecoderConfig
+
+
+def llama_config(config: SpeechDecoderConfig):
+    from transformers import LlamaConfig
+
+    rope = {"rope_type": "default", "rope_theta": config.rope_theta}
+    if config.rope_scaling:
+        rope = {**config.rope_scaling, "rope_theta": config.rope_theta}
+        rope.setdefault("rope_type", rope.pop("type", "default"))
+    cfg = LlamaConfig(
+        hidden_size=config.width,
+        intermediate_size=config.ffn,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        num_key_value_heads=config.n_kv_heads,
+        rms_norm_eps=config.rms_norm_eps,
+        max_position_embeddings=config.max_positions,
+        rope_parameters=rope,
+        vocab_size=1,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    cfg._attn_implementation = "sdpa"
+    return cfg
+
+
+def ctc_collapse(units: list[int], blank: int, previous: int | None = None) -> list[int]:
+    """Greedy CTC: collapse consecutive repeats (also across `previous`, the last raw
+    prediction before these), then drop blanks."""
+    out = []
+    for u in units:
+        if u != previous and u != blank:
+            out.append(u)
+        previous = u
+    return out
+
+
+class SpeechGenerator(nn.Module):
+    def __init__(self, config: SpeechDecoderConfig):
+        super().__init__()
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+        self.config = config
+        self.blank = config.num_units
+        lcfg = llama_config(config)
+        self.input_proj = nn.Linear(config.llm_width, config.width)
+        self.layers = nn.ModuleList([LlamaDecoderLayer(lcfg, i) for i in range(config.n_layers)])
+        self.output_proj = nn.Linear(config.width, config.num_units + 1)
+        self.rotary = LlamaRotaryEmbedding(lcfg)
+
+    def upsample(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(batch, M, llm_width) -> (batch, M * lambda, llm_width), each state repeated lambda times."""
+        return hidden.repeat_interleave(self.config.upsample, dim=1)
+
+    def logits(self, hidden: torch.Tensor, past: int = 0, cache=None) -> torch.Tensor:
+        """Unit logits for upsampled positions past .. past + T - 1, given (batch, T, llm_width).
+
+        With `cache` (a transformers Cache holding the first `past` positions), attention
+        reaches back over them; the mask is causal and explicit, so it is exact for any `past`."""
+        x = self.input_proj(hidden)
+        t = x.shape[1]
+        positions = torch.arange(past, past + t, device=x.device).unsqueeze(0)
+        keys = torch.arange(past + t, device=x.device)
+        mask = (keys.unsqueeze(0) <= positions[0].unsqueeze(1))[None, None]  # (1, 1, T, past + T)
+        cos_sin = self.rotary(x, positions)
+        for layer in self.layers:
+            x = layer(x, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                      use_cache=cache is not None, position_embeddings=cos_sin)
+            x = x[0] if isinstance(x, tuple) else x
+        return self.output_proj(x)
+
+    @torch.inference_mode()
+    def predict(self, hidden: torch.Tensor) -> list[int]:
+        """Full pass: (M, llm_width) hidden states -> collapsed unit sequence."""
+        raw = self.logits(self.upsample(hidden.unsqueeze(0)))[0].argmax(-1).tolist()
+        return ctc_collapse(raw, self.blank)
+
+    def ctc_loss(self, hidden: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
+        """Training loss: sum of CTC over the batch / total target length (zero_infinity).
+
+        hidden (B, M, llm_width) padded; lengths (B,) valid states; targets (B, U) padded
+        deduplicated units; target_lengths (B,)."""
+        up = self.upsample(hidden)
+        logp = torch.log_softmax(self.logits(up).float(), dim=-1)
+        loss = nn.functional.ctc_loss(
+            logp.transpose(0, 1), targets, lengths * self.config.upsample, target_lengths,
+            blank=self.blank, reduction="sum", zero_infinity=True,
+        )
+        return loss / target_lengths.sum().clamp(min=1)
+
+
+class SpeechDecoderStream:
+    """Incremental decoding state: feed one hidden state per text token, get its new units."""
+
+    def __init__(self, generator: SpeechGenerator):
+        from transformers import DynamicCache
+
+        self.generator = generator
+        self.cache = DynamicCache()
+        self.past = 0
+        self.last_raw: int | None = None
+
+    @torch.inference_mode()
+    def push(self, hidden: torch.Tensor) -> list[int]:
+        """(llm_width,) state that emitted one text token -> the units it adds (collapsed)."""
+        g = self.generator
+        up = g.upsample(hidden.reshape(1, 1, -1))
+        raw = g.logits(up, past=self.past, cache=self.cache)[0].argmax(-1).tolist()
+        self.past += len(raw)
+        units = ctc_collapse(raw, g.blank, self.last_raw)
+        self.last_raw = raw[-1]
+        return units
