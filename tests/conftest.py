@@ -150,3 +150,57 @@ def question_audio():
     from omni_cli.audio import load_audio
 
     return load_audio(EXAMPLE_QUESTION)
+
+
+# -- tiny end-to-end models --------------------------------------------------------------
+
+
+def save_tiny_whisper(path: Path) -> Path:
+    """A random openai-whisper checkpoint (width 16, 2 layers) in the .pt format."""
+    import dataclasses
+
+    from whisper.model import ModelDimensions, Whisper
+
+    torch.manual_seed(0)
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=16, n_audio_head=2, n_audio_layer=2,
+                           n_vocab=51864, n_text_ctx=8, n_text_state=16, n_text_head=2, n_text_layer=1)
+    model = Whisper(dims)
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": model.state_dict()}, path)
+    return path
+
+
+def tiny_omni_config(llm_width: int, num_units: int, encoder_source: str = "", llm_source: str = "", padded: bool = False):
+    from omni_cli.e2e.config import EncoderConfig, OmniConfig, ProjectorConfig, PromptConfig, SpeechDecoderConfig
+
+    return OmniConfig(
+        encoder=EncoderConfig(n_mels=80, n_ctx=1500, width=16, n_heads=2, n_layers=2, padded=padded),
+        projector=ProjectorConfig(k=5, encoder_width=16, hidden=32, llm_width=llm_width),
+        speech_decoder=SpeechDecoderConfig(llm_width=llm_width, width=32, n_layers=2, n_heads=4, n_kv_heads=4, ffn=64,
+                                           num_units=num_units, upsample=4),
+        prompt=PromptConfig(),
+        encoder_source=encoder_source,
+        llm_source=llm_source,
+        vocoder="piper",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_e2e_parts(tmp_path_factory):
+    """A tiny random end-to-end model on disk: whisper .pt, LLM folder, and an omni folder."""
+    from omni_cli.e2e.checkpoint import build_encoder, save_omni
+    from omni_cli.e2e.speech_generator import SpeechGenerator
+    from omni_cli.e2e.speech_llm import SpeechLLM
+    from omni_cli.e2e.speech_projector import SpeechProjector
+    from omni_cli.llm import ChatLLM
+
+    root = tmp_path_factory.mktemp("tiny_e2e")
+    whisper_pt = save_tiny_whisper(root / "tiny-whisper.pt")
+    llm = make_tiny_llm()
+    llm.model.save_pretrained(root / "llm")
+    llm.tokenizer.save_pretrained(root / "llm")
+    config = tiny_omni_config(16, 151, str(whisper_pt), str(root / "llm"))
+    torch.manual_seed(3)
+    model = SpeechLLM(config, build_encoder(config.encoder, str(whisper_pt)), SpeechProjector(config.projector),
+                      ChatLLM.load(str(root / "llm")), SpeechGenerator(config.speech_decoder)).eval()
+    save_omni(model, root / "omni")
+    return {"root": root, "whisper": whisper_pt, "llm": root / "llm", "omni": root / "omni", "model": model}

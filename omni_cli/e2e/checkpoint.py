@@ -1,0 +1,256 @@
+"""Loading and saving end-to-end models.
+
+Our format: a folder with `omni_e2e.json` (the `OmniConfig`, naming the encoder and LLM
+by registry name, path or hub id) and `model.safetensors` holding only what we train:
+`speech_projector.*` and `speech_generator.*` (a few MB for the small default).
+
+The published format (ICTNLP/Llama-3.1-8B-Omni): an HF folder whose `config.json` has
+`model_type` "omni_speech2s_llama" and the speech fields (`speech_encoder_ds_rate`,
+`speech_encoder_hidden_size`, `ctc_decoder_config` "(layers,dim,heads,ffn)",
+`ctc_upsample_factor`, `unit_vocab_size`, ...), with weights under `model.*`/`lm_head.*`
+(the LLM), `model.speech_encoder.*`, `model.speech_projector.*` and `speech_generator.*`.
+Every key is placed; a missing or unexpected key is an error that names it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from omni_cli.e2e.config import (
+    EncoderConfig,
+    OmniConfig,
+    ProjectorConfig,
+    PromptConfig,
+    SpeechDecoderConfig,
+)
+from omni_cli.e2e.speech_encoder import SpeechEncoder
+from omni_cli.e2e.speech_generator import SpeechGenerator
+from omni_cli.e2e.speech_llm import SpeechLLM
+from omni_cli.e2e.speech_projector import SpeechProjector
+from omni_cli.errors import ModelNotFoundError
+
+OMNI_CONFIG = "omni_e2e.json"
+OMNI_WEIGHTS = "model.safetensors"
+PUBLISHED_MODEL_TYPE = "omni_speech2s_llama"
+SPEECH_CONFIG_FIELDS = (
+    "speech_encoder", "speech_encoder_type", "speech_encoder_ds_rate", "speech_encoder_hidden_size",
+    "speech_projector_type", "speech_generator_type", "ctc_decoder_config", "ctc_upsample_factor",
+    "ctc_loss_weight", "unit_vocab_size", "speech_normalize", "tune_speech_generator_only",
+)
+
+
+class CheckpointError(ModelNotFoundError):
+    """A checkpoint whose keys or config do not match the architecture."""
+
+
+def _strict_load(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    expected = set(module.state_dict())
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:6])}{' ...' if len(unexpected) > 6 else ''}")
+        raise CheckpointError(f"{what}: {'; '.join(parts)}")
+    for name, tensor in state.items():
+        if module.state_dict()[name].shape != tensor.shape:
+            raise CheckpointError(f"{what}: {name} has shape {tuple(tensor.shape)}, expected {tuple(module.state_dict()[name].shape)}")
+    module.load_state_dict(state, strict=True)
+
+
+def _prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+# -- our own format --------------------------------------------------------------------------
+
+
+def save_omni(model: SpeechLLM, folder: Path) -> Path:
+    """Write the config and the trained parts (adaptor + speech decoder) to `folder`, atomically."""
+    from safetensors.torch import save_file
+
+    from omni_cli.cache import atomic_dir
+
+    folder = Path(folder)
+    state = {f"speech_projector.{k}": v.detach().contiguous().cpu() for k, v in model.speech_projector.state_dict().items()}
+    state |= {f"speech_generator.{k}": v.detach().contiguous().cpu() for k, v in model.speech_generator.state_dict().items()
+              if not k.startswith("rotary.")}
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    with atomic_dir(folder) as tmp:
+        save_file(state, str(tmp / OMNI_WEIGHTS), metadata={"format": "omni-e2e"})
+        (tmp / OMNI_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    return folder
+
+
+def _generator_state(generator: SpeechGenerator, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add the rotary buffers (derived from the config, never stored) to a loaded state."""
+    return state | {k: v for k, v in generator.state_dict().items() if k.startswith("rotary.")}
+
+
+def build_encoder(config: EncoderConfig, whisper_spec: str, device: str = "cpu") -> SpeechEncoder:
+    from omni_cli.registry import resolve_whisper
+
+    resolved = resolve_whisper(whisper_spec or None, need="openai")
+    if resolved.openai_checkpoint is None:
+        import whisper
+
+        ckpt_path = None
+        try:
+            model = whisper.load_model(resolved.remote_name, device="cpu")
+        except Exception as exc:  # noqa: BLE001
+            raise ModelNotFoundError(f"could not load the speech encoder '{whisper_spec}' ({type(exc).__name__})") from exc
+        state = model.encoder.state_dict()
+    else:
+        ckpt_path = resolved.openai_checkpoint
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = _prefixed(ckpt["model_state_dict"], "encoder.")
+    encoder = SpeechEncoder(config)
+    _strict_load(encoder.whisper, state, f"speech encoder from {ckpt_path or whisper_spec}")
+    return encoder.to(device).eval()
+
+
+def load_omni(folder: Path, device: str = "cpu"):
+    """Load a model saved by `save_omni` (encoder and LLM from their registry names/paths)."""
+    from safetensors.torch import load_file
+
+    from omni_cli.llm import ChatLLM
+
+    folder = Path(folder)
+    if not (folder / OMNI_CONFIG).is_file() or not (folder / OMNI_WEIGHTS).is_file():
+        raise ModelNotFoundError(f"{folder}: not an omni end-to-end model (needs {OMNI_CONFIG} and {OMNI_WEIGHTS})")
+    config = OmniConfig.from_dict(json.loads((folder / OMNI_CONFIG).read_text()))
+    state = load_file(str(folder / OMNI_WEIGHTS))
+    projector = SpeechProjector(config.projector)
+    generator = SpeechGenerator(config.speech_decoder)
+    unexpected = [k for k in state if not k.startswith(("speech_projector.", "speech_generator."))]
+    if unexpected:
+        raise CheckpointError(f"{folder / OMNI_WEIGHTS}: unexpected key(s): {', '.join(unexpected[:6])}")
+    _strict_load(projector, _prefixed(state, "speech_projector."), f"{folder}: speech_projector")
+    _strict_load(generator, _generator_state(generator, _prefixed(state, "speech_generator.")), f"{folder}: speech_generator")
+    llm = ChatLLM.load(config.llm_source or None, device=device)
+    encoder = build_encoder(config.encoder, config.encoder_source, device)
+    return SpeechLLM(config, encoder, projector.to(device), llm, generator.to(device)).eval()
+
+
+# -- the published format ----------------------------------------------------------------------
+
+
+def parse_ctc_decoder_config(text: str) -> tuple[int, int, int, int]:
+    """The published "(layers,dim,heads,ffn)" string."""
+    try:
+        layers, dim, heads, ffn = (int(x) for x in text.strip().strip("()").split(","))
+    except ValueError as exc:
+        raise CheckpointError(f"ctc_decoder_config {text!r}: expected '(layers,dim,heads,ffn)'") from exc
+    return layers, dim, heads, ffn
+
+
+def read_state(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of an HF checkpoint folder (safetensors shards, or pytorch_model*.bin)."""
+    from safetensors.torch import load_file
+
+    shards = sorted(folder.glob("*.safetensors"))
+    if shards:
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state |= load_file(str(shard))
+        return state
+    bins = sorted(folder.glob("pytorch_model*.bin"))
+    if not bins:
+        raise CheckpointError(f"{folder}: no *.safetensors or pytorch_model*.bin weights")
+    state = {}
+    for b in bins:
+        state |= torch.load(b, map_location="cpu", weights_only=True)
+    return state
+
+
+def _fetch_hub(repo_id: str) -> Path:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the local hub cache
+        if offline:
+            raise ModelNotFoundError(f"'{repo_id}' is not in the local hub cache and HF_HUB_OFFLINE is set; give a local folder") from None
+    try:
+        return Path(snapshot_download(repo_id))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelNotFoundError(f"could not fetch '{repo_id}' ({type(exc).__name__}); offline, give a local folder") from exc
+
+
+def load_published(source: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> SpeechLLM:
+    """Load the published LLaMA-Omni checkpoint (or a replica) from a folder or hub id."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from omni_cli.llm import ChatLLM
+
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        folder = _fetch_hub(str(source))
+    cfg = json.loads((folder / "config.json").read_text())
+    if cfg.get("model_type") != PUBLISHED_MODEL_TYPE:
+        raise CheckpointError(f"{folder}: config.json model_type is {cfg.get('model_type')!r}, expected {PUBLISHED_MODEL_TYPE!r}")
+    if cfg.get("speech_projector_type", "linear") != "linear" or cfg.get("speech_generator_type", "ctc") != "ctc":
+        raise CheckpointError(f"{folder}: only speech_projector_type 'linear' and speech_generator_type 'ctc' exist in the published design")
+    state = read_state(folder)
+
+    enc_state = _prefixed(state, "model.speech_encoder.")
+    proj_state = _prefixed(state, "model.speech_projector.")
+    gen_state = _prefixed(state, "speech_generator.")
+    llm_state = {k: v for k, v in state.items() if not k.startswith(("model.speech_encoder.", "model.speech_projector.", "speech_generator."))}
+    if not enc_state:
+        raise CheckpointError(f"{folder}: no model.speech_encoder.* weights")
+
+    width = int(cfg.get("speech_encoder_hidden_size", enc_state["conv1.weight"].shape[0]))
+    n_layers = len({k.split(".")[1] for k in enc_state if k.startswith("blocks.")})
+    encoder_cfg = EncoderConfig(
+        n_mels=int(enc_state["conv1.weight"].shape[1]),
+        n_ctx=int(enc_state["positional_embedding"].shape[0]),
+        width=width,
+        n_heads=width // 64,  # every Whisper size uses 64-wide heads
+        n_layers=n_layers,
+        padded=True,
+    )
+    llm_fields = {k: v for k, v in cfg.items() if k not in SPEECH_CONFIG_FIELDS and k not in ("model_type", "architectures", "auto_map")}
+    llm_config = LlamaConfig(**llm_fields)
+    projector_cfg = ProjectorConfig(
+        k=int(cfg.get("speech_encoder_ds_rate", 5)),
+        encoder_width=width,
+        hidden=int(proj_state["linear1.weight"].shape[0]),
+        llm_width=llm_config.hidden_size,
+    )
+    layers, dim, heads, ffn = parse_ctc_decoder_config(cfg["ctc_decoder_config"])
+    rope = getattr(llm_config, "rope_parameters", None) or {}
+    decoder_cfg = SpeechDecoderConfig(
+        llm_width=llm_config.hidden_size, width=dim, n_layers=layers, n_heads=heads, n_kv_heads=heads, ffn=ffn,
+        num_units=int(cfg["unit_vocab_size"]), upsample=int(cfg["ctc_upsample_factor"]),
+        rms_norm_eps=float(llm_config.rms_norm_eps), rope_theta=float(rope.get("rope_theta", 10000.0)),
+        rope_scaling={k: v for k, v in rope.items() if k != "rope_theta"} if rope.get("rope_type", "default") != "default" else None,
+        max_positions=int(llm_config.max_position_embeddings),
+    )
+    config = OmniConfig(encoder_cfg, projector_cfg, decoder_cfg, PromptConfig(template="llama3-omni"),
+                        encoder_source="", llm_source=str(folder), vocoder="")
+
+    encoder = SpeechEncoder(encoder_cfg)
+    _strict_load(encoder.whisper, enc_state, f"{folder}: model.speech_encoder")
+    projector = SpeechProjector(projector_cfg)
+    _strict_load(projector, proj_state, f"{folder}: model.speech_projector")
+    generator = SpeechGenerator(decoder_cfg)
+    _strict_load(generator, _generator_state(generator, gen_state), f"{folder}: speech_generator")
+    llm_model = LlamaForCausalLM(llm_config)
+    if llm_config.tie_word_embeddings and "lm_head.weight" not in llm_state:
+        llm_state["lm_head.weight"] = llm_state["model.embed_tokens.weight"]
+    _strict_load(llm_model, llm_state, f"{folder}: LLM")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    llm = ChatLLM(llm_model.to(device=device, dtype=dtype), tokenizer, str(folder))
+    model = SpeechLLM(config, encoder.to(device), projector.to(device), llm, generator.to(device))
+    return model.eval()

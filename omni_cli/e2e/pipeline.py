@@ -1,0 +1,75 @@
+"""The end-to-end pipeline: one decode loop streams text, units and audio events.
+
+For each text token the LLM writes, its hidden state goes into the incremental CTC
+speech decoder; new units go to a `UnitChunker`, and every chunk of about Omega units is
+vocoded and yielded as audio while the LLM is still writing. The same event stream as the
+cascade (`omni_cli.events`), so `respond`, `talk` and `eval` treat both modes alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from omni_cli.audio import SAMPLE_RATE
+from omni_cli.e2e.speech_generator import SpeechDecoderStream
+from omni_cli.e2e.speech_llm import SpeechLLM
+from omni_cli.e2e.unit_vocoder import UnitChunker, UnitVocoder
+from omni_cli.errors import ConfigError, InputError
+from omni_cli.events import AudioChunk, Done, Event, SpeechEnded, StageTiming, TextDelta, UnitChunk, now
+from omni_cli.llm import GenerationOptions
+from omni_cli.vad import has_speech
+
+
+@dataclass(frozen=True)
+class E2EOptions:
+    omega: int | None = 40  # units per vocoder chunk (None: vocode once, at the end)
+    generation: GenerationOptions = field(default_factory=GenerationOptions)
+    check_speech: bool = True  # refuse silence-only input before running models
+
+
+class E2EPipeline:
+    mode = "e2e"
+
+    def __init__(self, model: SpeechLLM, vocoder: UnitVocoder, options: E2EOptions = E2EOptions()):
+        k = model.config.speech_decoder.num_units
+        if vocoder.num_units != k:
+            raise ConfigError(f"the speech decoder predicts {k} units but the vocoder takes {vocoder.num_units}")
+        self.model, self.vocoder, self.options = model, vocoder, options
+
+    @property
+    def sample_rate(self) -> int:
+        return self.vocoder.sample_rate
+
+    def run(self, audio: np.ndarray, history: list[dict[str, str]] | None = None) -> Iterator[Event]:
+        if self.options.check_speech and not has_speech(audio):
+            raise InputError("no speech detected in the input (silence or noise only)")
+        yield SpeechEnded(duration_s=len(audio) / SAMPLE_RATE)
+        decoder = SpeechDecoderStream(self.model.speech_generator)
+        chunker = UnitChunker(self.options.omega, getattr(self.vocoder, "boundary_units", None))
+        text: list[str] = []
+        n_chunks = 0
+        for step in self.model.stream(audio, self.options.generation, history):
+            if step.text:
+                text.append(step.text)
+                yield TextDelta(text=step.text)
+            t = now()
+            units = decoder.push(step.hidden)
+            yield StageTiming(stage="speech_decoder", seconds=now() - t)
+            for chunk in chunker.push(units):
+                yield from self._vocode(chunk, n_chunks)
+                n_chunks += 1
+        for chunk in chunker.flush():
+            yield from self._vocode(chunk, n_chunks)
+            n_chunks += 1
+        yield Done(text="".join(text).strip(), transcript=None)
+
+    def _vocode(self, units: list[int], index: int) -> Iterator[Event]:
+        yield UnitChunk(units=tuple(units), index=index)
+        t = now()
+        samples = self.vocoder.units_to_audio(units)
+        yield StageTiming(stage="vocoder", seconds=now() - t)
+        if samples.size:
+            yield AudioChunk(samples=samples, sample_rate=self.vocoder.sample_rate, index=index)

@@ -1,0 +1,82 @@
+"""The speech LLM: speech encoder -> speech_projector -> any transformers causal LM, plus
+the CTC speech_generator reading the LLM's hidden states.
+
+The adaptor outputs replace the `<speech>` placeholder of the chat prompt; generation is
+`omni_cli.llm.stream_generate` over the prompt's embeddings, asking for the hidden state
+that emitted each token. Streaming (text + units + audio events) is in `pipeline.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from omni_cli.e2e.config import SPEECH_PLACEHOLDER, OmniConfig
+from omni_cli.e2e.speech_encoder import SpeechEncoder
+from omni_cli.e2e.speech_generator import SpeechGenerator
+from omni_cli.e2e.speech_projector import SpeechProjector
+from omni_cli.llm import ChatLLM, GenerationOptions, TokenStep, stream_generate
+
+
+class SpeechLLM(nn.Module):
+    def __init__(self, config: OmniConfig, encoder: SpeechEncoder, projector: SpeechProjector, llm: ChatLLM, generator: SpeechGenerator):
+        super().__init__()
+        self.config = config
+        self.speech_encoder = encoder
+        self.speech_projector = projector
+        self.llm_model = llm.model  # registered, so .to()/.eval() reach it
+        self.llm = llm
+        self.speech_generator = generator
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.speech_projector.parameters()).device
+
+    def speech_features(self, audio: np.ndarray) -> torch.Tensor:
+        """(n, llm_width) adaptor outputs for 16 kHz audio."""
+        states = self.speech_encoder.encode(audio)
+        return self.speech_projector(states.unsqueeze(0))[0]
+
+    def prompt_embeds(self, features: torch.Tensor, history: list[dict[str, str]] | None = None) -> torch.Tensor:
+        """(1, T, llm_width): the chat prompt with the speech features at the placeholder."""
+        p = self.config.prompt
+        tokenizer = self.llm.tokenizer
+        user = f"{SPEECH_PLACEHOLDER}\n{p.instruction}" if p.instruction else SPEECH_PLACEHOLDER
+        messages = [{"role": "system", "content": p.system}, *(history or []), {"role": "user", "content": user}]
+        if p.template == "llama3-omni":
+            # the published prompt, built as its code builds it: a literal Llama-3 string,
+            # the first chunk tokenized with the tokenizer's BOS (so BOS appears twice, as
+            # in the published model's training and inference), the second without
+            text = "<|begin_of_text|>"
+            for m in messages:
+                text += f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content'].strip()}<|eot_id|>"
+            text += "<|start_header_id|>assistant<|end_header_id|>\n\n"
+            before, after = text.split(SPEECH_PLACEHOLDER)
+            ids_before = tokenizer(before).input_ids
+            ids_after = tokenizer(after, add_special_tokens=False).input_ids
+        elif p.template == "chat":
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            before, after = text.split(SPEECH_PLACEHOLDER)
+            ids_before = tokenizer(before, add_special_tokens=False).input_ids
+            ids_after = tokenizer(after, add_special_tokens=False).input_ids
+        else:
+            raise ValueError(f"unknown prompt template {p.template!r} (chat | llama3-omni)")
+        embed = self.llm.model.get_input_embeddings()
+        dev = self.device
+        parts = [
+            embed(torch.tensor([ids_before], device=dev)),
+            features.unsqueeze(0).to(embed.weight.dtype),
+            embed(torch.tensor([ids_after], device=dev)),
+        ]
+        return torch.cat(parts, dim=1)
+
+    @torch.inference_mode()
+    def stream(
+        self, audio: np.ndarray, options: GenerationOptions = GenerationOptions(), history: list[dict[str, str]] | None = None
+    ) -> Iterator[TokenStep]:
+        """Text tokens with the hidden states that emitted them (the last step is the end token)."""
+        embeds = self.prompt_embeds(self.speech_features(audio), history)
+        yield from stream_generate(self.llm, inputs_embeds=embeds, options=options, output_hidden=True)

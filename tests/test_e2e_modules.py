@@ -1,0 +1,142 @@
+"""End-to-end model components on tiny random configs: encoder modes, adaptor, CTC speech
+decoder (incremental == full pass), CTC rules, unit chunking."""
+
+import numpy as np
+import pytest
+import torch
+
+from omni_cli.e2e.config import EncoderConfig, ProjectorConfig, SpeechDecoderConfig
+from omni_cli.e2e.speech_encoder import SpeechEncoder
+from omni_cli.e2e.speech_generator import SpeechDecoderStream, SpeechGenerator, ctc_collapse
+from omni_cli.e2e.speech_projector import SpeechProjector
+from omni_cli.e2e.unit_vocoder import UnitChunker
+
+
+@pytest.fixture(scope="module")
+def whisper_model(tmp_path_factory):
+    import whisper
+
+    from tests.conftest import save_tiny_whisper
+
+    return whisper.load_model(str(save_tiny_whisper(tmp_path_factory.mktemp("w") / "w.pt")), device="cpu").eval()
+
+
+def encoder_from(whisper_model, padded: bool) -> SpeechEncoder:
+    d = whisper_model.dims
+    enc = SpeechEncoder(EncoderConfig(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer, padded=padded))
+    enc.whisper.load_state_dict(whisper_model.encoder.state_dict())
+    assert all(type(m) is torch.nn.LayerNorm for m in enc.modules() if isinstance(m, torch.nn.LayerNorm))
+    return enc.eval()
+
+
+def test_padded_encoder_equals_whisper_on_30_seconds(whisper_model):
+    enc = encoder_from(whisper_model, padded=True)
+    audio = np.random.default_rng(0).normal(0, 0.1, 16000 * 3).astype(np.float32)
+    mel, n_frames = enc.mel(audio)
+    assert mel.shape == (80, 3000) and n_frames == 300
+    with torch.no_grad():
+        torch.testing.assert_close(enc(mel[None]), whisper_model.encoder(mel[None]), atol=1e-5, rtol=1e-5)
+        assert enc.encode(audio).shape == (1500, 16)
+
+
+def test_real_length_encoder_slices_positions(whisper_model):
+    real = encoder_from(whisper_model, padded=False)
+    padded = encoder_from(whisper_model, padded=True)
+    audio = np.random.default_rng(1).normal(0, 0.1, 16000 * 2).astype(np.float32)
+    with torch.no_grad():
+        assert real.encode(audio).shape == (100, 16)  # 2 s -> 200 mel frames -> 100 states
+        full = np.random.default_rng(2).normal(0, 0.1, 16000 * 30).astype(np.float32)
+        torch.testing.assert_close(real.encode(full), padded.encode(full), atol=1e-5, rtol=1e-5)
+
+
+def test_projector_concatenates_k_frames_and_drops_the_rest():
+    proj = SpeechProjector(ProjectorConfig(k=5, encoder_width=4, hidden=8, llm_width=6))
+    x = torch.randn(2, 23, 4)
+    y = proj(x)
+    assert y.shape == (2, 4, 6)
+    manual = proj.linear2(torch.relu(proj.linear1(x[:, :20].reshape(2, 4, 20))))
+    torch.testing.assert_close(y, manual)
+    # frame order: output 1 sees frames 5..9 concatenated in order
+    torch.testing.assert_close(proj.linear1(torch.cat(list(x[0, 5:10]))), proj.linear1(x[:, :20].reshape(2, 4, 20))[0, 1])
+
+
+@pytest.mark.parametrize("blank_previous", [None, 3])
+def test_ctc_collapse_rules(blank_previous):
+    blank = 9
+    assert ctc_collapse([1, 1, 9, 1, 2, 2, 9, 9, 3], blank) == [1, 1, 2, 3]
+    assert ctc_collapse([9, 9, 9], blank) == []
+    # a repeat across a chunk boundary is collapsed, a blank in between separates
+    assert ctc_collapse([3, 3, 4], blank, previous=3) == [4]
+    assert ctc_collapse([9, 3], blank, previous=3) == [3]
+
+
+def decoder(seed=0, upsample=4):
+    torch.manual_seed(seed)
+    return SpeechGenerator(SpeechDecoderConfig(llm_width=16, width=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn=64,
+                                               num_units=7, upsample=upsample)).eval()
+
+
+@pytest.mark.parametrize("length", [1, 5, 37])
+def test_incremental_decoding_equals_the_full_pass(length):
+    gen = decoder(seed=length)
+    hidden = torch.randn(length, 16) * 3
+    stream = SpeechDecoderStream(gen)
+    units = [u for h in hidden for u in stream.push(h)]
+    assert units == gen.predict(hidden)
+    # and the logits themselves, position by position
+    with torch.no_grad():
+        full = gen.logits(gen.upsample(hidden[None]))[0]
+        s = SpeechDecoderStream(gen)
+        parts = []
+        for h in hidden:
+            up = gen.upsample(h.reshape(1, 1, -1))
+            parts.append(gen.logits(up, past=s.past, cache=s.cache)[0])
+            s.past += up.shape[1]
+    torch.testing.assert_close(torch.cat(parts), full, atol=1e-5, rtol=1e-4)
+
+
+def test_decoder_is_causal():
+    """Changing a later hidden state never changes earlier units' logits."""
+    gen = decoder()
+    h = torch.randn(6, 16)
+    h2 = h.clone()
+    h2[4:] = torch.randn(2, 16)
+    with torch.no_grad():
+        a = gen.logits(gen.upsample(h[None]))[0]
+        b = gen.logits(gen.upsample(h2[None]))[0]
+    torch.testing.assert_close(a[: 4 * 4], b[: 4 * 4])
+    assert not torch.allclose(a[4 * 4 :], b[4 * 4 :])
+
+
+def test_upsampling_repeats_each_state_lambda_times():
+    gen = decoder(upsample=3)
+    assert gen.upsample(torch.tensor([[[1.0], [2.0]]])).flatten().tolist() == [1, 1, 1, 2, 2, 2]
+
+
+def test_ctc_loss_goes_down_when_training_the_decoder():
+    gen = decoder()
+    gen.train()
+    hidden = torch.randn(2, 6, 16)
+    targets = torch.tensor([[1, 2, 3, 4, 0], [5, 6, 1, 0, 0]])
+    opt = torch.optim.Adam(gen.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = gen.ctc_loss(hidden, torch.tensor([6, 4]), targets, torch.tensor([5, 3]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_unit_chunker_hands_out_every_unit_once_at_boundaries():
+    units = [5, 6, 3, 7, 8, 9, 3, 4, 4, 5, 3, 6, 7]
+    chunker = UnitChunker(4, boundaries=frozenset({3}))
+    chunks = [c for u in units for c in chunker.push([u])] + list(chunker.flush())
+    assert sum(chunks, []) == units
+    assert all(c[-1] == 3 for c in chunks[:-1])
+    plain = UnitChunker(4)
+    chunks = [c for u in units for c in plain.push([u])] + list(plain.flush())
+    assert [len(c) for c in chunks] == [4, 4, 4, 1]
+    offline = UnitChunker(None)
+    assert [c for u in units for c in offline.push([u])] == [] and list(offline.flush()) == [units]
