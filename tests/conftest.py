@@ -156,13 +156,13 @@ def question_audio():
 
 
 def save_tiny_whisper(path: Path) -> Path:
-    """A random openai-whisper checkpoint (width 16, 2 layers) in the .pt format."""
+    """A random openai-whisper checkpoint (width 64, 1 head of 64 like every Whisper, 2 layers), .pt format."""
     import dataclasses
 
     from whisper.model import ModelDimensions, Whisper
 
     torch.manual_seed(0)
-    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=16, n_audio_head=2, n_audio_layer=2,
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=1, n_audio_layer=2,
                            n_vocab=51864, n_text_ctx=8, n_text_state=16, n_text_head=2, n_text_layer=1)
     model = Whisper(dims)
     torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": model.state_dict()}, path)
@@ -173,8 +173,8 @@ def tiny_omni_config(llm_width: int, num_units: int, encoder_source: str = "", l
     from omni_cli.e2e.config import EncoderConfig, OmniConfig, ProjectorConfig, PromptConfig, SpeechDecoderConfig
 
     return OmniConfig(
-        encoder=EncoderConfig(n_mels=80, n_ctx=1500, width=16, n_heads=2, n_layers=2, padded=padded),
-        projector=ProjectorConfig(k=5, encoder_width=16, hidden=32, llm_width=llm_width),
+        encoder=EncoderConfig(n_mels=80, n_ctx=1500, width=64, n_heads=1, n_layers=2, padded=padded),
+        projector=ProjectorConfig(k=5, encoder_width=64, hidden=32, llm_width=llm_width),
         speech_decoder=SpeechDecoderConfig(llm_width=llm_width, width=32, n_layers=2, n_heads=4, n_kv_heads=4, ffn=64,
                                            num_units=num_units, upsample=4),
         prompt=PromptConfig(),

@@ -36,7 +36,7 @@ def test_padded_encoder_equals_whisper_on_30_seconds(whisper_model):
     assert mel.shape == (80, 3000) and n_frames == 300
     with torch.no_grad():
         torch.testing.assert_close(enc(mel[None]), whisper_model.encoder(mel[None]), atol=1e-5, rtol=1e-5)
-        assert enc.encode(audio).shape == (1500, 16)
+        assert enc.encode(audio).shape == (1500, 64)
 
 
 def test_real_length_encoder_slices_positions(whisper_model):
@@ -44,7 +44,7 @@ def test_real_length_encoder_slices_positions(whisper_model):
     padded = encoder_from(whisper_model, padded=True)
     audio = np.random.default_rng(1).normal(0, 0.1, 16000 * 2).astype(np.float32)
     with torch.no_grad():
-        assert real.encode(audio).shape == (100, 16)  # 2 s -> 200 mel frames -> 100 states
+        assert real.encode(audio).shape == (100, 64)  # 2 s -> 200 mel frames -> 100 states
         full = np.random.default_rng(2).normal(0, 0.1, 16000 * 30).astype(np.float32)
         torch.testing.assert_close(real.encode(full), padded.encode(full), atol=1e-5, rtol=1e-5)
 

@@ -250,7 +250,14 @@ def load_published(source: str | Path, device: str = "cpu", dtype: torch.dtype =
     if llm_config.tie_word_embeddings and "lm_head.weight" not in llm_state:
         llm_state["lm_head.weight"] = llm_state["model.embed_tokens.weight"]
     _strict_load(llm_model, llm_state, f"{folder}: LLM")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # it warns that "omni_speech2s_llama" is not a type it knows
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    finally:
+        hf_logging.set_verbosity(verbosity)
     llm = ChatLLM(llm_model.to(device=device, dtype=dtype), tokenizer, str(folder))
     model = SpeechLLM(config, encoder.to(device), projector.to(device), llm, generator.to(device))
     return model.eval()

@@ -1,0 +1,232 @@
+"""The end-to-end model as a whole: save -> load, the published checkpoint format, and the
+streaming pipeline's events."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from omni_cli.e2e.checkpoint import CheckpointError, load_omni, load_published
+from omni_cli.e2e.pipeline import E2EOptions, E2EPipeline
+from omni_cli.e2e.speech_generator import SpeechDecoderStream
+from omni_cli.events import AudioChunk, Done, SpeechEnded, TextDelta, UnitChunk
+from omni_cli.llm import GenerationOptions
+
+OPTS = GenerationOptions(max_new_tokens=12)
+
+
+def units_and_text(model, audio):
+    steps = list(model.stream(audio, OPTS))
+    text = "".join(s.text for s in steps)
+    hidden = torch.stack([s.hidden for s in steps])
+    return text, model.speech_generator.predict(hidden), steps
+
+
+def test_save_then_load_gives_the_same_outputs(tiny_e2e_parts, question_audio):
+    model = tiny_e2e_parts["model"]
+    loaded = load_omni(tiny_e2e_parts["omni"])
+    assert loaded.config == model.config
+    text_a, units_a, _ = units_and_text(model, question_audio)
+    text_b, units_b, _ = units_and_text(loaded, question_audio)
+    assert text_a == text_b and units_a == units_b
+    size = sum(p.stat().st_size for p in tiny_e2e_parts["omni"].iterdir())
+    assert size < 1_000_000  # adaptor + decoder only; encoder and LLM are referred to
+
+
+def test_own_format_reports_bad_keys(tiny_e2e_parts, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_e2e_parts["omni"], bad)
+    state = load_file(str(bad / "model.safetensors"))
+    state.pop("speech_projector.linear2.bias")
+    state["speech_generator.extra.weight"] = torch.zeros(1)
+    save_file(state, str(bad / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"linear2\.bias|extra\.weight"):
+        load_omni(bad)
+
+
+def test_stream_yields_the_state_that_emitted_each_token(tiny_e2e_parts, question_audio):
+    """The first state is the last prompt position's; each later one is the previous token's step."""
+    model = tiny_e2e_parts["model"]
+    _, _, steps = units_and_text(model, question_audio)
+    features = model.speech_features(question_audio)
+    embeds = model.prompt_embeds(features)
+    ids = torch.tensor([[s.token_id for s in steps[:-1]]])
+    full = torch.cat([embeds, model.llm.model.get_input_embeddings()(ids)], dim=1)
+    with torch.no_grad():
+        out = model.llm.model(inputs_embeds=full, output_hidden_states=True)
+    start = embeds.shape[1] - 1
+    torch.testing.assert_close(torch.stack([s.hidden for s in steps]), out.hidden_states[-1][0, start : start + len(steps)],
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_prompt_places_speech_between_the_chat_turns(tiny_e2e_parts):
+    model = tiny_e2e_parts["model"]
+    features = torch.randn(7, 16)
+    embeds = model.prompt_embeds(features)
+    tok = model.llm.tokenizer
+    text = tok.apply_chat_template([{"role": "system", "content": model.config.prompt.system},
+                                    {"role": "user", "content": "<speech>\n" + model.config.prompt.instruction}],
+                                   tokenize=False, add_generation_prompt=True)
+    before, after = text.split("<speech>")
+    n_before = len(tok(before, add_special_tokens=False).input_ids)
+    n_after = len(tok(after, add_special_tokens=False).input_ids)
+    assert embeds.shape == (1, n_before + 7 + n_after, 16)
+    torch.testing.assert_close(embeds[0, n_before : n_before + 7], features)
+
+
+# -- the published checkpoint format -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def published_replica(tmp_path_factory, tiny_e2e_parts):
+    """A tiny model saved under exactly the published key names and config fields."""
+    from safetensors.torch import save_file
+
+    from tests.conftest import make_tiny_llm
+
+    folder = tmp_path_factory.mktemp("omni_published")
+    model = tiny_e2e_parts["model"]
+    llm = make_tiny_llm(seed=5)
+    state = {k: v for k, v in llm.model.state_dict().items()}
+    state |= {f"model.speech_encoder.{k}": v for k, v in model.speech_encoder.whisper.state_dict().items()}
+    state |= {f"model.speech_projector.{k}": v for k, v in model.speech_projector.state_dict().items()}
+    state |= {f"speech_generator.{k}": v for k, v in model.speech_generator.state_dict().items()}
+    if llm.model.config.tie_word_embeddings:
+        state.pop("lm_head.weight")  # tied weights are stored once
+    half = len(state) // 2
+    keys = sorted(state)
+    save_file({k: state[k].contiguous() for k in keys[:half]}, str(folder / "model-00001-of-00002.safetensors"))
+    save_file({k: state[k].contiguous() for k in keys[half:]}, str(folder / "model-00002-of-00002.safetensors"))
+    config = llm.model.config.to_dict()
+    sd = model.config.speech_decoder
+    config |= {
+        "model_type": "omni_speech2s_llama",
+        "architectures": ["OmniSpeech2SLlamaForCausalLM"],
+        "speech_encoder": "models/speech_encoder/large-v3.pt",
+        "speech_encoder_type": "whisper",
+        "speech_encoder_ds_rate": model.config.projector.k,
+        "speech_encoder_hidden_size": model.config.encoder.width,
+        "speech_projector_type": "linear",
+        "speech_generator_type": "ctc",
+        "ctc_decoder_config": f"({sd.n_layers},{sd.width},{sd.n_heads},{sd.ffn})",
+        "ctc_upsample_factor": sd.upsample,
+        "ctc_loss_weight": 1.0,
+        "unit_vocab_size": sd.num_units,
+        "speech_normalize": False,
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    llm.tokenizer.save_pretrained(folder)
+    return folder, state
+
+
+def test_published_names_load_and_run(published_replica, question_audio):
+    folder, state = published_replica
+    model = load_published(folder)
+    assert model.config.prompt.template == "llama3-omni"
+    assert model.config.encoder.padded and model.config.speech_decoder.upsample == 4
+    torch.testing.assert_close(model.speech_projector.linear1.weight, state["model.speech_projector.linear1.weight"])
+    torch.testing.assert_close(model.speech_generator.layers[1].mlp.gate_proj.weight,
+                               state["speech_generator.layers.1.mlp.gate_proj.weight"])
+    torch.testing.assert_close(model.speech_encoder.whisper.blocks[0].attn.query.weight,
+                               state["model.speech_encoder.blocks.0.attn.query.weight"])
+    torch.testing.assert_close(model.llm.model.model.layers[0].self_attn.q_proj.weight, state["model.layers.0.self_attn.q_proj.weight"])
+    text, units, steps = units_and_text(model, question_audio)
+    assert steps and all(0 <= u < 151 for u in units)
+
+
+@pytest.mark.parametrize("change", ["missing", "unexpected"])
+def test_published_load_reports_missing_or_unexpected_keys(published_replica, tmp_path, change):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder, _ = published_replica
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    shard = sorted(bad.glob("*.safetensors"))[-1]
+    state = load_file(str(shard))
+    if change == "missing":
+        name = "speech_generator.output_proj.bias"
+        state.pop(name)
+    else:
+        name = "model.speech_projector.linear3.weight"
+        state[name] = torch.zeros(2)
+    save_file(state, str(shard))
+    with pytest.raises(CheckpointError, match=name.split(".", 2)[-1].replace(".", r"\.")):
+        load_published(bad)
+
+
+def test_published_prompt_is_the_published_llama3_string(published_replica):
+    model = load_published(published_replica[0])
+    tok = model.llm.tokenizer
+    features = torch.randn(3, 16)
+    embeds = model.prompt_embeds(features)
+    before = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n" + model.config.prompt.system
+              + "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n")
+    after = "\n" + model.config.prompt.instruction + "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    n = len(tok(before).input_ids) + 3 + len(tok(after, add_special_tokens=False).input_ids)
+    assert embeds.shape[1] == n
+
+
+# -- the streaming pipeline -----------------------------------------------------------------
+
+
+class RecordingVocoder:
+    """The real Piper unit vocoder, recording what it was asked to vocode."""
+
+    def __init__(self, vocoder):
+        self.inner = vocoder
+        self.sample_rate, self.num_units = vocoder.sample_rate, vocoder.num_units
+        self.boundary_units = vocoder.boundary_units
+        self.calls = []
+
+    def units_to_audio(self, units):
+        self.calls.append(list(units))
+        return self.inner.units_to_audio(units)
+
+
+@pytest.fixture(scope="module")
+def piper_units():
+    from omni_cli.e2e.unit_vocoder import PiperUnitVocoder
+
+    return PiperUnitVocoder()
+
+
+@pytest.mark.parametrize("omega", [3, 10, None])
+def test_pipeline_streams_units_and_audio(tiny_e2e_parts, question_audio, piper_units, omega):
+    model = tiny_e2e_parts["model"]
+    vocoder = RecordingVocoder(piper_units)
+    pipe = E2EPipeline(model, vocoder, E2EOptions(omega=omega, generation=OPTS))
+    events = list(pipe.run(question_audio))
+    assert isinstance(events[0], SpeechEnded) and isinstance(events[-1], Done)
+    assert events[-1].transcript is None
+    unit_chunks = [e for e in events if isinstance(e, UnitChunk)]
+    audio_chunks = [e for e in events if isinstance(e, AudioChunk)]
+    # every unit of the full pass is vocoded exactly once, in order
+    _, full_units, _ = units_and_text(model, question_audio)
+    assert [u for c in unit_chunks for u in c.units] == full_units
+    assert vocoder.calls == [list(c.units) for c in unit_chunks]
+    if omega is None:
+        assert len(unit_chunks) <= 1
+    assert events[-1].text == "".join(e.text for e in events if isinstance(e, TextDelta)).strip()
+    # the streamed audio is exactly the concatenated chunks
+    from baselines.cascade import collect
+
+    response = collect(iter(events), pipe.sample_rate)
+    if audio_chunks:
+        np.testing.assert_array_equal(response.audio, np.concatenate([c.samples for c in audio_chunks]))
+
+
+def test_vocoder_unit_count_must_match(tiny_e2e_parts):
+    from omni_cli.errors import ConfigError
+
+    class Small:
+        sample_rate, num_units = 16000, 10
+
+    with pytest.raises(ConfigError, match="151 units"):
+        E2EPipeline(tiny_e2e_parts["model"], Small())
