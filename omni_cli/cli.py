@@ -115,7 +115,8 @@ def models_list(
         ui.err.print(ui.models_table(rows))
         missing = [r for r in rows if r["status"] == "missing"]
         for r in missing:
-            ui.note(f"{r['name']}: missing; install with `{r['install']}`")
+            how = f"install with `{r['install']}`" if r["install"].startswith(("pip ", "apt-get ")) else r["install"]
+            ui.note(f"{r['name']}: missing; {how}")
         from omni_cli.cache import cache_dir
 
         ui.note(f"cache: {cache_dir()} (set OMNI_CACHE_DIR to move it)")
@@ -249,6 +250,8 @@ def _emit_transcript(r, fmt: Format, out_dir: Path | None, root: Path, single: b
 
 class Mode(str, Enum):
     cascade = "cascade"
+    e2e = "e2e"
+    both = "both"
 
 
 class TtsEngine(str, Enum):
@@ -259,87 +262,120 @@ class TtsEngine(str, Enum):
 @app.command()
 def respond(
     audio_path: Annotated[Path, typer.Argument(metavar="AUDIO", help="The spoken request (any common audio format).", show_default=False)],
-    mode: Annotated[Mode, typer.Option("--mode", "-m", help="Pipeline.")] = Mode.cascade,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write the spoken answer (wav). Default: <input name>.reply.wav here.")] = None,
+    mode: Annotated[Mode, typer.Option("--mode", "-m", help="Pipeline: cascade, e2e (end-to-end speech LLM), or both side by side.")] = Mode.cascade,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write the spoken answer (wav). Default: <input name>.reply.wav here; with --mode both, .cascade/.e2e are added.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (transcript, text, audio, metrics) instead of text.")] = False,
     asr_model: AsrModelOpt = None,
     backend: BackendOpt = Backend.faster_whisper,
     beam_size: BeamOpt = 5,
-    llm: Annotated[str | None, typer.Option("--llm", help="LLM: 'smollm2-135m-instruct' (embedded), a local folder or .gguf, or a hub id (network).")] = None,
+    llm: Annotated[str | None, typer.Option("--llm", help="Cascade LLM: 'smollm2-135m-instruct' (embedded), a local folder or .gguf, or a hub id (network).")] = None,
     tts: Annotated[TtsEngine, typer.Option("--tts", help="Voice engine for the cascade.")] = TtsEngine.piper,
     voice: Annotated[str | None, typer.Option("--voice", help="Piper voice (.onnx path) or espeak-ng voice name.")] = None,
+    e2e_model: Annotated[str | None, typer.Option("--e2e-model", help="End-to-end model: the offline default, a trained folder, or a published-format folder/hub id.")] = None,
+    vocoder: Annotated[str | None, typer.Option("--vocoder", help="Unit vocoder for e2e: 'piper' or a unit HiFi-GAN folder (default: the model's own).")] = None,
+    omega: Annotated[str, typer.Option("--omega", help="e2e: units per streamed audio chunk, or 'all' to vocode once at the end.")] = "40",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer in tokens.")] = 160,
-    system_prompt: Annotated[str | None, typer.Option("--system-prompt", help="Replace the spoken-style system prompt.")] = None,
+    system_prompt: Annotated[str | None, typer.Option("--system-prompt", help="Replace the spoken-style system prompt (cascade).")] = None,
     device: DeviceOpt = "cpu",
     max_duration: MaxDurOpt = 1800.0,
 ) -> None:
     """Answer a spoken request with text and speech, and report how fast it went.
 
-    The cascade transcribes (Whisper), streams the LLM's answer, and speaks each sentence as
-    soon as it is complete. The answer text goes to stdout, the spoken answer to --out.
+    cascade: Whisper transcribes, the LLM's answer streams, and each sentence is spoken as soon as
+    it is complete. e2e: the speech LLM hears the audio directly, and a CTC speech decoder turns its
+    hidden states into units that are vocoded every --omega units while the text is still being
+    written. The answer text goes to stdout, the spoken answer to --out.
 
     [bold]Examples:[/]
       omni respond question.wav
       omni respond question.wav --out answer.wav --json
+      omni respond question.wav --mode both
+      omni respond question.wav --mode e2e --e2e-model ./my-omni-model --omega 20
       omni respond question.mp3 --tts espeak --llm ./my-llm-folder
     """
-    from baselines.cascade import CascadeOptions, CascadePipeline
-    from omni_cli.asr import AsrOptions
-    from omni_cli.audio import load_audio, shown, write_wav
-    from omni_cli.events import AudioChunk, ErrorEvent, TextDelta, Transcript
-    from omni_cli.llm import SPOKEN_SYSTEM_PROMPT, GenerationOptions
-    from omni_cli.metrics import latency_metrics
+    from omni_cli.audio import load_audio
+    from omni_cli.llm import GenerationOptions
 
     with user_errors():
         audio = load_audio(audio_path, max_duration_s=max_duration)
-        target = out if out is not None else Path(f"{audio_path.stem}.reply.wav")
-        options = CascadeOptions(
-            system_prompt=system_prompt or SPOKEN_SYSTEM_PROMPT,
-            generation=GenerationOptions(max_new_tokens=max_new_tokens),
-        )
+        generation = GenerationOptions(max_new_tokens=max_new_tokens)
+        modes = ["cascade", "e2e"] if mode == Mode.both else [mode.value]
+        base = out if out is not None else Path(f"{audio_path.stem}.reply.wav")
+        pipelines = {}
         with ui.err.status("loading models ..."):
-            pipeline = CascadePipeline.load(
-                asr_model, backend.value, llm, tts.value, voice, options, AsrOptions(beam_size=beam_size), device
-            )
-        events, chunks = [], []
-        transcript = None
-        try:
-            for e in _input_errors_name(audio_path, pipeline.run(audio)):
-                events.append(e)
-                if isinstance(e, Transcript):
-                    transcript = e.text
-                    if not as_json:
-                        ui.note(f"heard: {e.text}")
-                elif isinstance(e, TextDelta) and not as_json:
-                    ui.out(e.text)
-                elif isinstance(e, AudioChunk):
-                    chunks.append(e.samples)
-                elif isinstance(e, ErrorEvent):
-                    raise OmniError(e.message)
-        except KeyboardInterrupt:
-            if chunks:
-                write_wav(target, _concat(chunks), pipeline.sample_rate)
-                ui.note(f"\ninterrupted: the answer so far is in {shown(target)}")
-            raise typer.Exit(130) from None
-        reply = _concat(chunks)
-        write_wav(target, reply, pipeline.sample_rate)
-        metrics = latency_metrics(events)
-        text = next(e.text for e in reversed(events) if hasattr(e, "transcript"))
+            for m in modes:
+                if m == "cascade":
+                    from baselines.cascade import CascadeOptions, CascadePipeline
+                    from omni_cli.asr import AsrOptions
+                    from omni_cli.llm import SPOKEN_SYSTEM_PROMPT
+
+                    options = CascadeOptions(system_prompt=system_prompt or SPOKEN_SYSTEM_PROMPT, generation=generation)
+                    pipelines[m] = CascadePipeline.load(
+                        asr_model, backend.value, llm, tts.value, voice, options, AsrOptions(beam_size=beam_size), device
+                    )
+                else:
+                    from omni_cli.e2e.load import load_e2e_pipeline, parse_omega
+                    from omni_cli.e2e.pipeline import E2EOptions
+
+                    pipelines[m] = load_e2e_pipeline(e2e_model, vocoder, E2EOptions(parse_omega(omega), generation), device)
+        payloads = {}
+        for m, pipeline in pipelines.items():
+            target = base if len(modes) == 1 else base.with_name(f"{base.stem}.{m}{base.suffix or '.wav'}")
+            if not as_json and len(modes) > 1:
+                ui.err.rule(m)
+            payloads[m] = _respond_once(pipeline, audio, audio_path, target, as_json)
         if as_json:
-            payload = {
-                "mode": mode.value,
-                "input": shown(audio_path),
-                "transcript": transcript,
-                "text": text,
-                "audio": shown(target),
-                "sample_rate": pipeline.sample_rate,
-                "metrics": {k: (None if v is None else round(v, 4)) for k, v in metrics.items()},
-            }
+            payload = payloads[modes[0]] if len(modes) == 1 else {"mode": "both", "input": payloads["cascade"]["input"], "results": payloads}
             ui.out(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
-        else:
-            ui.out("\n")
-            ui.err.print(ui.metrics_table(metrics, title=f"{mode.value} timings (s)"))
-            ui.note(f"spoken answer: {shown(target)} ({len(reply) / pipeline.sample_rate:.1f} s)")
+        elif len(modes) > 1:
+            ui.err.print(ui.compare_table({m: p["metrics"] for m, p in payloads.items()}))
+
+
+def _respond_once(pipeline, audio, audio_path: Path, target: Path, as_json: bool) -> dict:
+    """Run one pipeline on the request, render its events, write its audio; the JSON payload."""
+    from omni_cli.audio import shown, write_wav
+    from omni_cli.events import AudioChunk, ErrorEvent, TextDelta, Transcript
+    from omni_cli.metrics import latency_metrics
+
+    events, chunks = [], []
+    transcript = None
+    try:
+        for e in _input_errors_name(audio_path, pipeline.run(audio)):
+            events.append(e)
+            if isinstance(e, Transcript):
+                transcript = e.text
+                if not as_json:
+                    ui.note(f"heard: {e.text}")
+            elif isinstance(e, TextDelta) and not as_json:
+                ui.out(e.text)
+            elif isinstance(e, AudioChunk):
+                chunks.append(e.samples)
+            elif isinstance(e, ErrorEvent):
+                raise OmniError(e.message)
+    except KeyboardInterrupt:
+        if chunks:
+            write_wav(target, _concat(chunks), pipeline.sample_rate)
+            ui.note(f"\ninterrupted: the answer so far is in {shown(target)}")
+        raise typer.Exit(130) from None
+    reply = _concat(chunks)
+    write_wav(target, reply, pipeline.sample_rate)
+    metrics = {k: (None if v is None else round(v, 4)) for k, v in latency_metrics(events).items()}
+    text = next(e.text for e in reversed(events) if hasattr(e, "transcript"))
+    if not as_json:
+        ui.out("\n")
+        if pipeline.mode == "e2e":
+            ui.note("(end-to-end: no transcript needed)")
+        ui.err.print(ui.metrics_table(metrics, title=f"{pipeline.mode} timings (s)"))
+        ui.note(f"spoken answer: {shown(target)} ({len(reply) / pipeline.sample_rate:.1f} s)")
+    return {
+        "mode": pipeline.mode,
+        "input": shown(audio_path),
+        "transcript": transcript,
+        "text": text,
+        "audio": shown(target),
+        "sample_rate": pipeline.sample_rate,
+        "metrics": metrics,
+    }
 
 
 def _input_errors_name(path: Path, events):

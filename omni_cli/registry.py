@@ -36,7 +36,7 @@ def package_dir(module: str) -> Path | None:
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    role: str  # asr | llm | tts | vad
+    role: str  # asr | llm | tts | vad | e2e
     size: str  # parameters and bytes on disk, for humans
     source: str  # where the weights come from
     license: str
@@ -45,6 +45,7 @@ class ModelEntry:
     cached: Callable[[], Path] | None = None  # derived form in the cache, if one is made
     default: bool = False
     note: str = ""
+    remote: bool = False  # fetched by name where a network exists (no package ships it)
 
     def installed_path(self) -> Path | None:
         path = self.locate()
@@ -52,7 +53,7 @@ class ModelEntry:
 
     def status(self) -> str:
         if self.installed_path() is None:
-            return "missing"
+            return "remote (network)" if self.remote else "missing"
         if self.cached is not None and not self.cached().exists():
             return "installed (converted on first use)"
         return "cached" if self.cached is not None else "installed"
@@ -60,7 +61,8 @@ class ModelEntry:
     def require(self) -> Path:
         path = self.installed_path()
         if path is None:
-            raise ModelNotFoundError(f"model '{self.name}' is not installed: run `{self.install}`")
+            how = f"run `{self.install}`" if self.install.startswith(("pip ", "apt-get ")) else self.install
+            raise ModelNotFoundError(f"model '{self.name}' is not installed: {how}")
         return path
 
 
@@ -141,13 +143,45 @@ SILERO_VAD = ModelEntry(
     default=True,
 )
 
-MODELS: dict[str, ModelEntry] = {m.name: m for m in (WHISPER_TINY_EN, SMOLLM2, PIPER_JOE, ESPEAK, SILERO_VAD)}
+def _shipped_e2e() -> Path | None:
+    path = Path(__file__).resolve().parent / "e2e" / "weights" / "omni-e2e-tiny-en-smollm2"
+    return path if (path / "omni_e2e.json").exists() else None
+
+
+OMNI_E2E_DEFAULT = ModelEntry(
+    name="omni-e2e-tiny-en-smollm2",
+    role="e2e",
+    size="adaptor + speech decoder, a few MB",
+    source="this repository (omni_cli/e2e/weights)",
+    license="Apache-2.0",
+    install="no trained weights ship yet (training arrives with `omni train`); pass --e2e-model with a trained "
+    "folder, or a published-format model such as ICTNLP/Llama-3.1-8B-Omni with its --vocoder",
+    locate=_shipped_e2e,
+    default=True,
+    note="Whisper tiny.en encoder + SmolLM2-135M + Piper phoneme units",
+)
+LLAMA_OMNI = ModelEntry(
+    name="ICTNLP/Llama-3.1-8B-Omni",
+    role="e2e",
+    size="8B params, 16 GB (bf16)",
+    source="model hub, or a local folder",
+    license="Llama 3.1 Community License (weights); code Apache-2.0",
+    install="download the folder where a network exists and pass it with --e2e-model",
+    locate=lambda: None,
+    remote=True,
+    note="needs its unit vocoder (fairseq mHuBERT 1000-unit HiFi-GAN): --vocoder",
+)
+
+MODELS: dict[str, ModelEntry] = {
+    m.name: m for m in (WHISPER_TINY_EN, SMOLLM2, PIPER_JOE, ESPEAK, SILERO_VAD, OMNI_E2E_DEFAULT, LLAMA_OMNI)
+}
 ALIASES = {
     "tiny.en": "whisper-tiny.en",
     "smollm2": "smollm2-135m-instruct",
     "piper": "piper-en_US-joe-medium",
     "joe": "piper-en_US-joe-medium",
     "espeak": "espeak-ng",
+    "llama-omni": "ICTNLP/Llama-3.1-8B-Omni",
 }
 
 

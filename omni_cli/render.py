@@ -84,3 +84,16 @@ def transcribe_table(results, corpus_wer: float | None) -> Table:
         table.add_section()
         table.add_row("[bold]corpus[/]", "", f"[bold]{100 * corpus_wer:.1f}%[/]", "")
     return table
+
+
+def compare_table(metrics_by_mode: dict[str, dict]) -> Table:
+    """Metrics of several pipelines on the same input, side by side."""
+    modes = list(metrics_by_mode)
+    table = Table(title="side by side (s)", title_justify="left", header_style="bold")
+    table.add_column("metric")
+    for m in modes:
+        table.add_column(m, justify="right")
+    keys = list(dict.fromkeys(k for m in modes for k in metrics_by_mode[m]))
+    for k in keys:
+        table.add_row(k, *(_fmt(metrics_by_mode[m].get(k)) for m in modes))
+    return table

@@ -31,7 +31,8 @@ def test_models_lists_roles_licenses_and_status():
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert rows["whisper-tiny.en"]["license"] == "MIT"
     assert rows["smollm2-135m-instruct"]["role"] == "llm"
-    assert all(r["status"] in ("installed", "cached", "missing", "installed (converted on first use)") for r in rows.values())
+    assert all(r["status"] in ("installed", "cached", "missing", "installed (converted on first use)", "remote (network)")
+               for r in rows.values())
     table = invoke("models")
     assert table.exit_code == 0 and "piper-en_US-joe-medium" in table.stderr
 
@@ -154,3 +155,42 @@ def test_debug_flag_shows_the_traceback_only_when_asked(tmp_path):
     assert plain.stderr.strip().splitlines()[-1].startswith("error:")
     debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_e2e_without_trained_weights_says_how_to_get_them(tmp_path):
+    result = invoke("respond", EXAMPLE_QUESTION, "--mode", "e2e", "--out", tmp_path / "r.wav")
+    assert result.exit_code == 3
+    assert "no trained weights ship yet" in result.stderr and "--e2e-model" in result.stderr
+    assert not (tmp_path / "r.wav").exists()  # never speaks noise from random weights
+
+
+def test_respond_e2e_runs_a_tiny_model_end_to_end(tiny_e2e_parts, tmp_path):
+    out = tmp_path / "e2e.wav"
+    result = invoke("respond", EXAMPLE_QUESTION, "--mode", "e2e", "--e2e-model", tiny_e2e_parts["omni"],
+                    "--omega", "5", "--max-new-tokens", "20", "--out", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["mode"] == "e2e" and payload["transcript"] is None
+    m = payload["metrics"]
+    assert m["encoder_s"] > 0 and m["first_token_s"] > 0 and m["total_s"] >= m["first_token_s"]
+    if m["audio_s"]:
+        assert sf.info(out).duration == pytest.approx(m["audio_s"], abs=0.01)
+
+
+def test_respond_both_compares_the_pipelines(tiny_e2e_parts, tmp_path):
+    out = tmp_path / "reply.wav"
+    result = invoke("respond", EXAMPLE_QUESTION, "--mode", "both", "--e2e-model", tiny_e2e_parts["omni"],
+                    "--max-new-tokens", "20", "--out", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["mode"] == "both" and set(payload["results"]) == {"cascade", "e2e"}
+    assert (tmp_path / "reply.cascade.wav").exists() and (tmp_path / "reply.e2e.wav").exists()
+    table = invoke("respond", EXAMPLE_QUESTION, "--mode", "both", "--e2e-model", tiny_e2e_parts["omni"],
+                   "--max-new-tokens", "10", "--out", out)
+    assert table.exit_code == 0 and "side by side" in table.stderr
+
+
+@pytest.mark.parametrize("omega", ["0x", "-3"])
+def test_bad_omega_is_refused(tiny_e2e_parts, omega):
+    result = invoke("respond", EXAMPLE_QUESTION, "--mode", "e2e", "--e2e-model", tiny_e2e_parts["omni"], "--omega", omega)
+    assert result.exit_code == 2 and "--omega" in result.stderr

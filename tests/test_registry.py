@@ -8,9 +8,10 @@ from omni_cli.registry import MODELS, ModelEntry, lookup, resolve_llm, resolve_v
 
 def test_known_models_carry_role_size_source_license():
     for m in MODELS.values():
-        assert m.role in {"asr", "llm", "tts", "vad"}
+        assert m.role in {"asr", "llm", "tts", "vad", "e2e"}
         assert m.size and m.source and m.license and m.install
-    assert {m.role for m in MODELS.values() if m.default} == {"asr", "llm", "tts", "vad"}
+    assert {m.role for m in MODELS.values() if m.default} == {"asr", "llm", "tts", "vad", "e2e"}
+    assert lookup("llama-omni").status() == "remote (network)"
 
 
 def test_aliases():

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from omni_cli.audio import SAMPLE_RATE
 from omni_cli.e2e.speech_generator import SpeechDecoderStream
@@ -51,7 +52,11 @@ class E2EPipeline:
         chunker = UnitChunker(self.options.omega, getattr(self.vocoder, "boundary_units", None))
         text: list[str] = []
         n_chunks = 0
-        for step in self.model.stream(audio, self.options.generation, history):
+        t = now()
+        with torch.inference_mode():
+            features = self.model.speech_features(audio)
+        yield StageTiming(stage="encoder", seconds=now() - t)
+        for step in self.model.stream_features(features, self.options.generation, history):
             if step.text:
                 text.append(step.text)
                 yield TextDelta(text=step.text)

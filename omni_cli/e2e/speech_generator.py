@@ -124,7 +124,7 @@ class SpeechDecoderStream:
     def push(self, hidden: torch.Tensor) -> list[int]:
         """(llm_width,) state that emitted one text token -> the units it adds (collapsed)."""
         g = self.generator
-        up = g.upsample(hidden.reshape(1, 1, -1))
+        up = g.upsample(hidden.reshape(1, 1, -1).to(g.input_proj.weight.dtype))
         raw = g.logits(up, past=self.past, cache=self.cache)[0].argmax(-1).tolist()
         self.past += len(raw)
         units = ctc_collapse(raw, g.blank, self.last_raw)

@@ -74,9 +74,15 @@ class SpeechLLM(nn.Module):
         return torch.cat(parts, dim=1)
 
     @torch.inference_mode()
+    def stream_features(
+        self, features: torch.Tensor, options: GenerationOptions = GenerationOptions(), history: list[dict[str, str]] | None = None
+    ) -> Iterator[TokenStep]:
+        """Text tokens with the hidden states that emitted them (the last step is the end token)."""
+        embeds = self.prompt_embeds(features, history)
+        yield from stream_generate(self.llm, inputs_embeds=embeds, options=options, output_hidden=True)
+
+    @torch.inference_mode()
     def stream(
         self, audio: np.ndarray, options: GenerationOptions = GenerationOptions(), history: list[dict[str, str]] | None = None
     ) -> Iterator[TokenStep]:
-        """Text tokens with the hidden states that emitted them (the last step is the end token)."""
-        embeds = self.prompt_embeds(self.speech_features(audio), history)
-        yield from stream_generate(self.llm, inputs_embeds=embeds, options=options, output_hidden=True)
+        yield from self.stream_features(self.speech_features(audio), options, history)
