@@ -68,7 +68,7 @@ def test_transcribe_manifest_reference_and_subtitles(corpus, tmp_path):
     assert srt.stdout.startswith("1\n00:00:00,000 --> ")
     out = tmp_path / "subs"
     vtt = invoke("transcribe", corpus, "-f", "vtt", "--out", out)
-    assert (out / "question.vtt").read_text().startswith("WEBVTT")
+    assert (out / "sub" / "question.vtt").read_text().startswith("WEBVTT")  # mirrors corpus/sub/
     assert vtt.exit_code == 1  # the broken file
 
 
