@@ -140,3 +140,23 @@ def test_unit_chunker_hands_out_every_unit_once_at_boundaries():
     assert [len(c) for c in chunks] == [4, 4, 4, 1]
     offline = UnitChunker(None)
     assert [c for u in units for c in offline.push([u])] == [] and list(offline.flush()) == [units]
+
+
+@pytest.mark.parametrize("window", [7, 30])
+def test_windowed_decoder_streams_exactly_and_forgets_beyond_the_window(window):
+    torch.manual_seed(0)
+    gen = SpeechGenerator(SpeechDecoderConfig(llm_width=16, width=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn=64,
+                                              num_units=7, upsample=4, attention_window=window)).eval()
+    hidden = torch.randn(25, 16) * 3
+    stream = SpeechDecoderStream(gen)
+    assert [u for h in hidden for u in stream.push(h)] == gen.predict(hidden)
+    assert stream.cache.layers[0].keys.shape[-2] == window - 1  # the cache holds the window only
+    # a change far in the past does not reach the present (2 layers: 2 windows of reach)
+    h2 = hidden.clone()
+    h2[0] = torch.randn(16)
+    with torch.no_grad():
+        a = gen.logits(gen.upsample(hidden[None]))[0]
+        b = gen.logits(gen.upsample(h2[None]))[0]
+    reach = 4 + 2 * (window - 1)
+    torch.testing.assert_close(a[reach:], b[reach:])
+    assert not torch.allclose(a[:4], b[:4])

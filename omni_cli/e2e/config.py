@@ -54,6 +54,8 @@ class SpeechDecoderConfig:
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None  # the LLM's rope scaling (the published decoder copies it)
     max_positions: int = 1 << 16
+    attention_window: int | None = None  # attend to at most this many upsampled positions back
+    # (None: the whole prefix, as published; a window keeps the work per text token constant)
 
 
 @dataclass(frozen=True)

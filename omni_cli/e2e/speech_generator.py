@@ -40,6 +40,10 @@ def llama_config(config: SpeechDecoderConfig):
         eos_token_id=None,
         pad_token_id=None,
     )
+    if config.attention_window is not None:
+        # a rolling KV cache of the last window - 1 positions per layer
+        cfg.sliding_window = config.attention_window
+        cfg.layer_types = ["sliding_attention"] * config.n_layers
     cfg._attn_implementation = "sdpa"
     return cfg
 
@@ -67,21 +71,34 @@ class SpeechGenerator(nn.Module):
         self.layers = nn.ModuleList([LlamaDecoderLayer(lcfg, i) for i in range(config.n_layers)])
         self.output_proj = nn.Linear(config.width, config.num_units + 1)
         self.rotary = LlamaRotaryEmbedding(lcfg)
+        self.llama_config = lcfg
 
     def upsample(self, hidden: torch.Tensor) -> torch.Tensor:
         """(batch, M, llm_width) -> (batch, M * lambda, llm_width), each state repeated lambda times."""
         return hidden.repeat_interleave(self.config.upsample, dim=1)
 
+    def new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.llama_config) if self.config.attention_window else DynamicCache()
+
     def logits(self, hidden: torch.Tensor, past: int = 0, cache=None) -> torch.Tensor:
         """Unit logits for upsampled positions past .. past + T - 1, given (batch, T, llm_width).
 
-        With `cache` (a transformers Cache holding the first `past` positions), attention
-        reaches back over them; the mask is causal and explicit, so it is exact for any `past`."""
+        With `cache` (from `new_cache`, holding positions before `past`: all of them, or the
+        last window - 1), attention reaches back over them. The mask is causal (and windowed)
+        and explicit, so a pass in pieces is exact whatever `past` is."""
         x = self.input_proj(hidden)
         t = x.shape[1]
+        window = self.config.attention_window
+        cached = 0 if cache is None else (past if window is None else min(past, window - 1))
         positions = torch.arange(past, past + t, device=x.device).unsqueeze(0)
-        keys = torch.arange(past + t, device=x.device)
-        mask = (keys.unsqueeze(0) <= positions[0].unsqueeze(1))[None, None]  # (1, 1, T, past + T)
+        keys = torch.arange(past - cached, past + t, device=x.device)
+        delta = positions[0].unsqueeze(1) - keys.unsqueeze(0)  # query position - key position
+        mask = delta >= 0
+        if window is not None:
+            mask &= delta < window
+        mask = mask[None, None]  # (1, 1, T, cached + T)
         cos_sin = self.rotary(x, positions)
         for layer in self.layers:
             x = layer(x, attention_mask=mask, position_ids=positions, past_key_values=cache,
@@ -113,10 +130,8 @@ class SpeechDecoderStream:
     """Incremental decoding state: feed one hidden state per text token, get its new units."""
 
     def __init__(self, generator: SpeechGenerator):
-        from transformers import DynamicCache
-
         self.generator = generator
-        self.cache = DynamicCache()
+        self.cache = generator.new_cache()
         self.past = 0
         self.last_raw: int | None = None
 
