@@ -173,8 +173,8 @@ def test_respond_e2e_runs_a_tiny_model_end_to_end(tiny_e2e_parts, tmp_path):
     assert payload["mode"] == "e2e" and payload["transcript"] is None
     m = payload["metrics"]
     assert m["encoder_s"] > 0 and m["first_token_s"] > 0 and m["total_s"] >= m["first_token_s"]
-    if m["audio_s"]:
-        assert sf.info(out).duration == pytest.approx(m["audio_s"], abs=0.01)
+    assert m["audio_s"] > 0 and m["first_audio_latency_s"] <= m["total_s"]
+    assert sf.info(out).duration == pytest.approx(m["audio_s"], abs=0.01)
 
 
 def test_respond_both_compares_the_pipelines(tiny_e2e_parts, tmp_path):

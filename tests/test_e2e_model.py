@@ -230,3 +230,27 @@ def test_vocoder_unit_count_must_match(tiny_e2e_parts):
 
     with pytest.raises(ConfigError, match="151 units"):
         E2EPipeline(tiny_e2e_parts["model"], Small())
+
+
+def test_published_model_with_its_unit_hifigan_through_the_cli(published_replica, tmp_path):
+    """The published layout end to end: replica checkpoint + fairseq-format unit vocoder, 16 kHz out."""
+    import soundfile as sf
+    from typer.testing import CliRunner
+
+    from omni_cli.cli import app
+    from tests.conftest import EXAMPLE_QUESTION
+    from tests.test_unit_hifigan import _config, _legacy_names, _weight_normed_reference, _write
+
+    cfg = _config(num_embeddings=151)
+    _write(tmp_path / "vocoder", cfg, _legacy_names(_weight_normed_reference(cfg).state_dict()))
+    out = tmp_path / "answer.wav"
+    args = ["respond", str(EXAMPLE_QUESTION), "--mode", "e2e", "--e2e-model", str(published_replica[0]),
+            "--omega", "4", "--max-new-tokens", "20", "--out", str(out), "--json"]
+    missing_vocoder = CliRunner().invoke(app, args)
+    assert missing_vocoder.exit_code == 2 and "--vocoder" in missing_vocoder.stderr
+    result = CliRunner().invoke(app, args + ["--vocoder", str(tmp_path / "vocoder")])
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["sample_rate"] == 16000 and payload["mode"] == "e2e"
+    assert payload["metrics"]["audio_s"] > 0 and payload["metrics"]["first_audio_latency_s"] > 0
+    assert sf.info(out).samplerate == 16000
