@@ -16,7 +16,6 @@ import numpy as np
 
 from omni_cli.asr import ASR, AsrOptions, load_asr
 from omni_cli.audio import SAMPLE_RATE
-from omni_cli.errors import InputError
 from omni_cli.events import (
     AudioChunk,
     Done,
@@ -33,7 +32,7 @@ from omni_cli.llm import SPOKEN_SYSTEM_PROMPT, ChatLLM, GenerationOptions
 from omni_cli.metrics import latency_metrics
 from omni_cli.text import ChunkerOptions, SentenceChunker, clean_for_speech
 from omni_cli.tts import TTS, load_tts
-from omni_cli.vad import has_speech
+from omni_cli.vad import require_speech
 
 
 @dataclass(frozen=True)
@@ -111,8 +110,8 @@ class CascadePipeline:
 
     def run(self, audio: np.ndarray, history: list[dict[str, str]] | None = None) -> Iterator[Event]:
         """Answer the speech in `audio` (16 kHz mono); `history` holds earlier chat turns."""
-        if self.options.check_speech and not has_speech(audio):
-            raise InputError("no speech detected in the input (silence or noise only)")
+        if self.options.check_speech:
+            require_speech(audio)
         yield SpeechEnded(duration_s=len(audio) / SAMPLE_RATE)
 
         t = now()

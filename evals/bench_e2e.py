@@ -24,6 +24,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from evals.report import emit
+
 from omni_cli.e2e.config import SpeechDecoderConfig
 from omni_cli.e2e.speech_generator import SpeechDecoderStream, SpeechGenerator
 
@@ -113,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if not latency["measured"]:
         err.print(f"first-audio latency e2e vs cascade: not measured ({latency['reason']})")
     results = {"speech_decoder": decoder, "first_audio_latency": latency}
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    emit(results, args.json)
     return 0
 
 

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evals import speech_sets
+from evals.report import emit
 from omni_cli.asr import load_asr
 from omni_cli.audio import SAMPLE_RATE, load_audio
 from omni_cli.metrics import wer
@@ -112,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         f"cascade respond: first audio {m['first_audio_latency_s']:.2f} s, total {m['total_s']:.2f} s, "
         f"audio {m['audio_s']:.2f} s, process wall {memory['process_wall_s']:.1f} s"
     )
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    emit(results, args.json)
     return 0
 
 

@@ -10,7 +10,7 @@ about pipelines or the CLI.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -28,7 +28,7 @@ class AsrOptions:
     language: str | None = None  # None: English for .en models, detected otherwise
     condition_on_previous_text: bool = True  # feed the previous window's text as the prompt
     compute_type: str = "int8"  # faster-whisper on CPU: int8 | float32 (openai-whisper runs float32 on CPU)
-    threads: int = 0  # CPU threads for faster-whisper (0: its default)
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)  # CPU threads (faster-whisper's own default oversubscribes small machines)
 
 
 @dataclass(frozen=True)
@@ -148,13 +148,6 @@ def load_asr(model: str | None = None, backend: str = "faster-whisper", options:
     if backend == "faster-whisper":
         return FasterWhisperASR(model, options, device)
     if backend == "openai-whisper":
-        if options.threads:
-            import torch
-
-            torch.set_num_threads(options.threads)
         return OpenAIWhisperASR(model, options, device)
     raise ConfigError(f"unknown --asr-backend '{backend}': choose one of {', '.join(BACKENDS)}")
 
-
-def default_threads() -> int:
-    return os.cpu_count() or 1

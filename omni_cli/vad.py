@@ -48,3 +48,11 @@ def speech_segments(audio: np.ndarray, options: VadOptions = VadOptions()) -> li
 
 def has_speech(audio: np.ndarray, options: VadOptions = VadOptions()) -> bool:
     return bool(speech_segments(audio, options))
+
+
+def require_speech(audio: np.ndarray, options: VadOptions = VadOptions()) -> None:
+    """Refuse silence-only input before any model runs."""
+    from omni_cli.errors import InputError
+
+    if not has_speech(audio, options):
+        raise InputError("no speech detected in the input (silence or noise only)")

@@ -31,6 +31,7 @@ from omni_cli.e2e.speech_encoder import SpeechEncoder
 from omni_cli.e2e.speech_generator import SpeechGenerator
 from omni_cli.e2e.speech_llm import SpeechLLM
 from omni_cli.e2e.speech_projector import SpeechProjector
+from omni_cli.e2e.state import CheckpointError, strict_load
 from omni_cli.errors import ModelNotFoundError
 
 OMNI_CONFIG = "omni_e2e.json"
@@ -41,27 +42,6 @@ SPEECH_CONFIG_FIELDS = (
     "speech_projector_type", "speech_generator_type", "ctc_decoder_config", "ctc_upsample_factor",
     "ctc_loss_weight", "unit_vocab_size", "speech_normalize", "tune_speech_generator_only",
 )
-
-
-class CheckpointError(ModelNotFoundError):
-    """A checkpoint whose keys or config do not match the architecture."""
-
-
-def _strict_load(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    expected = set(module.state_dict())
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:6])}{' ...' if len(unexpected) > 6 else ''}")
-        raise CheckpointError(f"{what}: {'; '.join(parts)}")
-    for name, tensor in state.items():
-        if module.state_dict()[name].shape != tensor.shape:
-            raise CheckpointError(f"{what}: {name} has shape {tuple(tensor.shape)}, expected {tuple(module.state_dict()[name].shape)}")
-    module.load_state_dict(state, strict=True)
 
 
 def _prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -114,7 +94,7 @@ def build_encoder(config: EncoderConfig, whisper_spec: str, device: str = "cpu")
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         state = _prefixed(ckpt["model_state_dict"], "encoder.")
     encoder = SpeechEncoder(config)
-    _strict_load(encoder.whisper, state, f"speech encoder from {ckpt_path or whisper_spec}")
+    strict_load(encoder.whisper, state, f"speech encoder from {ckpt_path or whisper_spec}")
     return encoder.to(device).eval()
 
 
@@ -134,8 +114,8 @@ def load_omni(folder: Path, device: str = "cpu"):
     unexpected = [k for k in state if not k.startswith(("speech_projector.", "speech_generator."))]
     if unexpected:
         raise CheckpointError(f"{folder / OMNI_WEIGHTS}: unexpected key(s): {', '.join(unexpected[:6])}")
-    _strict_load(projector, _prefixed(state, "speech_projector."), f"{folder}: speech_projector")
-    _strict_load(generator, _generator_state(generator, _prefixed(state, "speech_generator.")), f"{folder}: speech_generator")
+    strict_load(projector, _prefixed(state, "speech_projector."), f"{folder}: speech_projector")
+    strict_load(generator, _generator_state(generator, _prefixed(state, "speech_generator.")), f"{folder}: speech_generator")
     llm = ChatLLM.load(config.llm_source or None, device=device)
     encoder = build_encoder(config.encoder, config.encoder_source, device)
     return SpeechLLM(config, encoder, projector.to(device), llm, generator.to(device)).eval()
@@ -241,15 +221,15 @@ def load_published(source: str | Path, device: str = "cpu", dtype: torch.dtype =
                         encoder_source="", llm_source=str(folder), vocoder="")
 
     encoder = SpeechEncoder(encoder_cfg)
-    _strict_load(encoder.whisper, enc_state, f"{folder}: model.speech_encoder")
+    strict_load(encoder.whisper, enc_state, f"{folder}: model.speech_encoder")
     projector = SpeechProjector(projector_cfg)
-    _strict_load(projector, proj_state, f"{folder}: model.speech_projector")
+    strict_load(projector, proj_state, f"{folder}: model.speech_projector")
     generator = SpeechGenerator(decoder_cfg)
-    _strict_load(generator, _generator_state(generator, gen_state), f"{folder}: speech_generator")
+    strict_load(generator, _generator_state(generator, gen_state), f"{folder}: speech_generator")
     llm_model = LlamaForCausalLM(llm_config)
     if llm_config.tie_word_embeddings and "lm_head.weight" not in llm_state:
         llm_state["lm_head.weight"] = llm_state["model.embed_tokens.weight"]
-    _strict_load(llm_model, llm_state, f"{folder}: LLM")
+    strict_load(llm_model, llm_state, f"{folder}: LLM")
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()

@@ -18,10 +18,10 @@ from omni_cli.audio import SAMPLE_RATE
 from omni_cli.e2e.speech_generator import SpeechDecoderStream
 from omni_cli.e2e.speech_llm import SpeechLLM
 from omni_cli.e2e.unit_vocoder import UnitChunker, UnitVocoder
-from omni_cli.errors import ConfigError, InputError
+from omni_cli.errors import ConfigError
 from omni_cli.events import AudioChunk, Done, Event, SpeechEnded, StageTiming, TextDelta, UnitChunk, now
 from omni_cli.llm import GenerationOptions
-from omni_cli.vad import has_speech
+from omni_cli.vad import require_speech
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,8 @@ class E2EPipeline:
         return self.vocoder.sample_rate
 
     def run(self, audio: np.ndarray, history: list[dict[str, str]] | None = None) -> Iterator[Event]:
-        if self.options.check_speech and not has_speech(audio):
-            raise InputError("no speech detected in the input (silence or noise only)")
+        if self.options.check_speech:
+            require_speech(audio)
         yield SpeechEnded(duration_s=len(audio) / SAMPLE_RATE)
         decoder = SpeechDecoderStream(self.model.speech_generator)
         chunker = UnitChunker(self.options.omega, getattr(self.vocoder, "boundary_units", None))

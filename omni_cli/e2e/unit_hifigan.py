@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from omni_cli.errors import ConfigError, ModelNotFoundError
+from omni_cli.e2e.state import CheckpointError, strict_load
+from omni_cli.errors import ConfigError
 
 # config.json fields that switch on conditioning this module does not implement, with
 # what each one asks for (fairseq codehifigan.py and the speech-resynthesis variants).
@@ -55,7 +56,7 @@ class UnitHiFiGANConfigError(ConfigError, ValueError):
     """A vocoder config.json this module cannot build (unsupported or inconsistent)."""
 
 
-class UnitHiFiGANCheckpointError(ModelNotFoundError):
+class UnitHiFiGANCheckpointError(CheckpointError):
     """A vocoder checkpoint that is missing, unreadable or does not match its config."""
 
 
@@ -348,23 +349,7 @@ class UnitHiFiGAN(nn.Module):
     def load_generator_state(self, state: dict[str, Tensor], source: str = "checkpoint") -> None:
         """Load a fairseq generator state dict, strictly, folding weight norm into `weight`."""
         folded = fold_weight_norm(state, source)
-        expected = self.state_dict()
-        missing = [k for k in expected if k not in folded]
-        unexpected = [k for k in folded if k not in expected]
-        if missing or unexpected:
-            parts = []
-            if missing:
-                parts.append(f"missing keys: {_key_list(missing)}")
-            if unexpected:
-                parts.append(f"unexpected keys: {_key_list(unexpected)}")
-            raise UnitHiFiGANCheckpointError(f"vocoder {source} does not match its config: {'; '.join(parts)}")
-        for k, v in folded.items():
-            if tuple(v.shape) != tuple(expected[k].shape):
-                raise UnitHiFiGANCheckpointError(
-                    f"vocoder {source} does not match its config: key '{k}' has shape {tuple(v.shape)}, "
-                    f"expected {tuple(expected[k].shape)}"
-                )
-        self.load_state_dict({k: v.to(expected[k].dtype) for k, v in folded.items()}, strict=True)
+        strict_load(self, folded, f"vocoder {source} does not match its config", UnitHiFiGANCheckpointError)
 
     @classmethod
     def from_files(
@@ -436,11 +421,6 @@ def fold_weight_norm(state: dict[str, Tensor], source: str = "checkpoint") -> di
                 raise UnitHiFiGANCheckpointError(f"vocoder {source}: '{key}' has no matching '{g_key}'")
         out[key] = value
     return out
-
-
-def _key_list(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def _resolve_files(checkpoint: Path, config: Path | None) -> tuple[Path, Path]:
