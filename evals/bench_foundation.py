@@ -26,8 +26,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from evals import speech_sets
 from evals.report import emit
+from omni_cli import data
 from omni_cli.asr import load_asr
 from omni_cli.audio import SAMPLE_RATE, load_audio
 from omni_cli.metrics import wer
@@ -37,9 +37,9 @@ err = Console(stderr=True)
 
 
 def bench_asr(limit: int | None) -> dict:
-    utts = speech_sets.load("pocketsphinx") + speech_sets.load("mfa")
+    utts = data.load("pocketsphinx") + data.load("mfa")
     utts = utts[:limit] if limit else utts
-    audios = [load_audio(u.audio) for u in utts]
+    audios = [load_audio(u["audio"]) for u in utts]
     audio_s = sum(len(a) for a in audios) / SAMPLE_RATE
     backends = {name: load_asr(backend=name) for name in ("faster-whisper", "openai-whisper")}
     for asr in backends.values():  # warm-up: first-call allocations are not the steady state
@@ -54,7 +54,7 @@ def bench_asr(limit: int | None) -> dict:
                 hyps[name].append(backends[name].transcribe(audio).text)
                 seconds[name] += time.perf_counter() - t
             status.update(f"ASR backends on real speech ... {i + 1}/{len(audios)}")
-    refs = [u.text for u in utts]
+    refs = [u["text"] for u in utts]
     out = {"files": len(utts), "audio_s": round(audio_s, 1)}
     for name in backends:
         out[name] = {

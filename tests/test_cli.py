@@ -18,7 +18,7 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.mark.parametrize("command", [[], ["transcribe"], ["respond"], ["models"], ["models", "prepare"]])
+@pytest.mark.parametrize("command", [[], ["transcribe"], ["respond"], ["models"], ["models", "prepare"], ["data"], ["data", "fetch"], ["data", "list"]])
 def test_every_command_has_help_with_an_example(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0

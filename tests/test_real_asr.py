@@ -2,7 +2,7 @@
 
 import pytest
 
-from evals import speech_sets
+from omni_cli import data
 from omni_cli.asr import load_asr
 from omni_cli.audio import load_audio
 from omni_cli.metrics import wer
@@ -12,15 +12,15 @@ pytestmark = pytest.mark.real
 
 @pytest.fixture(scope="module")
 def real_speech():
-    utts = speech_sets.load("pocketsphinx") + speech_sets.load("mfa")
-    return [u.text for u in utts], [load_audio(u.audio) for u in utts]
+    utts = data.load("pocketsphinx") + data.load("mfa")
+    return [u["text"] for u in utts], [load_audio(u["audio"]) for u in utts]
 
 
 def test_sets_hold_real_speech_in_several_formats():
-    utts = speech_sets.load("pocketsphinx") + speech_sets.load("mfa")
+    utts = data.load("pocketsphinx") + data.load("mfa")
     assert len(utts) >= 60
-    assert {u.audio.suffix for u in utts} >= {".wav", ".flac", ".mp3"}
-    assert all(u.text.strip() and "<" not in u.text and "[" not in u.text for u in utts)
+    assert {u["audio"].rsplit(".", 1)[-1] for u in utts} >= {"wav", "flac", "mp3"}
+    assert all(u["text"].strip() and "<" not in u["text"] and "[" not in u["text"] for u in utts)
 
 
 def test_default_backend_is_as_accurate_as_the_reference(real_speech, real_asr):
@@ -34,6 +34,6 @@ def test_default_backend_is_as_accurate_as_the_reference(real_speech, real_asr):
 
 
 def test_librivox_readings_are_recognized(real_asr):
-    utts = [u for u in speech_sets.load("pocketsphinx") if "librivox" in str(u.audio)]
-    hyps = [real_asr.transcribe(load_audio(u.audio)).text for u in utts]
-    assert wer([u.text for u in utts], hyps) < 0.15
+    utts = [u for u in data.load("pocketsphinx") if "librivox" in u["audio"]]
+    hyps = [real_asr.transcribe(load_audio(u["audio"])).text for u in utts]
+    assert wer([u["text"] for u in utts], hyps) < 0.15
