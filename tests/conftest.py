@@ -46,7 +46,7 @@ def make_tiny_tokenizer():
     return fast
 
 
-def make_tiny_llm(seed: int = 0):
+def make_tiny_llm(seed: int = 0, init_range: float = 0.02):
     """A random 2-layer Llama (hidden 16) with a real byte-level BPE tokenizer and chat template."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -65,6 +65,7 @@ def make_tiny_llm(seed: int = 0):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
+        initializer_range=init_range,
     )
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from omni_cli.e2e.config import SPEECH_PLACEHOLDER, OmniConfig
+from omni_cli.e2e.config import SPEECH_PLACEHOLDER, OmniConfig, PromptConfig
 from omni_cli.e2e.speech_encoder import SpeechEncoder
 from omni_cli.e2e.speech_generator import SpeechGenerator
 from omni_cli.e2e.speech_projector import SpeechProjector
@@ -40,9 +40,12 @@ class SpeechLLM(nn.Module):
         states = self.speech_encoder.encode(audio)
         return self.speech_projector(states.unsqueeze(0))[0]
 
-    def prompt_embeds(self, features: torch.Tensor, history: list[dict[str, str]] | None = None) -> torch.Tensor:
-        """(1, T, llm_width): the chat prompt with the speech features at the placeholder."""
-        p = self.config.prompt
+    def prompt_embeds(
+        self, features: torch.Tensor, history: list[dict[str, str]] | None = None, prompt: PromptConfig | None = None
+    ) -> torch.Tensor:
+        """(1, T, llm_width): the chat prompt (the model's own unless `prompt` is given) with
+        the speech features at the placeholder."""
+        p = prompt or self.config.prompt
         tokenizer = self.llm.tokenizer
         user = f"{SPEECH_PLACEHOLDER}\n{p.instruction}" if p.instruction else SPEECH_PLACEHOLDER
         messages = [{"role": "system", "content": p.system}, *(history or []), {"role": "user", "content": user}]

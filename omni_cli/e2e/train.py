@@ -1,0 +1,201 @@
+"""Training the end-to-end model's two trainable parts, as the published model was trained:
+
+- stage 1, `train_adaptor`: the speech_projector learns to make the frozen LLM answer speech
+  as it answers text (cross-entropy on the answer tokens); the Whisper encoder and the LLM
+  stay frozen. With `task="asr"` the same stage is a LLaSM-style pre-alignment: the LLM is
+  asked to repeat what was said, and learns from the transcript.
+- stage 2, `train_speech_decoder`: only the CTC speech_generator learns, on the frozen LLM's
+  hidden states (the state that emitted each answer token, the end token's included) with
+  the answer's unit sequence as target.
+Both save a checkpoint every `save_every` steps (the model in our format + `train_state.pt`
+with optimizer and step, so `resume` continues), and a loss curve PNG at the end.
+Encoder outputs and LLM states are computed once per item and reused across epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omni_cli.audio import load_audio
+from omni_cli.e2e.checkpoint import save_omni
+from omni_cli.e2e.config import PromptConfig
+from omni_cli.e2e.speech_llm import SpeechLLM
+
+ASR_INSTRUCTION = "Repeat exactly what was said."
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 8  # items per step (gradients accumulated item by item)
+    lr: float = 1e-3
+    warmup: int = 50  # linear warm-up steps, then cosine decay to 10 %
+    save_every: int = 200  # checkpoint interval in steps
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    steps: int
+    loss: float
+
+
+def _lr_at(step: int, o: TrainOptions) -> float:
+    if step < o.warmup:
+        return o.lr * (step + 1) / o.warmup
+    t = (step - o.warmup) / max(1, o.steps - o.warmup)
+    return o.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(1.0, t))))
+
+
+def plot_losses(losses: list[float], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot(range(1, len(losses) + 1), losses, lw=0.8, alpha=0.5, label="step")
+    if len(losses) >= 20:
+        k = max(5, len(losses) // 50)
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+        ax.plot(range(k, len(losses) + 1), smooth, lw=1.6, label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _answer_ids(model: SpeechLLM, text: str) -> list[int]:
+    tok = model.llm.tokenizer
+    eos = tok.convert_tokens_to_ids(tok.eos_token) if tok.eos_token else None
+    ids = tok(text, add_special_tokens=False).input_ids
+    return ids + ([eos] if eos is not None else [])
+
+
+def _loop(
+    params: list[torch.nn.Parameter],
+    item_loss: Callable[[int], torch.Tensor],
+    n_items: int,
+    options: TrainOptions,
+    out: Path,
+    save: Callable[[], None],
+    resume: bool,
+) -> Iterator[Progress]:
+    opt = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.0)
+    state_path = out / "train_state.pt"
+    step, losses = 0, []
+    if resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        step, losses = state["step"], state["losses"]
+    rng = random.Random(f"{options.seed}:{step}")
+    while step < options.steps:
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, options)
+        opt.zero_grad()
+        total = 0.0
+        for i in rng.sample(range(n_items), min(options.batch_size, n_items)):
+            loss = item_loss(i) / options.batch_size
+            loss.backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        losses.append(total)
+        yield Progress(step, options.steps, total)
+        if step % options.save_every == 0 or step == options.steps:
+            save()
+            torch.save({"step": step, "optimizer": opt.state_dict(), "losses": losses, "options": dataclasses.asdict(options)},
+                       state_path)
+            (out / "losses.json").write_text(json.dumps(losses))
+
+
+def train_adaptor(
+    model: SpeechLLM, rows: list[dict], out: Path, options: TrainOptions = TrainOptions(), task: str = "answer",
+    resume: bool = False,
+) -> Iterator[Progress]:
+    """Stage 1. rows: manifest rows with `audio`, `instruction`, `response`."""
+    if task not in ("answer", "asr"):
+        raise ValueError("task is 'answer' or 'asr'")
+    torch.manual_seed(options.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.speech_projector.parameters():
+        p.requires_grad_(True)
+    prompt_config = dataclasses.replace(model.config.prompt, instruction=ASR_INSTRUCTION) if task == "asr" else None
+    with torch.no_grad():
+        encoded = [model.speech_encoder.encode(load_audio(r["audio"])) for r in rows]
+    targets = [_answer_ids(model, r["instruction"] if task == "asr" else r["response"]) for r in rows]
+    embed = model.llm.model.get_input_embeddings()
+
+    def item_loss(i: int) -> torch.Tensor:
+        features = model.speech_projector(encoded[i].unsqueeze(0))[0]
+        prompt = model.prompt_embeds(features, prompt=prompt_config)
+        ids = torch.tensor([targets[i]])
+        x = torch.cat([prompt, embed(ids)], dim=1)
+        logits = model.llm.model(inputs_embeds=x).logits[0, prompt.shape[1] - 1 : -1]
+        return torch.nn.functional.cross_entropy(logits.float(), ids[0])
+
+    model.train()
+    yield from _loop(list(model.speech_projector.parameters()), item_loss, len(rows), options, out,
+                     lambda: save_omni(model, out / "model"), resume)
+    model.eval()
+    plot_losses(json.loads((out / "losses.json").read_text()), out / "loss.png", f"stage 1 ({task}): adaptor")
+
+
+def emitting_states(model: SpeechLLM, audio_path: str, response: str) -> torch.Tensor:
+    """(len(answer) + 1, llm_width): the frozen LLM's states that emit each answer token and the end token."""
+    with torch.no_grad():
+        features = model.speech_features(load_audio(audio_path))
+        prompt = model.prompt_embeds(features)
+        ids = torch.tensor([_answer_ids(model, response)])
+        x = torch.cat([prompt, model.llm.model.get_input_embeddings()(ids)], dim=1)
+        hidden = model.llm.model(inputs_embeds=x, output_hidden_states=True).hidden_states[-1][0]
+    start = prompt.shape[1] - 1
+    return hidden[start : start + ids.shape[1]]
+
+
+def train_speech_decoder(
+    model: SpeechLLM, rows: list[dict], out: Path, options: TrainOptions = TrainOptions(), resume: bool = False
+) -> Iterator[Progress]:
+    """Stage 2. rows: manifest rows with `audio`, `response`, `units`."""
+    torch.manual_seed(options.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gen = model.speech_generator
+    for p in gen.parameters():
+        p.requires_grad_(True)
+    rows = [r for r in rows if r["units"]]
+    states = [emitting_states(model, r["audio"], r["response"]) for r in rows]
+    units = [torch.tensor(r["units"]) for r in rows]
+
+    def item_loss(i: int) -> torch.Tensor:
+        h = states[i].unsqueeze(0)
+        return gen.ctc_loss(h, torch.tensor([h.shape[1]]), units[i].unsqueeze(0), torch.tensor([len(units[i])]))
+
+    gen.train()
+    yield from _loop(list(gen.parameters()), item_loss, len(rows), options, out, lambda: save_omni(model, out / "model"), resume)
+    gen.eval()
+    plot_losses(json.loads((out / "losses.json").read_text()), out / "loss.png", "stage 2: CTC speech decoder")
+
+
+def default_prompt() -> PromptConfig:
+    """Our models' prompt: the cascade's spoken-style system prompt, the speech as the user turn
+    (so the adaptor learns to make speech act as the typed instruction would)."""
+    from omni_cli.llm import SPOKEN_SYSTEM_PROMPT
+
+    return PromptConfig(system=SPOKEN_SYSTEM_PROMPT, instruction="", template="chat")

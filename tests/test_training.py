@@ -1,0 +1,137 @@
+"""Training on tiny random models and a handful of items: both stages learn (loss goes
+down), checkpoints save, resume continues, loss curves are written; data building filters,
+is deterministic and resumes."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from omni_cli.e2e.build_data import BuildOptions, build, read_manifest, select_instructions, speakable
+from omni_cli.e2e.checkpoint import load_omni
+from omni_cli.e2e.train import TrainOptions, train_adaptor, train_speech_decoder
+from tests.conftest import EXAMPLE_QUESTION
+
+
+def test_speakable_filter():
+    assert speakable("What is the tallest mountain in Europe?", 160)
+    assert not speakable("Write a python function that reverses a list", 160)
+    assert not speakable("Solve 3 + 4 * x = 19 for x", 160)
+    assert not speakable("Summarize https://example.com for me", 160)
+    assert not speakable("Hi", 160)
+    assert not speakable("word " * 60, 160)
+
+
+INSTRUCTIONS = [
+    {"id": str(i), "source": "test", "instruction": text}
+    for i, text in enumerate([
+        "What is the capital of France?", "Tell me a fun fact about cats.", "How do birds fly?",
+        "What is the capital of France?", "Write code to sort a list in python", "Why is the sky blue?",
+    ])
+]
+
+
+def test_selection_dedupes_filters_and_is_seeded():
+    a = select_instructions(INSTRUCTIONS, BuildOptions(size=10, seed=1))
+    b = select_instructions(INSTRUCTIONS, BuildOptions(size=10, seed=1))
+    assert a == b and len(a) == 4  # one duplicate and one code request dropped
+    assert {x["instruction"] for x in a} == {"What is the capital of France?", "Tell me a fun fact about cats.",
+                                             "How do birds fly?", "Why is the sky blue?"}
+
+
+def test_build_speaks_answers_resumes_and_holds_a_voice_family_out(tmp_path):
+    chosen = select_instructions(INSTRUCTIONS, BuildOptions(size=4))
+    options = BuildOptions(size=4, heldout_fraction=0.5, seed=3)
+    answers = []
+
+    def answer(text):
+        answers.append(text)
+        return f"An answer to: {text}"
+
+    def to_units(text):
+        return [len(w) for w in text.split()]
+
+    first = list(build(chosen[:2], tmp_path / "set", answer, to_units, options))
+    rows = list(build(chosen, tmp_path / "set", answer, to_units, options))  # resumes: only the rest
+    assert len(first) == 2 and len(rows) == 2 and len(answers) == 4
+    manifest = read_manifest(tmp_path / "set")
+    assert len(manifest) == 4 and len({r["id"] for r in manifest}) == 4
+    for r in manifest:
+        assert r["response"].startswith("An answer to:") and r["units"]
+        assert r["voice"].split(":")[0] == ("espeak-heldout" if r["split"] == "heldout" else r["voice"].split(":")[0])
+        assert r["split"] == "train" or r["voice"].startswith("espeak-heldout")
+        assert not (r["split"] == "train" and r["voice"].startswith("espeak-heldout"))
+    import soundfile as sf
+
+    assert all(sf.info(r["audio"]).samplerate == 16000 and sf.info(r["audio"]).duration > 0.5 for r in manifest)
+    # deterministic: a fresh build with the same seed picks the same voices and splits
+    again = list(build(chosen, tmp_path / "again", answer, to_units, options))
+    assert [(r["voice"], r["split"]) for r in again] == [(r["voice"], r["split"]) for r in manifest]
+
+
+@pytest.fixture(scope="module")
+def peaked_omni(tmp_path_factory, tiny_e2e_parts):
+    """The tiny model with an LLM initialised wider (peaked outputs), so inputs can steer it."""
+    import dataclasses
+
+    from omni_cli.e2e.checkpoint import build_encoder, save_omni
+    from omni_cli.e2e.speech_llm import SpeechLLM
+    from omni_cli.llm import ChatLLM
+    from tests.conftest import make_tiny_llm
+
+    root = tmp_path_factory.mktemp("peaked")
+    llm = make_tiny_llm(init_range=0.3)
+    llm.model.save_pretrained(root / "llm")
+    llm.tokenizer.save_pretrained(root / "llm")
+    base = tiny_e2e_parts["model"]
+    config = dataclasses.replace(base.config, llm_source=str(root / "llm"))
+    model = SpeechLLM(config, build_encoder(config.encoder, config.encoder_source), base.speech_projector,
+                      ChatLLM.load(str(root / "llm")), base.speech_generator)
+    return save_omni(model, root / "omni")
+
+
+@pytest.fixture()
+def rows(tmp_path):
+    out = []
+    for i, text in enumerate(["the moon is bright", "cats like to sleep", "birds can fly high"]):
+        path = tmp_path / f"{i}.wav"
+        shutil.copy(EXAMPLE_QUESTION, path)
+        out.append({"audio": str(path), "instruction": "Tell me about the moon.", "response": text,
+                    "units": [5 + i, 9, 12, 30 + i, 40]})
+    return out
+
+
+def test_stage1_adaptor_learns_saves_and_resumes(peaked_omni, rows, tmp_path):
+    model = load_omni(peaked_omni)
+    frozen = {k: v.clone() for k, v in model.llm.model.state_dict().items()}
+    opts = TrainOptions(steps=25, batch_size=3, lr=5e-3, warmup=2, save_every=10)
+    progress = list(train_adaptor(model, rows, tmp_path / "s1", opts))
+    losses = [p.loss for p in progress]
+    # a frozen random 16-wide LLM bounds how far the adaptor can steer it; the drop is real (seeded run)
+    assert len(losses) == 25 and np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.15
+    assert all((model.llm.model.state_dict()[k] == v).all() for k, v in frozen.items())  # the LLM stays frozen
+    assert (tmp_path / "s1" / "loss.png").stat().st_size > 1000
+    saved = load_omni(tmp_path / "s1" / "model")
+    import torch
+
+    torch.testing.assert_close(saved.speech_projector.linear1.weight, model.speech_projector.linear1.weight)
+    more = list(train_adaptor(load_omni(tmp_path / "s1" / "model"), rows, tmp_path / "s1",
+                              TrainOptions(steps=30, batch_size=3, lr=5e-3, warmup=2, save_every=10), resume=True))
+    assert [p.step for p in more] == [26, 27, 28, 29, 30]
+    assert len(json.loads((tmp_path / "s1" / "losses.json").read_text())) == 30
+
+
+def test_stage1_asr_prealignment_keeps_the_answer_prompt(peaked_omni, rows, tmp_path):
+    model = load_omni(peaked_omni)
+    before = model.config.prompt
+    list(train_adaptor(model, rows, tmp_path / "asr", TrainOptions(steps=3, batch_size=2, warmup=1, save_every=3), task="asr"))
+    assert load_omni(tmp_path / "asr" / "model").config.prompt == before
+
+
+def test_stage2_speech_decoder_learns_the_units(peaked_omni, rows, tmp_path):
+    model = load_omni(peaked_omni)
+    opts = TrainOptions(steps=40, batch_size=3, lr=3e-3, warmup=2, save_every=20)
+    losses = [p.loss for p in train_speech_decoder(model, rows, tmp_path / "s2", opts)]
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    assert (tmp_path / "s2" / "loss.png").exists()
