@@ -28,7 +28,7 @@ from rich.table import Table
 
 from evals.report import emit
 from omni_cli import data
-from omni_cli.asr import load_asr
+from omni_cli.asr import AsrOptions, load_asr
 from omni_cli.audio import SAMPLE_RATE, load_audio
 from omni_cli.metrics import wer
 
@@ -41,7 +41,9 @@ def bench_asr(limit: int | None) -> dict:
     utts = utts[:limit] if limit else utts
     audios = [load_audio(u["audio"]) for u in utts]
     audio_s = sum(len(a) for a in audios) / SAMPLE_RATE
-    backends = {name: load_asr(backend=name) for name in ("faster-whisper", "openai-whisper")}
+    # deterministic decoding (no sampled temperature fallback), so the WERs are reproducible
+    options = AsrOptions(temperatures=(0.0,))
+    backends = {name: load_asr(backend=name, options=options) for name in ("faster-whisper", "openai-whisper")}
     for asr in backends.values():  # warm-up: first-call allocations are not the steady state
         asr.transcribe(audios[0])
     seconds = {name: 0.0 for name in backends}

@@ -27,6 +27,8 @@ class AsrOptions:
     beam_size: int = 5  # beam search width (1 = greedy)
     language: str | None = None  # None: English for .en models, detected otherwise
     condition_on_previous_text: bool = True  # feed the previous window's text as the prompt
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # fallback when a window decodes badly;
+    # (0.0,) is fully deterministic (the fallback samples)
     compute_type: str = "int8"  # faster-whisper on CPU: int8 | float32 (openai-whisper runs float32 on CPU)
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)  # CPU threads (faster-whisper's own default oversubscribes small machines)
 
@@ -95,6 +97,7 @@ class FasterWhisperASR:
             beam_size=o.beam_size,
             language=o.language,
             condition_on_previous_text=o.condition_on_previous_text,
+            temperature=list(o.temperatures),
         )
         segs = [Segment(s.start, s.end, s.text) for s in segments]
         return Transcription(_join(segs), tuple(segs), info.language, len(audio) / SAMPLE_RATE)
@@ -138,6 +141,7 @@ class OpenAIWhisperASR:
             beam_size=o.beam_size if o.beam_size > 1 else None,
             best_of=5,
             condition_on_previous_text=o.condition_on_previous_text,
+            temperature=o.temperatures,
             verbose=None,
         )
         segs = [Segment(s["start"], s["end"], s["text"]) for s in result["segments"]]

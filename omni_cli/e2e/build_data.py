@@ -58,6 +58,7 @@ def speakable(text: str, max_chars: int) -> bool:
         3 <= len(words) and len(text) <= max_chars and "\n" not in text
         and not _CODE.search(text) and not _MATH.search(text) and not _URL.search(text)
         and sum(c.isalpha() or c.isspace() for c in text) / len(text) > 0.85
+        and not re.search(r"\w\?\w", text)  # mojibake: "Alice?s" for "Alice's"
     )
 
 
