@@ -136,3 +136,40 @@ def test_stage2_speech_decoder_learns_the_units(peaked_omni, rows, tmp_path):
     losses = [p.loss for p in train_speech_decoder(model, rows, tmp_path / "s2", opts)]
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
     assert (tmp_path / "s2" / "loss.png").exists()
+
+
+def test_cli_data_build_refuses_the_evaluation_set(tmp_path):
+    from typer.testing import CliRunner
+
+    from omni_cli.cli import app
+
+    result = CliRunner().invoke(app, ["data", "build", "--out", str(tmp_path / "d"), "--sources", "mt-bench,alpaca-eval"])
+    assert result.exit_code == 2 and "evaluation set" in result.stderr
+
+
+def test_cli_train_both_stages_from_a_model_folder(peaked_omni, rows, tmp_path):
+    """The train commands on a tiny model and a tiny built set: run, checkpoint, resume."""
+    from typer.testing import CliRunner
+
+    from omni_cli.cli import app
+
+    data_dir = tmp_path / "data"
+    (data_dir / "audio").mkdir(parents=True)
+    with open(data_dir / "manifest.jsonl", "w") as f:
+        for i, r in enumerate(rows):
+            shutil.copy(r["audio"], data_dir / "audio" / f"{i}.wav")
+            f.write(json.dumps({**r, "id": str(i), "audio": f"audio/{i}.wav", "split": "train"}) + "\n")
+    runner = CliRunner()
+    s1 = runner.invoke(app, ["train", "adaptor", "--data", str(data_dir), "--out", str(tmp_path / "s1"), "--from", str(peaked_omni),
+                             "--steps", "4", "--batch-size", "2", "--save-every", "2"])
+    assert s1.exit_code == 0, s1.stderr
+    assert (tmp_path / "s1" / "model" / "omni_e2e.json").exists() and (tmp_path / "s1" / "loss.png").exists()
+    again = runner.invoke(app, ["train", "adaptor", "--data", str(data_dir), "--out", str(tmp_path / "s1"), "--steps", "6",
+                                "--batch-size", "2", "--save-every", "2", "--resume"])
+    assert again.exit_code == 0, again.stderr
+    assert len(json.loads((tmp_path / "s1" / "losses.json").read_text())) == 6
+    s2 = runner.invoke(app, ["train", "speech-decoder", "--data", str(data_dir), "--out", str(tmp_path / "s2"),
+                             "--from", str(tmp_path / "s1" / "model"), "--steps", "3", "--batch-size", "2"])
+    assert s2.exit_code == 0, s2.stderr
+    missing = runner.invoke(app, ["train", "speech-decoder", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "s3")])
+    assert missing.exit_code == 2 and "omni data build" in missing.stderr
