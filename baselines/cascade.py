@@ -21,6 +21,8 @@ from omni_cli.events import (
     Done,
     ErrorEvent,
     Event,
+    Response,
+    collect,
     SpeechEnded,
     StageTiming,
     TextDelta,
@@ -29,7 +31,6 @@ from omni_cli.events import (
     now,
 )
 from omni_cli.llm import SPOKEN_SYSTEM_PROMPT, ChatLLM, GenerationOptions
-from omni_cli.metrics import latency_metrics
 from omni_cli.text import ChunkerOptions, SentenceChunker, clean_for_speech
 from omni_cli.tts import TTS, load_tts
 from omni_cli.vad import require_speech
@@ -41,42 +42,6 @@ class CascadeOptions:
     generation: GenerationOptions = field(default_factory=GenerationOptions)
     chunker: ChunkerOptions = field(default_factory=ChunkerOptions)
     check_speech: bool = True  # refuse silence-only input (Silero VAD) before running models
-
-
-@dataclass(frozen=True, eq=False)
-class Response:
-    """A drained run: what was heard, what was answered, the reply audio and the events."""
-
-    transcript: str | None
-    text: str
-    audio: np.ndarray
-    sample_rate: int
-    events: tuple[Event, ...]
-
-    @property
-    def metrics(self) -> dict[str, float | None]:
-        return latency_metrics(self.events)
-
-
-def collect(events: Iterator[Event], sample_rate: int) -> Response:
-    """Drain an event stream into a Response (raises the message of an ErrorEvent)."""
-    from omni_cli.errors import OmniError
-
-    seen: list[Event] = []
-    for e in events:
-        seen.append(e)
-        if isinstance(e, ErrorEvent):
-            raise OmniError(e.message)
-    done = next((e for e in reversed(seen) if isinstance(e, Done)), None)
-    chunks = [e.samples for e in seen if isinstance(e, AudioChunk)]
-    audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-    return Response(
-        transcript=done.transcript if done else None,
-        text=done.text if done else "",
-        audio=audio,
-        sample_rate=sample_rate,
-        events=tuple(seen),
-    )
 
 
 class CascadePipeline:

@@ -10,6 +10,7 @@ about models or rendering.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,3 +96,42 @@ class Done(Event):
 
     text: str
     transcript: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Response:
+    """A drained run: what was heard, what was answered, the reply audio and the events."""
+
+    transcript: str | None
+    text: str
+    audio: np.ndarray
+    sample_rate: int
+    events: tuple[Event, ...]
+
+    @property
+    def metrics(self) -> dict[str, float | None]:
+        from omni_cli.metrics import latency_metrics
+
+        return latency_metrics(self.events)
+
+
+def collect(events: Iterator[Event], sample_rate: int) -> Response:
+    """Drain an event stream into a Response (an ErrorEvent raises its message): the batch
+    call of every pipeline is its streaming generator, drained."""
+    from omni_cli.errors import OmniError
+
+    seen: list[Event] = []
+    for e in events:
+        seen.append(e)
+        if isinstance(e, ErrorEvent):
+            raise OmniError(e.message)
+    done = next((e for e in reversed(seen) if isinstance(e, Done)), None)
+    chunks = [e.samples for e in seen if isinstance(e, AudioChunk)]
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    return Response(
+        transcript=done.transcript if done else None,
+        text=done.text if done else "",
+        audio=audio,
+        sample_rate=sample_rate,
+        events=tuple(seen),
+    )

@@ -9,7 +9,6 @@ import torch
 
 from omni_cli.e2e.checkpoint import CheckpointError, load_omni, load_published
 from omni_cli.e2e.pipeline import E2EOptions, E2EPipeline
-from omni_cli.e2e.speech_generator import SpeechDecoderStream
 from omni_cli.events import AudioChunk, Done, SpeechEnded, TextDelta, UnitChunk
 from omni_cli.llm import GenerationOptions
 
@@ -215,7 +214,7 @@ def test_pipeline_streams_units_and_audio(tiny_e2e_parts, question_audio, piper_
         assert len(unit_chunks) <= 1
     assert events[-1].text == "".join(e.text for e in events if isinstance(e, TextDelta)).strip()
     # the streamed audio is exactly the concatenated chunks
-    from baselines.cascade import collect
+    from omni_cli.events import collect
 
     response = collect(iter(events), pipe.sample_rate)
     if audio_chunks:

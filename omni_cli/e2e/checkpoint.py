@@ -59,8 +59,7 @@ def save_omni(model: SpeechLLM, folder: Path) -> Path:
 
     folder = Path(folder)
     state = {f"speech_projector.{k}": v.detach().contiguous().cpu() for k, v in model.speech_projector.state_dict().items()}
-    state |= {f"speech_generator.{k}": v.detach().contiguous().cpu() for k, v in model.speech_generator.state_dict().items()
-              if not k.startswith("rotary.")}
+    state |= {f"speech_generator.{k}": v.detach().contiguous().cpu() for k, v in model.speech_generator.state_dict().items()}
     if folder.exists():
         import shutil
 
@@ -69,11 +68,6 @@ def save_omni(model: SpeechLLM, folder: Path) -> Path:
         save_file(state, str(tmp / OMNI_WEIGHTS), metadata={"format": "omni-e2e"})
         (tmp / OMNI_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
     return folder
-
-
-def _generator_state(generator: SpeechGenerator, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Add the rotary buffers (derived from the config, never stored) to a loaded state."""
-    return state | {k: v for k, v in generator.state_dict().items() if k.startswith("rotary.")}
 
 
 def build_encoder(config: EncoderConfig, whisper_spec: str, device: str = "cpu") -> SpeechEncoder:
@@ -115,7 +109,7 @@ def load_omni(folder: Path, device: str = "cpu"):
     if unexpected:
         raise CheckpointError(f"{folder / OMNI_WEIGHTS}: unexpected key(s): {', '.join(unexpected[:6])}")
     strict_load(projector, _prefixed(state, "speech_projector."), f"{folder}: speech_projector")
-    strict_load(generator, _generator_state(generator, _prefixed(state, "speech_generator.")), f"{folder}: speech_generator")
+    strict_load(generator, _prefixed(state, "speech_generator."), f"{folder}: speech_generator")
     llm = ChatLLM.load(config.llm_source or None, device=device)
     encoder = build_encoder(config.encoder, config.encoder_source, device)
     return SpeechLLM(config, encoder, projector.to(device), llm, generator.to(device)).eval()
@@ -225,7 +219,7 @@ def load_published(source: str | Path, device: str = "cpu", dtype: torch.dtype =
     projector = SpeechProjector(projector_cfg)
     strict_load(projector, proj_state, f"{folder}: model.speech_projector")
     generator = SpeechGenerator(decoder_cfg)
-    strict_load(generator, _generator_state(generator, gen_state), f"{folder}: speech_generator")
+    strict_load(generator, gen_state, f"{folder}: speech_generator")
     llm_model = LlamaForCausalLM(llm_config)
     if llm_config.tie_word_embeddings and "lm_head.weight" not in llm_state:
         llm_state["lm_head.weight"] = llm_state["model.embed_tokens.weight"]

@@ -19,7 +19,7 @@ from omni_cli.e2e.speech_generator import SpeechDecoderStream
 from omni_cli.e2e.speech_llm import SpeechLLM
 from omni_cli.e2e.unit_vocoder import UnitChunker, UnitVocoder
 from omni_cli.errors import ConfigError
-from omni_cli.events import AudioChunk, Done, Event, SpeechEnded, StageTiming, TextDelta, UnitChunk, now
+from omni_cli.events import AudioChunk, Done, Event, Response, SpeechEnded, StageTiming, TextDelta, UnitChunk, collect, now
 from omni_cli.llm import GenerationOptions
 from omni_cli.vad import require_speech
 
@@ -78,3 +78,6 @@ class E2EPipeline:
         yield StageTiming(stage="vocoder", seconds=now() - t)
         if samples.size:
             yield AudioChunk(samples=samples, sample_rate=self.vocoder.sample_rate, index=index)
+
+    def respond(self, audio: np.ndarray, history: list[dict[str, str]] | None = None) -> Response:
+        return collect(self.run(audio, history), self.sample_rate)
