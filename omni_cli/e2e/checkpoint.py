@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -60,13 +61,20 @@ def save_omni(model: SpeechLLM, folder: Path) -> Path:
     folder = Path(folder)
     state = {f"speech_projector.{k}": v.detach().contiguous().cpu() for k, v in model.speech_projector.state_dict().items()}
     state |= {f"speech_generator.{k}": v.detach().contiguous().cpu() for k, v in model.speech_generator.state_dict().items()}
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    with atomic_dir(folder) as tmp:
+    staged = folder.with_name(folder.name + ".new")
+    if staged.exists():
+        shutil.rmtree(staged)
+    with atomic_dir(staged) as tmp:
         save_file(state, str(tmp / OMNI_WEIGHTS), metadata={"format": "omni-e2e"})
         (tmp / OMNI_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    # swap: the previous checkpoint stays complete until the new one is in place
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(folder, old)
+    os.rename(staged, folder)
+    shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
