@@ -173,3 +173,10 @@ def test_cli_train_both_stages_from_a_model_folder(peaked_omni, rows, tmp_path):
     assert s2.exit_code == 0, s2.stderr
     missing = runner.invoke(app, ["train", "speech-decoder", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "s3")])
     assert missing.exit_code == 2 and "omni data build" in missing.stderr
+
+
+def test_selection_draws_from_every_source():
+    items = [{"id": str(i), "source": "big", "instruction": f"What is the population of town number {'abcdefghij'[i % 10]}{i}?"} for i in range(200)]
+    items += [{"id": str(i), "source": "small", "instruction": f"Tell me something nice about the colour {c}."} for i, c in enumerate(["red", "blue", "green"])]
+    chosen = select_instructions(items, BuildOptions(size=10))
+    assert sum(c["source"] == "small" for c in chosen) == 3 and len(chosen) == 10

@@ -63,18 +63,27 @@ def speakable(text: str, max_chars: int) -> bool:
 
 
 def select_instructions(items: list[dict], options: BuildOptions) -> list[dict]:
-    """Speakable, deduplicated instructions, shuffled by the seed, `size` of them."""
+    """Speakable, deduplicated instructions, `size` of them, drawn in turn from each source
+    (so one large set does not crowd out the others), shuffled by the seed."""
     seen: set[str] = set()
-    keep = []
+    by_source: dict[str, list[dict]] = {}
     for item in items:
         text = " ".join(item["instruction"].split())
         key = text.lower()
         if key not in seen and speakable(text, options.max_chars):
             seen.add(key)
-            keep.append({**item, "instruction": text})
+            by_source.setdefault(item.get("source", ""), []).append({**item, "instruction": text})
     rng = random.Random(options.seed)
-    rng.shuffle(keep)
-    return keep[: options.size]
+    pools = [by_source[name] for name in sorted(by_source)]
+    for pool in pools:
+        rng.shuffle(pool)
+    chosen: list[dict] = []
+    while len(chosen) < options.size and any(pools):
+        for pool in pools:
+            if pool and len(chosen) < options.size:
+                chosen.append(pool.pop())
+    rng.shuffle(chosen)
+    return chosen
 
 
 @dataclass(frozen=True)
