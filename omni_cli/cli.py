@@ -540,7 +540,7 @@ def respond(
 def _respond_once(pipeline, audio, audio_path: Path, target: Path, as_json: bool) -> dict:
     """Run one pipeline on the request, render its events, write its audio; the JSON payload."""
     from omni_cli.audio import shown, write_wav
-    from omni_cli.events import AudioChunk, ErrorEvent, TextDelta, Transcript
+    from omni_cli.events import AudioChunk, Done, ErrorEvent, TextDelta, Transcript
     from omni_cli.metrics import latency_metrics
 
     events, chunks = [], []
@@ -566,7 +566,7 @@ def _respond_once(pipeline, audio, audio_path: Path, target: Path, as_json: bool
     reply = _concat(chunks)
     write_wav(target, reply, pipeline.sample_rate)
     metrics = {k: (None if v is None else round(v, 4)) for k, v in latency_metrics(events).items()}
-    text = next(e.text for e in reversed(events) if hasattr(e, "transcript"))
+    text = next(e.text for e in reversed(events) if isinstance(e, Done))
     if not as_json:
         ui.out("\n")
         if pipeline.mode == "e2e":
