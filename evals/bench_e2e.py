@@ -99,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    torch.set_num_threads(torch.get_num_threads())
     decoder = bench_decoder()
     latency = bench_latency()
     table = Table(title="speech decoder, ms per text token", title_justify="left")

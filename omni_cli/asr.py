@@ -17,7 +17,7 @@ import numpy as np
 
 from omni_cli.audio import SAMPLE_RATE
 from omni_cli.errors import ConfigError, ModelNotFoundError
-from omni_cli.registry import resolve_whisper
+from omni_cli.registry import hub_offline, resolve_whisper
 
 BACKENDS = ("faster-whisper", "openai-whisper")
 
@@ -81,7 +81,7 @@ class FasterWhisperASR:
             try:  # a folder, or a hub model already in the local hub cache
                 self.model = load(local_only=True)
             except Exception:  # noqa: BLE001
-                if resolved.ct2_dir is not None or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+                if resolved.ct2_dir is not None or hub_offline():
                     raise
                 self.model = load(local_only=False)
         except Exception as exc:  # noqa: BLE001 - a hub fetch or a corrupt folder; say which

@@ -95,6 +95,7 @@ def _model_rows() -> list[dict]:
             "status": m.status(),
             "default": m.default,
             "install": m.install,
+            "how_to_get": m.how_to_get,
         }
         for m in MODELS.values()
     ]
@@ -119,8 +120,7 @@ def models_list(
         ui.err.print(ui.models_table(rows))
         missing = [r for r in rows if r["status"] == "missing"]
         for r in missing:
-            how = f"install with `{r['install']}`" if r["install"].startswith(("pip ", "apt-get ")) else r["install"]
-            ui.note(f"{r['name']}: missing; {how}")
+            ui.note(f"{r['name']}: missing; {r['how_to_get']}")
         from omni_cli.cache import cache_dir
 
         ui.note(f"cache: {cache_dir()} (set OMNI_CACHE_DIR to move it)")

@@ -9,7 +9,6 @@ This module knows nothing about speech.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 
 from omni_cli.errors import ConfigError, ModelNotFoundError
-from omni_cli.registry import resolve_llm
+from omni_cli.registry import hub_offline, resolve_llm
 
 SPOKEN_SYSTEM_PROMPT = (
     "You are a helpful voice assistant. Your answers are spoken aloud, so answer in one to "
@@ -81,7 +80,7 @@ class ChatLLM:
             try:  # a folder, or a hub id already in the local hub cache
                 tokenizer, model = load(local_only=True)
             except OSError:
-                if isinstance(source, Path) or _hub_offline():
+                if isinstance(source, Path) or hub_offline():
                     raise
                 tokenizer, model = load(local_only=False)
         except OSError as exc:
@@ -104,10 +103,6 @@ class ChatLLM:
         self, messages: list[dict[str, str]], options: GenerationOptions = GenerationOptions()
     ) -> Iterator[TokenStep]:
         yield from stream_generate(self, input_ids=self.chat_ids(messages), options=options)
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
 
 
 def _pick(logits: torch.Tensor, generated: list[int], options: GenerationOptions, gen: torch.Generator) -> int:

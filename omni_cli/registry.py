@@ -13,6 +13,7 @@ This module knows nothing about running models.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,11 @@ from pathlib import Path
 
 from omni_cli.cache import cache_dir
 from omni_cli.errors import ModelNotFoundError
+
+
+def hub_offline() -> bool:
+    """True when the user has declared the model hub unreachable (HF_HUB_OFFLINE)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
 
 
 def package_dir(module: str) -> Path | None:
@@ -58,11 +64,15 @@ class ModelEntry:
             return "installed (converted on first use)"
         return "cached" if self.cached is not None else "installed"
 
+    @property
+    def how_to_get(self) -> str:
+        """The install instruction as a sentence: a command is quoted, prose is kept."""
+        return f"run `{self.install}`" if self.install.startswith(("pip ", "apt-get ")) else self.install
+
     def require(self) -> Path:
         path = self.installed_path()
         if path is None:
-            how = f"run `{self.install}`" if self.install.startswith(("pip ", "apt-get ")) else self.install
-            raise ModelNotFoundError(f"model '{self.name}' is not installed: {how}")
+            raise ModelNotFoundError(f"model '{self.name}' is not installed: {self.how_to_get}")
         return path
 
 

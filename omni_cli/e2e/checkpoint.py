@@ -155,13 +155,14 @@ def read_state(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _fetch_hub(repo_id: str) -> Path:
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
+    from omni_cli.registry import hub_offline
+
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception:  # noqa: BLE001 - not in the local hub cache
-        if offline:
+        if hub_offline():
             raise ModelNotFoundError(f"'{repo_id}' is not in the local hub cache and HF_HUB_OFFLINE is set; give a local folder") from None
     try:
         return Path(snapshot_download(repo_id))

@@ -61,7 +61,9 @@ class PiperUnitVocoder:
 def load_unit_vocoder(spec: str | None) -> UnitVocoder:
     """'piper' / a Piper voice .onnx -> PiperUnitVocoder; a folder or file of the fairseq
     CodeHiFiGAN format (config.json + checkpoint) -> the unit HiFi-GAN."""
-    if spec in (None, "", "piper", "piper-en_US-joe-medium"):
+    from omni_cli.registry import PIPER_JOE
+
+    if spec in (None, "", "piper", PIPER_JOE.name):
         return PiperUnitVocoder()
     path = Path(spec).expanduser()
     if path.suffix == ".onnx":
