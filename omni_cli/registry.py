@@ -164,8 +164,9 @@ OMNI_E2E_DEFAULT = ModelEntry(
     size="adaptor + speech decoder, a few MB",
     source="this repository (omni_cli/e2e/weights)",
     license="Apache-2.0",
-    install="no trained weights ship yet (training arrives with `omni train`); pass --e2e-model with a trained "
-    "folder, or a published-format model such as ICTNLP/Llama-3.1-8B-Omni with its --vocoder",
+    install="no trained weights ship yet: train them with scripts/train_default.sh (or `omni data build` and "
+    "`omni train`) and pass --e2e-model with the trained folder, or a published-format model such as "
+    "ICTNLP/Llama-3.1-8B-Omni with its --vocoder",
     locate=_shipped_e2e,
     default=True,
     note="Whisper tiny.en encoder + SmolLM2-135M + Piper phoneme units",
