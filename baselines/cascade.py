@@ -73,11 +73,14 @@ class CascadePipeline:
     def sample_rate(self) -> int:
         return self.tts.sample_rate
 
-    def run(self, audio: np.ndarray, history: list[dict[str, str]] | None = None) -> Iterator[Event]:
-        """Answer the speech in `audio` (16 kHz mono); `history` holds earlier chat turns."""
+    def run(
+        self, audio: np.ndarray, history: list[dict[str, str]] | None = None, *, speech_end: float | None = None
+    ) -> Iterator[Event]:
+        """Answer the speech in `audio` (16 kHz mono); `history` holds earlier chat turns.
+        `speech_end` is when the user stopped speaking (a live caller's VAD decision; default: now)."""
         if self.options.check_speech:
             require_speech(audio)
-        yield SpeechEnded(duration_s=len(audio) / SAMPLE_RATE)
+        yield SpeechEnded(duration_s=len(audio) / SAMPLE_RATE, t=now() if speech_end is None else speech_end)
 
         t = now()
         transcript = self.asr.transcribe(audio).text.strip()

@@ -209,6 +209,7 @@ def data_fetch(
 def data_build(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the set (manifest.jsonl + audio/); an existing one is resumed.")],
     size: Annotated[int, typer.Option("--size", min=1, help="Number of spoken instructions.")] = 1000,
+    answered: Annotated[int | None, typer.Option("--answered", min=0, help="How many of them get an LLM answer and units (default: all); the rest serve the ASR pre-alignment.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed: the same seed builds the same set.")] = 0,
     heldout_fraction: Annotated[float, typer.Option("--heldout-fraction", min=0.0, max=0.9, help="Share spoken by the held-out voice family.")] = 0.1,
     llm: Annotated[str | None, typer.Option("--llm", help="LLM that writes the text answers (default: the embedded SmolLM2).")] = None,
@@ -217,19 +218,21 @@ def data_build(
 ) -> None:
     """Build an InstructS2S-style set: speakable instructions, spoken by varied voices, answered by the LLM, with unit targets.
 
-    [bold]Example:[/] omni data build --out runs/data --size 2000
+    [bold]Examples:[/]
+      omni data build --out runs/data --size 2000
+      omni data build --out runs/data --size 4000 --answered 1500
     """
     from omni_cli import data
     from omni_cli.e2e.build_data import BuildOptions, build, select_instructions
     from omni_cli.e2e.unit_vocoder import PiperUnitVocoder
-    from omni_cli.llm import SPOKEN_SYSTEM_PROMPT, ChatLLM, GenerationOptions
+    from omni_cli.llm import SPOKEN_SYSTEM_PROMPT, ChatLLM, GenerationOptions, generate_batch
 
     with user_errors():
         names = [n.strip() for n in sources.split(",") if n.strip()]
         for name in names:
             if data.lookup(name).eval_only:
                 raise ConfigError(f"'{name}' is an evaluation set: it must never be used for training")
-        options = BuildOptions(size=size, heldout_fraction=heldout_fraction, seed=seed)
+        options = BuildOptions(size=size, answered=answered, heldout_fraction=heldout_fraction, seed=seed)
         with ui.err.status("loading instructions and models ..."):
             items = [item for name in names for item in data.load(name)]
             chosen = select_instructions(items, options)
@@ -237,9 +240,10 @@ def data_build(
             units = PiperUnitVocoder()
         gen = GenerationOptions(max_new_tokens=options.max_answer_tokens)
 
-        def answer(text: str) -> str:
-            messages = [{"role": "system", "content": SPOKEN_SYSTEM_PROMPT}, {"role": "user", "content": text}]
-            return "".join(step.text for step in chat.stream_chat(messages, gen))
+        def answer(texts: list[str]) -> list[str]:
+            prompts = [chat.chat_ids([{"role": "system", "content": SPOKEN_SYSTEM_PROMPT}, {"role": "user", "content": t}])
+                       for t in texts]
+            return generate_batch(chat, prompts, gen)
 
         with ui.progress() as bar:
             task = bar.add_task("building", total=len(chosen))
@@ -307,19 +311,21 @@ TrainFrom = Annotated[Path | None, typer.Option("--from", help="Start from this 
 @train_app.command("adaptor")
 def train_adaptor_cmd(
     data_dir: TrainData, out: TrainOut, start: TrainFrom = None,
-    task: Annotated[str, typer.Option("--task", help="answer: answer the spoken instruction; asr: repeat it (pre-alignment).")] = "answer",
+    task: Annotated[str, typer.Option("--task", help="answer: answer the spoken instruction; asr: repeat it (pre-alignment through the LLM); align: CTC onto the LLM's word embeddings (cheapest pre-alignment, no LLM pass).")] = "answer",
     steps: TrainSteps = 1000, batch_size: TrainBatch = 8, lr: TrainLr = 1e-3, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 200,
     seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
 ) -> None:
     """Stage 1: train the speech adaptor (encoder and LLM frozen), on answers or as ASR pre-alignment.
 
-    [bold]Example:[/] omni train adaptor --data runs/data --out runs/stage1 --task asr --steps 500
+    [bold]Examples:[/]
+      omni train adaptor --data runs/data --out runs/stage0 --task align --steps 2000 --batch-size 16
+      omni train adaptor --data runs/data --out runs/stage1 --from runs/stage0/model --task asr --steps 500
     """
     from omni_cli.e2e.train import TrainOptions
 
     with user_errors():
-        if task not in ("answer", "asr"):
-            raise ConfigError(f"--task is 'answer' or 'asr', not {task!r}")
+        if task not in ("answer", "asr", "align"):
+            raise ConfigError(f"--task is 'answer', 'asr' or 'align', not {task!r}")
         _train_run("adaptor", data_dir, out, start, resume,
                    TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), task)
 
@@ -500,30 +506,16 @@ def respond(
       omni respond question.mp3 --tts espeak --llm ./my-llm-folder
     """
     from omni_cli.audio import load_audio
-    from omni_cli.llm import GenerationOptions
 
     with user_errors():
         audio = load_audio(audio_path, max_duration_s=max_duration)
-        generation = GenerationOptions(max_new_tokens=max_new_tokens)
         modes = ["cascade", "e2e"] if mode == Mode.both else [mode.value]
         base = out if out is not None else Path(f"{audio_path.stem}.reply.wav")
         pipelines = {}
         with ui.err.status("loading models ..."):
             for m in modes:
-                if m == "cascade":
-                    from baselines.cascade import CascadeOptions, CascadePipeline
-                    from omni_cli.asr import AsrOptions
-                    from omni_cli.llm import SPOKEN_SYSTEM_PROMPT
-
-                    options = CascadeOptions(system_prompt=system_prompt or SPOKEN_SYSTEM_PROMPT, generation=generation)
-                    pipelines[m] = CascadePipeline.load(
-                        asr_model, backend.value, llm, tts.value, voice, options, AsrOptions(beam_size=beam_size), device
-                    )
-                else:
-                    from omni_cli.e2e.load import load_e2e_pipeline, parse_omega
-                    from omni_cli.e2e.pipeline import E2EOptions
-
-                    pipelines[m] = load_e2e_pipeline(e2e_model, vocoder, E2EOptions(parse_omega(omega), generation), device)
+                pipelines[m] = _load_pipeline(m, asr_model, backend.value, beam_size, llm, tts.value, voice, e2e_model,
+                                              vocoder, omega, max_new_tokens, system_prompt, device)
         payloads = {}
         for m, pipeline in pipelines.items():
             target = base if len(modes) == 1 else base.with_name(f"{base.stem}.{m}{base.suffix or '.wav'}")
@@ -582,6 +574,134 @@ def _respond_once(pipeline, audio, audio_path: Path, target: Path, as_json: bool
         "sample_rate": pipeline.sample_rate,
         "metrics": metrics,
     }
+
+
+# -- omni talk --------------------------------------------------------------------------
+
+
+class TalkMode(str, Enum):
+    cascade = "cascade"
+    e2e = "e2e"
+
+
+@app.command()
+def talk(
+    mode: Annotated[TalkMode, typer.Option("--mode", "-m", help="Pipeline: cascade (Whisper -> LLM -> TTS) or e2e (end-to-end speech LLM).")] = TalkMode.cascade,
+    input_path: Annotated[Path | None, typer.Option("--input", "-i", help="Play this recording into the conversation as if it came from the microphone (no audio device needed).")] = None,
+    fast: Annotated[bool, typer.Option("--fast", help="With --input: play the file 4x faster than real time, and hold it while the models compute.")] = False,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Record the whole conversation to this wav (left channel: you; right: the answers as played).")] = None,
+    save: Annotated[Path | None, typer.Option("--save", help="Write the session (turns, texts, timings) to DIR/session.jsonl.")] = None,
+    push_to_talk: Annotated[bool, typer.Option("--push-to-talk", help="Press Enter to start talking and Enter again to stop, instead of voice detection.")] = False,
+    silence_ms: Annotated[int, typer.Option("--silence-ms", min=100, help="This much silence (ms) ends your turn.")] = 700,
+    vad_threshold: Annotated[float, typer.Option("--vad-threshold", min=0.05, max=0.95, help="Speech probability that starts your turn; lower is more sensitive.")] = 0.5,
+    barge_in: Annotated[bool, typer.Option("--barge-in/--no-barge-in", help="Speaking during an answer stops it and starts a new turn (with speakers, use headphones).")] = True,
+    asr_model: AsrModelOpt = None,
+    backend: BackendOpt = Backend.faster_whisper,
+    beam_size: BeamOpt = 5,
+    llm: Annotated[str | None, typer.Option("--llm", help="Cascade LLM: 'smollm2-135m-instruct' (embedded), a local folder or .gguf, or a hub id (network).")] = None,
+    tts: Annotated[TtsEngine, typer.Option("--tts", help="Voice engine for the cascade.")] = TtsEngine.piper,
+    voice: Annotated[str | None, typer.Option("--voice", help="Piper voice (.onnx path) or espeak-ng voice name.")] = None,
+    e2e_model: Annotated[str | None, typer.Option("--e2e-model", help="End-to-end model: the offline default, a trained folder, or a published-format folder/hub id.")] = None,
+    vocoder: Annotated[str | None, typer.Option("--vocoder", help="Unit vocoder for e2e: 'piper' or a unit HiFi-GAN folder (default: the model's own).")] = None,
+    omega: Annotated[str, typer.Option("--omega", help="e2e: units per streamed audio chunk, or 'all' to vocode once at the end.")] = "40",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer in tokens.")] = 160,
+    system_prompt: Annotated[str | None, typer.Option("--system-prompt", help="Replace the spoken-style system prompt (cascade).")] = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Talk with the model: live, multi-turn, from the microphone (or a recording) to the speakers.
+
+    Silero VAD finds where you start and stop speaking; the answer plays as its audio arrives, and
+    earlier turns are kept as context. Speaking during an answer stops it (barge-in). The screen shows
+    the state, what was heard, the answer as it is written, and each turn's first-audio latency and
+    timings. Without a microphone, --input plays a wav in as if spoken live. Ctrl-C ends the
+    conversation and still writes --output and --save.
+
+    [bold]Examples:[/]
+      omni talk
+      omni talk --push-to-talk --silence-ms 1000
+      omni talk --input two_questions.wav --output conversation.wav --save session/
+      omni talk --input two_questions.wav --fast --mode e2e --e2e-model ./my-omni-model
+    """
+    from omni_cli.audio import load_audio
+    from omni_cli.talk import Conversation, KeySegmenter, TalkOptions, VadSegmenter
+    from omni_cli.talk_audio import (
+        FAST_SPEED,
+        EnterKey,
+        FileSource,
+        Microphone,
+        open_speaker,
+    )
+    from omni_cli.talk_view import TalkView
+
+    with user_errors():
+        if fast and input_path is None:
+            raise ConfigError("--fast needs --input FILE (the microphone runs in real time)")
+        options = TalkOptions(vad_threshold=vad_threshold, silence_ms=silence_ms, barge_in=barge_in)
+        if input_path is not None:
+            source = FileSource(load_audio(input_path), speed=FAST_SPEED if fast else 1.0, holds_for_answers=fast)
+        else:
+            source = Microphone()  # no device: an InputError that says how to use --input
+        speaker = None if fast else open_speaker()  # a fast file's answers play only into --output
+        if speaker is None and input_path is None:
+            ui.note("no speakers found: the answers are not played (record them with --output)")
+        with ui.err.status("loading models ..."):
+            pipeline = _load_pipeline(mode.value, asr_model, backend.value, beam_size, llm, tts.value, voice, e2e_model,
+                                      vocoder, omega, max_new_tokens, system_prompt, device)
+        conversation = Conversation(pipeline, speaker, options, record=output is not None)
+        key = EnterKey() if push_to_talk else None
+        stream = conversation.run(source, KeySegmenter(key) if key else VadSegmenter(options))
+        interrupted = False
+        try:
+            with TalkView(ui.err, pipeline.mode, push_to_talk) as view:
+                for event in stream:
+                    view.show(event)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            stream.close()  # a turn in progress is kept, marked interrupted
+            for device_ in (key, source, speaker):
+                if hasattr(device_, "close"):
+                    device_.close()
+            _talk_save(conversation, output, save, pipeline.sample_rate)
+        if interrupted:
+            raise typer.Exit(130)
+
+
+def _load_pipeline(mode, asr_model, backend, beam_size, llm, tts, voice, e2e_model, vocoder, omega, max_new_tokens, system_prompt, device):
+    """The cascade or end-to-end pipeline from the command-line options `respond` and `talk` share."""
+    from omni_cli.llm import GenerationOptions
+
+    generation = GenerationOptions(max_new_tokens=max_new_tokens)
+    if mode == "e2e":
+        from omni_cli.e2e.load import load_e2e_pipeline, parse_omega
+        from omni_cli.e2e.pipeline import E2EOptions
+
+        return load_e2e_pipeline(e2e_model, vocoder, E2EOptions(parse_omega(omega), generation), device)
+    from baselines.cascade import CascadeOptions, CascadePipeline
+    from omni_cli.asr import AsrOptions
+    from omni_cli.llm import SPOKEN_SYSTEM_PROMPT
+
+    options = CascadeOptions(system_prompt=system_prompt or SPOKEN_SYSTEM_PROMPT, generation=generation)
+    return CascadePipeline.load(asr_model, backend, llm, tts, voice, options, AsrOptions(beam_size=beam_size), device)
+
+
+def _talk_save(conversation, output: Path | None, save: Path | None, sample_rate: int) -> None:
+    """Write the two-sided recording and the session file (also after Ctrl-C)."""
+    from omni_cli.audio import shown, write_wav
+
+    turns = conversation.turns
+    ui.note(f"{len(turns)} turn(s)" + (f", {sum(t.interrupted for t in turns)} interrupted" if any(t.interrupted for t in turns) else ""))
+    if output is not None and conversation.recording is not None:
+        audio = conversation.recording.audio(sample_rate)
+        write_wav(output, audio, sample_rate)
+        ui.note(f"conversation: {shown(output)} ({len(audio) / sample_rate:.1f} s; left: you, right: the answers)")
+    if save is not None:
+        save.mkdir(parents=True, exist_ok=True)
+        target = save / "session.jsonl"
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in conversation.session()), encoding="utf-8")
+        tmp.replace(target)
+        ui.note(f"session: {shown(target)}")
 
 
 def _input_errors_name(path: Path, events):

@@ -175,3 +175,49 @@ def stream_generate(
             delta, text_so_far = text[len(text_so_far) :], text
         yield TokenStep(token, delta, hidden)
         kwargs = {"input_ids": torch.tensor([[token]], device=llm.device)}
+
+
+@torch.inference_mode()
+def generate_batch(
+    llm: ChatLLM, prompts: list[torch.Tensor], options: GenerationOptions = GenerationOptions()
+) -> list[str]:
+    """Greedy answers to several prompts (each token ids (1, T)) at once: the same decoding as
+    `stream_generate` (repetition penalty on the generated tokens only), batched with left
+    padding so a CPU does several answers for little more than the price of one."""
+    from transformers import DynamicCache
+
+    if options.temperature != 0:
+        raise ConfigError("generate_batch decodes greedily (temperature 0)")
+    if not prompts:
+        return []
+    pad = llm.tokenizer.pad_token_id if llm.tokenizer.pad_token_id is not None else min(llm.eos_ids)
+    width = max(p.shape[1] for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long, device=llm.device)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=llm.device)
+    for i, p in enumerate(prompts):
+        ids[i, width - p.shape[1] :] = p[0]
+        mask[i, width - p.shape[1] :] = 1
+    cache = DynamicCache()
+    generated: list[list[int]] = [[] for _ in prompts]
+    finished = [False] * len(prompts)
+    step_ids = ids
+    for _ in range(options.max_new_tokens):
+        position = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1] :]
+        out = llm.model(input_ids=step_ids, attention_mask=mask, position_ids=position, past_key_values=cache,
+                        use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        next_ids = []
+        for i in range(len(prompts)):
+            token = pad
+            if not finished[i]:
+                token = _pick(out.logits[i, -1], generated[i], options, None)
+                if token in llm.eos_ids:
+                    finished[i] = True
+                else:
+                    generated[i].append(token)
+            next_ids.append(token)
+        if all(finished):
+            break
+        step_ids = torch.tensor(next_ids, device=llm.device).unsqueeze(1)
+        mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=mask.dtype, device=mask.device)], dim=1)
+    return [llm.tokenizer.decode(g, skip_special_tokens=True) for g in generated]

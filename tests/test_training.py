@@ -46,9 +46,9 @@ def test_build_speaks_answers_resumes_and_holds_a_voice_family_out(tmp_path):
     options = BuildOptions(size=4, heldout_fraction=0.5, seed=3)
     answers = []
 
-    def answer(text):
-        answers.append(text)
-        return f"An answer to: {text}"
+    def answer(texts):
+        answers.extend(texts)
+        return [f"An answer to: {text}" for text in texts]
 
     def to_units(text):
         return [len(w) for w in text.split()]
@@ -67,8 +67,17 @@ def test_build_speaks_answers_resumes_and_holds_a_voice_family_out(tmp_path):
 
     assert all(sf.info(r["audio"]).samplerate == 16000 and sf.info(r["audio"]).duration > 0.5 for r in manifest)
     # deterministic: a fresh build with the same seed picks the same voices and splits
-    again = list(build(chosen, tmp_path / "again", answer, to_units, options))
+    again = list(build(chosen, tmp_path / "again", answer, to_units, options, batch=3))
     assert [(r["voice"], r["split"]) for r in again] == [(r["voice"], r["split"]) for r in manifest]
+
+
+def test_build_answers_only_the_first_items_when_asked(tmp_path):
+    chosen = select_instructions(INSTRUCTIONS, BuildOptions(size=4))
+    options = BuildOptions(size=4, answered=1, seed=3)
+    rows = list(build(chosen, tmp_path / "set", lambda texts: ["Yes." for _ in texts], lambda t: [1, 2], options, batch=2))
+    assert [r["response"] for r in rows] == ["Yes.", None, None, None]
+    assert [r["units"] for r in rows] == [[1, 2], None, None, None]
+    assert len(read_manifest(tmp_path / "set", answered=True)) == 1 and len(read_manifest(tmp_path / "set")) == 4
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +189,32 @@ def test_selection_draws_from_every_source():
     items += [{"id": str(i), "source": "small", "instruction": f"Tell me something nice about the colour {c}."} for i, c in enumerate(["red", "blue", "green"])]
     chosen = select_instructions(items, BuildOptions(size=10))
     assert sum(c["source"] == "small" for c in chosen) == 3 and len(chosen) == 10
+
+
+def test_stage1_align_pulls_adaptor_outputs_to_the_transcript_embeddings(peaked_omni, rows, tmp_path):
+    """The LLM-free pre-alignment: CTC loss falls, and the encoder features are cached on disk for later stages."""
+    model = load_omni(peaked_omni)
+    for i, r in enumerate(rows):
+        r["instruction"] = ["the moon is bright", "cats like to sleep", "birds can fly high"][i]
+    losses = [p.loss for p in train_adaptor(model, rows, tmp_path / "align",
+                                            TrainOptions(steps=40, batch_size=3, lr=5e-3, warmup=2, save_every=40), task="align")]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    from pathlib import Path
+
+    cached = sorted((Path(rows[0]["audio"]).parent.parent / "features").rglob("*.pt"))
+    assert [c.stem for c in cached] == ["0", "1", "2"]
+
+
+def test_stage1_answer_task_skips_items_without_an_answer(peaked_omni, rows, tmp_path):
+    model = load_omni(peaked_omni)
+    rows[1]["response"] = None
+    seen = []
+    import omni_cli.e2e.train as train_mod
+
+    original = train_mod.encode_rows
+    train_mod.encode_rows = lambda m, rs: seen.extend(rs) or original(m, rs)
+    try:
+        list(train_adaptor(model, rows, tmp_path / "s", TrainOptions(steps=2, batch_size=2, warmup=1, save_every=2)))
+    finally:
+        train_mod.encode_rows = original
+    assert len(seen) == 2 and all(r["response"] is not None for r in seen)

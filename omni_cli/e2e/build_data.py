@@ -40,6 +40,8 @@ _URL = re.compile(r"https?://|www\.|\.com\b|@")
 @dataclass(frozen=True)
 class BuildOptions:
     size: int = 1000  # items to build
+    answered: int | None = None  # how many of them (the first) get a text answer and units; None: all.
+    # The rest serve the ASR pre-alignment only, which needs audio and transcript: cheap to make.
     heldout_fraction: float = 0.1  # share of items spoken by the held-out voice family
     max_chars: int = 160  # longest instruction kept
     max_answer_tokens: int = 80  # longest text answer generated
@@ -49,6 +51,8 @@ class BuildOptions:
     def __post_init__(self) -> None:
         if self.size < 1 or not 0 <= self.heldout_fraction < 1:
             raise ConfigError("size must be >= 1 and heldout_fraction in [0, 1)")
+        if self.answered is not None and not 0 <= self.answered <= self.size:
+            raise ConfigError("answered must be between 0 and size")
 
 
 def speakable(text: str, max_chars: int) -> bool:
@@ -109,16 +113,16 @@ class Speaker:
     """Speaks text with a `Voice` into 16 kHz mono audio."""
 
     def __init__(self):
-        self._piper = {}
+        self._piper = None  # one voice session; the scales change per call
 
     def speak(self, text: str, voice: Voice) -> np.ndarray:
         if voice.family == "piper":
             from omni_cli.tts import PiperOptions, PiperTTS
 
-            key = (voice.params["length_scale"], voice.params["noise_scale"])
-            if key not in self._piper:
-                self._piper[key] = PiperTTS(options=PiperOptions(length_scale=key[0], noise_scale=key[1]))
-            tts = self._piper[key]
+            if self._piper is None:
+                self._piper = PiperTTS()
+            tts = self._piper
+            tts.options = PiperOptions(length_scale=voice.params["length_scale"], noise_scale=voice.params["noise_scale"])
             return resample(tts.synthesize(text), tts.sample_rate, SAMPLE_RATE)
         with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
             cmd = ["espeak-ng", "-v", voice.name, "-s", str(voice.params["rate"]), "-p", str(voice.params["pitch"]), "-w", tmp.name, text]
@@ -139,12 +143,14 @@ def item_id(item: dict) -> str:
 def build(
     instructions: list[dict],
     out: Path,
-    answer,  # (instruction text) -> answer text; the LLM under the spoken-style prompt
+    answer,  # (instruction texts) -> answer texts; the LLM under the spoken-style prompt, batched
     to_units,  # (answer text) -> unit ids
     options: BuildOptions = BuildOptions(),
     speaker: Speaker | None = None,
+    batch: int = 16,
 ) -> Iterator[dict]:
-    """Build (or resume building) the set in `out`; yields each finished manifest row."""
+    """Build (or resume building) the set in `out`; yields each finished manifest row.
+    Items are finished `batch` at a time (the LLM answers a batch at once)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "audio").mkdir(exist_ok=True)
     manifest = out / "manifest.jsonl"
@@ -153,39 +159,46 @@ def build(
         done = {json.loads(line)["id"] for line in manifest.read_text().splitlines() if line.strip()}
     (out / "build.json").write_text(json.dumps({"options": options.__dict__, "items": len(instructions)}, indent=2) + "\n")
     speaker = speaker or Speaker()
+    answered = len(instructions) if options.answered is None else options.answered
+    todo = [(n, item) for n, item in enumerate(instructions) if item_id(item) not in done]
     with open(manifest, "a", encoding="utf-8") as f:
-        for item in instructions:
-            iid = item_id(item)
-            # every item's randomness comes from (seed, id): the same on a resumed run
-            rng = random.Random(f"{options.seed}:{iid}")
-            heldout = rng.random() < options.heldout_fraction
-            if iid in done:
-                continue
-            voice = pick_voice(rng, heldout)
-            audio = speaker.speak(item["instruction"], voice)
-            noisy = rng.random() < options.noise_probability
-            if noisy:
-                audio = add_noise(audio, np.random.default_rng(rng.randrange(2**32)), rng.uniform(15, 35))
-            write_wav(out / "audio" / f"{iid}.wav", audio, SAMPLE_RATE)
-            response = answer(item["instruction"]).strip()
-            row = {
-                "id": iid,
-                "source": item["source"],
-                "instruction": item["instruction"],
-                "audio": f"audio/{iid}.wav",
-                "voice": voice.label,
-                "noise": noisy,
-                "split": "heldout" if heldout else "train",
-                "response": response,
-                "units": to_units(response),
-            }
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            yield row
+        for b in range(0, len(todo), batch):
+            rows = []
+            for n, item in todo[b : b + batch]:
+                iid = item_id(item)
+                # every item's randomness comes from (seed, id): the same on a resumed run
+                rng = random.Random(f"{options.seed}:{iid}")
+                heldout = rng.random() < options.heldout_fraction
+                voice = pick_voice(rng, heldout)
+                audio = speaker.speak(item["instruction"], voice)
+                noisy = rng.random() < options.noise_probability
+                if noisy:
+                    audio = add_noise(audio, np.random.default_rng(rng.randrange(2**32)), rng.uniform(15, 35))
+                write_wav(out / "audio" / f"{iid}.wav", audio, SAMPLE_RATE)
+                rows.append((n < answered, {
+                    "id": iid,
+                    "source": item["source"],
+                    "instruction": item["instruction"],
+                    "audio": f"audio/{iid}.wav",
+                    "voice": voice.label,
+                    "noise": noisy,
+                    "split": "heldout" if heldout else "train",
+                    "response": None,
+                    "units": None,
+                }))
+            to_answer = [row for wanted, row in rows if wanted]
+            for row, response in zip(to_answer, answer([row["instruction"] for row in to_answer]) if to_answer else []):
+                row["response"] = response.strip()
+                row["units"] = to_units(row["response"])
+            for _, row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.flush()
+                yield row
 
 
-def read_manifest(folder: Path, split: str | None = None) -> list[dict]:
+def read_manifest(folder: Path, split: str | None = None, answered: bool = False) -> list[dict]:
+    """The set's rows (audio paths made absolute), of one split; with `answered`, only those with a text answer."""
     rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
     for r in rows:
         r["audio"] = str(folder / r["audio"])
-    return [r for r in rows if split is None or r["split"] == split]
+    return [r for r in rows if (split is None or r["split"] == split) and (not answered or r.get("response") is not None)]

@@ -44,10 +44,14 @@ class E2EPipeline:
     def sample_rate(self) -> int:
         return self.vocoder.sample_rate
 
-    def run(self, audio: np.ndarray, history: list[dict[str, str]] | None = None) -> Iterator[Event]:
+    def run(
+        self, audio: np.ndarray, history: list[dict[str, str]] | None = None, *, speech_end: float | None = None
+    ) -> Iterator[Event]:
+        """Answer the speech in `audio` (16 kHz mono); `history` holds earlier chat turns as text.
+        `speech_end` is when the user stopped speaking (a live caller's VAD decision; default: now)."""
         if self.options.check_speech:
             require_speech(audio)
-        yield SpeechEnded(duration_s=len(audio) / SAMPLE_RATE)
+        yield SpeechEnded(duration_s=len(audio) / SAMPLE_RATE, t=now() if speech_end is None else speech_end)
         decoder = SpeechDecoderStream(self.model.speech_generator)
         chunker = UnitChunker(self.options.omega, getattr(self.vocoder, "boundary_units", None))
         text: list[str] = []

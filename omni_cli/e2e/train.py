@@ -4,12 +4,17 @@
   as it answers text (cross-entropy on the answer tokens); the Whisper encoder and the LLM
   stay frozen. With `task="asr"` the same stage is a LLaSM-style pre-alignment: the LLM is
   asked to repeat what was said, and learns from the transcript.
+  With `task="align"` it is a cheaper pre-alignment still, run before the ASR one: no LLM
+  pass at all, the adaptor outputs are scored against the LLM's (frozen) input embeddings
+  of the transcript's tokens with CTC, which pulls them towards the embeddings the LLM
+  would see had the words been typed.
 - stage 2, `train_speech_decoder`: only the CTC speech_generator learns, on the frozen LLM's
   hidden states (the state that emitted each answer token, the end token's included) with
   the answer's unit sequence as target.
 Both save a checkpoint every `save_every` steps (the model in our format + `train_state.pt`
 with optimizer and step, so `resume` continues), and a loss curve PNG at the end.
-Encoder outputs and LLM states are computed once per item and reused across epochs.
+Encoder outputs and LLM states are computed once per item and reused across epochs; encoder
+outputs are also cached on disk beside the set (`features/`), shared by the stages.
 """
 
 from __future__ import annotations
@@ -122,22 +127,59 @@ def _loop(
             (out / "losses.json").write_text(json.dumps(losses))
 
 
+def encode_rows(model: SpeechLLM, rows: list[dict]) -> list[torch.Tensor]:
+    """The frozen encoder's outputs for each row's audio, cached on disk beside the audio
+    folder (`features/<encoder>/<name>.pt`, float16) so later stages and runs reuse them."""
+    import re
+
+    cfg = model.config
+    key = re.sub(r"[^\w.-]+", "_", f"{Path(cfg.encoder_source).name or 'encoder'}-{cfg.encoder.width}-{'pad' if cfg.encoder.padded else 'real'}")
+    out = []
+    for r in rows:
+        audio = Path(r["audio"])
+        cached = audio.parent.parent / "features" / key / f"{audio.stem}.pt"
+        if cached.is_file():
+            out.append(torch.load(cached, weights_only=True).float())
+            continue
+        with torch.no_grad():
+            states = model.speech_encoder.encode(load_audio(audio))
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(states.half().clone(), cached)
+        out.append(states.half().float())
+    return out
+
+
 def train_adaptor(
     model: SpeechLLM, rows: list[dict], out: Path, options: TrainOptions = TrainOptions(), task: str = "answer",
     resume: bool = False,
 ) -> Iterator[Progress]:
-    """Stage 1. rows: manifest rows with `audio`, `instruction`, `response`."""
-    if task not in ("answer", "asr"):
-        raise ValueError("task is 'answer' or 'asr'")
+    """Stage 1. rows: manifest rows with `audio`, `instruction`, and `response` (task answer)."""
+    if task not in ("answer", "asr", "align"):
+        raise ValueError("task is 'answer', 'asr' or 'align'")
     torch.manual_seed(options.seed)
     out.mkdir(parents=True, exist_ok=True)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in model.speech_projector.parameters():
         p.requires_grad_(True)
+    if task == "answer":
+        rows = [r for r in rows if r.get("response") is not None]
+    encoded = encode_rows(model, rows)
+    if task == "align":
+        item_loss, extra = _align_loss(model, rows, encoded)
+    else:
+        item_loss, extra = _llm_loss(model, rows, encoded, task), []
+    model.train()
+    yield from _loop(list(model.speech_projector.parameters()) + extra, item_loss, len(rows), options, out,
+                     lambda: save_omni(model, out / "model"), resume)
+    model.eval()
+    plot_losses(json.loads((out / "losses.json").read_text()), out / "loss.png", f"stage 1 ({task}): adaptor")
+
+
+def _llm_loss(model: SpeechLLM, rows: list[dict], encoded: list[torch.Tensor], task: str):
+    """Cross-entropy of the frozen LLM on the target text (the answer, or the transcript for
+    ASR), given the chat prompt with the adaptor's output as the user's turn."""
     prompt_config = dataclasses.replace(model.config.prompt, instruction=ASR_INSTRUCTION) if task == "asr" else None
-    with torch.no_grad():
-        encoded = [model.speech_encoder.encode(load_audio(r["audio"])) for r in rows]
     targets = [_answer_ids(model, r["instruction"] if task == "asr" else r["response"]) for r in rows]
     embed = model.llm.model.get_input_embeddings()
 
@@ -149,11 +191,33 @@ def train_adaptor(
         logits = model.llm.model(inputs_embeds=x).logits[0, prompt.shape[1] - 1 : -1]
         return torch.nn.functional.cross_entropy(logits.float(), ids[0])
 
-    model.train()
-    yield from _loop(list(model.speech_projector.parameters()), item_loss, len(rows), options, out,
-                     lambda: save_omni(model, out / "model"), resume)
-    model.eval()
-    plot_losses(json.loads((out / "losses.json").read_text()), out / "loss.png", f"stage 1 ({task}): adaptor")
+    return item_loss
+
+
+def _align_loss(model: SpeechLLM, rows: list[dict], encoded: list[torch.Tensor]):
+    """CTC of the adaptor outputs against the transcript's tokens, each output scored by its
+    dot product with the LLM's input embeddings of the tokens in the set (plus a learned
+    blank and scale, which are not part of the model)."""
+    tok = model.llm.tokenizer
+    ids = [tok(" " + r["instruction"], add_special_tokens=False).input_ids for r in rows]
+    vocab = sorted({t for seq in ids for t in seq})
+    index = {t: n + 1 for n, t in enumerate(vocab)}  # 0 is the blank
+    table = model.llm.model.get_input_embeddings().weight[vocab].detach().float()
+    blank = torch.nn.Parameter(torch.zeros(1, table.shape[1]))
+    log_scale = torch.nn.Parameter(torch.tensor(float(-torch.log(table.norm(dim=1).mean()))))
+    targets = [torch.tensor([index[t] for t in seq]) for seq in ids]
+
+    def item_loss(i: int) -> torch.Tensor:
+        features = model.speech_projector(encoded[i].unsqueeze(0))[0].float()
+        logits = log_scale.exp() * features @ torch.cat([blank, table]).T
+        logp = torch.log_softmax(logits, dim=-1).unsqueeze(1)
+        n = features.shape[0]
+        if n < len(targets[i]):  # too short for CTC: skip (no gradient)
+            return logits.sum() * 0.0
+        return torch.nn.functional.ctc_loss(logp, targets[i].unsqueeze(0), torch.tensor([n]), torch.tensor([len(targets[i])]),
+                                            blank=0, zero_infinity=True)
+
+    return item_loss, [blank, log_scale]
 
 
 def emitting_states(model: SpeechLLM, audio_path: str, response: str) -> torch.Tensor:

@@ -1,0 +1,437 @@
+"""The conversation engine of `omni talk`: turns, barge-in, history and the session record.
+
+Audio comes in as 16 kHz frames of 512 samples (Silero VAD's window) from a source (the
+microphone, or a file played as if it were one, see `talk_audio`); Silero VAD's streaming
+`VADIterator` (or a push-to-talk key) cuts it into utterances; each utterance is answered by
+a pipeline (cascade or e2e) in a worker thread, whose events are passed on as they come and
+whose audio chunks go to a sink as they arrive. Speech during an answer stops it (barge-in)
+and starts a new turn; finished turns become the text history of the next ones.
+
+Time is the conversation's own clock: samples of input consumed. The answer is played on
+that clock (a chunk starts when it arrives, or when the one before it ends), so the state
+(listening, hearing, thinking, speaking), the barge-in cut and the two-sided recording are
+the same whether the input is a microphone, a file in real time, or a file run fast.
+`Conversation.run` is a generator of events: the pipelines' own, between a `TurnStarted`
+and a `TurnEnded`, and `StateChanged`. This module knows nothing about audio devices
+or rendering.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from omni_cli.audio import SAMPLE_RATE, resample
+from omni_cli.errors import OmniError
+from omni_cli.events import (
+    AudioChunk,
+    Done,
+    ErrorEvent,
+    Event,
+    SpeechEnded,
+    TextDelta,
+    Transcript,
+    now,
+)
+from omni_cli.metrics import latency_metrics
+
+FRAME = 512  # samples per input frame: Silero VAD's window at 16 kHz (32 ms)
+LISTENING, HEARING, THINKING, SPEAKING = "listening", "hearing", "thinking", "speaking"
+SPOKEN_TURN = "(spoken request)"  # the user's history entry when the pipeline needed no transcript (e2e)
+
+
+@dataclass(frozen=True)
+class TalkOptions:
+    vad_threshold: float = 0.5  # speech probability that starts the user's turn (lower: more sensitive)
+    silence_ms: int = 700  # this much silence ends the user's turn
+    min_speech_ms: int = 200  # shorter sounds (clicks, coughs) neither start a turn nor barge in
+    pad_ms: int = 200  # audio kept before the detected start and after the detected end
+    barge_in: bool = True  # the user's speech during an answer stops it and starts a new turn
+
+    def __post_init__(self) -> None:
+        if not 0 < self.vad_threshold < 1:
+            raise ValueError(f"vad_threshold must be in (0, 1), got {self.vad_threshold}")
+        if min(self.silence_ms, self.min_speech_ms, self.pad_ms) < 0:
+            raise ValueError("silence_ms, min_speech_ms and pad_ms must be >= 0")
+
+
+class Source(Protocol):
+    ended: bool  # no more real input: the engine finishes the turn in progress and stops
+    holds_for_answers: bool  # the clock stops while the models compute (a file run fast)
+
+    def __iter__(self) -> Iterator[np.ndarray]: ...
+
+
+class Sink(Protocol):
+    def play(self, samples: np.ndarray, sample_rate: int) -> None: ...
+
+    def stop(self) -> None: ...  # barge-in: drop what is still queued
+
+
+class NullSink:
+    """Plays nowhere (the answer is still on the conversation clock and in the recording)."""
+
+    def play(self, samples: np.ndarray, sample_rate: int) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateChanged(Event):
+    state: str  # listening | hearing (the user is speaking) | thinking | speaking
+
+
+@dataclass(frozen=True)
+class TurnStarted(Event):
+    index: int
+    speech_s: float  # length of the user's utterance
+    history_len: int  # messages of earlier turns given to the pipeline
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One finished turn, as saved in the session file."""
+
+    index: int
+    mode: str
+    speech_start_s: float  # on the conversation clock: where the user's utterance starts
+    speech_end_s: float  # where the VAD (or the talk key) ended it
+    history_len: int
+    transcript: str | None  # None in e2e mode (no transcript needed)
+    text: str  # the answer as written (up to the barge-in when interrupted)
+    answer_start_s: float | None  # on the conversation clock: where playback began
+    spoken_s: float  # seconds of the answer actually played
+    interrupted: bool
+    error: str | None
+    metrics: dict[str, float | None] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()} | {
+            "metrics": {k: None if v is None else round(v, 4) for k, v in self.metrics.items()}
+        }
+
+
+@dataclass(frozen=True)
+class TurnEnded(Event):
+    turn: Turn
+
+
+# -- finding the user's turns ------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Utterance:
+    audio: np.ndarray  # 16 kHz mono
+    start: int  # sample positions on the conversation clock
+    end: int
+
+
+class VadSegmenter:
+    """Utterances in a stream of frames, by Silero VAD's streaming `VADIterator`.
+
+    `push` returns "start" once speech has lasted `min_speech_ms` (the moment to barge in),
+    and an `Utterance` when `silence_ms` of silence has followed it.
+    """
+
+    def __init__(self, options: TalkOptions = TalkOptions()):
+        import torch
+        from silero_vad import VADIterator, load_silero_vad
+
+        self._torch = torch
+        # its own model: the VAD state must not be shared with the pipelines' speech check
+        self.vad = VADIterator(load_silero_vad(onnx=True), threshold=options.vad_threshold, sampling_rate=SAMPLE_RATE,
+                               min_silence_duration_ms=options.silence_ms, speech_pad_ms=options.pad_ms)
+        self.keep = int(options.pad_ms * SAMPLE_RATE / 1000) + FRAME
+        self.min_speech = int(options.min_speech_ms * SAMPLE_RATE / 1000)
+        self.pos = 0  # samples seen
+        self.buffer: list[np.ndarray] = []  # recent frames: the utterance, or the pad before one
+        self.buffer_start = 0
+        self.start: int | None = None  # the VAD's start of the speech in progress
+        self.speech = 0  # samples of it heard as speech so far
+        self.active = False  # confirmed speech in progress
+        self.discarded = False
+
+    def push(self, frame: np.ndarray) -> str | Utterance | None:
+        self.buffer.append(frame)
+        self.pos += len(frame)
+        edge = self.vad(self._torch.from_numpy(frame)) or {}
+        if "start" in edge:
+            self.start, self.speech, self.discarded = edge["start"], 0, False
+        if self.start is not None and self.vad.triggered and not self.vad.temp_end:
+            self.speech += len(frame)
+        out: str | Utterance | None = None
+        if "end" in edge:
+            if self.active and not self.discarded:
+                audio = np.concatenate(self.buffer)
+                start, end = max(self.start, self.buffer_start), min(edge["end"], self.pos)
+                out = Utterance(audio[start - self.buffer_start : end - self.buffer_start], start, end)
+            self.start, self.active = None, False
+        elif self.start is not None and not self.active and self.speech >= self.min_speech:
+            self.active = True
+            out = "start"
+        if self.start is None:  # keep only the pad before a possible next utterance
+            while self.buffer and self.pos - self.buffer_start - len(self.buffer[0]) >= self.keep:
+                self.buffer_start += len(self.buffer.pop(0))
+        return out
+
+    def discard(self) -> None:
+        """Ignore the speech in progress (no barge-in): it will not become a turn."""
+        self.discarded = True
+
+
+class KeySegmenter:
+    """Push-to-talk: the user's turn is the audio while `key.held` is true."""
+
+    def __init__(self, key):
+        self.key = key
+        self.pos = 0
+        self.frames: list[np.ndarray] | None = None
+        self.start = 0
+        self.discarded = False
+
+    @property
+    def active(self) -> bool:
+        return self.frames is not None
+
+    def push(self, frame: np.ndarray) -> str | Utterance | None:
+        self.pos += len(frame)
+        if self.frames is None:
+            if not self.key.held:
+                return None
+            self.frames, self.start, self.discarded = [frame], self.pos - len(frame), False
+            return "start"
+        if self.key.held:
+            self.frames.append(frame)
+            return None
+        audio, self.frames = np.concatenate(self.frames), None
+        return None if self.discarded else Utterance(audio, self.start, self.start + len(audio))
+
+    def discard(self) -> None:
+        self.discarded = True
+
+
+# -- the recording ------------------------------------------------------------------------
+
+
+class Recording:
+    """Both sides on the conversation clock: the input as heard, the answers as played."""
+
+    def __init__(self) -> None:
+        self.input: list[np.ndarray] = []
+        self.answers: list[list] = []  # [start (16 kHz clock), samples, sample_rate]
+
+    def cut(self, at: int) -> None:
+        """Barge-in at clock position `at`: what was not yet played is dropped."""
+        kept = []
+        for start, samples, sr in self.answers:
+            if start < at:
+                kept.append([start, samples[: round((at - start) * sr / SAMPLE_RATE)], sr])
+        self.answers = kept
+
+    def audio(self, sample_rate: int) -> np.ndarray:
+        """(n, 2) float32: channel 0 the user, channel 1 the assistant, at `sample_rate`."""
+        user = resample(np.concatenate(self.input) if self.input else np.zeros(0, np.float32), SAMPLE_RATE, sample_rate)
+        placed = []
+        for start, samples, sr in self.answers:
+            placed.append((round(start * sample_rate / SAMPLE_RATE), resample(samples, sr, sample_rate)))
+        n = max([len(user)] + [s + len(a) for s, a in placed])
+        out = np.zeros((n, 2), dtype=np.float32)
+        out[: len(user), 0] = user
+        for s, a in placed:
+            out[s : s + len(a), 1] += a
+        return out
+
+
+# -- the engine ---------------------------------------------------------------------------
+
+_NOTHING = object()
+
+
+class _Run:
+    """One pipeline run in a worker thread; its events come through a queue, then None."""
+
+    def __init__(self, pipeline, audio: np.ndarray, history: list[dict[str, str]], speech_end: float):
+        self.events: queue.Queue = queue.Queue()
+        self.cancelled = threading.Event()
+        self.done = False
+        self.thread = threading.Thread(target=self._work, args=(pipeline, audio, history, speech_end), daemon=True)
+        self.thread.start()
+
+    def _work(self, pipeline, audio, history, speech_end) -> None:
+        try:
+            stream = pipeline.run(audio, history, speech_end=speech_end)
+            try:
+                for e in stream:
+                    if self.cancelled.is_set():
+                        break
+                    self.events.put(e)
+            finally:
+                stream.close()
+        except OmniError as exc:
+            self.events.put(ErrorEvent(message=str(exc)))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the engine's thread
+            self.events.put(exc)
+        finally:
+            self.events.put(None)
+
+    def next(self, block: bool):
+        """The next event, None at the end, or _NOTHING (when not blocking and none is ready)."""
+        while True:
+            try:
+                item = self.events.get(timeout=0.1) if block else self.events.get_nowait()
+            except queue.Empty:
+                if block:
+                    continue  # wake up now and then, so Ctrl-C gets through
+                return _NOTHING
+            if isinstance(item, BaseException):
+                raise item
+            self.done = item is None
+            return item
+
+
+@dataclass
+class _Active:
+    """The turn in progress."""
+
+    index: int
+    utterance: Utterance
+    history_len: int
+    run: _Run
+    events: list[Event] = field(default_factory=list)
+    played: list[tuple[int, int]] = field(default_factory=list)  # (start, length) on the clock
+    play_end: int = 0
+
+
+class Conversation:
+    """Multi-turn spoken conversation with one pipeline (anything with `.run(audio, history,
+    speech_end=)`, `.mode` and `.sample_rate`); `run(source)` is its event stream."""
+
+    def __init__(self, pipeline, sink: Sink | None = None, options: TalkOptions = TalkOptions(), record: bool = True):
+        self.pipeline, self.sink, self.options = pipeline, sink or NullSink(), options
+        self.history: list[dict[str, str]] = []
+        self.turns: list[Turn] = []
+        self.recording = Recording() if record else None
+        self.clock = 0  # samples of input consumed
+        self.state: str | None = None
+        self._turn: _Active | None = None
+        self._last_run: _Run | None = None
+
+    def run(self, source: Source | Iterable[np.ndarray], segmenter=None) -> Iterator[Event]:
+        """Listen to `source` until it ends (and the last answer is played) or the caller stops."""
+        segmenter = segmenter or VadSegmenter(self.options)
+        hold = getattr(source, "holds_for_answers", False)
+        try:
+            yield from self._set_state(LISTENING)
+            for frame in source:
+                yield from self._step(np.asarray(frame, dtype=np.float32), segmenter, hold)
+                if getattr(source, "ended", False) and self._turn is None and not segmenter.active:
+                    break
+        finally:
+            if self._turn is not None:  # stopped by the caller (Ctrl-C): keep the partial turn
+                self._end_turn(interrupted=True)
+
+    def _step(self, frame: np.ndarray, segmenter, hold: bool) -> Iterator[Event]:
+        self.clock += len(frame)
+        if self.recording is not None:
+            self.recording.input.append(frame)
+        edge = segmenter.push(frame)
+        if edge == "start" and self._turn is not None:
+            if self.options.barge_in:
+                yield TurnEnded(turn=self._end_turn(interrupted=True))
+            else:
+                segmenter.discard()
+        elif isinstance(edge, Utterance):
+            yield from self._start_turn(edge)
+        if self._turn is not None:
+            yield from self._pump(block=hold)
+        yield from self._set_state(self._current_state(segmenter))
+
+    def _current_state(self, segmenter) -> str:
+        if segmenter.active and not segmenter.discarded:
+            return HEARING
+        if self._turn is not None:
+            return SPEAKING if self.clock < self._turn.play_end else THINKING
+        return LISTENING
+
+    def _set_state(self, state: str) -> Iterator[Event]:
+        if state != self.state:
+            self.state = state
+            yield StateChanged(state=state)
+
+    def _start_turn(self, utterance: Utterance) -> Iterator[Event]:
+        speech_end = now()  # the VAD's decision: the latency origin
+        if self._last_run is not None:
+            self._last_run.thread.join()  # a cancelled run stops at its next event
+        history = list(self.history)
+        run = self._last_run = _Run(self.pipeline, utterance.audio, history, speech_end)
+        self._turn = _Active(len(self.turns) + 1, utterance, len(history), run, play_end=self.clock)
+        yield TurnStarted(index=self._turn.index, speech_s=len(utterance.audio) / SAMPLE_RATE, history_len=len(history))
+        yield from self._set_state(THINKING)
+
+    def _pump(self, block: bool) -> Iterator[Event]:
+        """Pass on the run's events that are ready (all of them, when the clock holds for answers)."""
+        turn = self._turn
+        while not turn.run.done:
+            e = turn.run.next(block)
+            if e is _NOTHING or e is None:
+                break
+            turn.events.append(e)
+            if isinstance(e, AudioChunk):
+                start = max(self.clock, turn.play_end)
+                length = round(e.duration_s * SAMPLE_RATE)
+                turn.played.append((start, length))
+                turn.play_end = start + length
+                if self.recording is not None:
+                    self.recording.answers.append([start, e.samples, e.sample_rate])
+                self.sink.play(e.samples, e.sample_rate)
+            yield e
+        if turn.run.done and self.clock >= turn.play_end:
+            yield TurnEnded(turn=self._end_turn(interrupted=False))
+
+    def _end_turn(self, interrupted: bool) -> Turn:
+        t, self._turn = self._turn, None
+        if interrupted:
+            t.run.cancelled.set()
+            self.sink.stop()
+            if self.recording is not None:
+                self.recording.cut(self.clock)
+        done = next((e for e in t.events if isinstance(e, Done)), None)
+        error = next((e.message for e in t.events if isinstance(e, ErrorEvent)), None)
+        transcript = next((e.text for e in t.events if isinstance(e, Transcript)), None)
+        text = done.text if done else "".join(e.text for e in t.events if isinstance(e, TextDelta)).strip()
+        spoken = sum(max(0, min(s + n, self.clock) - s) for s, n in t.played)
+        turn = Turn(
+            index=t.index,
+            mode=self.pipeline.mode,
+            speech_start_s=t.utterance.start / SAMPLE_RATE,
+            speech_end_s=t.utterance.end / SAMPLE_RATE,
+            history_len=t.history_len,
+            transcript=transcript,
+            text=text,
+            answer_start_s=t.played[0][0] / SAMPLE_RATE if t.played else None,
+            spoken_s=spoken / SAMPLE_RATE,
+            interrupted=interrupted,
+            error=error,
+            metrics=latency_metrics(t.events) if any(isinstance(e, SpeechEnded) for e in t.events) else {},
+        )
+        self.turns.append(turn)
+        if done is not None or text:  # the request was understood: it and the answer become history
+            self.history.append({"role": "user", "content": transcript if transcript is not None else SPOKEN_TURN})
+            if text:
+                self.history.append({"role": "assistant", "content": text})
+        return turn
+
+    def session(self) -> list[dict]:
+        """The turns as JSON-ready dicts (one JSONL line each)."""
+        return [t.to_json() for t in self.turns]

@@ -1,0 +1,198 @@
+"""Audio in and out for `omni talk`: the microphone and speakers (sounddevice / PortAudio),
+a file played in as if it were the microphone, and the Enter key for push-to-talk.
+
+Sources yield 16 kHz mono float32 frames of `talk.FRAME` samples; sinks take answer chunks
+as they arrive and drop what is queued on `stop()` (barge-in). A machine without audio
+hardware gets an `InputError` that says how to use `--input FILE` instead.
+This module knows nothing about models or about the conversation.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+
+import numpy as np
+
+from omni_cli.audio import SAMPLE_RATE, resample
+from omni_cli.errors import InputError
+from omni_cli.talk import FRAME
+
+FAST_SPEED = 4.0  # --fast: file input this many times faster than real time (the states stay visible)
+NO_MICROPHONE = (
+    "no microphone found ({reason}): give a recording with --input FILE, e.g. "
+    "omni talk --input question.wav --output conversation.wav"
+)
+
+
+class FileSource:
+    """A recording played into the conversation as if it came from the microphone.
+
+    `speed` 1 is real time, None as fast as the engine reads; `holds_for_answers` stops the
+    file while the models compute, so a run faster than real time gives the conversation of
+    an instant model. After the recording, silence follows (`ended` is then true) so the last
+    turn can end and its answer be played.
+    """
+
+    def __init__(self, audio: np.ndarray, speed: float | None = 1.0, holds_for_answers: bool = False):
+        if speed is not None and speed <= 0:
+            raise ValueError(f"speed must be > 0 or None, got {speed}")
+        self.audio = np.asarray(audio, dtype=np.float32)
+        self.speed, self.holds_for_answers = speed, holds_for_answers
+        self.ended = False
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        step = FRAME / SAMPLE_RATE / self.speed if self.speed else 0.0
+        due = time.monotonic()
+        for i in range(0, 1 << 62, FRAME):
+            frame = self.audio[i : i + FRAME]
+            self.ended = len(frame) == 0
+            if len(frame) < FRAME:
+                frame = np.pad(frame, (0, FRAME - len(frame)))
+            if step:
+                time.sleep(max(0.0, due - time.monotonic()))
+                due = max(due + step, time.monotonic())  # no burst of frames after a pause
+            yield frame
+
+
+def _sounddevice(kind: str):
+    """The sounddevice module, or InputError when PortAudio or the device is missing."""
+    try:
+        import sounddevice as sd
+
+        sd.query_devices(kind=kind)  # raises when there is no default device of this kind
+        return sd
+    except Exception as exc:  # OSError (no PortAudio library), PortAudioError (no device)
+        raise InputError(NO_MICROPHONE.format(reason=str(exc).strip() or type(exc).__name__)) from exc
+
+
+class Microphone:
+    """The default input device, 16 kHz mono (resampled when the device can't do 16 kHz)."""
+
+    ended = False
+    holds_for_answers = False
+
+    def __init__(self, device: str | int | None = None):
+        sd = _sounddevice("input")
+        self.blocks: queue.Queue = queue.Queue()
+        try:
+            sd.check_input_settings(device, channels=1, dtype="float32", samplerate=SAMPLE_RATE)
+            rate = SAMPLE_RATE
+        except Exception:  # noqa: BLE001 - the device's own rate, resampled below
+            rate = int(sd.query_devices(device, "input")["default_samplerate"])
+        self.rate = rate
+        try:
+            self.stream = sd.InputStream(device=device, channels=1, samplerate=rate, dtype="float32",
+                                         blocksize=FRAME if rate == SAMPLE_RATE else 0, callback=self._callback)
+        except Exception as exc:
+            raise InputError(NO_MICROPHONE.format(reason=str(exc).strip())) from exc
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        self.blocks.put(indata[:, 0].copy())
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        import soxr
+
+        resampler = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32") if self.rate != SAMPLE_RATE else None
+        pending = np.zeros(0, dtype=np.float32)
+        self.stream.start()
+        while True:
+            try:
+                block = self.blocks.get(timeout=0.1)  # a timeout, so Ctrl-C gets through
+            except queue.Empty:
+                continue
+            pending = np.concatenate([pending, resampler.resample_chunk(block) if resampler else block])
+            while len(pending) >= FRAME:
+                frame, pending = pending[:FRAME], pending[FRAME:]
+                yield frame
+
+    def close(self) -> None:
+        self.stream.stop()
+        self.stream.close()
+
+
+class Speaker:
+    """The default output device; chunks are queued and played in order, `stop()` drops the rest."""
+
+    def __init__(self, device: str | int | None = None):
+        import sounddevice as sd
+
+        self.rate = int(sd.query_devices(device, "output")["default_samplerate"])
+        self.queued: deque[np.ndarray] = deque()
+        self.lock = threading.Lock()
+        self.stream = sd.OutputStream(device=device, channels=1, samplerate=self.rate, dtype="float32", callback=self._callback)
+        self.stream.start()
+
+    def play(self, samples: np.ndarray, sample_rate: int) -> None:
+        audio = resample(samples, sample_rate, self.rate)
+        with self.lock:
+            self.queued.append(audio)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.queued.clear()
+
+    def _callback(self, outdata, frames, time_info, status) -> None:
+        out = outdata[:, 0]
+        filled = 0
+        with self.lock:
+            while filled < frames and self.queued:
+                head = self.queued[0]
+                n = min(frames - filled, len(head))
+                out[filled : filled + n] = head[:n]
+                filled += n
+                if n == len(head):
+                    self.queued.popleft()
+                else:
+                    self.queued[0] = head[n:]
+        out[filled:] = 0.0
+
+    def close(self) -> None:
+        self.stream.stop()
+        self.stream.close()
+
+
+def open_speaker(device: str | int | None = None) -> Speaker | None:
+    """The speakers, or None where there are none (the answers then play nowhere)."""
+    try:
+        return Speaker(device)
+    except Exception:  # noqa: BLE001 - no PortAudio, no output device
+        return None
+
+
+class EnterKey:
+    """Push-to-talk: Enter starts talking, Enter again stops (stdin, read by a thread)."""
+
+    def __init__(self, stream=None):
+        self.fd = (stream or sys.stdin).fileno()
+        self.held = False
+        self._saved = None
+        if os.isatty(self.fd):  # keys without echo or line buffering; Ctrl-C still works
+            import termios
+            import tty
+
+            self._saved = termios.tcgetattr(self.fd)
+            tty.setcbreak(self.fd)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                key = os.read(self.fd, 1)
+            except OSError:
+                return
+            if not key:
+                return
+            if key in (b"\n", b"\r"):
+                self.held = not self.held
+
+    def close(self) -> None:
+        if self._saved is not None:
+            import termios
+
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)

@@ -1,0 +1,287 @@
+"""`omni talk`: the conversation engine driven by a file as if it were the microphone (turns,
+history, barge-in, the two-sided recording) on tiny random LLMs, the CLI's session file and
+its no-device message, and the real CLI in a terminal under tmux."""
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from baselines.cascade import CascadeOptions, CascadePipeline
+from omni_cli.audio import SAMPLE_RATE, resample, write_wav
+from omni_cli.events import AudioChunk, Done
+from omni_cli.llm import GenerationOptions
+from omni_cli.talk import (
+    SPOKEN_TURN,
+    Conversation,
+    KeySegmenter,
+    StateChanged,
+    TurnEnded,
+    TurnStarted,
+)
+from omni_cli.talk_audio import FileSource
+from tests.conftest import ROOT
+
+GEN = GenerationOptions(max_new_tokens=12)
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def questions(piper):
+    def say(text):
+        return resample(piper.synthesize(text), piper.sample_rate, SAMPLE_RATE)
+
+    return say("What is the capital of France?"), say("What language do people speak there?")
+
+
+@pytest.fixture(scope="module")
+def two_questions(questions):
+    """Two questions with a long pause between them: room for the first answer to be played."""
+    q1, q2 = questions
+    return np.concatenate([silence(0.5), q1, silence(12.0), q2, silence(1.0)])
+
+
+@pytest.fixture(scope="module")
+def tiny_cascade(real_asr, tiny_llm, piper):
+    return CascadePipeline(real_asr, tiny_llm, piper, CascadeOptions(generation=GEN))
+
+
+class RecordingSink:
+    def __init__(self):
+        self.played, self.stops = [], 0
+
+    def play(self, samples, sample_rate):
+        self.played.append(len(samples) / sample_rate)
+
+    def stop(self):
+        self.stops += 1
+
+
+def talk(pipeline, audio, sink=None):
+    """Run a conversation from a file, as fast as the models allow; (conversation, events)."""
+    conversation = Conversation(pipeline, sink)
+    events = list(conversation.run(FileSource(audio, speed=None, holds_for_answers=True)))
+    return conversation, events
+
+
+def spy_history(monkeypatch, obj, name, position):
+    """Record the `history` argument of each call of obj.name."""
+    seen, original = [], getattr(obj, name)
+
+    def spy(*args, **kwargs):
+        seen.append(list(args[position] if len(args) > position else kwargs.get("history") or []))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, spy)
+    return seen
+
+
+def assert_two_answered_turns(conversation, events):
+    turns = conversation.turns
+    assert [t.index for t in turns] == [1, 2]
+    assert not any(t.interrupted or t.error for t in turns)
+    assert all(t.text and t.spoken_s > 0 and t.metrics["first_audio_latency_s"] is not None for t in turns)
+    assert [t.history_len for t in turns] == [0, 2]
+    kinds = [type(e) for e in events]
+    assert kinds.count(TurnStarted) == kinds.count(TurnEnded) == kinds.count(Done) == 2
+    states = [e.state for e in events if isinstance(e, StateChanged)]
+    assert states[:5] == ["listening", "hearing", "thinking", "speaking", "listening"]
+    assert turns[0].speech_end_s < turns[0].answer_start_s < turns[1].speech_start_s
+
+
+def test_two_questions_make_two_turns_through_the_cascade(tiny_cascade, two_questions, monkeypatch):
+    calls = spy_history(monkeypatch, tiny_cascade.llm, "stream_chat", 0)
+    conversation, events = talk(tiny_cascade, two_questions)
+    assert_two_answered_turns(conversation, events)
+    first, second = conversation.turns
+    assert "capital" in first.transcript.lower() and "speak" in second.transcript.lower()
+    # the second question reaches the LLM after the first turn, as text
+    assert calls[1][1:3] == [{"role": "user", "content": first.transcript}, {"role": "assistant", "content": first.text}]
+    assert conversation.history[-1] == {"role": "assistant", "content": second.text}
+
+
+def test_two_questions_make_two_turns_end_to_end(tiny_e2e_parts, two_questions, monkeypatch):
+    from omni_cli.e2e.pipeline import E2EOptions, E2EPipeline
+    from omni_cli.e2e.unit_vocoder import PiperUnitVocoder
+
+    model = tiny_e2e_parts["model"]
+    pipeline = E2EPipeline(model, PiperUnitVocoder(), E2EOptions(omega=10, generation=GEN))
+    calls = spy_history(monkeypatch, model, "prompt_embeds", 1)
+    conversation, events = talk(pipeline, two_questions)
+    assert_two_answered_turns(conversation, events)
+    first = conversation.turns[0]
+    assert first.transcript is None  # e2e hears the speech itself
+    assert calls[0] == [] and calls[1] == [{"role": "user", "content": SPOKEN_TURN}, {"role": "assistant", "content": first.text}]
+
+
+def test_the_recording_holds_both_sides_on_one_clock(tiny_cascade, two_questions):
+    conversation, _ = talk(tiny_cascade, two_questions)
+    audio = conversation.recording.audio(22050)
+    assert audio.ndim == 2 and audio.shape[1] == 2
+    assert len(audio) >= len(two_questions) * 22050 // SAMPLE_RATE
+
+    def loud(channel, start_s, end_s):
+        return np.abs(audio[int(start_s * 22050) : int(end_s * 22050), channel]).max() > 0.05
+
+    first, second = conversation.turns
+    assert loud(0, first.speech_start_s, first.speech_end_s) and not loud(1, first.speech_start_s, first.speech_end_s)
+    answer_end = first.answer_start_s + first.spoken_s
+    assert loud(1, first.answer_start_s, answer_end) and not loud(0, first.answer_start_s, answer_end)
+    assert not loud(1, answer_end + 0.05, second.answer_start_s)  # silence until the next answer
+
+
+def test_speech_during_the_answer_stops_it_and_starts_a_new_turn(tiny_cascade, questions):
+    q1, q2 = questions
+    _, events = talk(tiny_cascade, np.concatenate([silence(0.5), q1, silence(2.0)]))
+    answer_s = sum(e.duration_s for e in events if isinstance(e, AudioChunk))
+    assert answer_s > 1.5, "the first answer must be long enough to speak over"
+    # the second question starts about a third into the first answer (the answer starts
+    # when the VAD ends the turn: 0.7 s of silence after the question)
+    audio = np.concatenate([silence(0.5), q1, silence(0.7 + answer_s / 3), q2, silence(1.0)])
+    sink = RecordingSink()
+    conversation, events = talk(tiny_cascade, audio, sink)
+    first, second = conversation.turns
+    assert first.interrupted and not second.interrupted
+    assert 0 < first.spoken_s < first.metrics["audio_s"]
+    assert sink.stops == 1
+    assert "speak" in second.transcript.lower() and second.history_len == 2
+    states = [e.state for e in events if isinstance(e, StateChanged)]
+    assert states[3:5] == ["speaking", "hearing"]  # straight from speaking to hearing the user
+    # the recording keeps only the part of the first answer that was played
+    played = conversation.recording.audio(SAMPLE_RATE)[:, 1]
+    cut = int((first.answer_start_s + first.spoken_s) * SAMPLE_RATE)
+    assert np.abs(played[cut + 160 : int(second.answer_start_s * SAMPLE_RATE)]).max() < 1e-6
+
+
+def test_without_barge_in_speech_over_the_answer_is_ignored(tiny_cascade, questions):
+    from omni_cli.talk import TalkOptions
+
+    q1, q2 = questions
+    audio = np.concatenate([silence(0.5), q1, silence(1.0), q2, silence(1.0)])
+    conversation = Conversation(tiny_cascade, options=TalkOptions(barge_in=False))
+    list(conversation.run(FileSource(audio, speed=None, holds_for_answers=True)))
+    assert len(conversation.turns) == 1 and not conversation.turns[0].interrupted
+
+
+def test_push_to_talk_cuts_turns_at_the_key():
+    class Key:
+        held = False
+
+    key, frames = Key(), [np.full(512, i, dtype=np.float32) for i in range(6)]
+    segmenter, out = KeySegmenter(key), []
+    for i, frame in enumerate(frames):
+        key.held = i in (1, 2, 3)
+        out.append(segmenter.push(frame))
+    assert out[:2] == [None, "start"] and out[2:4] == [None, None] and out[5] is None
+    assert out[4].start == 512 and out[4].end == 4 * 512
+    np.testing.assert_array_equal(out[4].audio, np.concatenate(frames[1:4]))
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+@pytest.fixture()
+def cli_with_tiny_cascade(tiny_cascade, monkeypatch):
+    from typer.testing import CliRunner
+
+    from omni_cli import cli
+
+    monkeypatch.setattr(cli, "_talk_pipeline", lambda *a, **k: tiny_cascade)
+    runner = CliRunner()
+    return lambda *args: runner.invoke(cli.app, ["talk", *map(str, args)])
+
+
+def test_cli_writes_the_conversation_and_the_session(cli_with_tiny_cascade, tiny_cascade, two_questions, tmp_path):
+    wav = write_wav(tmp_path / "two.wav", two_questions, SAMPLE_RATE)
+    result = cli_with_tiny_cascade("--input", wav, "--fast", "--output", tmp_path / "c.wav", "--save", tmp_path / "s")
+    assert result.exit_code == 0, result.stderr
+    assert "turn 2" in result.stderr and "first audio" in result.stderr
+    lines = [json.loads(line) for line in (tmp_path / "s" / "session.jsonl").read_text().splitlines()]
+    assert [t["index"] for t in lines] == [1, 2] and lines[1]["history_len"] == 2
+    assert "capital" in lines[0]["transcript"].lower() and lines[0]["text"]
+    assert {"first_audio_latency_s", "asr_s", "total_s"} <= set(lines[0]["metrics"])
+    audio, sr = sf.read(tmp_path / "c.wav")
+    assert audio.shape[1] == 2 and sr == tiny_cascade.sample_rate and len(audio) / sr >= len(two_questions) / SAMPLE_RATE
+
+
+def test_ctrl_c_keeps_what_was_recorded(cli_with_tiny_cascade, tiny_cascade, two_questions, tmp_path, monkeypatch):
+    original = tiny_cascade.run
+
+    def run(audio, history=None, **kw):
+        if history:  # the second turn: the user presses Ctrl-C
+            raise KeyboardInterrupt
+        yield from original(audio, history, **kw)
+
+    monkeypatch.setattr(tiny_cascade, "run", run)
+    wav = write_wav(tmp_path / "two.wav", two_questions, SAMPLE_RATE)
+    result = cli_with_tiny_cascade("--input", wav, "--fast", "--output", tmp_path / "c.wav", "--save", tmp_path / "s")
+    assert result.exit_code == 130
+    turns = [json.loads(line) for line in (tmp_path / "s" / "session.jsonl").read_text().splitlines()]
+    assert len(turns) == 2 and not turns[0]["interrupted"] and turns[1]["interrupted"]
+    assert sf.info(tmp_path / "c.wav").duration > 14
+
+
+def test_no_audio_device_says_how_to_use_input(monkeypatch):
+    from typer.testing import CliRunner
+
+    from omni_cli.cli import app
+
+    class PortAudioError(Exception):
+        pass
+
+    def query_devices(*a, **k):
+        raise PortAudioError("Error querying device -1")
+
+    monkeypatch.setitem(sys.modules, "sounddevice", types.SimpleNamespace(query_devices=query_devices, PortAudioError=PortAudioError))
+    result = CliRunner().invoke(app, ["talk"])
+    assert result.exit_code == 2
+    assert "no microphone" in result.stderr and "--input FILE" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# -- the real CLI in a terminal -----------------------------------------------------------
+
+
+@pytest.mark.real
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_the_terminal_shows_states_transcript_and_timings(two_questions, tmp_path):
+    wav = write_wav(tmp_path / "two.wav", two_questions, SAMPLE_RATE)
+    omni = ROOT / ".venv" / "bin" / "omni"
+    command = f"{shlex.quote(str(omni))} talk --mode cascade --input {shlex.quote(str(wav))} --fast --max-new-tokens 48"
+    tmux = ["tmux", "-L", f"omni-talk-test-{time.monotonic_ns()}"]  # a server of its own, with this environment
+    subprocess.run([*tmux, "new-session", "-d", "-x", "120", "-y", "40", f"{command}; echo TALK-EXIT=$?; sleep 60"], check=True)
+    screens: list[str] = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            screens.append(subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True, check=False).stdout)
+            if "TALK-EXIT=" in screens[-1]:
+                break
+            time.sleep(0.1)
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True, check=False)
+    seen = "\n".join(screens)
+    assert "TALK-EXIT=0" in screens[-1], screens[-1]
+    for state in ("● listening", "● hearing you", "● thinking", "● speaking"):
+        assert state in seen, f"{state!r} never shown"
+    assert "you   What is the capital" in seen and "speak" in screens[-1]  # the transcripts
+    assert "turn 2" in screens[-1] and "first audio" in screens[-1]
+
+
+def test_help_has_examples():
+    from typer.testing import CliRunner
+
+    from omni_cli.cli import app
+
+    result = CliRunner().invoke(app, ["talk", "--help"])
+    assert result.exit_code == 0 and "Examples" in result.stdout and "--input" in result.stdout
