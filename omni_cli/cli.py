@@ -721,6 +721,105 @@ def _concat(chunks):
     return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
 
+# -- omni eval ----------------------------------------------------------------------------------
+
+
+@app.command("eval")
+def eval_cmd(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Audio folders (recursive; a .txt beside a file is its transcript), audio files, or manifests (.jsonl / .tsv: audio, transcript, answer).", show_default=False)] = None,
+    bench: Annotated[str | None, typer.Option("--bench", help="A built-in set, built once and cached: real-speech (real human speech with transcripts) or instructs2s-eval (spoken AlpacaEval instructions, held-out voices).")] = None,
+    modes: Annotated[str, typer.Option("--modes", help="Comma-separated pipelines: cascade, e2e.")] = "cascade",
+    omega: Annotated[str, typer.Option("--omega", help="e2e: comma-separated units per audio chunk ('all': vocode once at the end); each is a condition, e.g. 10,20,40,all.")] = "40",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the run: results.jsonl, summary.json, results.csv, report.md, plots.")] = Path("omni-eval"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out: skip the items already in results.jsonl.")] = False,
+    workers: Annotated[int | None, typer.Option("--workers", "-j", min=1, help="Worker processes, each loading the models once (with --ray: actors; default one per cluster CPU).")] = None,
+    ray_address: Annotated[str | None, typer.Option("--ray", help="Shard the items over a Ray cluster at this address ('auto': the local cluster); needs `pip install 'omni[ray]'` and audio paths readable on every node.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N items.")] = None,
+    asr_wer: Annotated[bool, typer.Option("--asr-wer/--no-asr-wer", help="Transcribe each spoken answer with Whisper for the ASR-WER.")] = True,
+    judge_asr: Annotated[str | None, typer.Option("--judge-asr", help="Whisper model that transcribes the spoken answers (default: the --asr model).")] = None,
+    asr_model: AsrModelOpt = None,
+    backend: BackendOpt = Backend.faster_whisper,
+    beam_size: BeamOpt = 5,
+    llm: Annotated[str | None, typer.Option("--llm", help="Cascade LLM: 'smollm2-135m-instruct' (embedded), a local folder or .gguf, or a hub id (network).")] = None,
+    tts: Annotated[TtsEngine, typer.Option("--tts", help="Voice engine for the cascade.")] = TtsEngine.piper,
+    voice: Annotated[str | None, typer.Option("--voice", help="Piper voice (.onnx path) or espeak-ng voice name.")] = None,
+    e2e_model: Annotated[str | None, typer.Option("--e2e-model", help="End-to-end model: the offline default, a trained folder, or a published-format folder/hub id.")] = None,
+    vocoder: Annotated[str | None, typer.Option("--vocoder", help="Unit vocoder for e2e (default: the model's own).")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer in tokens.")] = 160,
+    device: DeviceOpt = "cpu",
+    max_duration: MaxDurOpt = 1800.0,
+) -> None:
+    """Evaluate audio folders or manifests through the cascade and the end-to-end pipeline, side by side.
+
+    Per item and condition: ASR time, time to first text token, first-audio latency, total time,
+    real-time factor, WER of the transcript (with a reference), ASR-WER of the spoken answer, spoken
+    words per second and answer length. Rows are appended to --out/results.jsonl as items finish
+    (--resume continues a stopped run); summary.json, results.csv, latency.png, omega_sweep.png and
+    report.md are written at the end, and after Ctrl-C. A bad item is recorded with its reason.
+
+    [bold]Examples:[/]
+      omni eval recordings/ --out runs/eval
+      omni eval --bench real-speech --modes cascade --limit 10
+      omni eval --bench instructs2s-eval --modes cascade,e2e --e2e-model ./my-omni-model --omega 10,20,40,all
+      omni eval manifest.jsonl --workers 4 --out runs/eval --resume
+      omni eval /shared/audio/ --ray auto --out runs/eval
+    """
+    from omni_cli import evaluate as ev
+    from omni_cli.audio import shown
+
+    with user_errors():
+        config = ev.EvalConfig(
+            modes=ev.parse_modes(modes), omegas=ev.parse_omegas(omega), asr_model=asr_model, asr_backend=backend.value,
+            beam_size=beam_size, llm=llm, tts=tts.value, voice=voice, e2e_model=e2e_model, vocoder=vocoder,
+            max_new_tokens=max_new_tokens, asr_wer=asr_wer, judge_asr=judge_asr, device=device, max_duration_s=max_duration)
+        if not paths and not bench:
+            raise ConfigError("give audio folders, files or manifests, or --bench NAME (see `omni eval --help`)")
+        items = ev.items_from_paths(paths) if paths else []
+        if bench:
+            from omni_cli.benches import load_bench
+
+            with ui.err.status(f"preparing the {bench} bench (built once, then cached) ..."):
+                items += load_bench(bench)
+        items = items[:limit] if limit else items
+        results = ev.ResultsFile(out, resume)
+        tasks = ev.pending(items, config.conditions(), results.done)
+        if len(tasks) < len(items):
+            ui.note(f"resuming: {len(items) - len(tasks)} of {len(items)} item(s) already done in {shown(out)}")
+        interrupted = False
+        try:
+            evaluator = None
+            if tasks and not ray_address and (workers or 1) == 1:
+                with ui.err.status("loading models ..."):
+                    evaluator = ev.Evaluator.load(config)
+            with ui.progress() as bar:
+                task_id = bar.add_task("evaluating", total=len(tasks))
+                for rows in ev.run_tasks(tasks, config, workers, ray_address, evaluator):
+                    results.append(rows)
+                    bar.advance(task_id)
+                    for r in rows:
+                        if r["error"]:
+                            bar.console.print(f"[red]failed:[/] {r['id']} ({r['condition']}): {r['error']}", soft_wrap=True)
+        except KeyboardInterrupt:
+            interrupted = True
+        except OmniError:  # a model that cannot load, a worker that died: keep the reports of what finished
+            results.close()
+            if ev.read_results(out):
+                ev.write_reports(out)
+            raise
+        finally:
+            results.close()
+        summary = ev.write_reports(out)
+        ui.err.print(ui.eval_table(*ev.table_rows(summary)))
+        ui.note(f"results: {shown(out / ev.RESULTS)}; report: {shown(out / 'report.md')} (summary.json, results.csv, plots beside it)")
+        if interrupted:
+            ui.error(f"interrupted: {summary['rows']} finished run(s) kept in {shown(out / ev.RESULTS)}; continue with --resume")
+            raise typer.Exit(130)
+        failed = sum(c["failed"] for c in summary["conditions"].values())
+        if failed:
+            ui.error(f"{failed} of {summary['rows']} item run(s) failed (reasons in results.jsonl and report.md)")
+            raise typer.Exit(1)
+
+
 def main() -> None:
     """Console entry point: strips --debug from anywhere on the command line."""
     global DEBUG

@@ -109,3 +109,14 @@ def data_table(rows: list[dict]) -> Table:
         status = "[green]cached[/]" if r["cached"] else "[yellow]not fetched[/]"
         table.add_row(r["name"], r["kind"], _fmt(r["items"]), r["license"], r["package"], status)
     return table
+
+
+def eval_table(header: list[str], rows: list[list[str]]) -> Table:
+    """The side-by-side table of `omni eval` (see `omni_cli.evaluate.table_rows`)."""
+    table = Table(title="omni eval", title_justify="left", header_style="bold")
+    table.add_column(header[0])
+    for name in header[1:]:
+        table.add_column(name, justify="right")
+    for r in rows:
+        table.add_row(*r)
+    return table

@@ -1,0 +1,572 @@
+"""Batch evaluation: audio items through the cascade and end-to-end pipelines, measured side by side.
+
+An item is an audio file with an optional reference transcript and reference answer: from a
+folder (a `.txt` beside an audio file is its transcript), a JSONL/TSV manifest, or a built-in
+bench (`omni_cli.benches`). A condition is one pipeline setting: `cascade`, or `e2e@OMEGA` for
+each end-to-end chunk size. `Evaluator.run_item` runs an item through its conditions and gives
+one row per condition: the latency figures of the event stream (`metrics.latency_metrics`), the
+WER of the ASR transcript against the reference, the ASR-WER (the answer text against a Whisper
+transcript of the spoken answer), words per second and answer length, or the `error` that
+stopped it. `run_tasks` runs items here, in N worker processes, or on a Ray cluster, yielding
+each item's rows as it finishes; `ResultsFile` appends them to `results.jsonl`, and
+`write_reports` rebuilds summary.json, results.csv, the plots and report.md from that file alone.
+Knows nothing about the CLI.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from omni_cli.audio import MAX_DURATION_S, SAMPLE_RATE, find_audio_files, load_audio, resample, shown
+from omni_cli.cache import atomic_file
+from omni_cli.errors import ConfigError, InputError, OmniError
+from omni_cli.events import Response, collect
+from omni_cli.metrics import latency_metrics, wer_counts
+
+MODES = ("cascade", "e2e")
+RESULTS = "results.jsonl"
+MANIFEST_SUFFIXES = (".jsonl", ".tsv")
+
+
+# -- items ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    id: str  # stable across runs: results are resumed by (id, condition)
+    audio: str  # path of the spoken request
+    reference: str | None = None  # what the audio says (scores the ASR transcript)
+    answer: str | None = None  # a reference answer (recorded beside the result, for judging)
+    problem: str | None = None  # why the item cannot run at all (a missing path, an empty folder)
+
+
+def read_manifest(path: Path) -> list[EvalItem]:
+    """Items of a manifest: JSONL objects with `audio` (or `path`), optional `text` (or `ref`,
+    `reference`), `answer` and `id`; or TSV lines `path[<TAB>transcript[<TAB>answer]]`.
+    Paths are relative to the manifest's folder, as for `omni transcribe --ref`."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{shown(path)}: cannot read the manifest ({type(exc).__name__})") from exc
+    items = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{shown(path)}:{n}: not valid JSON ({exc.msg})") from exc
+            audio = row.get("audio") or row.get("path")
+            text = row.get("text") or row.get("ref") or row.get("reference")
+            answer, key = row.get("answer"), row.get("id")
+        else:
+            audio, text, answer, *_ = [*line.split("\t"), None, None]
+            key = None
+        if not audio:
+            raise InputError(f"{shown(path)}:{n}: no audio path (expected 'path<TAB>transcript<TAB>answer' or JSON with 'audio')")
+        items.append(EvalItem(str(key or audio), str(path.parent / audio), text or None, answer or None))
+    return items
+
+
+def items_from_paths(paths: list[Path]) -> list[EvalItem]:
+    """Items from folders (recursive; a `.txt` beside each file is its transcript), audio files
+    and manifests. A missing path or a folder without audio becomes a failed item; no audio at
+    all is an error."""
+    from omni_cli.transcribe import reference_for
+
+    items: list[EvalItem] = []
+    others = []
+    for p in paths:
+        if p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES:
+            items += read_manifest(p)
+        else:
+            others.append(p)
+    files, problems = find_audio_files(others) if others else ([], [])
+    items += [EvalItem(shown(f), shown(f), reference_for(f, None)) for f in files]
+    if not items:
+        raise InputError("no audio found in " + ", ".join(shown(p) for p in paths))
+    items += [EvalItem(shown(p), shown(p), problem=reason) for p, reason in problems]
+    unique: dict[str, EvalItem] = {}
+    for item in items:
+        unique.setdefault(item.id, item)
+    return list(unique.values())
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+def condition_label(mode: str, omega: int | None = None) -> str:
+    return "cascade" if mode == "cascade" else f"e2e@{'all' if omega is None else omega}"
+
+
+def parse_modes(text: str) -> tuple[str, ...]:
+    modes = tuple(dict.fromkeys(m.strip().lower() for m in text.split(",") if m.strip()))
+    for m in modes:
+        if m not in MODES:
+            raise ConfigError(f"unknown mode '{m}' in --modes: choose from {', '.join(MODES)}")
+    if not modes:
+        raise ConfigError(f"--modes names no mode: choose from {', '.join(MODES)}")
+    return modes
+
+
+def parse_omegas(text: str) -> tuple[int | None, ...]:
+    from omni_cli.e2e.load import parse_omega
+
+    omegas = tuple(dict.fromkeys(parse_omega(o) for o in text.split(",") if o.strip()))
+    if not omegas:
+        raise ConfigError("--omega names no chunk size: give numbers of units and/or 'all', e.g. 10,20,40,all")
+    return omegas
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What each worker loads, once (plain data: it travels to worker processes and Ray actors)."""
+
+    modes: tuple[str, ...] = ("cascade",)
+    omegas: tuple[int | None, ...] = (40,)  # e2e chunk sizes in units (None: vocode once, at the end)
+    asr_model: str | None = None  # cascade Whisper (None: the embedded tiny.en)
+    asr_backend: str = "faster-whisper"
+    beam_size: int = 5
+    llm: str | None = None  # cascade LLM (None: the embedded SmolLM2)
+    tts: str = "piper"
+    voice: str | None = None
+    e2e_model: str | None = None  # None: the offline default
+    vocoder: str | None = None  # None: the e2e model's own
+    max_new_tokens: int = 160
+    asr_wer: bool = True  # transcribe each spoken answer for ASR-WER
+    judge_asr: str | None = None  # Whisper for ASR-WER (None: asr_model), decoded deterministically
+    device: str = "cpu"
+    max_duration_s: float = MAX_DURATION_S
+    threads: int | None = None  # CPU threads per worker (None: the libraries' defaults)
+
+    def conditions(self) -> list[str]:
+        return [condition_label(m, o) for m in self.modes for o in (self.omegas if m == "e2e" else (None,))]
+
+
+# -- one item ----------------------------------------------------------------------------------
+
+
+def score(response: Response, reference: str | None, heard: str | None) -> dict:
+    """Metrics of one finished run: latencies from its events' timestamps, the WER of its transcript
+    against `reference`, the ASR-WER of its text against `heard` (a Whisper transcript of the
+    spoken answer), words per second of the spoken answer and the answer's length in words."""
+    m = latency_metrics(response.events)
+    words = len(response.text.split())
+    m["answer_words"] = words
+    m["wps"] = words / m["audio_s"] if m["audio_s"] else None
+    counts = {}
+    if reference is not None and response.transcript is not None:
+        counts["wer"] = wer_counts(reference, response.transcript)
+    if heard is not None and response.text.strip():
+        counts["asr_wer"] = wer_counts(response.text, heard)
+    for name, (edits, n) in counts.items():
+        m[name] = edits / n if n else None
+    return {
+        "transcript": response.transcript,
+        "text": response.text,
+        "answer_heard": heard,
+        "metrics": {k: (v if v is None or isinstance(v, int) else round(float(v), 4)) for k, v in m.items()},
+        "counts": {k: list(v) for k, v in counts.items()},
+    }
+
+
+class Evaluator:
+    """The loaded pipelines (one per condition; the e2e conditions share one model) and the
+    Whisper that transcribes spoken answers for ASR-WER."""
+
+    def __init__(self, pipelines: dict, judge=None, max_duration_s: float | None = MAX_DURATION_S):
+        self.pipelines, self.judge, self.max_duration_s = pipelines, judge, max_duration_s
+
+    @classmethod
+    def load(cls, config: EvalConfig) -> Evaluator:
+        from omni_cli.asr import AsrOptions, load_asr
+        from omni_cli.llm import GenerationOptions
+
+        threads = {} if config.threads is None else {"threads": config.threads}
+        if config.threads is not None:
+            import torch
+
+            torch.set_num_threads(config.threads)
+        generation = GenerationOptions(max_new_tokens=config.max_new_tokens)
+        pipelines = {}
+        if "cascade" in config.modes:
+            from baselines.cascade import CascadeOptions, CascadePipeline
+
+            pipelines["cascade"] = CascadePipeline.load(
+                config.asr_model, config.asr_backend, config.llm, config.tts, config.voice,
+                CascadeOptions(generation=generation), AsrOptions(beam_size=config.beam_size, **threads), config.device)
+        if "e2e" in config.modes:
+            from omni_cli.e2e.load import load_e2e_pipeline
+            from omni_cli.e2e.pipeline import E2EOptions, E2EPipeline
+
+            first = load_e2e_pipeline(config.e2e_model, config.vocoder, E2EOptions(config.omegas[0], generation), config.device)
+            for omega in config.omegas:
+                pipelines[condition_label("e2e", omega)] = E2EPipeline(first.model, first.vocoder, E2EOptions(omega, generation))
+        judge = None
+        if config.asr_wer:
+            judge = load_asr(config.judge_asr or config.asr_model, config.asr_backend,
+                             AsrOptions(beam_size=config.beam_size, temperatures=(0.0,), **threads), config.device)
+        return cls(pipelines, judge, config.max_duration_s)
+
+    def run_item(self, item: EvalItem, conditions: list[str] | None = None) -> list[dict]:
+        """One row per condition; a failure is a row with its `error`, never an exception
+        (KeyboardInterrupt excepted)."""
+        audio, error = None, item.problem
+        if error is None:
+            try:
+                audio = load_audio(item.audio, max_duration_s=self.max_duration_s)
+            except OmniError as exc:
+                error = str(exc)
+        rows = []
+        for condition in conditions or list(self.pipelines):
+            pipeline = self.pipelines[condition]
+            omega = None if pipeline.mode == "cascade" else (pipeline.options.omega or "all")
+            row = {"id": item.id, "condition": condition, "mode": pipeline.mode, "omega": omega, "audio": item.audio,
+                   "reference": item.reference, "reference_answer": item.answer}
+            if error is not None:
+                rows.append({**row, "error": error})
+                continue
+            try:
+                response = collect(pipeline.run(audio), pipeline.sample_rate)
+                heard = None
+                if self.judge is not None:
+                    reply = resample(response.audio, response.sample_rate, SAMPLE_RATE)
+                    heard = self.judge.transcribe(reply).text.strip() if reply.size else ""
+                rows.append({**row, **score(response, item.reference, heard), "error": None})
+            except OmniError as exc:
+                rows.append({**row, "error": str(exc)})
+            except Exception as exc:  # noqa: BLE001 - one bad item never stops the batch
+                rows.append({**row, "error": f"internal error: {type(exc).__name__}: {exc}"})
+        return rows
+
+
+# -- running many items ---------------------------------------------------------------------------
+
+Task = tuple[EvalItem, list[str]]
+
+
+def pending(items: Iterable[EvalItem], conditions: list[str], done: set[tuple[str, str]]) -> list[Task]:
+    """Each item with the conditions it still lacks (items with none left are skipped)."""
+    return [(item, todo) for item in items if (todo := [c for c in conditions if (item.id, c) not in done])]
+
+
+def run_tasks(tasks: list[Task], config: EvalConfig, workers: int | None = None, ray_address: str | None = None,
+              evaluator: Evaluator | None = None) -> Iterator[list[dict]]:
+    """Each task's rows as it finishes: here (loading `config` unless `evaluator` is given), in
+    `workers` spawned processes that each load the models once, or on Ray at `ray_address` with
+    `workers` actors (default: one per cluster CPU)."""
+    if not tasks:
+        return
+    if ray_address:
+        yield from _run_ray(tasks, config, ray_address, workers)
+    elif workers and workers > 1:
+        yield from _run_processes(tasks, config, workers)
+    else:
+        evaluator = evaluator or Evaluator.load(config)
+        for item, conditions in tasks:
+            yield evaluator.run_item(item, conditions)
+
+
+_worker: Evaluator | OmniError | None = None
+
+
+def _init_worker(config: EvalConfig) -> None:
+    global _worker
+    import threading
+
+    from tqdm import tqdm
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
+    tqdm.set_lock(threading.RLock())  # not tqdm's process-shared lock, which a stopped worker would leak
+    try:
+        _worker = Evaluator.load(config)
+    except OmniError as exc:  # reported by the first task, so the parent shows the one-line reason
+        _worker = exc
+
+
+def _work(task: Task) -> list[dict]:
+    if isinstance(_worker, OmniError):
+        raise _worker
+    assert _worker is not None
+    return _worker.run_item(*task)
+
+
+def _run_processes(tasks: list[Task], config: EvalConfig, workers: int) -> Iterator[list[dict]]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    workers = min(workers, len(tasks))
+    if config.threads is None:
+        config = replace(config, threads=max(1, (os.cpu_count() or 1) // workers))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(config,))
+    try:
+        for future in as_completed([pool.submit(_work, task) for task in tasks]):
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                raise OmniError("a worker process died (out of memory?): the finished items are kept; "
+                                "continue with --resume, with fewer --workers") from None
+    except BaseException:  # Ctrl-C, a worker's load error, or the consumer stopped: stop at once
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            p.terminate()
+        pool.shutdown(wait=True)  # reap them
+        raise
+    pool.shutdown()
+
+
+class _RayEvaluator:
+    """A Ray actor: loads the models once, then runs the tasks it is given."""
+
+    def __init__(self, config: EvalConfig):
+        try:
+            self.evaluator: Evaluator | OmniError = Evaluator.load(config)
+        except OmniError as exc:
+            self.evaluator = exc
+
+    def run(self, task: Task) -> list[dict]:
+        if isinstance(self.evaluator, OmniError):
+            raise self.evaluator
+        return self.evaluator.run_item(*task)
+
+
+def _run_ray(tasks: list[Task], config: EvalConfig, address: str, workers: int | None) -> Iterator[list[dict]]:
+    """Shard the tasks over `workers` actors (default: one per cluster CPU). The audio paths must
+    be readable where the actors run (shared storage); the rows come back here."""
+    try:
+        import ray
+        from ray.util import ActorPool
+    except ImportError:
+        raise ConfigError("--ray needs Ray: pip install 'omni[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, log_to_driver=False)
+    actors = []
+    try:
+        n = workers or int(ray.cluster_resources().get("CPU", 1))
+        actor = ray.remote(num_cpus=1)(_RayEvaluator)
+        one_cpu = config if config.threads is not None else replace(config, threads=1)
+        actors = [actor.remote(one_cpu) for _ in range(max(1, min(n, len(tasks))))]
+        try:
+            yield from ActorPool(actors).map_unordered(lambda a, task: a.run.remote(task), tasks)
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, OmniError):
+                raise exc.cause from None
+            raise
+        except ray.exceptions.RayActorError:
+            raise OmniError("a Ray actor died (out of memory?): the finished items are kept; continue with --resume") from None
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if started:
+            ray.shutdown()
+
+
+# -- the results file ----------------------------------------------------------------------------
+
+
+def read_results(out: Path) -> list[dict]:
+    """The rows of `out/results.jsonl`, the last one of each (id, condition); a line cut off by a
+    killed run is ignored (that item runs again on --resume)."""
+    path = out / RESULTS
+    rows: dict[tuple[str, str], dict] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rows[(row["id"], row["condition"])] = row
+    return list(rows.values())
+
+
+class ResultsFile:
+    """`out/results.jsonl`, appended one item at a time and flushed, so a killed run keeps
+    everything finished so far."""
+
+    def __init__(self, out: Path, resume: bool = False):
+        path = out / RESULTS
+        if path.is_file() and path.stat().st_size and not resume:
+            raise ConfigError(f"{shown(out)} already holds results: add --resume to continue that run, or choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        if path.is_file():  # drop a last line cut off by a kill, so appended rows start on a new line
+            data = path.read_bytes()
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+        self.done = {(r["id"], r["condition"]) for r in read_results(out)}
+        self._file = open(path, "a", encoding="utf-8")
+
+    def append(self, rows: list[dict]) -> None:
+        self._file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# -- summary and reports ---------------------------------------------------------------------------
+
+# (metric, label, scale, decimals): the rows of the side-by-side table, in order
+TABLE_METRICS = (
+    ("asr_s", "ASR time (s)", 1, 3), ("first_token_s", "first text token (s)", 1, 3),
+    ("first_audio_latency_s", "first audio (s)", 1, 3), ("total_s", "total time (s)", 1, 3),
+    ("rtf", "real-time factor", 1, 3), ("wer", "WER of the transcript (%)", 100, 1),
+    ("asr_wer", "ASR-WER of the spoken answer (%)", 100, 1), ("wps", "spoken words per second", 1, 2),
+    ("answer_words", "answer length (words)", 1, 1), ("audio_s", "spoken answer (s)", 1, 2),
+)
+
+
+def stats(values: list[float]) -> dict:
+    a = np.asarray(values, dtype=float)
+    return {"n": int(a.size), "median": float(np.median(a)), "p90": float(np.percentile(a, 90)), "mean": float(a.mean())}
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Per condition: items, failures (counted, with reasons), median/p90/mean of every metric, and
+    the corpus WER and ASR-WER (total edits / total reference words)."""
+    conditions: dict[str, dict] = {}
+    for condition in dict.fromkeys(r["condition"] for r in rows):
+        mine = [r for r in rows if r["condition"] == condition]
+        ok = [r for r in mine if not r.get("error")]
+        keys = dict.fromkeys(k for r in ok for k in r["metrics"])
+        metrics = {k: stats(v) for k in keys if (v := [r["metrics"][k] for r in ok if r["metrics"].get(k) is not None])}
+        corpus = {}
+        for name in ("wer", "asr_wer"):
+            pairs = [r["counts"][name] for r in ok if name in r.get("counts", {})]
+            words = sum(n for _, n in pairs)
+            corpus[f"corpus_{name}"] = sum(e for e, _ in pairs) / words if words else None
+        conditions[condition] = {
+            "mode": mine[0]["mode"], "omega": mine[0].get("omega"), "items": len(mine), "ok": len(ok),
+            "failed": len(mine) - len(ok), **corpus, "metrics": metrics,
+            "failures": [{"id": r["id"], "error": r["error"]} for r in mine if r.get("error")],
+        }
+    return {"items": len({r["id"] for r in rows}), "rows": len(rows), "conditions": conditions}
+
+
+def table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """The side-by-side table (header, rows): each cell is median / p90 / mean over the items."""
+    conds = summary["conditions"]
+    header = ["metric (median / p90 / mean)", *conds]
+    rows = [["items ok / failed", *(f"{c['ok']} / {c['failed']}" for c in conds.values())]]
+    for key, label, scale, digits in TABLE_METRICS:
+        if any(key in c["metrics"] for c in conds.values()):
+            cells = []
+            for c in conds.values():
+                s = c["metrics"].get(key)
+                cells.append("-" if s is None else " / ".join(f"{s[k] * scale:.{digits}f}" for k in ("median", "p90", "mean")))
+            rows.append([label, *cells])
+    for key, label in (("corpus_wer", "corpus WER (%)"), ("corpus_asr_wer", "corpus ASR-WER (%)")):
+        if any(c[key] is not None for c in conds.values()):
+            rows.append([label, *("-" if c[key] is None else f"{100 * c[key]:.1f}" for c in conds.values())])
+    return header, rows
+
+
+def write_reports(out: Path) -> dict:
+    """Rebuild summary.json, results.csv, latency.png, omega_sweep.png (with e2e results) and
+    report.md from out/results.jsonl alone; returns the summary."""
+    rows = read_results(out)
+    summary = summarize(rows)
+    with atomic_file(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    _write_csv(rows, out / "results.csv")
+    plots = _plot_latency(rows, out / "latency.png") + _plot_omega_sweep(summary, out / "omega_sweep.png")
+    with atomic_file(out / "report.md") as tmp:
+        tmp.write_text(report_markdown(summary, plots), encoding="utf-8")
+    return summary
+
+
+def report_markdown(summary: dict, plots: list[str] = ()) -> str:
+    header, rows = table_rows(summary)
+    lines = ["# omni eval", "",
+             (f"{summary['items']} items, {summary['rows']} runs. Latencies in seconds from the end of the input speech; "
+              "each cell is median / p90 / mean over the items that finished."), "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += [""] + [f"![{Path(p).stem}]({p})" for p in plots]
+    failures = [(name, f) for name, c in summary["conditions"].items() for f in c["failures"]]
+    if failures:
+        lines += ["", "## Failed items", ""] + [f"- `{f['id']}` ({name}): {f['error']}" for name, f in failures]
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    metric_keys = list(dict.fromkeys([m[0] for m in TABLE_METRICS] + [k for r in rows for k in r.get("metrics", {})]))
+    fields = ["id", "condition", "mode", "omega", "error", *metric_keys, "reference", "transcript", "text", "answer_heard", "audio"]
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fields, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**r, **r.get("metrics", {})})
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_latency(rows: list[dict], path: Path) -> list[str]:
+    """Box plots of time to first text token and first-audio latency, per condition."""
+    ok = [r for r in rows if not r.get("error")]
+    conditions = list(dict.fromkeys(r["condition"] for r in ok))
+    if not conditions:
+        return []
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=110, sharey=True)
+    for ax, key, title in zip(axes, ("first_token_s", "first_audio_latency_s"), ("first text token", "first audio")):
+        data = [[r["metrics"][key] for r in ok if r["condition"] == c and r["metrics"].get(key) is not None] for c in conditions]
+        ax.boxplot([d or [np.nan] for d in data], showmeans=True)
+        ax.set_xticks(range(1, len(conditions) + 1), conditions, rotation=20)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("seconds after the end of the speech")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return [path.name]
+
+
+def _plot_omega_sweep(summary: dict, path: Path) -> list[str]:
+    """Median first-audio latency against corpus ASR-WER: the e2e conditions as a line over Omega,
+    the cascade as a reference point."""
+    points = {name: (c["metrics"]["first_audio_latency_s"]["median"], 100 * c["corpus_asr_wer"])
+              for name, c in summary["conditions"].items()
+              if c["corpus_asr_wer"] is not None and "first_audio_latency_s" in c["metrics"]}
+    e2e = [n for n in points if summary["conditions"][n]["mode"] == "e2e"]
+    if not e2e:
+        return []
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    omega = {n: summary["conditions"][n]["omega"] for n in e2e}
+    e2e.sort(key=lambda n: float("inf") if omega[n] == "all" else omega[n])
+    ax.plot([points[n][0] for n in e2e], [points[n][1] for n in e2e], "o-", label="e2e")
+    for i, n in enumerate(e2e):  # labels alternate above and below, so that close points stay readable
+        ax.annotate(f"Ω={omega[n]}", points[n], textcoords="offset points", xytext=(4, 6 if i % 2 == 0 else -12))
+    if "cascade" in points:
+        ax.plot(*points["cascade"], "s", color="tab:red", label="cascade")
+    ax.set_xlabel("first-audio latency, median (s)")
+    ax.set_ylabel("ASR-WER (%)")
+    ax.set_title("latency vs ASR-WER")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return [path.name]

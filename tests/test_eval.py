@@ -1,0 +1,285 @@
+"""`omni eval`: metrics on hand-made cases, the results file (resume after a kill, Ctrl-C), a
+bad item among good ones, the report files and their numbers, and workers / Ray giving the
+same per-item results as one process; tiny random LLMs, the real tiny.en Whisper and Piper."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from omni_cli import evaluate as ev
+from omni_cli.cli import app
+from omni_cli.errors import ConfigError, InputError, ModelNotFoundError
+from omni_cli.events import AudioChunk, Done, Response, SpeechEnded, StageTiming, TextDelta, Transcript
+from tests.conftest import EXAMPLE_QUESTION
+
+runner = CliRunner()
+
+
+# -- metrics on hand-made cases ----------------------------------------------------------------
+
+
+def hand_made_response(text="The moon is bright tonight.", transcript="tell me about the mon"):
+    two_seconds = np.zeros(2 * 16000, dtype=np.float32)
+    events = (SpeechEnded(duration_s=3.0, t=10.0), StageTiming(stage="asr", seconds=0.5, t=10.5),
+              Transcript(text=transcript, t=10.5), TextDelta(text="The", t=11.0),
+              AudioChunk(samples=two_seconds, sample_rate=16000, index=0, t=11.5), TextDelta(text=" moon", t=11.6),
+              Done(text=text, transcript=transcript, t=13.0))
+    return Response(transcript, text, two_seconds, 16000, events)
+
+
+def test_score_from_event_timestamps_and_word_errors():
+    row = ev.score(hand_made_response(), reference="Tell me about the moon.", heard="the moon is bright to night")
+    m = row["metrics"]
+    assert (m["asr_s"], m["first_token_s"], m["first_audio_latency_s"], m["total_s"]) == (0.5, 1.0, 1.5, 3.0)
+    assert m["audio_s"] == 2.0 and m["rtf"] == 1.5
+    assert m["answer_words"] == 5 and m["wps"] == 2.5
+    assert row["counts"]["wer"] == [1, 5] and m["wer"] == 0.2  # "mon" for "moon"
+    assert row["counts"]["asr_wer"] == [2, 5] and m["asr_wer"] == 0.4  # "tonight" -> "to night": 1 sub + 1 ins
+    no_ref = ev.score(hand_made_response(), reference=None, heard=None)
+    assert "wer" not in no_ref["metrics"] and "asr_wer" not in no_ref["metrics"] and no_ref["counts"] == {}
+
+
+def test_summary_statistics_failures_and_corpus_wer():
+    rows = [{"id": f"i{n}", "condition": "cascade", "mode": "cascade", "omega": None, "error": None,
+             "metrics": {"first_audio_latency_s": float(n), "wer": n / 10}, "counts": {"wer": [n, 10]}} for n in range(1, 11)]
+    rows.append({"id": "bad", "condition": "cascade", "mode": "cascade", "omega": None, "error": "bad.wav: corrupt"})
+    s = ev.summarize(rows)["conditions"]["cascade"]
+    assert (s["items"], s["ok"], s["failed"]) == (11, 10, 1)
+    assert s["failures"] == [{"id": "bad", "error": "bad.wav: corrupt"}]
+    lat = s["metrics"]["first_audio_latency_s"]
+    assert (lat["n"], lat["median"], lat["mean"]) == (10, 5.5, 5.5) and lat["p90"] == pytest.approx(9.1)
+    assert s["corpus_wer"] == pytest.approx(55 / 100)
+    header, table = ev.table_rows(ev.summarize(rows))
+    assert header[1:] == ["cascade"]
+    assert ["items ok / failed", "10 / 1"] in table
+    assert ["first audio (s)", "5.500 / 9.100 / 5.500"] in table and ["WER of the transcript (%)", "55.0 / 91.0 / 55.0"] in table
+    assert ["corpus WER (%)", "55.0"] in table
+
+
+def test_items_from_folders_and_manifests(tmp_path):
+    d = tmp_path / "set"
+    (d / "sub").mkdir(parents=True)
+    shutil.copy(EXAMPLE_QUESTION, d / "sub" / "q.wav")
+    (d / "sub" / "q.txt").write_text("Tell me about the moon.\n")
+    shutil.copy(EXAMPLE_QUESTION, d / "plain.wav")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "a", "audio": "set/plain.wav", "text": "hi", "answer": "hello"}) + "\n")
+    (tmp_path / "m.tsv").write_text("set/sub/q.wav\tTell me\tIt is a moon.\nset/plain.wav\n")
+    items = ev.items_from_paths([d, tmp_path / "m.jsonl", tmp_path / "m.tsv", tmp_path / "missing"])
+    by_id = {i.id: i for i in items}
+    assert by_id["a"] == ev.EvalItem("a", str(tmp_path / "set/plain.wav"), "hi", "hello")
+    assert by_id["set/sub/q.wav"].reference == "Tell me" and by_id["set/sub/q.wav"].answer == "It is a moon."
+    assert by_id["set/plain.wav"].reference is None
+    assert by_id[f"{d}/sub/q.wav"].reference == "Tell me about the moon."
+    assert "no such file" in by_id[str(tmp_path / "missing")].problem
+    with pytest.raises(InputError, match="no audio found"):
+        ev.items_from_paths([tmp_path / "missing"])
+
+
+def test_bad_arguments_give_one_clear_line(tmp_path):
+    cases = [(["--modes", "cascade,talk", str(tmp_path)], "unknown mode 'talk'"),
+             (["--omega", "10,x", str(tmp_path)], "--omega must be a number"),
+             ([str(tmp_path)], "no audio found"),
+             (["--bench", "nope"], "unknown bench 'nope'"),
+             ([], "give audio folders")]
+    for args, message in cases:
+        result = runner.invoke(app, ["eval", *args, "--out", str(tmp_path / "out")])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.stderr and result.stderr.strip().startswith("error:")
+    assert ev.parse_omegas("10,20,all,10") == (10, 20, None)
+    help_text = runner.invoke(app, ["eval", "--help"])
+    assert help_text.exit_code == 0 and "Examples" in help_text.stdout
+    with pytest.raises(ConfigError):
+        ev.parse_modes(" , ")
+
+
+# -- tiny pipelines ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tiny_e2e_parts):
+    return ev.EvalConfig(modes=("cascade", "e2e"), omegas=(10, None), llm=str(tiny_e2e_parts["llm"]),
+                         e2e_model=str(tiny_e2e_parts["omni"]), max_new_tokens=10, beam_size=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_evaluator(tiny_config):
+    return ev.Evaluator.load(tiny_config)
+
+
+@pytest.fixture()
+def corpus(tmp_path, bad_inputs):
+    """Two good spoken questions with references, a corrupt file and a silent one."""
+    d = tmp_path / "corpus"
+    (d / "sub").mkdir(parents=True)
+    for name in ("a.wav", "sub/b.wav"):
+        shutil.copy(EXAMPLE_QUESTION, d / name)
+        (d / name).with_suffix(".txt").write_text("Tell me about the moon.")
+    shutil.copy(bad_inputs["corrupt"], d / "corrupt.flac")
+    shutil.copy(bad_inputs["silence"], d / "silence.wav")
+    return d
+
+
+def test_bad_items_among_good_ones_and_the_report_files(tiny_config, tiny_evaluator, corpus, tmp_path):
+    out = tmp_path / "run"
+    items = ev.items_from_paths([corpus])
+    results = ev.ResultsFile(out)
+    tasks = ev.pending(items, tiny_config.conditions(), results.done)
+    assert len(tasks) == 4 and tiny_config.conditions() == ["cascade", "e2e@10", "e2e@all"]
+    for rows in ev.run_tasks(tasks, tiny_config, evaluator=tiny_evaluator):
+        results.append(rows)
+    results.close()
+    summary = ev.write_reports(out)
+
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and len({(r["id"], r["condition"]) for r in rows}) == 12
+    failed = {(r["id"].rsplit("/", 1)[-1], r["condition"]): r["error"] for r in rows if r["error"]}
+    assert len(failed) == 6
+    assert all("corrupt" in failed[("corrupt.flac", c)] for c in tiny_config.conditions())
+    assert all("no speech detected" in failed[("silence.wav", c)] for c in tiny_config.conditions())
+    good = [r for r in rows if not r["error"]]
+    for r in good:
+        m = r["metrics"]
+        assert 0 < m["first_token_s"] <= m["total_s"] and m["answer_words"] == len(r["text"].split())
+        if r["mode"] == "cascade":
+            assert "moon" in r["transcript"].lower() and m["wer"] == r["counts"]["wer"][0] / r["counts"]["wer"][1]
+        else:
+            assert r["transcript"] is None and "wer" not in m and r["omega"] in (10, "all")
+
+    # summary.json holds what results.jsonl holds
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    for c, s in on_disk["conditions"].items():
+        mine = [r for r in rows if r["condition"] == c]
+        assert (s["items"], s["failed"], s["ok"]) == (4, 2, 2)
+        lat = [r["metrics"]["total_s"] for r in mine if not r["error"]]
+        assert s["metrics"]["total_s"]["median"] == pytest.approx(np.median(lat))
+        assert s["metrics"]["total_s"]["mean"] == pytest.approx(np.mean(lat))
+    cascade = on_disk["conditions"]["cascade"]
+    counts = [r["counts"]["wer"] for r in good if r["mode"] == "cascade"]
+    assert cascade["corpus_wer"] == pytest.approx(sum(e for e, _ in counts) / sum(n for _, n in counts))
+
+    report = (out / "report.md").read_text()
+    s = cascade["metrics"]["total_s"]
+    assert f"| total time (s) | {s['median']:.3f} / {s['p90']:.3f} / {s['mean']:.3f} |" in report
+    assert "| items ok / failed | 2 / 2 | 2 / 2 | 2 / 2 |" in report and "## Failed items" in report
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 13 and csv_lines[0].startswith("id,condition,mode,omega,error,asr_s,")
+    for png in ("latency.png", "omega_sweep.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png})" in report
+
+    # everything is rebuilt from results.jsonl alone
+    for name in ("summary.json", "report.md", "results.csv"):
+        (out / name).unlink()
+    assert ev.write_reports(out) == summary and (out / "report.md").read_text() == report
+
+
+def test_results_are_never_overwritten_without_resume(tmp_path):
+    (tmp_path / "results.jsonl").write_text('{"id": "a", "condition": "cascade"}\n{"id": "b", "cond')
+    with pytest.raises(ConfigError, match="--resume"):
+        ev.ResultsFile(tmp_path)
+    results = ev.ResultsFile(tmp_path, resume=True)  # the line cut off by a kill is dropped
+    assert results.done == {("a", "cascade")}
+    results.append([{"id": "b", "condition": "cascade"}])
+    results.close()
+    assert [json.loads(line)["id"] for line in (tmp_path / "results.jsonl").read_text().splitlines()] == ["a", "b"]
+
+
+def test_ctrl_c_keeps_results_and_resume_finishes_the_rest(tiny_e2e_parts, tmp_path):
+    d = tmp_path / "corpus"
+    d.mkdir()
+    for n in range(6):
+        shutil.copy(EXAMPLE_QUESTION, d / f"q{n}.wav")
+    out = tmp_path / "run"
+    args = ["eval", str(d), "--modes", "cascade", "--llm", str(tiny_e2e_parts["llm"]), "--max-new-tokens", "6",
+            "--beam-size", "1", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "omni_cli", *args], stderr=subprocess.PIPE, text=True)
+    results = out / "results.jsonl"
+    deadline = time.time() + 180
+    while not (results.is_file() and results.read_text().count("\n") >= 1) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "--resume" in stderr
+    before = [json.loads(line) for line in results.read_text().splitlines()]
+    assert 1 <= len(before) < 6
+    assert json.loads((out / "summary.json").read_text())["conditions"]["cascade"]["items"] == len(before)
+
+    with open(results, "a") as f:
+        f.write('{"id": "cut off by a kill", "condi')  # a kill in the middle of a write
+    result = runner.invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert f"{len(before)} of 6 item(s) already done" in result.stderr
+    after = [json.loads(line) for line in results.read_text().splitlines()]
+    assert after[: len(before)] == before
+    assert sorted(r["id"] for r in after) == sorted(str(d / f"q{n}.wav") for n in range(6))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["conditions"]["cascade"]["ok"] == 6 and summary["rows"] == 6
+
+
+def _comparable(rows):
+    """Per-item results without what depends on timing or on Piper's random noise."""
+    keep = ("error", "transcript", "text", "reference")
+    return {(r["id"], r["condition"]): ({k: r.get(k) for k in keep}, (r.get("metrics") or {}).get("wer"),
+                                         (r.get("metrics") or {}).get("answer_words")) for r in rows}
+
+
+@pytest.fixture()
+def many_items(corpus):
+    items = ev.items_from_paths([corpus])
+    return ev.pending(items, ["cascade", "e2e@10"], set())
+
+
+def test_workers_give_the_same_results_as_one_process(tiny_config, tiny_evaluator, many_items):
+    config = replace(tiny_config, omegas=(10,), asr_wer=False)
+    single = [r for rows in ev.run_tasks(many_items, config, evaluator=tiny_evaluator) for r in rows]
+    pooled = [r for rows in ev.run_tasks(many_items, config, workers=2) for r in rows]
+    assert len(pooled) == len(single) == 8
+    assert _comparable(pooled) == _comparable(single)
+
+
+def test_a_worker_that_cannot_load_its_models_says_why(many_items, tmp_path):
+    config = ev.EvalConfig(modes=("e2e",), e2e_model=str(tmp_path / "no-such-model"))
+    with pytest.raises(ModelNotFoundError, match="not an end-to-end model folder"):
+        list(ev.run_tasks(many_items, config, workers=2))
+
+
+def test_ray_shards_items_and_gives_the_same_results(tiny_config, tiny_evaluator, many_items):
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'omni[ray]')")
+    config = replace(tiny_config, omegas=(10,), asr_wer=False)
+    single = [r for rows in ev.run_tasks(many_items, config, evaluator=tiny_evaluator) for r in rows]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # a local Ray instance
+    try:
+        sharded = [r for rows in ev.run_tasks(many_items, config, workers=2, ray_address="auto") for r in rows]
+    finally:
+        ray.shutdown()
+    assert _comparable(sharded) == _comparable(single)
+
+
+@pytest.mark.real
+def test_real_cascade_on_two_spoken_questions(tmp_path):
+    from omni_cli import data
+
+    if not data.is_cached("pocketsphinx"):
+        pytest.skip("run `omni data fetch pocketsphinx` first")
+    item = next(i for i in data.load("pocketsphinx") if i["id"].startswith("librivox"))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "moon", "audio": str(EXAMPLE_QUESTION), "text": "Tell me about the moon."}) + "\n"
+                        + json.dumps({"id": "librivox", "audio": item["audio"], "text": item["text"]}) + "\n")
+    result = runner.invoke(app, ["eval", str(manifest), "--modes", "cascade", "--out", str(tmp_path / "run"), "--max-new-tokens", "60"])
+    assert result.exit_code == 0, result.output
+    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "run" / "results.jsonl").read_text().splitlines())}
+    assert rows["moon"]["metrics"]["wer"] == 0.0 and rows["librivox"]["metrics"]["wer"] <= 0.25
+    for r in rows.values():
+        m = r["metrics"]
+        assert 0 < m["asr_s"] < m["first_token_s"] < m["first_audio_latency_s"] < m["total_s"]
+        assert m["asr_wer"] <= 0.35, (r["text"], r["answer_heard"])  # the voice says what the text says
+        assert 1.0 < m["wps"] < 5.0
