@@ -218,3 +218,21 @@ def test_stage1_answer_task_skips_items_without_an_answer(peaked_omni, rows, tmp
     finally:
         train_mod.encode_rows = original
     assert len(seen) == 2 and all(r["response"] is not None for r in seen)
+
+
+def test_stage1_loss_with_the_cached_prompt_prefix_equals_the_full_pass(peaked_omni, rows):
+    """The training loss reuses the KV cache of the prompt before the speech; it must be the
+    loss of running the whole prompt, as inference does."""
+    import torch
+
+    from omni_cli.e2e.train import _answer_ids, _llm_loss, encode_rows
+
+    model = load_omni(peaked_omni)
+    encoded = encode_rows(model, rows)
+    loss = _llm_loss(model, rows, encoded, "answer")
+    for i, r in enumerate(rows):
+        prompt = model.prompt_embeds(model.speech_projector(encoded[i].unsqueeze(0))[0])
+        ids = torch.tensor([_answer_ids(model, r["response"])])
+        x = torch.cat([prompt, model.llm.model.get_input_embeddings()(ids)], dim=1)
+        logits = model.llm.model(inputs_embeds=x).logits[0, prompt.shape[1] - 1 : -1]
+        torch.testing.assert_close(loss(i), torch.nn.functional.cross_entropy(logits, ids[0]), rtol=1e-4, atol=1e-5)

@@ -40,11 +40,11 @@ class SpeechLLM(nn.Module):
         states = self.speech_encoder.encode(audio)
         return self.speech_projector(states.unsqueeze(0))[0]
 
-    def prompt_embeds(
-        self, features: torch.Tensor, history: list[dict[str, str]] | None = None, prompt: PromptConfig | None = None
-    ) -> torch.Tensor:
-        """(1, T, llm_width): the chat prompt (the model's own unless `prompt` is given) with
-        the speech features at the placeholder."""
+    def prompt_ids(
+        self, history: list[dict[str, str]] | None = None, prompt: PromptConfig | None = None
+    ) -> tuple[list[int], list[int]]:
+        """The chat prompt's token ids before and after the speech (the model's own prompt
+        unless `prompt` is given)."""
         p = prompt or self.config.prompt
         tokenizer = self.llm.tokenizer
         user = f"{SPEECH_PLACEHOLDER}\n{p.instruction}" if p.instruction else SPEECH_PLACEHOLDER
@@ -58,15 +58,19 @@ class SpeechLLM(nn.Module):
                 text += f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content'].strip()}<|eot_id|>"
             text += "<|start_header_id|>assistant<|end_header_id|>\n\n"
             before, after = text.split(SPEECH_PLACEHOLDER)
-            ids_before = tokenizer(before).input_ids
-            ids_after = tokenizer(after, add_special_tokens=False).input_ids
-        elif p.template == "chat":
+            return tokenizer(before).input_ids, tokenizer(after, add_special_tokens=False).input_ids
+        if p.template == "chat":
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             before, after = text.split(SPEECH_PLACEHOLDER)
-            ids_before = tokenizer(before, add_special_tokens=False).input_ids
-            ids_after = tokenizer(after, add_special_tokens=False).input_ids
-        else:
-            raise ValueError(f"unknown prompt template {p.template!r} (chat | llama3-omni)")
+            return tokenizer(before, add_special_tokens=False).input_ids, tokenizer(after, add_special_tokens=False).input_ids
+        raise ValueError(f"unknown prompt template {p.template!r} (chat | llama3-omni)")
+
+    def prompt_embeds(
+        self, features: torch.Tensor, history: list[dict[str, str]] | None = None, prompt: PromptConfig | None = None
+    ) -> torch.Tensor:
+        """(1, T, llm_width): the chat prompt (the model's own unless `prompt` is given) with
+        the speech features at the placeholder."""
+        ids_before, ids_after = self.prompt_ids(history, prompt)
         embed = self.llm.model.get_input_embeddings()
         dev = self.device
         parts = [

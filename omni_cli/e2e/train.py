@@ -178,18 +178,25 @@ def train_adaptor(
 
 def _llm_loss(model: SpeechLLM, rows: list[dict], encoded: list[torch.Tensor], task: str):
     """Cross-entropy of the frozen LLM on the target text (the answer, or the transcript for
-    ASR), given the chat prompt with the adaptor's output as the user's turn."""
+    ASR), given the chat prompt with the adaptor's output as the user's turn. The prompt's
+    part before the speech is the same for every item: its KV cache is computed once."""
+    import copy
+
     prompt_config = dataclasses.replace(model.config.prompt, instruction=ASR_INSTRUCTION) if task == "asr" else None
     targets = [_answer_ids(model, r["instruction"] if task == "asr" else r["response"]) for r in rows]
     embed = model.llm.model.get_input_embeddings()
+    before, after = model.prompt_ids(prompt=prompt_config)
+    with torch.no_grad():
+        prefix = model.llm.model(input_ids=torch.tensor([before]), use_cache=True).past_key_values
+    after_embeds = embed(torch.tensor([after])).detach()
 
     def item_loss(i: int) -> torch.Tensor:
-        features = model.speech_projector(encoded[i].unsqueeze(0))[0]
-        prompt = model.prompt_embeds(features, prompt=prompt_config)
+        features = model.speech_projector(encoded[i].unsqueeze(0))
         ids = torch.tensor([targets[i]])
-        x = torch.cat([prompt, embed(ids)], dim=1)
-        logits = model.llm.model(inputs_embeds=x).logits[0, prompt.shape[1] - 1 : -1]
-        return torch.nn.functional.cross_entropy(logits.float(), ids[0])
+        x = torch.cat([features.to(after_embeds.dtype), after_embeds, embed(ids)], dim=1)
+        logits = model.llm.model(inputs_embeds=x, past_key_values=copy.deepcopy(prefix), use_cache=True).logits
+        start = features.shape[1] + after_embeds.shape[1] - 1
+        return torch.nn.functional.cross_entropy(logits[0, start:-1].float(), ids[0])
 
     return item_loss
 
