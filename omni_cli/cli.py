@@ -347,6 +347,28 @@ def train_speech_decoder_cmd(
                    TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed))
 
 
+@train_app.command("export")
+def train_export_cmd(
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL", help="A trained model folder (e.g. runs/stage2/model).")],
+    dest: Annotated[Path, typer.Argument(metavar="DEST", help="Where to write the shippable copy.")],
+    half: Annotated[bool, typer.Option("--half/--full", help="Store the weights as float16 (half the size; loaded back as float32).")] = True,
+) -> None:
+    """Copy a trained model for shipping or sharing: config + adaptor and speech decoder weights only.
+
+    [bold]Example:[/] omni train export runs/default/stage2/model omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2
+    """
+    import torch
+
+    from omni_cli.e2e.checkpoint import load_omni, save_omni
+
+    with user_errors():
+        with ui.err.status("loading the model ..."):
+            model = load_omni(model_dir)
+        save_omni(model, dest, dtype=torch.float16 if half else None)
+        size = sum(f.stat().st_size for f in dest.iterdir()) / 1e6
+        ui.note(f"exported {model_dir} to {dest} ({size:.1f} MB)")
+
+
 # -- omni transcribe --------------------------------------------------------------------
 
 
@@ -471,6 +493,16 @@ class TtsEngine(str, Enum):
     espeak = "espeak"
 
 
+LlmOpt = Annotated[str | None, typer.Option("--llm", help="Cascade LLM: 'smollm2-135m-instruct' (embedded), a local folder or .gguf, or a hub id (network).")]
+TtsOpt = Annotated[TtsEngine, typer.Option("--tts", help="Voice engine for the cascade.")]
+VoiceOpt = Annotated[str | None, typer.Option("--voice", help="Piper voice (.onnx path) or espeak-ng voice name.")]
+E2EModelOpt = Annotated[str | None, typer.Option("--e2e-model", help="End-to-end model: the offline default, a trained folder, or a published-format folder/hub id.")]
+VocoderOpt = Annotated[str | None, typer.Option("--vocoder", help="Unit vocoder for e2e: 'piper' or a unit HiFi-GAN folder (default: the model's own).")]
+OmegaOpt = Annotated[str, typer.Option("--omega", help="e2e: units per streamed audio chunk, or 'all' to vocode once at the end.")]
+MaxTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer in tokens.")]
+SystemPromptOpt = Annotated[str | None, typer.Option("--system-prompt", help="Replace the spoken-style system prompt (cascade).")]
+
+
 @app.command()
 def respond(
     audio_path: Annotated[Path, typer.Argument(metavar="AUDIO", help="The spoken request (any common audio format).", show_default=False)],
@@ -480,14 +512,14 @@ def respond(
     asr_model: AsrModelOpt = None,
     backend: BackendOpt = Backend.faster_whisper,
     beam_size: BeamOpt = 5,
-    llm: Annotated[str | None, typer.Option("--llm", help="Cascade LLM: 'smollm2-135m-instruct' (embedded), a local folder or .gguf, or a hub id (network).")] = None,
-    tts: Annotated[TtsEngine, typer.Option("--tts", help="Voice engine for the cascade.")] = TtsEngine.piper,
-    voice: Annotated[str | None, typer.Option("--voice", help="Piper voice (.onnx path) or espeak-ng voice name.")] = None,
-    e2e_model: Annotated[str | None, typer.Option("--e2e-model", help="End-to-end model: the offline default, a trained folder, or a published-format folder/hub id.")] = None,
-    vocoder: Annotated[str | None, typer.Option("--vocoder", help="Unit vocoder for e2e: 'piper' or a unit HiFi-GAN folder (default: the model's own).")] = None,
-    omega: Annotated[str, typer.Option("--omega", help="e2e: units per streamed audio chunk, or 'all' to vocode once at the end.")] = "40",
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer in tokens.")] = 160,
-    system_prompt: Annotated[str | None, typer.Option("--system-prompt", help="Replace the spoken-style system prompt (cascade).")] = None,
+    llm: LlmOpt = None,
+    tts: TtsOpt = TtsEngine.piper,
+    voice: VoiceOpt = None,
+    e2e_model: E2EModelOpt = None,
+    vocoder: VocoderOpt = None,
+    omega: OmegaOpt = "40",
+    max_new_tokens: MaxTokensOpt = 160,
+    system_prompt: SystemPromptOpt = None,
     device: DeviceOpt = "cpu",
     max_duration: MaxDurOpt = 1800.0,
 ) -> None:
@@ -598,14 +630,14 @@ def talk(
     asr_model: AsrModelOpt = None,
     backend: BackendOpt = Backend.faster_whisper,
     beam_size: BeamOpt = 5,
-    llm: Annotated[str | None, typer.Option("--llm", help="Cascade LLM: 'smollm2-135m-instruct' (embedded), a local folder or .gguf, or a hub id (network).")] = None,
-    tts: Annotated[TtsEngine, typer.Option("--tts", help="Voice engine for the cascade.")] = TtsEngine.piper,
-    voice: Annotated[str | None, typer.Option("--voice", help="Piper voice (.onnx path) or espeak-ng voice name.")] = None,
-    e2e_model: Annotated[str | None, typer.Option("--e2e-model", help="End-to-end model: the offline default, a trained folder, or a published-format folder/hub id.")] = None,
-    vocoder: Annotated[str | None, typer.Option("--vocoder", help="Unit vocoder for e2e: 'piper' or a unit HiFi-GAN folder (default: the model's own).")] = None,
-    omega: Annotated[str, typer.Option("--omega", help="e2e: units per streamed audio chunk, or 'all' to vocode once at the end.")] = "40",
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer in tokens.")] = 160,
-    system_prompt: Annotated[str | None, typer.Option("--system-prompt", help="Replace the spoken-style system prompt (cascade).")] = None,
+    llm: LlmOpt = None,
+    tts: TtsOpt = TtsEngine.piper,
+    voice: VoiceOpt = None,
+    e2e_model: E2EModelOpt = None,
+    vocoder: VocoderOpt = None,
+    omega: OmegaOpt = "40",
+    max_new_tokens: MaxTokensOpt = 160,
+    system_prompt: SystemPromptOpt = None,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Talk with the model: live, multi-turn, from the microphone (or a recording) to the speakers.
@@ -740,12 +772,12 @@ def eval_cmd(
     asr_model: AsrModelOpt = None,
     backend: BackendOpt = Backend.faster_whisper,
     beam_size: BeamOpt = 5,
-    llm: Annotated[str | None, typer.Option("--llm", help="Cascade LLM: 'smollm2-135m-instruct' (embedded), a local folder or .gguf, or a hub id (network).")] = None,
-    tts: Annotated[TtsEngine, typer.Option("--tts", help="Voice engine for the cascade.")] = TtsEngine.piper,
-    voice: Annotated[str | None, typer.Option("--voice", help="Piper voice (.onnx path) or espeak-ng voice name.")] = None,
-    e2e_model: Annotated[str | None, typer.Option("--e2e-model", help="End-to-end model: the offline default, a trained folder, or a published-format folder/hub id.")] = None,
+    llm: LlmOpt = None,
+    tts: TtsOpt = TtsEngine.piper,
+    voice: VoiceOpt = None,
+    e2e_model: E2EModelOpt = None,
     vocoder: Annotated[str | None, typer.Option("--vocoder", help="Unit vocoder for e2e (default: the model's own).")] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer in tokens.")] = 160,
+    max_new_tokens: MaxTokensOpt = 160,
     device: DeviceOpt = "cpu",
     max_duration: MaxDurOpt = 1800.0,
 ) -> None:

@@ -52,28 +52,13 @@ def read_manifest(path: Path) -> list[EvalItem]:
     """Items of a manifest: JSONL objects with `audio` (or `path`), optional `text` (or `ref`,
     `reference`), `answer` and `id`; or TSV lines `path[<TAB>transcript[<TAB>answer]]`.
     Paths are relative to the manifest's folder, as for `omni transcribe --ref`."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{shown(path)}: cannot read the manifest ({type(exc).__name__})") from exc
+    from omni_cli.transcribe import manifest_rows
+
     items = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        if line.lstrip().startswith("{"):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{shown(path)}:{n}: not valid JSON ({exc.msg})") from exc
-            audio = row.get("audio") or row.get("path")
-            text = row.get("text") or row.get("ref") or row.get("reference")
-            answer, key = row.get("answer"), row.get("id")
-        else:
-            audio, text, answer, *_ = [*line.split("\t"), None, None]
-            key = None
-        if not audio:
-            raise InputError(f"{shown(path)}:{n}: no audio path (expected 'path<TAB>transcript<TAB>answer' or JSON with 'audio')")
-        items.append(EvalItem(str(key or audio), str(path.parent / audio), text or None, answer or None))
+    for row in manifest_rows(path):
+        if not row["audio"]:
+            raise InputError(f"{shown(path)}:{row['n']}: no audio path (expected 'path<TAB>transcript<TAB>answer' or JSON with 'audio')")
+        items.append(EvalItem(str(row["id"] or row["audio"]), str(path.parent / row["audio"]), row["text"] or None, row["answer"] or None))
     return items
 
 

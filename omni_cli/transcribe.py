@@ -57,15 +57,17 @@ class FileResult:
         return out
 
 
-def read_manifest(path: Path) -> dict[Path, str]:
-    """Reference transcripts keyed by resolved audio path."""
+def manifest_rows(path: Path) -> list[dict]:
+    """The rows of a manifest of audio files: JSONL objects with `audio` (or `path`), optional
+    `text` (or `ref`, `reference`), `answer` and `id`; or TSV lines `path[<TAB>text[<TAB>answer]]`.
+    Each row: line number `n`, `audio` (as written, relative to the manifest), `text`, `answer`, `id`."""
     if not path.is_file():
-        raise InputError(f"{shown(path)}: reference manifest not found")
-    refs: dict[Path, str] = {}
+        raise InputError(f"{shown(path)}: manifest not found")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{shown(path)}: the manifest is not UTF-8 text") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{shown(path)}: cannot read the manifest ({type(exc).__name__}; it must be UTF-8 text)") from exc
+    rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip() or line.startswith("#"):
             continue
@@ -76,11 +78,21 @@ def read_manifest(path: Path) -> dict[Path, str]:
                 raise InputError(f"{shown(path)}:{n}: not valid JSON ({exc.msg})") from exc
             audio = row.get("audio") or row.get("path")
             text = row.get("text") or row.get("ref") or row.get("reference")
+            answer, key = row.get("answer"), row.get("id")
         else:
-            audio, _, text = line.partition("\t")
-        if not audio or text is None:
-            raise InputError(f"{shown(path)}:{n}: expected 'path<TAB>text' or a JSON object with audio and text")
-        refs[(path.parent / audio).resolve()] = str(text)
+            audio, text, answer, *_ = [*line.split("\t"), None, None]
+            key = None
+        rows.append({"n": n, "audio": audio, "text": text, "answer": answer, "id": key})
+    return rows
+
+
+def read_manifest(path: Path) -> dict[Path, str]:
+    """Reference transcripts keyed by resolved audio path."""
+    refs: dict[Path, str] = {}
+    for row in manifest_rows(path):
+        if not row["audio"] or row["text"] is None:
+            raise InputError(f"{shown(path)}:{row['n']}: expected 'path<TAB>text' or a JSON object with audio and text")
+        refs[(path.parent / row["audio"]).resolve()] = str(row["text"])
     return refs
 
 
