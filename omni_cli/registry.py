@@ -161,13 +161,13 @@ def _shipped_e2e() -> Path | None:
 OMNI_E2E_DEFAULT = ModelEntry(
     name="omni-e2e-tiny-en-smollm2",
     role="e2e",
-    size="adaptor + speech decoder, a few MB",
+    size="adaptor + speech decoder, 12 MB (float16)",
     source="this repository (omni_cli/e2e/weights)",
     license="Apache-2.0",
-    install="no trained weights ship yet: train them with scripts/train_default.sh (or `omni data build` and "
-    "`omni train`) and pass --e2e-model with the trained folder, or a published-format model such as "
-    "ICTNLP/Llama-3.1-8B-Omni with its --vocoder",
-    locate=_shipped_e2e,
+    install="ships in this repository (omni_cli/e2e/weights); if it is missing, retrain it with "
+    "scripts/train_default.sh (or `omni data build` and `omni train`), or pass --e2e-model with a trained folder "
+    "or a published-format model such as ICTNLP/Llama-3.1-8B-Omni with its --vocoder",
+    locate=lambda: _shipped_e2e(),
     default=True,
     note="Whisper tiny.en encoder + SmolLM2-135M + Piper phoneme units",
 )

@@ -157,10 +157,13 @@ def test_debug_flag_shows_the_traceback_only_when_asked(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
-def test_e2e_without_trained_weights_says_how_to_get_them(tmp_path):
+def test_e2e_without_trained_weights_says_how_to_get_them(tmp_path, monkeypatch):
+    from omni_cli import registry
+
+    monkeypatch.setattr(registry, "_shipped_e2e", lambda: None)  # as if the shipped weights were deleted
     result = invoke("respond", EXAMPLE_QUESTION, "--mode", "e2e", "--out", tmp_path / "r.wav")
     assert result.exit_code == 3
-    assert "no trained weights ship yet" in result.stderr and "--e2e-model" in result.stderr
+    assert "train_default.sh" in result.stderr and "--e2e-model" in result.stderr
     assert not (tmp_path / "r.wav").exists()  # never speaks noise from random weights
 
 

@@ -236,3 +236,21 @@ def test_stage1_loss_with_the_cached_prompt_prefix_equals_the_full_pass(peaked_o
         x = torch.cat([prompt, model.llm.model.get_input_embeddings()(ids)], dim=1)
         logits = model.llm.model(inputs_embeds=x).logits[0, prompt.shape[1] - 1 : -1]
         torch.testing.assert_close(loss(i), torch.nn.functional.cross_entropy(logits, ids[0]), rtol=1e-4, atol=1e-5)
+
+
+def test_cli_export_writes_a_half_precision_copy_that_loads(peaked_omni, tmp_path):
+    from safetensors import safe_open
+    from typer.testing import CliRunner
+
+    from omni_cli.cli import app
+
+    result = CliRunner().invoke(app, ["train", "export", str(peaked_omni), str(tmp_path / "shipped")])
+    assert result.exit_code == 0, result.stderr
+    with safe_open(str(tmp_path / "shipped" / "model.safetensors"), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
+    original, shipped = load_omni(peaked_omni), load_omni(tmp_path / "shipped")
+    import torch
+
+    assert shipped.speech_projector.linear1.weight.dtype == torch.float32  # loaded back as float32
+    torch.testing.assert_close(shipped.speech_projector.linear1.weight, original.speech_projector.linear1.weight,
+                               atol=1e-3, rtol=1e-3)

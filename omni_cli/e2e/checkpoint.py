@@ -52,8 +52,9 @@ def _prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
 # -- our own format --------------------------------------------------------------------------
 
 
-def save_omni(model: SpeechLLM, folder: Path) -> Path:
-    """Write the config and the trained parts (adaptor + speech decoder) to `folder`, atomically."""
+def save_omni(model: SpeechLLM, folder: Path, dtype: torch.dtype | None = None) -> Path:
+    """Write the config and the trained parts (adaptor + speech decoder) to `folder`, atomically;
+    with `dtype` (e.g. torch.float16 for shipping), the tensors are stored in it."""
     from safetensors.torch import save_file
 
     from omni_cli.cache import atomic_dir
@@ -61,6 +62,8 @@ def save_omni(model: SpeechLLM, folder: Path) -> Path:
     folder = Path(folder)
     state = {f"speech_projector.{k}": v.detach().contiguous().cpu() for k, v in model.speech_projector.state_dict().items()}
     state |= {f"speech_generator.{k}": v.detach().contiguous().cpu() for k, v in model.speech_generator.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     staged = folder.with_name(folder.name + ".new")
     if staged.exists():
         shutil.rmtree(staged)

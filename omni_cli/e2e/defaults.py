@@ -2,7 +2,7 @@
 
 Whisper tiny.en encoder (run on the real length of the audio), SmolLM2-135M-Instruct,
 the Piper voice's phoneme ids as units. Everything else follows the published design
-with sizes for a CPU: k = 5, a 1024-wide adaptor, a 2-layer 512-wide CTC decoder with
+with sizes for a CPU: k = 5, a 1024-wide adaptor, a 2-layer 384-wide CTC decoder with
 lambda = 8 (a text token of SmolLM2 spans about 3 phonemes) and an attention window of the
 last 16 tokens' positions, which keeps the decoder's work per token constant.
 """
@@ -22,7 +22,7 @@ def default_config(encoder_dims, llm_width: int, num_units: int, rope_theta: flo
         encoder=EncoderConfig(encoder_dims.n_mels, encoder_dims.n_audio_ctx, encoder_dims.n_audio_state,
                               encoder_dims.n_audio_head, encoder_dims.n_audio_layer, padded=False),
         projector=ProjectorConfig(k=5, encoder_width=encoder_dims.n_audio_state, hidden=1024, llm_width=llm_width),
-        speech_decoder=SpeechDecoderConfig(llm_width=llm_width, width=512, n_layers=2, n_heads=8, n_kv_heads=8, ffn=1408,
+        speech_decoder=SpeechDecoderConfig(llm_width=llm_width, width=384, n_layers=2, n_heads=6, n_kv_heads=6, ffn=1024,
                                            num_units=num_units, upsample=UPSAMPLE, rms_norm_eps=rms_norm_eps,
                                            rope_theta=rope_theta, attention_window=16 * UPSAMPLE),
         prompt=default_prompt(),
