@@ -1,0 +1,43 @@
+"""The shipped offline end-to-end default (issue 4): it loads from the repository, answers a
+spoken question without any transcript, and its speech says what its text says (a trained
+speech decoder; random weights would babble). How well it understands the question is
+measured by `evals/e2e_quality.py` and reported in its model card, not asserted here."""
+
+import json
+
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from omni_cli.cli import app
+from tests.conftest import EXAMPLE_QUESTION
+
+pytestmark = pytest.mark.real
+
+
+def test_the_default_is_shipped_small_and_half_precision():
+    from safetensors import safe_open
+
+    from omni_cli.registry import OMNI_E2E_DEFAULT
+
+    folder = OMNI_E2E_DEFAULT.installed_path()
+    assert folder is not None and (folder / "MODEL_CARD.md").is_file()
+    weights = folder / "model.safetensors"
+    assert weights.stat().st_size < 20e6
+    with safe_open(str(weights), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
+
+
+def test_respond_e2e_answers_offline_by_default(tmp_path, real_asr):
+    from omni_cli.audio import load_audio
+    from omni_cli.metrics import wer
+
+    out = tmp_path / "answer.wav"
+    result = CliRunner().invoke(app, ["respond", str(EXAMPLE_QUESTION), "--mode", "e2e", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["transcript"] is None  # no ASR in the end-to-end mode
+    assert len(payload["text"].split()) >= 3
+    assert sf.info(out).duration > 1.0
+    heard = real_asr.transcribe(load_audio(out)).text  # load_audio resamples the 22.05 kHz answer
+    assert wer([payload["text"]], [heard]) < 0.5, (payload["text"], heard)
