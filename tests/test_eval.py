@@ -200,7 +200,10 @@ def test_ctrl_c_keeps_results_and_resume_finishes_the_rest(tiny_e2e_parts, tmp_p
     out = tmp_path / "run"
     args = ["eval", str(d), "--modes", "cascade", "--llm", str(tiny_e2e_parts["llm"]), "--max-new-tokens", "6",
             "--beam-size", "1", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "omni_cli", *args], stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a shell without job control (CI, nohup ... &) starts
+    # background jobs with it ignored, and Python then never raises KeyboardInterrupt
+    proc = subprocess.Popen([sys.executable, "-m", "omni_cli", *args], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     results = out / "results.jsonl"
     deadline = time.time() + 180
     while not (results.is_file() and results.read_text().count("\n") >= 1) and proc.poll() is None and time.time() < deadline:

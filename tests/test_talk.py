@@ -196,7 +196,7 @@ def cli_with_tiny_cascade(tiny_cascade, monkeypatch):
 
     from omni_cli import cli
 
-    monkeypatch.setattr(cli, "_talk_pipeline", lambda *a, **k: tiny_cascade)
+    monkeypatch.setattr(cli, "_load_pipeline", lambda *a, **k: tiny_cascade)
     runner = CliRunner()
     return lambda *args: runner.invoke(cli.app, ["talk", *map(str, args)])
 
