@@ -36,17 +36,6 @@ def _repeat(model, audio, max_new_tokens: int = 60) -> str:
     return "".join(s.text for s in steps).strip()
 
 
-def _text_answers(llm, instructions: list[str], max_new_tokens: int) -> list[str]:
-    from omni_cli.llm import SPOKEN_SYSTEM_PROMPT, GenerationOptions, generate_batch
-
-    out = []
-    for b in range(0, len(instructions), 16):
-        prompts = [llm.chat_ids([{"role": "system", "content": SPOKEN_SYSTEM_PROMPT}, {"role": "user", "content": t}])
-                   for t in instructions[b : b + 16]]
-        out += [a.strip() for a in generate_batch(llm, prompts, GenerationOptions(max_new_tokens=max_new_tokens))]
-    return out
-
-
 def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_tokens: int) -> dict:
     from sacrebleu.metrics import CHRF
 
@@ -57,7 +46,7 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
     from omni_cli.e2e.load import load_e2e_pipeline
     from omni_cli.e2e.pipeline import E2EOptions
     from omni_cli.events import collect
-    from omni_cli.llm import GenerationOptions
+    from omni_cli.llm import GenerationOptions, answer_texts
     from omni_cli.metrics import wer
 
     pipeline = load_e2e_pipeline(model_spec, None, E2EOptions(generation=GenerationOptions(max_new_tokens=max_new_tokens)))
@@ -72,7 +61,7 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
                                   for r in answered]
     sets["real-speech"] = [{"id": i.id, "audio": i.audio, "reference": i.reference, "answer": None} for i in load_bench("real-speech")]
     alpaca = load_bench("instructs2s-eval")[:limit]
-    refs = _text_answers(model.llm, [i.reference for i in alpaca], max_new_tokens)
+    refs = answer_texts(model.llm, [i.reference for i in alpaca], GenerationOptions(max_new_tokens=max_new_tokens))
     sets["alpacaeval-heldout-voice"] = [{"id": i.id, "audio": i.audio, "reference": i.reference, "answer": a}
                                         for i, a in zip(alpaca, refs)]
     report: dict = {"model": model_spec or "omni-e2e-tiny-en-smollm2 (default)", "max_new_tokens": max_new_tokens, "sets": {}}

@@ -225,7 +225,7 @@ def data_build(
     from omni_cli import data
     from omni_cli.e2e.build_data import BuildOptions, build, select_instructions
     from omni_cli.e2e.unit_vocoder import PiperUnitVocoder
-    from omni_cli.llm import SPOKEN_SYSTEM_PROMPT, ChatLLM, GenerationOptions, generate_batch
+    from omni_cli.llm import ChatLLM, GenerationOptions, answer_texts
 
     with user_errors():
         names = [n.strip() for n in sources.split(",") if n.strip()]
@@ -241,9 +241,7 @@ def data_build(
         gen = GenerationOptions(max_new_tokens=options.max_answer_tokens)
 
         def answer(texts: list[str]) -> list[str]:
-            prompts = [chat.chat_ids([{"role": "system", "content": SPOKEN_SYSTEM_PROMPT}, {"role": "user", "content": t}])
-                       for t in texts]
-            return generate_batch(chat, prompts, gen)
+            return answer_texts(chat, texts, gen)
 
         with ui.progress() as bar:
             task = bar.add_task("building", total=len(chosen))

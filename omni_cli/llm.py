@@ -220,4 +220,17 @@ def generate_batch(
             break
         step_ids = torch.tensor(next_ids, device=llm.device).unsqueeze(1)
         mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=mask.dtype, device=mask.device)], dim=1)
-    return [llm.tokenizer.decode(g, skip_special_tokens=True) for g in generated]
+    # as in stream_generate, a multi-byte character cut off at the end is dropped
+    return [llm.tokenizer.decode(g, skip_special_tokens=True).rstrip("\ufffd") for g in generated]
+
+
+def answer_texts(llm: ChatLLM, instructions: list[str], options: GenerationOptions = GenerationOptions(),
+                 system: str = SPOKEN_SYSTEM_PROMPT, batch: int = 16) -> list[str]:
+    """The LLM's greedy answers to typed instructions under a system prompt, `batch` at a time
+    (the text answers the end-to-end model learns from and is compared with)."""
+    out: list[str] = []
+    for b in range(0, len(instructions), batch):
+        prompts = [llm.chat_ids([{"role": "system", "content": system}, {"role": "user", "content": t}])
+                   for t in instructions[b : b + batch]]
+        out += [a.strip() for a in generate_batch(llm, prompts, options)]
+    return out

@@ -78,3 +78,16 @@ def test_bad_options_are_refused():
         GenerationOptions(max_new_tokens=0)
     with pytest.raises(ConfigError):
         GenerationOptions(top_p=0)
+
+
+def test_batched_answers_equal_one_at_a_time(tiny_llm):
+    """generate_batch (left padding, one KV cache for all) decodes as stream_generate does."""
+    from omni_cli.llm import SPOKEN_SYSTEM_PROMPT, GenerationOptions, answer_texts
+
+    questions = ["hello there", "what is the weather like today in the north", "cats"]
+    options = GenerationOptions(max_new_tokens=12)
+    alone = ["".join(s.text for s in tiny_llm.stream_chat([{"role": "system", "content": SPOKEN_SYSTEM_PROMPT},
+                                                             {"role": "user", "content": q}], options)).strip()
+             for q in questions]
+    assert answer_texts(tiny_llm, questions, options, batch=2) == alone
+    assert any(alone)
