@@ -227,10 +227,11 @@ def _align_loss(model: SpeechLLM, rows: list[dict], encoded: list[torch.Tensor])
     return item_loss, [blank, log_scale]
 
 
-def emitting_states(model: SpeechLLM, audio_path: str, response: str) -> torch.Tensor:
-    """(len(answer) + 1, llm_width): the frozen LLM's states that emit each answer token and the end token."""
+def emitting_states(model: SpeechLLM, encoded: torch.Tensor, response: str) -> torch.Tensor:
+    """(len(answer) + 1, llm_width): the frozen LLM's states that emit each answer token and the
+    end token, given the speech's encoder outputs."""
     with torch.no_grad():
-        features = model.speech_features(load_audio(audio_path))
+        features = model.speech_projector(encoded.unsqueeze(0))[0]
         prompt = model.prompt_embeds(features)
         ids = torch.tensor([_answer_ids(model, response)])
         x = torch.cat([prompt, model.llm.model.get_input_embeddings()(ids)], dim=1)
@@ -251,7 +252,7 @@ def train_speech_decoder(
     for p in gen.parameters():
         p.requires_grad_(True)
     rows = [r for r in rows if r["units"]]
-    states = [emitting_states(model, r["audio"], r["response"]) for r in rows]
+    states = [emitting_states(model, e, r["response"]) for e, r in zip(encode_rows(model, rows), rows)]
     units = [torch.tensor(r["units"]) for r in rows]
 
     def item_loss(i: int) -> torch.Tensor:
