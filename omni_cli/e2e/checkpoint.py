@@ -28,10 +28,11 @@ from omni_cli.e2e.config import (
     PromptConfig,
     SpeechDecoderConfig,
 )
+from omni_cli.e2e.lora import LoraConfig, merge_lora
 from omni_cli.e2e.speech_encoder import SpeechEncoder
 from omni_cli.e2e.speech_generator import SpeechGenerator
 from omni_cli.e2e.speech_llm import SpeechLLM
-from omni_cli.e2e.speech_projector import SpeechProjector
+from omni_cli.e2e.speech_projector import SpeechProjector, build_projector
 from omni_cli.e2e.state import CheckpointError, strict_load
 from omni_cli.errors import ModelNotFoundError
 
@@ -62,6 +63,7 @@ def save_omni(model: SpeechLLM, folder: Path, dtype: torch.dtype | None = None) 
     folder = Path(folder)
     state = {f"speech_projector.{k}": v.detach().contiguous().cpu() for k, v in model.speech_projector.state_dict().items()}
     state |= {f"speech_generator.{k}": v.detach().contiguous().cpu() for k, v in model.speech_generator.state_dict().items()}
+    state |= {f"llm_lora.{k}": v.contiguous() for k, v in model.lora_weights().items()}
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     staged = folder.with_name(folder.name + ".new")
@@ -114,16 +116,24 @@ def load_omni(folder: Path, device: str = "cpu"):
         raise ModelNotFoundError(f"{folder}: not an omni end-to-end model (needs {OMNI_CONFIG} and {OMNI_WEIGHTS})")
     config = OmniConfig.from_dict(json.loads((folder / OMNI_CONFIG).read_text()))
     state = load_file(str(folder / OMNI_WEIGHTS))
-    projector = SpeechProjector(config.projector)
+    projector = build_projector(config.projector)
     generator = SpeechGenerator(config.speech_decoder)
-    unexpected = [k for k in state if not k.startswith(("speech_projector.", "speech_generator."))]
+    parts = ("speech_projector.", "speech_generator.") + (("llm_lora.",) if config.llm_lora else ())
+    unexpected = [k for k in state if not k.startswith(parts)]
     if unexpected:
         raise CheckpointError(f"{folder / OMNI_WEIGHTS}: unexpected key(s): {', '.join(unexpected[:6])}")
     strict_load(projector, _prefixed(state, "speech_projector."), f"{folder}: speech_projector")
     strict_load(generator, _prefixed(state, "speech_generator."), f"{folder}: speech_generator")
     llm = ChatLLM.load(config.llm_source or None, device=device)
+    lora = _prefixed(state, "llm_lora.")
+    if config.llm_lora:
+        if not lora:
+            raise CheckpointError(f"{folder / OMNI_WEIGHTS}: the config names LoRA adapters but there are no llm_lora.* weights")
+        merge_lora(llm.model, lora, LoraConfig(**{**config.llm_lora, "targets": tuple(config.llm_lora["targets"])}))
     encoder = build_encoder(config.encoder, config.encoder_source, device)
-    return SpeechLLM(config, encoder, projector.to(device), llm, generator.to(device)).eval()
+    model = SpeechLLM(config, encoder, projector.to(device), llm, generator.to(device)).eval()
+    model.merged_lora = lora
+    return model
 
 
 # -- the published format ----------------------------------------------------------------------

@@ -30,12 +30,20 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class ProjectorConfig:
-    """speech_projector: concatenate k frames -> Linear -> ReLU -> Linear."""
+    """speech_projector. "linear" (published): concatenate k frames -> Linear -> ReLU -> Linear.
+    "ctc" (ours): concatenate k frames -> Linear -> transformer layers -> a CTC head over
+    `vocab` LLM tokens scored with the LLM's input embeddings; the LLM reads the collapsed tokens."""
 
     k: int  # downsampling rate (frames concatenated)
     encoder_width: int
-    hidden: int  # width of linear1's output
+    hidden: int  # width of linear1's output (ctc: of the transformer layers)
     llm_width: int
+    type: str = "linear"  # linear | ctc
+    layers: int = 0  # ctc: transformer layers
+    heads: int = 0  # ctc: attention heads
+    ffn: int = 0  # ctc: feed-forward width
+    vocab: int = 0  # ctc: how many LLM tokens the head can emit (the blank comes on top)
+    dropout: float = 0.0  # ctc: dropout inside the transformer layers (training only)
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class SpeechDecoderConfig:
     max_positions: int = 1 << 16
     attention_window: int | None = None  # attend to at most this many upsampled positions back
     # (None: the whole prefix, as published; a window keeps the work per text token constant)
+    token_input: bool = False  # also read the emitted token's LLM input embedding (token_proj), added to
+    # input_proj of the hidden state (LLaMA-Omni2 feeds the token beside the state; the published model does not)
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,8 @@ class PromptConfig:
     system: str = PUBLISHED_SYSTEM_PROMPT
     instruction: str = PUBLISHED_INSTRUCTION  # text after the speech in the user turn
     template: str = "chat"  # "chat": the LLM tokenizer's chat template; "llama3-omni": the published literal
+    repeat: str = "Repeat exactly what was said."  # the instruction (in `instruction`'s place) that asks the
+    # model to say what it heard: the ASR task, used as a transcription backend
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,8 @@ class OmniConfig:
     encoder_source: str = ""  # registry name or path of the Whisper model whose encoder is used
     llm_source: str = ""  # registry name, path or hub id of the LLM
     vocoder: str = ""  # registry name or path of the unit vocoder
+    llm_lora: dict | None = None  # our models: LoRA adapters trained on the LLM (lora.LoraConfig fields),
+    # stored with the checkpoint and merged into the LLM at load
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,4 +102,5 @@ class OmniConfig:
             encoder_source=d.get("encoder_source", ""),
             llm_source=d.get("llm_source", ""),
             vocoder=d.get("vocoder", ""),
+            llm_lora=d.get("llm_lora"),
         )

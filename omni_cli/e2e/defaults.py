@@ -1,30 +1,48 @@
 """The architecture of our offline default end-to-end model, and a fresh (untrained) instance.
 
 Whisper tiny.en encoder (run on the real length of the audio), SmolLM2-135M-Instruct,
-the Piper voice's phoneme ids as units. Everything else follows the published design
-with sizes for a CPU: k = 5, a 1024-wide adaptor, a 2-layer 384-wide CTC decoder with
-lambda = 8 (a text token of SmolLM2 spans about 3 phonemes) and an attention window of the
-last 16 tokens' positions, which keeps the decoder's work per token constant.
+the Piper voice's phoneme ids as units. The adaptor is the "ctc" variant: 4 frames
+concatenated (12.5 Hz), 4 transformer layers 384 wide, and a CTC head over the LLM tokens of
+the training transcripts, scored with the LLM's own input embeddings; the LLM reads the
+collapsed tokens (see `speech_projector.py`). The speech decoder follows the published
+design at CPU size: 2 causal layers 384 wide, lambda = 8 (a text token of SmolLM2 spans
+about 3 phonemes), an attention window of the last 16 tokens' positions (constant work per
+token), and the emitted token's embedding fed beside the hidden state (as LLaMA-Omni2 does).
 """
 
 from __future__ import annotations
 
 import torch
 
-from omni_cli.e2e.config import EncoderConfig, OmniConfig, ProjectorConfig, SpeechDecoderConfig
-from omni_cli.e2e.train import default_prompt
+from omni_cli.e2e.config import EncoderConfig, OmniConfig, ProjectorConfig, PromptConfig, SpeechDecoderConfig
 
 UPSAMPLE = 8
 
 
-def default_config(encoder_dims, llm_width: int, num_units: int, rope_theta: float, rms_norm_eps: float) -> OmniConfig:
+def default_prompt() -> PromptConfig:
+    """Our models' prompt: the cascade's spoken-style system prompt, the speech as the user turn
+    (so the adaptor learns to make speech act as the typed instruction would)."""
+    from omni_cli.llm import SPOKEN_SYSTEM_PROMPT
+
+    return PromptConfig(system=SPOKEN_SYSTEM_PROMPT, instruction="", template="chat")
+
+
+def default_config(encoder_dims, llm_width: int, num_units: int, rope_theta: float, rms_norm_eps: float,
+                   vocab: int, adaptor: str = "ctc") -> OmniConfig:
+    """`adaptor` "ctc" (the default), or "linear": the published adaptor (k = 5, 1024 wide), as
+    the first default used it."""
+    if adaptor == "ctc":
+        projector = ProjectorConfig(k=4, encoder_width=encoder_dims.n_audio_state, hidden=384, llm_width=llm_width,
+                                    type="ctc", layers=4, heads=6, ffn=1536, vocab=vocab, dropout=0.1)
+    else:
+        projector = ProjectorConfig(k=5, encoder_width=encoder_dims.n_audio_state, hidden=1024, llm_width=llm_width)
     return OmniConfig(
         encoder=EncoderConfig(encoder_dims.n_mels, encoder_dims.n_audio_ctx, encoder_dims.n_audio_state,
                               encoder_dims.n_audio_head, encoder_dims.n_audio_layer, padded=False),
-        projector=ProjectorConfig(k=5, encoder_width=encoder_dims.n_audio_state, hidden=1024, llm_width=llm_width),
+        projector=projector,
         speech_decoder=SpeechDecoderConfig(llm_width=llm_width, width=384, n_layers=2, n_heads=6, n_kv_heads=6, ffn=1024,
                                            num_units=num_units, upsample=UPSAMPLE, rms_norm_eps=rms_norm_eps,
-                                           rope_theta=rope_theta, attention_window=16 * UPSAMPLE),
+                                           rope_theta=rope_theta, attention_window=16 * UPSAMPLE, token_input=True),
         prompt=default_prompt(),
         encoder_source="whisper-tiny.en",
         llm_source="smollm2-135m-instruct",
@@ -32,27 +50,34 @@ def default_config(encoder_dims, llm_width: int, num_units: int, rope_theta: flo
     )
 
 
-def new_default_model(seed: int = 0, encoder: str = "whisper-tiny.en", llm: str = "smollm2-135m-instruct"):
-    """The offline default architecture with random adaptor and speech decoder."""
+def new_default_model(transcripts: list[str], seed: int = 0, encoder: str = "whisper-tiny.en",
+                      llm: str = "smollm2-135m-instruct", adaptor: str = "ctc"):
+    """The offline default architecture with a random adaptor and speech decoder; a ctc
+    adaptor's head can emit the LLM tokens of `transcripts` (the training set's)."""
     import dataclasses
+
+    from whisper.model import ModelDimensions
 
     from omni_cli.e2e.checkpoint import build_encoder
     from omni_cli.e2e.speech_generator import SpeechGenerator
     from omni_cli.e2e.speech_llm import SpeechLLM
-    from omni_cli.e2e.speech_projector import SpeechProjector
+    from omni_cli.e2e.speech_projector import build_projector, ctc_vocabulary
     from omni_cli.e2e.unit_vocoder import PiperUnitVocoder
     from omni_cli.llm import ChatLLM
     from omni_cli.registry import resolve_whisper
 
     chat = ChatLLM.load(llm)
+    token_ids = ctc_vocabulary(chat.tokenizer, transcripts)
     ckpt = torch.load(resolve_whisper(encoder, need="openai").openai_checkpoint, map_location="cpu", weights_only=True)
-    from whisper.model import ModelDimensions
-
     dims = ModelDimensions(**ckpt["dims"])
     cfg = chat.model.config
     rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
-    config = default_config(dims, cfg.hidden_size, PiperUnitVocoder().num_units, float(rope), float(cfg.rms_norm_eps))
+    config = default_config(dims, cfg.hidden_size, PiperUnitVocoder().num_units, float(rope), float(cfg.rms_norm_eps),
+                            vocab=len(token_ids), adaptor=adaptor)
     config = dataclasses.replace(config, encoder_source=encoder, llm_source=llm)
     torch.manual_seed(seed)
-    return SpeechLLM(config, build_encoder(config.encoder, encoder), SpeechProjector(config.projector), chat,
+    projector = build_projector(config.projector)
+    if adaptor == "ctc":
+        projector.token_ids.copy_(torch.tensor(token_ids, dtype=torch.long))
+    return SpeechLLM(config, build_encoder(config.encoder, encoder), projector, chat,
                      SpeechGenerator(config.speech_decoder)).eval()

@@ -65,7 +65,7 @@ class E2EPipeline:
                 text.append(step.text)
                 yield TextDelta(text=step.text)
             t = now()
-            units = decoder.push(step.hidden)
+            units = decoder.push(step.hidden, self.model.token_embedding(step.token_id))
             yield StageTiming(stage="speech_decoder", seconds=now() - t)
             for chunk in chunker.push(units):
                 yield from self._vocode(chunk, n_chunks)

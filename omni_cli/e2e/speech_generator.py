@@ -68,27 +68,38 @@ class SpeechGenerator(nn.Module):
         self.blank = config.num_units
         lcfg = llama_config(config)
         self.input_proj = nn.Linear(config.llm_width, config.width)
+        self.token_proj = nn.Linear(config.llm_width, config.width, bias=False) if config.token_input else None
         self.layers = nn.ModuleList([LlamaDecoderLayer(lcfg, i) for i in range(config.n_layers)])
         self.output_proj = nn.Linear(config.width, config.num_units + 1)
         self.rotary = LlamaRotaryEmbedding(lcfg)
         self.llama_config = lcfg
 
     def upsample(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(batch, M, llm_width) -> (batch, M * lambda, llm_width), each state repeated lambda times."""
+        """(batch, M, width) -> (batch, M * lambda, width), each state repeated lambda times."""
         return hidden.repeat_interleave(self.config.upsample, dim=1)
+
+    def project(self, hidden: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, M, llm_width) states (and, with token_input, the (batch, M, llm_width) input
+        embeddings of the tokens they emitted) -> (batch, M * lambda, width) decoder inputs."""
+        x = self.input_proj(hidden)
+        if self.token_proj is not None:
+            if tokens is None:
+                raise ValueError("this speech decoder reads the emitted tokens' embeddings beside the hidden states")
+            x = x + self.token_proj(tokens.to(x.dtype))
+        return self.upsample(x)
 
     def new_cache(self):
         from transformers import DynamicCache
 
         return DynamicCache(config=self.llama_config) if self.config.attention_window else DynamicCache()
 
-    def logits(self, hidden: torch.Tensor, past: int = 0, cache=None) -> torch.Tensor:
-        """Unit logits for upsampled positions past .. past + T - 1, given (batch, T, llm_width).
+    def logits(self, x: torch.Tensor, past: int = 0, cache=None) -> torch.Tensor:
+        """Unit logits for upsampled positions past .. past + T - 1, given (batch, T, width)
+        decoder inputs (`project`).
 
         With `cache` (from `new_cache`, holding positions before `past`: all of them, or the
         last window - 1), attention reaches back over them. The mask is causal (and windowed)
         and explicit, so a pass in pieces is exact whatever `past` is."""
-        x = self.input_proj(hidden)
         t = x.shape[1]
         window = self.config.attention_window
         cached = 0 if cache is None else (past if window is None else min(past, window - 1))
@@ -107,18 +118,20 @@ class SpeechGenerator(nn.Module):
         return self.output_proj(x)
 
     @torch.inference_mode()
-    def predict(self, hidden: torch.Tensor) -> list[int]:
-        """Full pass: (M, llm_width) hidden states -> collapsed unit sequence."""
-        raw = self.logits(self.upsample(hidden.unsqueeze(0)))[0].argmax(-1).tolist()
+    def predict(self, hidden: torch.Tensor, tokens: torch.Tensor | None = None) -> list[int]:
+        """Full pass: (M, llm_width) hidden states (and their tokens' embeddings) -> collapsed unit sequence."""
+        x = self.project(hidden.unsqueeze(0), None if tokens is None else tokens.unsqueeze(0))
+        raw = self.logits(x)[0].argmax(-1).tolist()
         return ctc_collapse(raw, self.blank)
 
-    def ctc_loss(self, hidden: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
+    def ctc_loss(self, hidden: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor,
+                 tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Training loss: sum of CTC over the batch / total target length (zero_infinity).
 
         hidden (B, M, llm_width) padded; lengths (B,) valid states; targets (B, U) padded
-        deduplicated units; target_lengths (B,)."""
-        up = self.upsample(hidden)
-        logp = torch.log_softmax(self.logits(up).float(), dim=-1)
+        deduplicated units; target_lengths (B,); tokens (B, M, llm_width) with token_input.
+        Padding positions come after each item's valid ones, so causal attention keeps them out."""
+        logp = torch.log_softmax(self.logits(self.project(hidden, tokens)).float(), dim=-1)
         loss = nn.functional.ctc_loss(
             logp.transpose(0, 1), targets, lengths * self.config.upsample, target_lengths,
             blank=self.blank, reduction="sum", zero_infinity=True,
@@ -136,11 +149,13 @@ class SpeechDecoderStream:
         self.last_raw: int | None = None
 
     @torch.inference_mode()
-    def push(self, hidden: torch.Tensor) -> list[int]:
-        """(llm_width,) state that emitted one text token -> the units it adds (collapsed)."""
+    def push(self, hidden: torch.Tensor, token: torch.Tensor | None = None) -> list[int]:
+        """(llm_width,) state that emitted one text token (and, with token_input, that token's
+        (llm_width,) input embedding) -> the units it adds (collapsed)."""
         g = self.generator
-        up = g.upsample(hidden.reshape(1, 1, -1).to(g.input_proj.weight.dtype))
-        raw = g.logits(up, past=self.past, cache=self.cache)[0].argmax(-1).tolist()
+        dtype = g.input_proj.weight.dtype
+        x = g.project(hidden.reshape(1, 1, -1).to(dtype), None if token is None else token.reshape(1, 1, -1).to(dtype))
+        raw = g.logits(x, past=self.past, cache=self.cache)[0].argmax(-1).tolist()
         self.past += len(raw)
         units = ctc_collapse(raw, g.blank, self.last_raw)
         self.last_raw = raw[-1]

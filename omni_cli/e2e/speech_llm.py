@@ -8,6 +8,7 @@ that emitted each token. Streaming (text + units + audio events) is in `pipeline
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -17,23 +18,37 @@ from torch import nn
 from omni_cli.e2e.config import SPEECH_PLACEHOLDER, OmniConfig, PromptConfig
 from omni_cli.e2e.speech_encoder import SpeechEncoder
 from omni_cli.e2e.speech_generator import SpeechGenerator
-from omni_cli.e2e.speech_projector import SpeechProjector
 from omni_cli.llm import ChatLLM, GenerationOptions, TokenStep, stream_generate
 
 
 class SpeechLLM(nn.Module):
-    def __init__(self, config: OmniConfig, encoder: SpeechEncoder, projector: SpeechProjector, llm: ChatLLM, generator: SpeechGenerator):
+    def __init__(self, config: OmniConfig, encoder: SpeechEncoder, projector: nn.Module, llm: ChatLLM, generator: SpeechGenerator):
         super().__init__()
         self.config = config
         self.speech_encoder = encoder
         self.speech_projector = projector
+        if hasattr(projector, "bind"):  # the ctc adaptor scores against the LLM's embeddings
+            projector.bind(llm.model.get_input_embeddings())
         self.llm_model = llm.model  # registered, so .to()/.eval() reach it
         self.llm = llm
         self.speech_generator = generator
+        self.merged_lora: dict[str, torch.Tensor] = {}  # LoRA adapters already merged into the LLM (at load)
+
+    def lora_weights(self) -> dict[str, torch.Tensor]:
+        """The LLM's LoRA adapters: those being trained (injected), else those merged at load."""
+        from omni_cli.e2e.lora import lora_state
+
+        return lora_state(self.llm.model) or self.merged_lora
 
     @property
     def device(self) -> torch.device:
         return next(self.speech_projector.parameters()).device
+
+    def token_embedding(self, token_id: int) -> torch.Tensor | None:
+        """The LLM's input embedding of a token, for a speech decoder that reads it (else None)."""
+        if not self.config.speech_decoder.token_input:
+            return None
+        return self.llm.model.get_input_embeddings().weight[token_id]
 
     def speech_features(self, audio: np.ndarray) -> torch.Tensor:
         """(n, llm_width) adaptor outputs for 16 kHz audio."""
@@ -82,11 +97,25 @@ class SpeechLLM(nn.Module):
 
     @torch.inference_mode()
     def stream_features(
-        self, features: torch.Tensor, options: GenerationOptions = GenerationOptions(), history: list[dict[str, str]] | None = None
+        self, features: torch.Tensor, options: GenerationOptions = GenerationOptions(), history: list[dict[str, str]] | None = None,
+        prompt: PromptConfig | None = None,
     ) -> Iterator[TokenStep]:
         """Text tokens with the hidden states that emitted them (the last step is the end token)."""
-        embeds = self.prompt_embeds(features, history)
+        embeds = self.prompt_embeds(features, history, prompt)
         yield from stream_generate(self.llm, inputs_embeds=embeds, options=options, output_hidden=True)
+
+    def repeat_prompt(self) -> PromptConfig:
+        """The model's prompt asking it to say exactly what it heard (its ASR task)."""
+        return dataclasses.replace(self.config.prompt, instruction=self.config.prompt.repeat)
+
+    @torch.inference_mode()
+    def transcribe(self, audio: np.ndarray, max_new_tokens: int | None = None) -> str:
+        """What the model heard: its own greedy answer to the repeat prompt (no repetition
+        penalty, since a transcript may repeat words); at most about 6 tokens a second."""
+        limit = max_new_tokens or max(16, int(len(audio) / 16000 * 6) + 8)
+        options = GenerationOptions(max_new_tokens=limit, repetition_penalty=1.0)
+        steps = self.stream_features(self.speech_features(audio), options, prompt=self.repeat_prompt())
+        return "".join(step.text for step in steps).strip()
 
     @torch.inference_mode()
     def stream(

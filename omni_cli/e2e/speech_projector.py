@@ -1,12 +1,32 @@
-"""The speech adaptor (`speech_projector`): concatenate k consecutive encoder frames
-(dropping the remainder), then Linear -> ReLU -> Linear into the LLM's embedding space."""
+"""The speech adaptor (`speech_projector`), in two variants chosen by `ProjectorConfig.type`.
+
+- "linear" (the published one): concatenate k consecutive encoder frames (dropping the
+  remainder), then Linear -> ReLU -> Linear into the LLM's embedding space; every output
+  frame is an LLM input position.
+- "ctc" (ours): concatenate k frames, Linear, a few transformer layers, then a vector in
+  the LLM's embedding space that is scored against the LLM's own (frozen) input embeddings
+  of a token vocabulary, plus a learned blank: a CTC head over the LLM's tokens, trained
+  on transcripts. The LLM reads the collapsed sequence (blanks dropped, repeats merged) as
+  the embeddings of those tokens, so speech arrives as the LLM's own input space, about
+  one position per token (LegoSLM, arXiv 2505.11352; Soundwave). The embedding table is
+  bound from the LLM (`bind`), never stored with the adaptor.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from omni_cli.e2e.config import ProjectorConfig
+
+
+def _stack(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(batch, frames, width) -> (batch, frames // k, width * k)."""
+    batch, frames, width = x.shape
+    keep = frames - frames % k
+    return x[:, :keep].reshape(batch, keep // k, width * k)
 
 
 class SpeechProjector(nn.Module):
@@ -20,7 +40,93 @@ class SpeechProjector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, frames, encoder_width) -> (batch, frames // k, llm_width)."""
-        batch, frames, width = x.shape
-        keep = frames - frames % self.k
-        x = x[:, :keep].reshape(batch, keep // self.k, width * self.k)
-        return self.linear2(self.relu(self.linear1(x)))
+        return self.linear2(self.relu(self.linear1(_stack(x, self.k))))
+
+
+def _sinusoids(length: int, width: int) -> torch.Tensor:
+    scales = torch.exp(-math.log(10000) / (width // 2 - 1) * torch.arange(width // 2))
+    t = torch.arange(length)[:, None] * scales[None, :]
+    return torch.cat([torch.sin(t), torch.cos(t)], dim=1)
+
+
+class CTCSpeechProjector(nn.Module):
+    """The "ctc" adaptor: frames -> CTC posteriors over `config.vocab` LLM tokens + blank;
+    the LLM reads the embeddings of the greedy, collapsed token sequence."""
+
+    def __init__(self, config: ProjectorConfig):
+        super().__init__()
+        if config.vocab < 1 or config.layers < 0:
+            raise ValueError("a ctc speech_projector needs vocab >= 1 and layers >= 0")
+        self.config = config
+        self.k = config.k
+        self.linear1 = nn.Linear(config.encoder_width * config.k, config.hidden)
+        layer = nn.TransformerEncoderLayer(config.hidden, config.heads, config.ffn, dropout=config.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False) if config.layers else None
+        self.norm = nn.LayerNorm(config.hidden)
+        self.linear2 = nn.Linear(config.hidden, config.llm_width)
+        # which LLM token each CTC class is; the blank is class `vocab` (the last)
+        self.register_buffer("token_ids", torch.zeros(config.vocab, dtype=torch.long))
+        self.blank_embedding = nn.Parameter(torch.zeros(config.llm_width))
+        self.bias = nn.Parameter(torch.zeros(config.vocab + 1))
+        self.log_scale = nn.Parameter(torch.tensor(0.0))
+        self._embedding: tuple[nn.Embedding, ...] = ()  # the LLM's, bound at load; not ours to save
+
+    @property
+    def blank(self) -> int:
+        return self.config.vocab
+
+    def bind(self, embedding: nn.Embedding) -> None:
+        self._embedding = (embedding,)
+
+    def _table(self) -> torch.Tensor:
+        if not self._embedding:
+            raise RuntimeError("the ctc speech_projector is not bound to an LLM's embeddings (call bind)")
+        return self._embedding[0].weight
+
+    def logits(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, frames, encoder_width) -> (batch, frames // k, vocab + 1) CTC logits; with
+        `lengths` (valid encoder frames per item), padding is masked out of attention."""
+        h = self.linear1(_stack(x, self.k))
+        h = h + _sinusoids(h.shape[1], h.shape[2]).to(h)
+        if self.layers is not None:
+            mask = None
+            if lengths is not None:
+                valid = torch.div(lengths, self.k, rounding_mode="floor")
+                mask = torch.arange(h.shape[1], device=h.device)[None, :] >= valid[:, None]
+            h = self.layers(h, src_key_padding_mask=mask)
+        v = self.linear2(self.norm(h))
+        table = self._table()
+        classes = torch.cat([table[self.token_ids].detach(), self.blank_embedding[None, :]]).to(v.dtype)
+        return self.log_scale.exp() * v @ classes.T + self.bias
+
+    def decode(self, x: torch.Tensor) -> list[int]:
+        """Greedy CTC over one utterance's encoder states (1, frames, width): LLM token ids."""
+        best = self.logits(x)[0].argmax(-1).tolist()
+        out, previous = [], None
+        for c in best:
+            if c != previous and c != self.blank:
+                out.append(c)
+            previous = c
+        return self.token_ids[torch.tensor(out, dtype=torch.long)].tolist() if out else []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, frames, encoder_width) -> (1, tokens, llm_width): the LLM's input embeddings of
+        the tokens heard (possibly none)."""
+        if x.shape[0] != 1:
+            raise ValueError("the ctc speech_projector reads one utterance at a time")
+        ids = torch.tensor(self.decode(x), dtype=torch.long, device=x.device)
+        return self._table()[ids].unsqueeze(0)
+
+
+def ctc_vocabulary(tokenizer, texts: list[str]) -> list[int]:
+    """The LLM tokens a ctc adaptor can emit: every token of its training transcripts."""
+    return sorted({t for text in texts for t in tokenizer(text, add_special_tokens=False).input_ids})
+
+
+def build_projector(config: ProjectorConfig) -> nn.Module:
+    if config.type == "linear":
+        return SpeechProjector(config)
+    if config.type == "ctc":
+        return CTCSpeechProjector(config)
+    raise ValueError(f"unknown speech_projector type {config.type!r} (linear | ctc)")

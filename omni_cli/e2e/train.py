@@ -31,10 +31,9 @@ import torch
 
 from omni_cli.audio import load_audio
 from omni_cli.e2e.checkpoint import save_omni
-from omni_cli.e2e.config import PromptConfig
+from omni_cli.e2e.lora import LoraConfig
 from omni_cli.e2e.speech_llm import SpeechLLM
 
-ASR_INSTRUCTION = "Repeat exactly what was said."
 
 
 @dataclass(frozen=True)
@@ -89,16 +88,59 @@ def _answer_ids(model: SpeechLLM, text: str) -> list[int]:
     return ids + ([eos] if eos is not None else [])
 
 
+def per_item(item_loss: Callable[[int], torch.Tensor]) -> Callable[[list[int]], float]:
+    """A step's loss computed item by item, each backpropagated at once (least memory)."""
+
+    def step(indices: list[int]) -> float:
+        total = 0.0
+        for i in indices:
+            loss = item_loss(i) / len(indices)
+            loss.backward()
+            total += loss.item()
+        return total
+
+    return step
+
+
+def batched(batch_loss: Callable[[list[int]], torch.Tensor]) -> Callable[[list[int]], float]:
+    """A step's loss computed over the whole batch as one padded tensor."""
+
+    def step(indices: list[int]) -> float:
+        loss = batch_loss(indices)
+        loss.backward()
+        return loss.item()
+
+    return step
+
+
+def autocast(device: torch.device | str = "cpu"):
+    """bfloat16 autocast where the hardware has it (CUDA, or a CPU with AVX512-BF16 or AMX);
+    float32 elsewhere."""
+    import contextlib
+
+    kind = torch.device(device).type
+    if kind == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if kind == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _loop(
     params: list[torch.nn.Parameter],
-    item_loss: Callable[[int], torch.Tensor],
+    step_loss: Callable[[list[int]], float],
     n_items: int,
     options: TrainOptions,
     out: Path,
     save: Callable[[], None],
     resume: bool,
+    lengths: list[int] | None = None,
 ) -> Iterator[Progress]:
+    """The optimizer loop. Each step draws `batch_size` items at random; with `lengths`, items
+    of similar length (consecutive in length order, from a random place), so little of a
+    padded batch is padding."""
     opt = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.0)
+    by_length = sorted(range(n_items), key=lambda i: lengths[i]) if lengths is not None else None
     state_path = out / "train_state.pt"
     step, losses = 0, []
     if resume and state_path.exists():
@@ -110,11 +152,13 @@ def _loop(
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, options)
         opt.zero_grad()
-        total = 0.0
-        for i in rng.sample(range(n_items), min(options.batch_size, n_items)):
-            loss = item_loss(i) / options.batch_size
-            loss.backward()
-            total += loss.item()
+        size = min(options.batch_size, n_items)
+        if by_length is None:
+            indices = rng.sample(range(n_items), size)
+        else:
+            start = rng.randrange(n_items - size + 1)
+            indices = by_length[start : start + size]
+        total = step_loss(indices)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
@@ -128,8 +172,8 @@ def _loop(
 
 
 def encode_rows(model: SpeechLLM, rows: list[dict]) -> list[torch.Tensor]:
-    """The frozen encoder's outputs for each row's audio, cached on disk beside the audio
-    folder (`features/<encoder>/<name>.pt`, float16) so later stages and runs reuse them."""
+    """The frozen encoder's outputs for each row's audio (float16, as cached), cached on disk
+    beside the audio folder (`features/<encoder>/<name>.pt`) so later stages and runs reuse them."""
     import re
 
     cfg = model.config
@@ -139,13 +183,13 @@ def encode_rows(model: SpeechLLM, rows: list[dict]) -> list[torch.Tensor]:
         audio = Path(r["audio"])
         cached = audio.parent.parent / "features" / key / f"{audio.stem}.pt"
         if cached.is_file():
-            out.append(torch.load(cached, weights_only=True).float())
+            out.append(torch.load(cached, weights_only=True))
             continue
         with torch.no_grad():
             states = model.speech_encoder.encode(load_audio(audio))
         cached.parent.mkdir(parents=True, exist_ok=True)
         torch.save(states.half().clone(), cached)
-        out.append(states.half().float())
+        out.append(states.half())
     return out
 
 
@@ -154,8 +198,11 @@ def train_adaptor(
     resume: bool = False,
 ) -> Iterator[Progress]:
     """Stage 1. rows: manifest rows with `audio`, `instruction`, and `response` (task answer)."""
-    if task not in ("answer", "asr", "align"):
-        raise ValueError("task is 'answer', 'asr' or 'align'")
+    if task not in ("answer", "asr", "align", "ctc"):
+        raise ValueError("task is 'answer', 'asr', 'align' or 'ctc'")
+    if task == "ctc":
+        yield from train_ctc_adaptor(model, rows, out, options, resume)
+        return
     torch.manual_seed(options.seed)
     out.mkdir(parents=True, exist_ok=True)
     for p in model.parameters():
@@ -170,7 +217,7 @@ def train_adaptor(
     else:
         item_loss, extra = _llm_loss(model, rows, encoded, task), []
     model.train()
-    yield from _loop(list(model.speech_projector.parameters()) + extra, item_loss, len(rows), options, out,
+    yield from _loop(list(model.speech_projector.parameters()) + extra, per_item(item_loss), len(rows), options, out,
                      lambda: save_omni(model, out / "model"), resume)
     model.eval()
     plot_losses(json.loads((out / "losses.json").read_text()), out / "loss.png", f"stage 1 ({task}): adaptor")
@@ -182,7 +229,7 @@ def _llm_loss(model: SpeechLLM, rows: list[dict], encoded: list[torch.Tensor], t
     part before the speech is the same for every item: its KV cache is computed once."""
     import copy
 
-    prompt_config = dataclasses.replace(model.config.prompt, instruction=ASR_INSTRUCTION) if task == "asr" else None
+    prompt_config = model.repeat_prompt() if task == "asr" else None
     targets = [_answer_ids(model, r["instruction"] if task == "asr" else r["response"]) for r in rows]
     embed = model.llm.model.get_input_embeddings()
     before, after = model.prompt_ids(prompt=prompt_config)
@@ -191,7 +238,7 @@ def _llm_loss(model: SpeechLLM, rows: list[dict], encoded: list[torch.Tensor], t
     after_embeds = embed(torch.tensor([after])).detach()
 
     def item_loss(i: int) -> torch.Tensor:
-        features = model.speech_projector(encoded[i].unsqueeze(0))
+        features = model.speech_projector(encoded[i].float().unsqueeze(0))
         ids = torch.tensor([targets[i]])
         x = torch.cat([features.to(after_embeds.dtype), after_embeds, embed(ids)], dim=1)
         logits = model.llm.model(inputs_embeds=x, past_key_values=copy.deepcopy(prefix), use_cache=True).logits
@@ -215,7 +262,7 @@ def _align_loss(model: SpeechLLM, rows: list[dict], encoded: list[torch.Tensor])
     targets = [torch.tensor([index[t] for t in seq]) for seq in ids]
 
     def item_loss(i: int) -> torch.Tensor:
-        features = model.speech_projector(encoded[i].unsqueeze(0))[0].float()
+        features = model.speech_projector(encoded[i].float().unsqueeze(0))[0].float()
         logits = log_scale.exp() * features @ torch.cat([blank, table]).T
         logp = torch.log_softmax(logits, dim=-1).unsqueeze(1)
         n = features.shape[0]
@@ -227,23 +274,145 @@ def _align_loss(model: SpeechLLM, rows: list[dict], encoded: list[torch.Tensor])
     return item_loss, [blank, log_scale]
 
 
-def emitting_states(model: SpeechLLM, encoded: torch.Tensor, response: str) -> torch.Tensor:
-    """(len(answer) + 1, llm_width): the frozen LLM's states that emit each answer token and the
-    end token, given the speech's encoder outputs."""
+def _time_masks(x: torch.Tensor, lengths: torch.Tensor, rng: torch.Generator, n: int = 2, width: int = 10) -> torch.Tensor:
+    """SpecAugment-style time masking of encoder frames: `n` spans of up to `width` frames per item."""
+    x = x.clone()
+    for b, length in enumerate(lengths.tolist()):
+        for _ in range(n):
+            w = int(torch.randint(0, width + 1, (1,), generator=rng))
+            if length > w:
+                start = int(torch.randint(0, length - w, (1,), generator=rng))
+                x[b, start : start + w] = 0
+    return x
+
+
+def train_ctc_adaptor(
+    model: SpeechLLM, rows: list[dict], out: Path, options: TrainOptions = TrainOptions(), resume: bool = False
+) -> Iterator[Progress]:
+    """Stage 1 for the "ctc" adaptor: CTC of its token posteriors against each transcript's LLM
+    tokens (no LLM pass), a batch at a time as one padded tensor, with time masking."""
+    proj = model.speech_projector
+    torch.manual_seed(options.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in proj.parameters():
+        p.requires_grad_(True)
+    index = {t: n for n, t in enumerate(proj.token_ids.tolist())}
+    tok = model.llm.tokenizer
+    targets = [[index[t] for t in tok(r["instruction"], add_special_tokens=False).input_ids if t in index] for r in rows]
+    encoded = encode_rows(model, rows)
+    rng = torch.Generator().manual_seed(options.seed)
+    dev = model.device
+
+    def batch_loss(indices: list[int]) -> torch.Tensor:
+        lengths = torch.tensor([encoded[i].shape[0] for i in indices])
+        x = torch.nn.utils.rnn.pad_sequence([encoded[i] for i in indices], batch_first=True).float()
+        x = _time_masks(x, lengths, rng).to(dev)
+        with autocast(dev):
+            logits = proj.logits(x, lengths.to(dev))
+        logp = torch.log_softmax(logits.float(), dim=-1).transpose(0, 1)
+        target = torch.nn.utils.rnn.pad_sequence([torch.tensor(targets[i]) for i in indices], batch_first=True)
+        return torch.nn.functional.ctc_loss(logp, target.to(dev), torch.div(lengths, proj.k, rounding_mode="floor").to(dev),
+                                            torch.tensor([len(targets[i]) for i in indices]).to(dev),
+                                            blank=proj.blank, zero_infinity=True)
+
+    proj.train()
+    yield from _loop(list(proj.parameters()), batched(batch_loss), len(rows), options, out,
+                     lambda: save_omni(model, out / "model"), resume, lengths=[e.shape[0] for e in encoded])
+    proj.eval()
+    plot_losses(json.loads((out / "losses.json").read_text()), out / "loss.png", "stage 1 (ctc): adaptor")
+
+
+def train_llm(
+    model: SpeechLLM, rows: list[dict], out: Path, options: TrainOptions = TrainOptions(), resume: bool = False,
+    lora: LoraConfig = LoraConfig(), answer_share: float = 0.5,
+) -> Iterator[Progress]:
+    """Stage 1b: LoRA adapters on the LLM (encoder and adaptor frozen), on a mix of two tasks
+    read from speech through the trained adaptor: repeat what was said (the transcript;
+    the model's ASR task), and answer it as the LLM answers the typed instruction (its own
+    text answer: self-distillation, which keeps the LLM's answers its own). `answer_share`
+    of each batch answers; a batch is one padded tensor."""
+    from omni_cli.e2e.lora import add_lora, merge_lora
+
+    torch.manual_seed(options.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    llm = model.llm.model
+    if model.merged_lora:  # continuing from adapters merged at load: take them out, train them on
+        merge_lora(llm, model.merged_lora, lora, sign=-1.0)
+    params = add_lora(llm, lora)
+    if model.merged_lora:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(llm, model.merged_lora)
+        model.merged_lora = {}
+    model.config = dataclasses.replace(model.config, llm_lora={**dataclasses.asdict(lora), "targets": list(lora.targets)})
     with torch.no_grad():
-        features = model.speech_projector(encoded.unsqueeze(0))[0]
-        prompt = model.prompt_embeds(features)
-        ids = torch.tensor([_answer_ids(model, response)])
-        x = torch.cat([prompt, model.llm.model.get_input_embeddings()(ids)], dim=1)
-        hidden = model.llm.model(inputs_embeds=x, output_hidden_states=True).hidden_states[-1][0]
+        features = [model.speech_projector(e.float().unsqueeze(0).to(model.device))[0].cpu() for e in encode_rows(model, rows)]
+    embed = llm.get_input_embeddings()
+    prompts = {}
+    for task, config in (("answer", None), ("asr", model.repeat_prompt())):
+        before, after = model.prompt_ids(prompt=config)
+        prompts[task] = (torch.tensor(before), torch.tensor(after))
+    answers = [i for i, r in enumerate(rows) if r.get("response")]
+    repeats = list(range(len(rows)))
+    if not answers:
+        answer_share = 0.0
+    rng = random.Random(options.seed)
+    targets = {("asr", i): _answer_ids(model, rows[i]["instruction"]) for i in repeats}
+    targets |= {("answer", i): _answer_ids(model, rows[i]["response"]) for i in answers}
+    dev = model.device
+
+    def batch_loss(indices: list[int]) -> torch.Tensor:
+        items = [("answer", rng.choice(answers)) if rng.random() < answer_share else ("asr", i) for i in indices]
+        seqs, labels = [], []
+        for task, i in items:
+            before, after = prompts[task]
+            target = torch.tensor(targets[(task, i)])
+            with torch.no_grad():
+                x = torch.cat([embed(before.to(dev)), features[i].to(dev, embed.weight.dtype), embed(after.to(dev))])
+            seqs.append(torch.cat([x, embed(target.to(dev))]))
+            labels.append(torch.cat([torch.full((len(x),), -100), target]))
+        x = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+        y = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=-100).to(dev)
+        mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(q), dtype=torch.long) for q in seqs], batch_first=True).to(dev)
+        with autocast(dev):
+            logits = llm(inputs_embeds=x, attention_mask=mask).logits
+        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), y[:, 1:].flatten(), ignore_index=-100)
+
+    llm.train()
+    yield from _loop(params, batched(batch_loss), len(rows), options, out, lambda: save_omni(model, out / "model"), resume)
+    llm.eval()
+    plot_losses(json.loads((out / "losses.json").read_text()), out / "loss.png", "stage 1b (llm): LoRA, repeat + answer")
+
+
+def emitting_states(model: SpeechLLM, response: str, encoded: torch.Tensor | None = None,
+                    instruction: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen LLM's states that emit each answer token and the end token, and those tokens'
+    input embeddings, both (len(answer) + 1, llm_width): given the speech's encoder outputs,
+    or (no audio needed) the typed instruction in the user turn."""
+    embed = model.llm.model.get_input_embeddings()
+    with torch.no_grad():
+        if encoded is not None:
+            prompt = model.prompt_embeds(model.speech_projector(encoded.float().unsqueeze(0))[0])
+        else:
+            messages = [{"role": "system", "content": model.config.prompt.system}, {"role": "user", "content": instruction}]
+            prompt = embed(model.llm.chat_ids(messages))
+        ids = torch.tensor([_answer_ids(model, response)], device=prompt.device)
+        tokens = embed(ids)
+        hidden = model.llm.model(inputs_embeds=torch.cat([prompt, tokens], dim=1), output_hidden_states=True).hidden_states[-1][0]
     start = prompt.shape[1] - 1
-    return hidden[start : start + ids.shape[1]]
+    return hidden[start : start + ids.shape[1]], tokens[0]
 
 
 def train_speech_decoder(
-    model: SpeechLLM, rows: list[dict], out: Path, options: TrainOptions = TrainOptions(), resume: bool = False
+    model: SpeechLLM, rows: list[dict], out: Path, options: TrainOptions = TrainOptions(), resume: bool = False,
+    from_text: bool = False,
 ) -> Iterator[Progress]:
-    """Stage 2. rows: manifest rows with `audio`, `response`, `units`."""
+    """Stage 2. rows: manifest rows with `response`, `units`, and `audio` (or, `from_text`, the
+    typed `instruction` takes the speech's place: no audio needed). A batch at a time, padded."""
     torch.manual_seed(options.seed)
     out.mkdir(parents=True, exist_ok=True)
     for p in model.parameters():
@@ -252,22 +421,24 @@ def train_speech_decoder(
     for p in gen.parameters():
         p.requires_grad_(True)
     rows = [r for r in rows if r["units"]]
-    states = [emitting_states(model, e, r["response"]) for e, r in zip(encode_rows(model, rows), rows)]
+    if from_text:
+        pairs = [emitting_states(model, r["response"], instruction=r["instruction"]) for r in rows]
+    else:
+        pairs = [emitting_states(model, r["response"], encoded=e) for e, r in zip(encode_rows(model, rows), rows)]
     units = [torch.tensor(r["units"]) for r in rows]
+    pad = torch.nn.utils.rnn.pad_sequence
+    dev = model.device
 
-    def item_loss(i: int) -> torch.Tensor:
-        h = states[i].unsqueeze(0)
-        return gen.ctc_loss(h, torch.tensor([h.shape[1]]), units[i].unsqueeze(0), torch.tensor([len(units[i])]))
+    def batch_loss(indices: list[int]) -> torch.Tensor:
+        hidden = pad([pairs[i][0] for i in indices], batch_first=True).to(dev)
+        tokens = pad([pairs[i][1] for i in indices], batch_first=True).to(dev) if gen.config.token_input else None
+        with autocast(dev):
+            return gen.ctc_loss(hidden, torch.tensor([len(pairs[i][0]) for i in indices], device=dev),
+                                pad([units[i] for i in indices], batch_first=True).to(dev),
+                                torch.tensor([len(units[i]) for i in indices], device=dev), tokens)
 
     gen.train()
-    yield from _loop(list(gen.parameters()), item_loss, len(rows), options, out, lambda: save_omni(model, out / "model"), resume)
+    yield from _loop(list(gen.parameters()), batched(batch_loss), len(rows), options, out, lambda: save_omni(model, out / "model"), resume,
+                     lengths=[len(h) for h, _ in pairs])
     gen.eval()
     plot_losses(json.loads((out / "losses.json").read_text()), out / "loss.png", "stage 2: CTC speech decoder")
-
-
-def default_prompt() -> PromptConfig:
-    """Our models' prompt: the cascade's spoken-style system prompt, the speech as the user turn
-    (so the adaptor learns to make speech act as the typed instruction would)."""
-    from omni_cli.llm import SPOKEN_SYSTEM_PROMPT
-
-    return PromptConfig(system=SPOKEN_SYSTEM_PROMPT, instruction="", template="chat")

@@ -1,0 +1,211 @@
+"""Our own end-to-end variant on tiny random models: the ctc adaptor (CTC head over LLM
+tokens, the LLM reads the collapsed tokens), LoRA adapters on the LLM (merged at load), the
+speech decoder that reads the emitted token beside the hidden state, their training stages,
+and the model as a transcription backend (`omni transcribe --asr-backend e2e`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import pytest
+import torch
+
+from tests.conftest import EXAMPLE_QUESTION, make_tiny_llm, tiny_omni_config
+
+
+@pytest.fixture(scope="module")
+def ctc_omni(tmp_path_factory, tiny_e2e_parts):
+    """A tiny model with a ctc adaptor over a few LLM tokens and a token-reading speech decoder, saved."""
+    from omni_cli.e2e.checkpoint import build_encoder, save_omni
+    from omni_cli.e2e.config import ProjectorConfig
+    from omni_cli.e2e.speech_generator import SpeechGenerator
+    from omni_cli.e2e.speech_llm import SpeechLLM
+    from omni_cli.e2e.speech_projector import build_projector, ctc_vocabulary
+    from omni_cli.llm import ChatLLM
+
+    root = tmp_path_factory.mktemp("ctc")
+    peaked = make_tiny_llm(init_range=0.3)  # outputs peaked enough for adapters to steer
+    peaked.model.save_pretrained(root / "llm")
+    peaked.tokenizer.save_pretrained(root / "llm")
+    llm = ChatLLM.load(str(root / "llm"))
+    ids = ctc_vocabulary(llm.tokenizer, ["The moon is bright.", "Paris is the capital of France."])
+    base = tiny_omni_config(16, 151, str(tiny_e2e_parts["whisper"]), str(root / "llm"))
+    config = dataclasses.replace(
+        base,
+        projector=ProjectorConfig(k=4, encoder_width=64, hidden=32, llm_width=16, type="ctc", layers=1, heads=2, ffn=64,
+                                  vocab=len(ids)),
+        speech_decoder=dataclasses.replace(base.speech_decoder, token_input=True),
+    )
+    torch.manual_seed(5)
+    projector = build_projector(config.projector)
+    projector.token_ids.copy_(torch.tensor(ids))
+    model = SpeechLLM(config, build_encoder(config.encoder, config.encoder_source), projector, llm,
+                      SpeechGenerator(config.speech_decoder)).eval()
+    return save_omni(model, root / "omni")
+
+
+def test_ctc_adaptor_hands_the_llm_the_embeddings_of_the_collapsed_tokens(ctc_omni):
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.speech_generator import ctc_collapse
+
+    model = load_omni(ctc_omni)
+    proj = model.speech_projector
+    states = torch.randn(1, 203, 64)
+    with torch.no_grad():
+        logits = proj.logits(states)
+        assert logits.shape == (1, 203 // 4, proj.config.vocab + 1)
+        ids = proj.decode(states)
+        features = proj(states)
+    collapsed = ctc_collapse(logits[0].argmax(-1).tolist(), proj.blank)
+    assert ids == proj.token_ids[collapsed].tolist()
+    table = model.llm.model.get_input_embeddings().weight
+    torch.testing.assert_close(features[0], table[ids]) if ids else None
+    assert features.shape == (1, len(ids), 16)
+
+
+def test_ctc_adaptor_is_masked_against_padding(ctc_omni):
+    """In a padded batch, an item's logits are those it gets alone."""
+    from omni_cli.e2e.checkpoint import load_omni
+
+    proj = load_omni(ctc_omni).speech_projector
+    a, b = torch.randn(1, 80, 64), torch.randn(1, 40, 64)
+    batch = torch.nn.utils.rnn.pad_sequence([a[0], b[0]], batch_first=True)
+    with torch.no_grad():
+        together = proj.logits(batch, torch.tensor([80, 40]))
+        alone = proj.logits(b)
+    torch.testing.assert_close(together[1, :10], alone[0], atol=1e-5, rtol=1e-4)
+
+
+def test_ctc_stage_learns_saves_and_resumes(ctc_omni, tmp_path):
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.train import TrainOptions, train_adaptor
+
+    rows = []
+    for i, text in enumerate(["The moon is bright.", "Paris is the capital of France."]):
+        path = tmp_path / f"{i}.wav"
+        shutil.copy(EXAMPLE_QUESTION, path)
+        rows.append({"audio": str(path), "instruction": text})
+    model = load_omni(ctc_omni)
+    frozen = {k: v.clone() for k, v in model.llm.model.state_dict().items()}
+    opts = TrainOptions(steps=40, batch_size=2, lr=2e-2, warmup=2, save_every=20)
+    losses = [p.loss for p in train_adaptor(model, rows, tmp_path / "s1", opts, task="ctc")]
+    assert len(losses) == 40 and sum(losses[-5:]) < 0.7 * sum(losses[:5])
+    assert all(torch.equal(v, model.llm.model.state_dict()[k]) for k, v in frozen.items())  # the LLM stays frozen
+    again = load_omni(tmp_path / "s1" / "model")
+    torch.testing.assert_close(again.speech_projector.state_dict()["token_ids"], model.speech_projector.token_ids)
+    resumed = list(train_adaptor(again, rows, tmp_path / "s1", dataclasses.replace(opts, steps=45), task="ctc", resume=True))
+    assert [p.step for p in resumed] == [41, 42, 43, 44, 45]
+
+
+def test_lora_merged_at_load_gives_the_outputs_of_the_trained_adapters(ctc_omni, tmp_path):
+    from omni_cli.e2e.checkpoint import load_omni, save_omni
+    from omni_cli.e2e.lora import LoraConfig, add_lora
+
+    model = load_omni(ctc_omni)
+    params = add_lora(model.llm.model, LoraConfig(rank=4, alpha=8.0))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p) * 0.3)
+    model.config = dataclasses.replace(model.config, llm_lora={"rank": 4, "alpha": 8.0, "targets": list(LoraConfig().targets)})
+    ids = torch.tensor([[5, 9, 30, 41, 7]])
+    with torch.no_grad():
+        trained = model.llm.model(input_ids=ids).logits
+    save_omni(model, tmp_path / "lora")
+    loaded = load_omni(tmp_path / "lora")
+    with torch.no_grad():
+        merged = loaded.llm.model(input_ids=ids).logits
+        plain = load_omni(ctc_omni).llm.model(input_ids=ids).logits
+    torch.testing.assert_close(merged, trained, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(plain, trained, atol=1e-3)
+    assert not any(".lora_" in n for n, _ in loaded.llm.model.named_parameters())  # plain layers at inference
+    save_omni(loaded, tmp_path / "again")  # merged adapters are saved back as they were
+    torch.testing.assert_close(load_omni(tmp_path / "again").llm.model(input_ids=ids).logits, trained, atol=1e-5, rtol=1e-4)
+
+
+def test_llm_stage_trains_only_adapters_and_learns_to_repeat(ctc_omni, tmp_path):
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.lora import LoraConfig
+    from omni_cli.e2e.train import TrainOptions, train_llm
+
+    rows = []
+    for i, (text, answer) in enumerate([("The moon is bright.", "Yes it is."), ("Paris is the capital of France.", None)]):
+        path = tmp_path / f"{i}.wav"
+        shutil.copy(EXAMPLE_QUESTION, path)
+        rows.append({"audio": str(path), "instruction": text, "response": answer})
+    model = load_omni(ctc_omni)
+    before = {k: v.clone() for k, v in model.llm.model.state_dict().items()}
+    opts = TrainOptions(steps=40, batch_size=2, lr=1e-2, warmup=2, save_every=20)
+    losses = [p.loss for p in train_llm(model, rows, tmp_path / "llm", opts, lora=LoraConfig(rank=4, alpha=8.0))]
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+    base = {k.replace(".base_layer", ""): v for k, v in model.llm.model.state_dict().items() if ".lora_" not in k}
+    assert all(torch.equal(v, base[k]) for k, v in before.items())  # only the adapters moved
+    loaded = load_omni(tmp_path / "llm" / "model")
+    assert loaded.config.llm_lora["rank"] == 4 and loaded.merged_lora
+    resumed = list(train_llm(loaded, rows, tmp_path / "llm", dataclasses.replace(opts, steps=42), resume=True,
+                             lora=LoraConfig(rank=4, alpha=8.0)))
+    assert [p.step for p in resumed] == [41, 42]
+
+
+def test_token_reading_decoder_streams_exactly_its_full_pass(ctc_omni):
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.speech_generator import SpeechDecoderStream
+
+    gen = load_omni(ctc_omni).speech_generator
+    torch.manual_seed(2)
+    hidden, tokens = torch.randn(9, 16) * 3, torch.randn(9, 16) * 3
+    stream = SpeechDecoderStream(gen)
+    assert [u for h, t in zip(hidden, tokens) for u in stream.push(h, t)] == gen.predict(hidden, tokens)
+    with pytest.raises(ValueError, match="emitted tokens"):
+        gen.predict(hidden)
+    other = tokens.clone()
+    other[4] = torch.randn(16) * 3
+    with torch.no_grad():
+        a = gen.logits(gen.project(hidden[None], tokens[None]))[0]
+        b = gen.logits(gen.project(hidden[None], other[None]))[0]
+    assert not torch.allclose(a[16:20], b[16:20])  # the token is read
+
+
+def test_stage2_from_typed_text_needs_no_audio(ctc_omni, tmp_path):
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.train import TrainOptions, train_speech_decoder
+
+    rows = [{"audio": "/nonexistent.wav", "instruction": "Tell me about the moon.", "response": text, "units": [5 + i, 9, 12, 30]}
+            for i, text in enumerate(["the moon is bright", "cats like to sleep"])]
+    model = load_omni(ctc_omni)
+    opts = TrainOptions(steps=30, batch_size=2, lr=5e-3, warmup=2, save_every=30)
+    losses = [p.loss for p in train_speech_decoder(model, rows, tmp_path / "s2", opts, from_text=True)]
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+
+
+def test_pipeline_runs_the_ctc_model_end_to_end(ctc_omni):
+    from omni_cli.audio import load_audio
+    from omni_cli.e2e.load import load_e2e_pipeline
+    from omni_cli.e2e.pipeline import E2EOptions
+    from omni_cli.llm import GenerationOptions
+
+    pipeline = load_e2e_pipeline(str(ctc_omni), None, E2EOptions(omega=5, generation=GenerationOptions(max_new_tokens=6)))
+    response = pipeline.respond(load_audio(EXAMPLE_QUESTION))
+    assert response.transcript is None and isinstance(response.text, str)
+
+
+def test_transcribe_with_the_e2e_backend(ctc_omni, tmp_path):
+    """`omni transcribe --asr-backend e2e`: the model's repeat, with a reference WER like Whisper's."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from omni_cli.cli import app
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(EXAMPLE_QUESTION, folder / "q.wav")
+    (folder / "q.txt").write_text("Tell me about the moon.")
+    result = CliRunner().invoke(app, ["transcribe", str(folder), "--asr-backend", "e2e", "--e2e-model", str(ctc_omni),
+                                      "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == 1 and rows[0]["reference"] == "Tell me about the moon." and rows[0]["wer"] is not None
+    bad = CliRunner().invoke(app, ["transcribe", str(folder), "--e2e-model", str(ctc_omni)])
+    assert bad.exit_code != 0 and "--asr-backend e2e" in bad.output
