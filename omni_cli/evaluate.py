@@ -5,7 +5,8 @@ folder (a `.txt` beside an audio file is its transcript), a JSONL/TSV manifest, 
 bench (`omni_cli.benches`). A condition is one pipeline setting: `cascade`, or `e2e@OMEGA` for
 each end-to-end chunk size. `Evaluator.run_item` runs an item through its conditions and gives
 one row per condition: the latency figures of the event stream (`metrics.latency_metrics`), the
-WER of the ASR transcript against the reference, the ASR-WER (the answer text against a Whisper
+WER of what was heard against the reference (the cascade's ASR transcript; for e2e, the model
+itself asked to repeat what was said, as `omni transcribe --asr-backend e2e` does), the ASR-WER (the answer text against a Whisper
 transcript of the spoken answer), words per second and answer length, or the `error` that
 stopped it. `run_tasks` runs items here, in N worker processes, or on a Ray cluster, yielding
 each item's rows as it finishes; `ResultsFile` appends them to `results.jsonl`, and
@@ -16,6 +17,7 @@ Knows nothing about the CLI.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -222,6 +224,9 @@ class Evaluator:
                 continue
             try:
                 response = collect(pipeline.run(audio), pipeline.sample_rate)
+                if pipeline.mode == "e2e" and item.reference is not None:
+                    # what the end-to-end model heard: itself, asked to repeat what was said
+                    response = dataclasses.replace(response, transcript=pipeline.model.transcribe(audio))
                 heard = None
                 if self.judge is not None:
                     reply = resample(response.audio, response.sample_rate, SAMPLE_RATE)
@@ -407,7 +412,7 @@ class ResultsFile:
 TABLE_METRICS = (
     ("asr_s", "ASR time (s)", 1, 3), ("first_token_s", "first text token (s)", 1, 3),
     ("first_audio_latency_s", "first audio (s)", 1, 3), ("total_s", "total time (s)", 1, 3),
-    ("rtf", "real-time factor", 1, 3), ("wer", "WER of the transcript (%)", 100, 1),
+    ("rtf", "real-time factor", 1, 3), ("wer", "WER of what was heard (%)", 100, 1),
     ("asr_wer", "ASR-WER of the spoken answer (%)", 100, 1), ("wps", "spoken words per second", 1, 2),
     ("answer_words", "answer length (words)", 1, 1), ("audio_s", "spoken answer (s)", 1, 2),
 )

@@ -156,13 +156,13 @@ def stream_generate(
         past += n_new
         out = model(
             **kwargs,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             output_hidden_states=output_hidden,
             position_ids=position.unsqueeze(0),
             logits_to_keep=1,
         )
-        cache = out.past_key_values
+        cache = out.cache
         token = _pick(out.logits[0, -1], generated, options, gen)
         hidden = out.hidden_states[-1][0, -1].detach().clone() if output_hidden else None
         if token in llm.eos_ids:
@@ -203,9 +203,9 @@ def generate_batch(
     step_ids = ids
     for _ in range(options.max_new_tokens):
         position = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1] :]
-        out = llm.model(input_ids=step_ids, attention_mask=mask, position_ids=position, past_key_values=cache,
+        out = llm.model(input_ids=step_ids, attention_mask=mask, position_ids=position, cache=cache,
                         use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        cache = out.cache
         next_ids = []
         for i in range(len(prompts)):
             token = pad

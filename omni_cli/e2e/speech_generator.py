@@ -112,7 +112,7 @@ class SpeechGenerator(nn.Module):
         mask = mask[None, None]  # (1, 1, T, cached + T)
         cos_sin = self.rotary(x, positions)
         for layer in self.layers:
-            x = layer(x, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            x = layer(x, attention_mask=mask, position_ids=positions, cache=cache,
                       use_cache=cache is not None, position_embeddings=cos_sin)
             x = x[0] if isinstance(x, tuple) else x
         return self.output_proj(x)

@@ -234,14 +234,14 @@ def _llm_loss(model: SpeechLLM, rows: list[dict], encoded: list[torch.Tensor], t
     embed = model.llm.model.get_input_embeddings()
     before, after = model.prompt_ids(prompt=prompt_config)
     with torch.no_grad():
-        prefix = model.llm.model(input_ids=torch.tensor([before]), use_cache=True).past_key_values
+        prefix = model.llm.model(input_ids=torch.tensor([before]), use_cache=True).cache
     after_embeds = embed(torch.tensor([after])).detach()
 
     def item_loss(i: int) -> torch.Tensor:
         features = model.speech_projector(encoded[i].float().unsqueeze(0))
         ids = torch.tensor([targets[i]])
         x = torch.cat([features.to(after_embeds.dtype), after_embeds, embed(ids)], dim=1)
-        logits = model.llm.model(inputs_embeds=x, past_key_values=copy.deepcopy(prefix), use_cache=True).logits
+        logits = model.llm.model(inputs_embeds=x, cache=copy.deepcopy(prefix), use_cache=True).logits
         start = features.shape[1] + after_embeds.shape[1] - 1
         return torch.nn.functional.cross_entropy(logits[0, start:-1].float(), ids[0])
 
