@@ -242,7 +242,7 @@ def data_build(
         gen = GenerationOptions(max_new_tokens=options.max_answer_tokens)
 
         def answer(texts: list[str]) -> list[str]:
-            return answer_texts(chat, texts, gen)
+            return answer_texts(chat, texts, gen, batch=len(texts))  # the build hands over a batch
 
         n_answers = len(chosen) if answered is None else min(answered, len(chosen))
         done_before = sum(sum(1 for _ in open(out / name)) for name in ("manifest.jsonl", ANSWERS) if (out / name).exists())

@@ -262,3 +262,16 @@ def test_cli_export_writes_a_half_precision_copy_that_loads(peaked_omni, tmp_pat
     assert shipped.speech_projector.linear1.weight.dtype == torch.float32  # loaded back as float32
     torch.testing.assert_close(shipped.speech_projector.linear1.weight, original.speech_projector.linear1.weight,
                                atol=1e-3, rtol=1e-3)
+
+
+def test_a_line_cut_off_by_a_kill_is_dropped_and_the_build_goes_on(tmp_path):
+    chosen = select_instructions(INSTRUCTIONS, BuildOptions(size=4))
+    options = BuildOptions(size=4, answered=2, seed=3)
+    list(build(chosen[:2], tmp_path / "set", lambda texts: ["Yes." for _ in texts], lambda t: [1], options))
+    for name in ("manifest.jsonl", "answers.jsonl"):  # a kill in the middle of writing a line
+        with open(tmp_path / "set" / name, "a") as f:
+            f.write('{"id": "cut')
+    assert len(read_manifest(tmp_path / "set")) == 2  # a reader leaves it out, and leaves the file alone
+    list(build(chosen, tmp_path / "set", lambda texts: ["No." for _ in texts], lambda t: [2], options))
+    rows = read_manifest(tmp_path / "set")
+    assert len(rows) == 4 and [r["response"] for r in rows] == ["Yes.", "Yes.", None, None]

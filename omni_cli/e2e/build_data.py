@@ -230,10 +230,22 @@ def _speak_job(job: tuple[dict, Path, BuildOptions]) -> dict:
 ANSWERS = "answers.jsonl"  # {"id", "response", "units"} per answered item, beside manifest.jsonl
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(path: Path, repair: bool = False) -> list[dict]:
+    """The rows of a file appended line by line; a last line cut off by a kill (or still being
+    written) is left out. With `repair` (only the writer may), it is also cut from the file, so
+    appending goes on cleanly."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    complete, tail = lines[:-1], lines[-1]  # the text after the last newline is unfinished
+    try:
+        rows = [json.loads(line) for line in complete if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: a line is not JSON ({exc.msg}); the file is damaged") from exc
+    if tail.strip() and repair:
+        path.write_text(text[: len(text) - len(tail)], encoding="utf-8")
+    return rows
 
 
 def build(
@@ -243,7 +255,7 @@ def build(
     to_units,  # (answer text) -> unit ids
     options: BuildOptions = BuildOptions(),
     speaker: Speaker | None = None,
-    batch: int = 16,
+    batch: int = 64,
     workers: int = 1,
 ) -> Iterator[dict]:
     """Build (or resume building) the set in `out`, in two passes: speak every instruction
@@ -255,7 +267,7 @@ def build(
     out.mkdir(parents=True, exist_ok=True)
     (out / "audio").mkdir(exist_ok=True)
     manifest = out / "manifest.jsonl"
-    done = {r["id"] for r in _read_jsonl(manifest)}
+    done = {r["id"] for r in _read_jsonl(manifest, repair=True)}
     (out / "build.json").write_text(json.dumps({"options": options.__dict__, "items": len(instructions)}, indent=2) + "\n")
     todo = [item for item in instructions if item_id(item) not in done]
     pool = None
@@ -276,7 +288,7 @@ def build(
         if pool is not None:
             pool.terminate()
     answered = len(instructions) if options.answered is None else options.answered
-    have = {r["id"] for r in _read_jsonl(out / ANSWERS)}
+    have = {r["id"] for r in _read_jsonl(out / ANSWERS, repair=True)}
     wanted = [(item_id(item), item["instruction"]) for item in instructions[:answered] if item_id(item) not in have]
     with open(out / ANSWERS, "a", encoding="utf-8") as f:
         for b in range(0, len(wanted), batch):
