@@ -268,17 +268,18 @@ def _train() -> None:
 
 
 def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume: bool, options, task: str = "answer",
-               from_text: bool = False, llm_options: dict | None = None) -> None:
+               from_text: bool = False, llm_options: dict | None = None, device: str = "cpu") -> None:
     from omni_cli.e2e.build_data import read_manifest
     from omni_cli.e2e.checkpoint import load_omni
     from omni_cli.e2e.defaults import new_default_model
-    from omni_cli.e2e.train import train_adaptor, train_llm, train_speech_decoder
+    from omni_cli.e2e.train import train_adaptor, train_llm, train_speech_decoder, training_device, world
 
     if not (data_dir / "manifest.jsonl").is_file():
         raise ConfigError(f"{data_dir}: no manifest.jsonl (build one with `omni data build --out {data_dir}`)")
     rows = read_manifest(data_dir, split="train")
     if not rows:
         raise ConfigError(f"{data_dir}: no training items")
+    device = training_device(device)
     with ui.err.status("loading the model ..."):
         if resume and (out / "model").is_dir():
             model = load_omni(out / "model")
@@ -287,6 +288,7 @@ def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume
         else:
             adaptor = "linear" if stage == "adaptor" and task in ("align", "asr", "answer") else "ctc"
             model = new_default_model([r["instruction"] for r in rows], seed=options.seed, adaptor=adaptor)
+        model = model.to(device)
     with ui.err.status(f"preparing {len(rows)} items (frozen encoder and LLM passes) ..."):
         if stage == "adaptor":
             steps = train_adaptor(model, rows, out, options, task=task, resume=resume)
@@ -295,6 +297,10 @@ def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume
         else:
             steps = train_speech_decoder(model, rows, out, options, resume=resume, from_text=from_text)
         first = next(steps, None)
+    if world()[0] != 0:  # another process of a distributed run: the first one reports
+        for _ in steps:
+            pass
+        return
     with ui.progress() as bar:
         task_id = bar.add_task(f"{stage}", total=options.steps, completed=(first.step - 1) if first else options.steps)
         for p in ([first] if first else []):
@@ -311,20 +317,23 @@ TrainResume = Annotated[bool, typer.Option("--resume", help="Continue the run in
 TrainData = Annotated[Path, typer.Option("--data", help="A set made by `omni data build`.")]
 TrainOut = Annotated[Path, typer.Option("--out", "-o", help="Run folder: model/, train_state.pt, losses.json, loss.png.")]
 TrainFrom = Annotated[Path | None, typer.Option("--from", help="Start from this model folder (default: a fresh offline default).")]
+TrainDevice = Annotated[str, typer.Option("--device", help="cpu, or cuda / cuda:N (bfloat16 autocast); under torchrun each process takes its own GPU.")]
 
 
 @train_app.command("adaptor")
 def train_adaptor_cmd(
     data_dir: TrainData, out: TrainOut, start: TrainFrom = None,
-    task: Annotated[str, typer.Option("--task", help="ctc: the ctc adaptor's CTC head on the transcripts (no LLM pass); answer: answer the spoken instruction; asr: repeat it (pre-alignment through the LLM); align: CTC onto the LLM's word embeddings (a pre-alignment for the linear adaptor, no LLM pass).")] = "answer",
+    task: Annotated[str, typer.Option("--task", help="ctc: the ctc adaptor's CTC head on the transcripts (no LLM pass); answer: answer the spoken instruction; asr: repeat it (pre-alignment through the LLM); align: CTC onto the LLM's word embeddings (a pre-alignment for the linear adaptor, no LLM pass).")] = "ctc",
     steps: TrainSteps = 1000, batch_size: TrainBatch = 8, lr: TrainLr = 1e-3, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 200,
-    seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False, device: TrainDevice = "cpu",
 ) -> None:
-    """Stage 1: train the speech adaptor (encoder and LLM frozen), on answers or as ASR pre-alignment.
+    """Stage 1: train the speech adaptor (encoder and LLM frozen): the ctc adaptor's CTC head, or the linear adaptor on answers or as ASR pre-alignment.
 
     [bold]Examples:[/]
-      omni train adaptor --data runs/data --out runs/stage0 --task align --steps 2000 --batch-size 16
-      omni train adaptor --data runs/data --out runs/stage1 --from runs/stage0/model --task asr --steps 500
+      omni train adaptor --data runs/data --out runs/stage1 --task ctc --steps 3000 --batch-size 32
+      omni train adaptor --data runs/data --out runs/stage1 --task ctc --device cuda
+      torchrun --nproc-per-node 4 --no-python omni train adaptor --data runs/data --out runs/stage1 --task ctc --device cuda
+      omni train adaptor --data runs/data --out runs/stage0 --task align --steps 2000 --batch-size 16   # linear adaptor
     """
     from omni_cli.e2e.train import TrainOptions
 
@@ -332,7 +341,7 @@ def train_adaptor_cmd(
         if task not in ("ctc", "answer", "asr", "align"):
             raise ConfigError(f"--task is 'ctc', 'answer', 'asr' or 'align', not {task!r}")
         _train_run("adaptor", data_dir, out, start, resume,
-                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), task)
+                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), task, device=device)
 
 
 @train_app.command("llm")
@@ -342,6 +351,7 @@ def train_llm_cmd(
     seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
     rank: Annotated[int, typer.Option("--lora-rank", min=1, help="Rank of the LoRA adapters.")] = 16,
     answer_share: Annotated[float, typer.Option("--answer-share", min=0.0, max=1.0, help="Share of items that answer (the rest repeat what was said).")] = 0.5,
+    device: TrainDevice = "cpu",
 ) -> None:
     """Stage 1b: LoRA adapters on the LLM, reading speech through the trained adaptor: repeat it, and answer it as the LLM answers it typed.
 
@@ -353,7 +363,7 @@ def train_llm_cmd(
     with user_errors():
         _train_run("llm", data_dir, out, start, resume,
                    TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed, warmup=20),
-                   llm_options={"lora": LoraConfig(rank=rank, alpha=2.0 * rank), "answer_share": answer_share})
+                   llm_options={"lora": LoraConfig(rank=rank, alpha=2.0 * rank), "answer_share": answer_share}, device=device)
 
 
 @train_app.command("speech-decoder")
@@ -362,6 +372,7 @@ def train_speech_decoder_cmd(
     steps: TrainSteps = 2000, batch_size: TrainBatch = 8, lr: TrainLr = 1e-3, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 200,
     seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
     from_text: Annotated[bool, typer.Option("--from-text", help="Read the typed instruction in the speech's place (no audio or adaptor needed).")] = False,
+    device: TrainDevice = "cpu",
 ) -> None:
     """Stage 2: train the CTC speech decoder on the frozen LLM's hidden states.
 
@@ -371,7 +382,8 @@ def train_speech_decoder_cmd(
 
     with user_errors():
         _train_run("speech-decoder", data_dir, out, start, resume,
-                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), from_text=from_text)
+                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), from_text=from_text,
+                   device=device)
 
 
 @train_app.command("export")
@@ -825,7 +837,7 @@ def eval_cmd(
     """Evaluate audio folders or manifests through the cascade and the end-to-end pipeline, side by side.
 
     Per item and condition: ASR time, time to first text token, first-audio latency, total time,
-    real-time factor, WER of the transcript (with a reference), ASR-WER of the spoken answer, spoken
+    real-time factor, WER of what was heard (with a reference: the cascade's transcript, e2e's own repeat), ASR-WER of the spoken answer, spoken
     words per second and answer length. Rows are appended to --out/results.jsonl as items finish
     (--resume continues a stopped run); summary.json, results.csv, latency.png, omega_sweep.png and
     report.md are written at the end, and after Ctrl-C. A bad item is recorded with its reason.

@@ -209,3 +209,41 @@ def test_transcribe_with_the_e2e_backend(ctc_omni, tmp_path):
     assert len(rows) == 1 and rows[0]["reference"] == "Tell me about the moon." and rows[0]["wer"] is not None
     bad = CliRunner().invoke(app, ["transcribe", str(folder), "--e2e-model", str(ctc_omni)])
     assert bad.exit_code != 0 and "--asr-backend e2e" in bad.output
+
+
+def test_two_processes_train_as_one(ctc_omni, tmp_path):
+    """torchrun with two CPU processes (gloo), each computing half of every batch, ends where
+    one process with the whole batch ends (up to bfloat16 rounding)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    data = tmp_path / "data"
+    (data / "audio").mkdir(parents=True)
+    texts = ["The moon is bright.", "Paris is the capital of France.", "The moon is the capital.", "Paris is bright."]
+    with open(data / "manifest.jsonl", "w") as f:
+        for i, text in enumerate(texts):
+            shutil.copy(EXAMPLE_QUESTION, data / "audio" / f"{i}.wav")
+            f.write(json.dumps({"id": str(i), "audio": f"audio/{i}.wav", "instruction": text, "split": "train"}) + "\n")
+    omni = os.path.join(os.path.dirname(sys.executable), "omni")
+    args = ["train", "adaptor", "--task", "ctc", "--data", str(data), "--from", str(ctc_omni), "--steps", "3",
+            "--batch-size", "4", "--lr", "1e-2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([omni, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--no-python",
+                          omni, *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    start = load_file(str(ctc_omni / "model.safetensors"))
+    a = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
+    keys = [k for k in a if k.startswith("speech_projector.") and a[k].is_floating_point()]
+    moved = sum(float((a[k].float() - start[k].float()).norm()) for k in keys)
+    apart = sum(float((a[k].float() - b[k].float()).norm()) for k in keys)
+    assert moved > 0 and apart < 0.05 * moved
+    losses_one = json.loads((tmp_path / "one" / "losses.json").read_text())
+    losses_two = json.loads((tmp_path / "two" / "losses.json").read_text())
+    assert len(losses_two) == 3 and abs(losses_one[0] - losses_two[0]) < 0.02 * losses_one[0]

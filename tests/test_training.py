@@ -177,11 +177,13 @@ def test_cli_train_both_stages_from_a_model_folder(peaked_omni, rows, tmp_path):
             shutil.copy(r["audio"], data_dir / "audio" / f"{i}.wav")
             f.write(json.dumps({**r, "id": str(i), "audio": f"audio/{i}.wav", "split": "train"}) + "\n")
     runner = CliRunner()
+    wrong = runner.invoke(app, ["train", "adaptor", "--data", str(data_dir), "--out", str(tmp_path / "s0"), "--from", str(peaked_omni)])
+    assert wrong.exit_code == 2 and "use --task answer, asr or align" in wrong.stderr  # a linear adaptor has no CTC head
     s1 = runner.invoke(app, ["train", "adaptor", "--data", str(data_dir), "--out", str(tmp_path / "s1"), "--from", str(peaked_omni),
-                             "--steps", "4", "--batch-size", "2", "--save-every", "2"])
+                             "--task", "answer", "--steps", "4", "--batch-size", "2", "--save-every", "2"])
     assert s1.exit_code == 0, s1.stderr
     assert (tmp_path / "s1" / "model" / "omni_e2e.json").exists() and (tmp_path / "s1" / "loss.png").exists()
-    again = runner.invoke(app, ["train", "adaptor", "--data", str(data_dir), "--out", str(tmp_path / "s1"), "--steps", "6",
+    again = runner.invoke(app, ["train", "adaptor", "--data", str(data_dir), "--out", str(tmp_path / "s1"), "--task", "answer", "--steps", "6",
                                 "--batch-size", "2", "--save-every", "2", "--resume"])
     assert again.exit_code == 0, again.stderr
     assert len(json.loads((tmp_path / "s1" / "losses.json").read_text())) == 6

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from omni_cli.audio import load_audio
+from omni_cli.errors import ConfigError
 from omni_cli.e2e.checkpoint import save_omni
 from omni_cli.e2e.lora import LoraConfig
 from omni_cli.e2e.speech_llm import SpeechLLM
@@ -88,10 +89,13 @@ def _answer_ids(model: SpeechLLM, text: str) -> list[int]:
     return ids + ([eos] if eos is not None else [])
 
 
-def per_item(item_loss: Callable[[int], torch.Tensor]) -> Callable[[list[int]], float]:
+StepLoss = Callable[[list[int], int], float]  # (this process's items of the step, step number) -> loss, after backward
+
+
+def per_item(item_loss: Callable[[int], torch.Tensor]) -> StepLoss:
     """A step's loss computed item by item, each backpropagated at once (least memory)."""
 
-    def step(indices: list[int]) -> float:
+    def step(indices: list[int], number: int) -> float:
         total = 0.0
         for i in indices:
             loss = item_loss(i) / len(indices)
@@ -102,11 +106,11 @@ def per_item(item_loss: Callable[[int], torch.Tensor]) -> Callable[[list[int]], 
     return step
 
 
-def batched(batch_loss: Callable[[list[int]], torch.Tensor]) -> Callable[[list[int]], float]:
+def batched(batch_loss: Callable[[list[int], int], torch.Tensor]) -> StepLoss:
     """A step's loss computed over the whole batch as one padded tensor."""
 
-    def step(indices: list[int]) -> float:
-        loss = batch_loss(indices)
+    def step(indices: list[int], number: int) -> float:
+        loss = batch_loss(indices, number)
         loss.backward()
         return loss.item()
 
@@ -126,19 +130,69 @@ def autocast(device: torch.device | str = "cpu"):
     return contextlib.nullcontext()
 
 
+def training_device(device: str = "cpu") -> str:
+    """The device this training process uses. Under torchrun (WORLD_SIZE > 1) it also joins the
+    process group (NCCL on CUDA, gloo on CPU), each process on its own GPU (LOCAL_RANK)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        if device.startswith("cuda"):
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda, but this torch build sees no CUDA GPU; use --device cpu")
+    if not device.startswith(("cpu", "cuda")):
+        raise ConfigError(f"--device is cpu, cuda or cuda:N, not {device!r}")
+    return device
+
+
+def world() -> tuple[int, int]:
+    """(rank, number of processes) of a distributed run (torchrun), else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average_across_processes(params: list[torch.nn.Parameter], loss: float) -> float:
+    """Data parallelism: every process computed gradients on its share of the batch; each
+    gradient (and the loss) becomes the mean over the processes, as DistributedDataParallel does."""
+    import torch.distributed as dist
+
+    n = dist.get_world_size()
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= n
+    total = torch.tensor([loss], device=params[0].device)
+    dist.all_reduce(total)
+    return float(total) / n
+
+
 def _loop(
     params: list[torch.nn.Parameter],
-    step_loss: Callable[[list[int]], float],
+    step_loss: StepLoss,
     n_items: int,
     options: TrainOptions,
     out: Path,
     save: Callable[[], None],
     resume: bool,
     lengths: list[int] | None = None,
+    title: str = "loss",
 ) -> Iterator[Progress]:
     """The optimizer loop. Each step draws `batch_size` items at random; with `lengths`, items
     of similar length (consecutive in length order, from a random place), so little of a
-    padded batch is padding."""
+    padded batch is padding. In a distributed run every process draws the same items and
+    computes its share of them (every n-th), gradients are averaged, and only the first
+    process writes checkpoints. The loss curve (`title`) is drawn at the end."""
+    rank, n_proc = world()
+    if options.batch_size < n_proc:
+        raise ConfigError(f"--batch-size {options.batch_size} is smaller than the {n_proc} processes sharing each batch")
     opt = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.0)
     by_length = sorted(range(n_items), key=lambda i: lengths[i]) if lengths is not None else None
     state_path = out / "train_state.pt"
@@ -158,17 +212,21 @@ def _loop(
         else:
             start = rng.randrange(n_items - size + 1)
             indices = by_length[start : start + size]
-        total = step_loss(indices)
+        total = step_loss(indices[rank::n_proc], step)
+        if n_proc > 1:
+            total = _average_across_processes(params, total)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         losses.append(total)
         yield Progress(step, options.steps, total)
-        if step % options.save_every == 0 or step == options.steps:
+        if rank == 0 and (step % options.save_every == 0 or step == options.steps):
             save()
             torch.save({"step": step, "optimizer": opt.state_dict(), "losses": losses, "options": dataclasses.asdict(options)},
                        state_path)
             (out / "losses.json").write_text(json.dumps(losses))
+    if rank == 0:
+        plot_losses(losses, out / "loss.png", title)
 
 
 def encode_rows(model: SpeechLLM, rows: list[dict]) -> list[torch.Tensor]:
@@ -200,6 +258,9 @@ def train_adaptor(
     """Stage 1. rows: manifest rows with `audio`, `instruction`, and `response` (task answer)."""
     if task not in ("answer", "asr", "align", "ctc"):
         raise ValueError("task is 'answer', 'asr', 'align' or 'ctc'")
+    if (task == "ctc") != (model.config.projector.type == "ctc"):
+        raise ConfigError(f"--task {task} does not train a {model.config.projector.type} adaptor: "
+                          + ("use --task answer, asr or align" if task == "ctc" else "use --task ctc"))
     if task == "ctc":
         yield from train_ctc_adaptor(model, rows, out, options, resume)
         return
@@ -218,9 +279,8 @@ def train_adaptor(
         item_loss, extra = _llm_loss(model, rows, encoded, task), []
     model.train()
     yield from _loop(list(model.speech_projector.parameters()) + extra, per_item(item_loss), len(rows), options, out,
-                     lambda: save_omni(model, out / "model"), resume)
+                     lambda: save_omni(model, out / "model"), resume, title=f"stage 1 ({task}): adaptor")
     model.eval()
-    plot_losses(json.loads((out / "losses.json").read_text()), out / "loss.png", f"stage 1 ({task}): adaptor")
 
 
 def _llm_loss(model: SpeechLLM, rows: list[dict], encoded: list[torch.Tensor], task: str):
@@ -233,13 +293,14 @@ def _llm_loss(model: SpeechLLM, rows: list[dict], encoded: list[torch.Tensor], t
     targets = [_answer_ids(model, r["instruction"] if task == "asr" else r["response"]) for r in rows]
     embed = model.llm.model.get_input_embeddings()
     before, after = model.prompt_ids(prompt=prompt_config)
+    dev = model.device
     with torch.no_grad():
-        prefix = model.llm.model(input_ids=torch.tensor([before]), use_cache=True).cache
-    after_embeds = embed(torch.tensor([after])).detach()
+        prefix = model.llm.model(input_ids=torch.tensor([before], device=dev), use_cache=True).cache
+    after_embeds = embed(torch.tensor([after], device=dev)).detach()
 
     def item_loss(i: int) -> torch.Tensor:
-        features = model.speech_projector(encoded[i].float().unsqueeze(0))
-        ids = torch.tensor([targets[i]])
+        features = model.speech_projector(encoded[i].float().unsqueeze(0).to(dev))
+        ids = torch.tensor([targets[i]], device=dev)
         x = torch.cat([features.to(after_embeds.dtype), after_embeds, embed(ids)], dim=1)
         logits = model.llm.model(inputs_embeds=x, cache=copy.deepcopy(prefix), use_cache=True).logits
         start = features.shape[1] + after_embeds.shape[1] - 1
@@ -256,28 +317,31 @@ def _align_loss(model: SpeechLLM, rows: list[dict], encoded: list[torch.Tensor])
     ids = [tok(" " + r["instruction"], add_special_tokens=False).input_ids for r in rows]
     vocab = sorted({t for seq in ids for t in seq})
     index = {t: n + 1 for n, t in enumerate(vocab)}  # 0 is the blank
+    dev = model.device
     table = model.llm.model.get_input_embeddings().weight[vocab].detach().float()
-    blank = torch.nn.Parameter(torch.zeros(1, table.shape[1]))
-    log_scale = torch.nn.Parameter(torch.tensor(float(-torch.log(table.norm(dim=1).mean()))))
-    targets = [torch.tensor([index[t] for t in seq]) for seq in ids]
+    blank = torch.nn.Parameter(torch.zeros(1, table.shape[1], device=dev))
+    log_scale = torch.nn.Parameter(torch.tensor(float(-torch.log(table.norm(dim=1).mean())), device=dev))
+    targets = [torch.tensor([index[t] for t in seq], device=dev) for seq in ids]
 
     def item_loss(i: int) -> torch.Tensor:
-        features = model.speech_projector(encoded[i].float().unsqueeze(0))[0].float()
+        features = model.speech_projector(encoded[i].float().unsqueeze(0).to(dev))[0].float()
         logits = log_scale.exp() * features @ torch.cat([blank, table]).T
         logp = torch.log_softmax(logits, dim=-1).unsqueeze(1)
         n = features.shape[0]
         if n < len(targets[i]):  # too short for CTC: skip (no gradient)
             return logits.sum() * 0.0
-        return torch.nn.functional.ctc_loss(logp, targets[i].unsqueeze(0), torch.tensor([n]), torch.tensor([len(targets[i])]),
-                                            blank=0, zero_infinity=True)
+        return torch.nn.functional.ctc_loss(logp, targets[i].unsqueeze(0), torch.tensor([n], device=dev),
+                                            torch.tensor([len(targets[i])], device=dev), blank=0, zero_infinity=True)
 
     return item_loss, [blank, log_scale]
 
 
-def _time_masks(x: torch.Tensor, lengths: torch.Tensor, rng: torch.Generator, n: int = 2, width: int = 10) -> torch.Tensor:
-    """SpecAugment-style time masking of encoder frames: `n` spans of up to `width` frames per item."""
+def _time_masks(x: torch.Tensor, lengths: torch.Tensor, seeds: list[int], n: int = 2, width: int = 10) -> torch.Tensor:
+    """SpecAugment-style time masking of encoder frames: `n` spans of up to `width` frames per
+    item, drawn from each item's own seed (so a batch split across processes masks alike)."""
     x = x.clone()
     for b, length in enumerate(lengths.tolist()):
+        rng = torch.Generator().manual_seed(seeds[b])
         for _ in range(n):
             w = int(torch.randint(0, width + 1, (1,), generator=rng))
             if length > w:
@@ -302,13 +366,12 @@ def train_ctc_adaptor(
     tok = model.llm.tokenizer
     targets = [[index[t] for t in tok(r["instruction"], add_special_tokens=False).input_ids if t in index] for r in rows]
     encoded = encode_rows(model, rows)
-    rng = torch.Generator().manual_seed(options.seed)
     dev = model.device
 
-    def batch_loss(indices: list[int]) -> torch.Tensor:
+    def batch_loss(indices: list[int], step: int) -> torch.Tensor:
         lengths = torch.tensor([encoded[i].shape[0] for i in indices])
         x = torch.nn.utils.rnn.pad_sequence([encoded[i] for i in indices], batch_first=True).float()
-        x = _time_masks(x, lengths, rng).to(dev)
+        x = _time_masks(x, lengths, [hash((options.seed, step, i)) % 2**62 for i in indices]).to(dev)
         with autocast(dev):
             logits = proj.logits(x, lengths.to(dev))
         logp = torch.log_softmax(logits.float(), dim=-1).transpose(0, 1)
@@ -319,9 +382,9 @@ def train_ctc_adaptor(
 
     proj.train()
     yield from _loop(list(proj.parameters()), batched(batch_loss), len(rows), options, out,
-                     lambda: save_omni(model, out / "model"), resume, lengths=[e.shape[0] for e in encoded])
+                     lambda: save_omni(model, out / "model"), resume, lengths=[e.shape[0] for e in encoded],
+                     title="stage 1 (ctc): adaptor")
     proj.eval()
-    plot_losses(json.loads((out / "losses.json").read_text()), out / "loss.png", "stage 1 (ctc): adaptor")
 
 
 def train_llm(
@@ -360,13 +423,15 @@ def train_llm(
     repeats = list(range(len(rows)))
     if not answers:
         answer_share = 0.0
-    rng = random.Random(options.seed)
     targets = {("asr", i): _answer_ids(model, rows[i]["instruction"]) for i in repeats}
     targets |= {("answer", i): _answer_ids(model, rows[i]["response"]) for i in answers}
     dev = model.device
 
-    def batch_loss(indices: list[int]) -> torch.Tensor:
-        items = [("answer", rng.choice(answers)) if rng.random() < answer_share else ("asr", i) for i in indices]
+    def batch_loss(indices: list[int], step: int) -> torch.Tensor:
+        items = []
+        for i in indices:  # each item's task drawn from its own seed, as the time masks are
+            pick = random.Random(f"{options.seed}:{step}:{i}")
+            items.append(("answer", pick.choice(answers)) if pick.random() < answer_share else ("asr", i))
         seqs, labels = [], []
         for task, i in items:
             before, after = prompts[task]
@@ -383,9 +448,9 @@ def train_llm(
         return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), y[:, 1:].flatten(), ignore_index=-100)
 
     llm.train()
-    yield from _loop(params, batched(batch_loss), len(rows), options, out, lambda: save_omni(model, out / "model"), resume)
+    yield from _loop(params, batched(batch_loss), len(rows), options, out, lambda: save_omni(model, out / "model"), resume,
+                     title="stage 1b (llm): LoRA, repeat + answer")
     llm.eval()
-    plot_losses(json.loads((out / "losses.json").read_text()), out / "loss.png", "stage 1b (llm): LoRA, repeat + answer")
 
 
 def emitting_states(model: SpeechLLM, response: str, encoded: torch.Tensor | None = None,
@@ -396,7 +461,7 @@ def emitting_states(model: SpeechLLM, response: str, encoded: torch.Tensor | Non
     embed = model.llm.model.get_input_embeddings()
     with torch.no_grad():
         if encoded is not None:
-            prompt = model.prompt_embeds(model.speech_projector(encoded.float().unsqueeze(0))[0])
+            prompt = model.prompt_embeds(model.speech_projector(encoded.float().unsqueeze(0).to(model.device))[0])
         else:
             messages = [{"role": "system", "content": model.config.prompt.system}, {"role": "user", "content": instruction}]
             prompt = embed(model.llm.chat_ids(messages))
@@ -429,7 +494,7 @@ def train_speech_decoder(
     pad = torch.nn.utils.rnn.pad_sequence
     dev = model.device
 
-    def batch_loss(indices: list[int]) -> torch.Tensor:
+    def batch_loss(indices: list[int], step: int) -> torch.Tensor:
         hidden = pad([pairs[i][0] for i in indices], batch_first=True).to(dev)
         tokens = pad([pairs[i][1] for i in indices], batch_first=True).to(dev) if gen.config.token_input else None
         with autocast(dev):
@@ -439,6 +504,5 @@ def train_speech_decoder(
 
     gen.train()
     yield from _loop(list(gen.parameters()), batched(batch_loss), len(rows), options, out, lambda: save_omni(model, out / "model"), resume,
-                     lengths=[len(h) for h, _ in pairs])
+                     lengths=[len(h) for h, _ in pairs], title="stage 2: CTC speech decoder")
     gen.eval()
-    plot_losses(json.loads((out / "losses.json").read_text()), out / "loss.png", "stage 2: CTC speech decoder")
