@@ -551,7 +551,7 @@ TtsOpt = Annotated[TtsEngine, typer.Option("--tts", help="Voice engine for the c
 VoiceOpt = Annotated[str | None, typer.Option("--voice", help="Piper voice (.onnx path) or espeak-ng voice name.")]
 E2EModelOpt = Annotated[str | None, typer.Option("--e2e-model", help="End-to-end model: the offline default, a trained folder, or a published-format folder/hub id.")]
 VocoderOpt = Annotated[str | None, typer.Option("--vocoder", help="Unit vocoder for e2e: 'piper' or a unit HiFi-GAN folder (default: the model's own).")]
-OmegaOpt = Annotated[str, typer.Option("--omega", help="e2e: units per streamed audio chunk, or 'all' to vocode once at the end.")]
+OmegaOpt = Annotated[str, typer.Option("--omega", help="e2e: units per streamed audio chunk, 'auto' (the default for the model's unit vocoder), or 'all' to vocode once at the end.")]
 MaxTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer in tokens.")]
 SystemPromptOpt = Annotated[str | None, typer.Option("--system-prompt", help="Replace the spoken-style system prompt (cascade).")]
 
@@ -570,7 +570,7 @@ def respond(
     voice: VoiceOpt = None,
     e2e_model: E2EModelOpt = None,
     vocoder: VocoderOpt = None,
-    omega: OmegaOpt = "40",
+    omega: OmegaOpt = "auto",
     max_new_tokens: MaxTokensOpt = 160,
     system_prompt: SystemPromptOpt = None,
     device: DeviceOpt = "cpu",
@@ -688,7 +688,7 @@ def talk(
     voice: VoiceOpt = None,
     e2e_model: E2EModelOpt = None,
     vocoder: VocoderOpt = None,
-    omega: OmegaOpt = "40",
+    omega: OmegaOpt = "auto",
     max_new_tokens: MaxTokensOpt = 160,
     system_prompt: SystemPromptOpt = None,
     device: DeviceOpt = "cpu",
@@ -761,7 +761,7 @@ def _load_pipeline(mode, asr_model, backend, beam_size, llm, tts, voice, e2e_mod
         from omni_cli.e2e.load import load_e2e_pipeline, parse_omega
         from omni_cli.e2e.pipeline import E2EOptions
 
-        return load_e2e_pipeline(e2e_model, vocoder, E2EOptions(parse_omega(omega), generation), device)
+        return load_e2e_pipeline(e2e_model, vocoder, E2EOptions(parse_omega(omega, e2e_model, vocoder), generation), device)
     from baselines.cascade import CascadeOptions, CascadePipeline
     from omni_cli.asr import AsrOptions
     from omni_cli.llm import SPOKEN_SYSTEM_PROMPT
@@ -814,7 +814,7 @@ def eval_cmd(
     paths: Annotated[list[Path] | None, typer.Argument(help="Audio folders (recursive; a .txt beside a file is its transcript), audio files, or manifests (.jsonl / .tsv: audio, transcript, answer).", show_default=False)] = None,
     bench: Annotated[str | None, typer.Option("--bench", help="A built-in set, built once and cached: real-speech (real human speech with transcripts) or instructs2s-eval (spoken AlpacaEval instructions, held-out voices).")] = None,
     modes: Annotated[str, typer.Option("--modes", help="Comma-separated pipelines: cascade, e2e.")] = "cascade",
-    omega: Annotated[str, typer.Option("--omega", help="e2e: comma-separated units per audio chunk ('all': vocode once at the end); each is a condition, e.g. 10,20,40,all.")] = "40",
+    omega: Annotated[str, typer.Option("--omega", help="e2e: comma-separated units per audio chunk ('auto': the default for the model's unit vocoder; 'all': vocode once at the end); each is a condition, e.g. 10,20,40,all.")] = "auto",
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the run: results.jsonl, summary.json, results.csv, report.md, plots.")] = Path("omni-eval"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out: skip the items already in results.jsonl.")] = False,
     workers: Annotated[int | None, typer.Option("--workers", "-j", min=1, help="Worker processes, each loading the models once (with --ray: actors; default one per cluster CPU).")] = None,
@@ -854,7 +854,7 @@ def eval_cmd(
 
     with user_errors():
         config = ev.EvalConfig(
-            modes=ev.parse_modes(modes), omegas=ev.parse_omegas(omega), asr_model=asr_model, asr_backend=backend.value,
+            modes=ev.parse_modes(modes), omegas=ev.parse_omegas(omega, e2e_model, vocoder), asr_model=asr_model, asr_backend=backend.value,
             beam_size=beam_size, llm=llm, tts=tts.value, voice=voice, e2e_model=e2e_model, vocoder=vocoder,
             max_new_tokens=max_new_tokens, asr_wer=asr_wer, judge_asr=judge_asr, device=device, max_duration_s=max_duration)
         if not paths and not bench:

@@ -105,10 +105,10 @@ def parse_modes(text: str) -> tuple[str, ...]:
     return modes
 
 
-def parse_omegas(text: str) -> tuple[int | None, ...]:
+def parse_omegas(text: str, e2e_model: str | None = None, vocoder: str | None = None) -> tuple[int | None, ...]:
     from omni_cli.e2e.load import parse_omega
 
-    omegas = tuple(dict.fromkeys(parse_omega(o) for o in text.split(",") if o.strip()))
+    omegas = tuple(dict.fromkeys(parse_omega(o, e2e_model, vocoder) for o in text.split(",") if o.strip()))
     if not omegas:
         raise ConfigError("--omega names no chunk size: give numbers of units and/or 'all', e.g. 10,20,40,all")
     return omegas

@@ -193,7 +193,7 @@ def test_respond_both_compares_the_pipelines(tiny_e2e_parts, tmp_path):
     assert table.exit_code == 0 and "side by side" in table.stderr
 
 
-@pytest.mark.parametrize("omega", ["0x", "-3"])
+@pytest.mark.parametrize("omega", ["0x", "-3", "0"])
 def test_bad_omega_is_refused(tiny_e2e_parts, omega):
     result = invoke("respond", EXAMPLE_QUESTION, "--mode", "e2e", "--e2e-model", tiny_e2e_parts["omni"], "--omega", omega)
     assert result.exit_code == 2 and "--omega" in result.stderr

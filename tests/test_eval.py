@@ -94,6 +94,8 @@ def test_bad_arguments_give_one_clear_line(tmp_path):
         assert result.exit_code == 2, (args, result.output)
         assert message in result.stderr and result.stderr.strip().startswith("error:")
     assert ev.parse_omegas("10,20,all,10") == (10, 20, None)
+    with pytest.raises(ConfigError, match=">= 1"):
+        ev.parse_omegas("0")  # not a quiet synonym of 'all'
     help_text = runner.invoke(app, ["eval", "--help"])
     assert help_text.exit_code == 0 and "Examples" in help_text.stdout
     with pytest.raises(ConfigError):
@@ -290,3 +292,13 @@ def test_real_cascade_on_two_spoken_questions(tmp_path):
         assert 0 < m["asr_s"] < m["first_token_s"] < m["first_audio_latency_s"] < m["total_s"]
         assert m["asr_wer"] <= 0.35, (r["text"], r["answer_heard"])  # the voice says what the text says
         assert 1.0 < m["wps"] < 5.0
+
+
+def test_auto_omega_suits_the_unit_vocoder(tiny_e2e_parts, tmp_path):
+    """'auto' picks the Omega measured for the model's kind of units: phonemes (Piper) or 50 Hz HuBERT units."""
+    from omni_cli.e2e.unit_hifigan import DEFAULT_OMEGA
+    from omni_cli.e2e.unit_vocoder import PIPER_DEFAULT_OMEGA
+
+    assert ev.parse_omegas("auto,all") == (PIPER_DEFAULT_OMEGA, None)  # the shipped default speaks through Piper
+    assert ev.parse_omegas("auto", str(tiny_e2e_parts["omni"])) == (PIPER_DEFAULT_OMEGA,)
+    assert ev.parse_omegas("auto", str(tiny_e2e_parts["omni"]), str(tmp_path / "unit-hifigan")) == (DEFAULT_OMEGA,)

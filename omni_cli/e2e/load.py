@@ -39,9 +39,30 @@ def _llm_dtype(device: str):
     return torch.float16 if device.startswith("cuda") else torch.float32
 
 
-def parse_omega(text: str) -> int | None:
-    """'40' -> 40; 'all' -> None (vocode once, at the end)."""
-    if text.strip().lower() in ("all", "none", "0"):
+def default_omega(spec: str | None, vocoder: str | None = None) -> int:
+    """The units per chunk that suit the model's unit vocoder (`vocoder`, else the one its
+    config names; the published model's is the unit HiFi-GAN), read without loading weights."""
+    import json
+
+    from omni_cli.e2e.unit_hifigan import DEFAULT_OMEGA
+    from omni_cli.e2e.unit_vocoder import PIPER_DEFAULT_OMEGA
+
+    if vocoder is None:
+        entry = lookup(spec or OMNI_E2E_DEFAULT.name)
+        folder = Path(entry.installed_path() or "") if entry is not None and entry.role == "e2e" and not entry.remote \
+            else Path(spec or "").expanduser()
+        config = folder / OMNI_CONFIG
+        vocoder = json.loads(config.read_text()).get("vocoder", "") if config.is_file() else ""
+    is_piper = vocoder in ("piper",) or vocoder.startswith("piper:") or vocoder.endswith(".onnx")
+    return PIPER_DEFAULT_OMEGA if is_piper else DEFAULT_OMEGA
+
+
+def parse_omega(text: str, spec: str | None = None, vocoder: str | None = None) -> int | None:
+    """'40' -> 40; 'all' -> None (vocode once, at the end); 'auto' -> the default for the model
+    `spec`'s unit vocoder (`default_omega`)."""
+    if text.strip().lower() == "auto":
+        return default_omega(spec, vocoder)
+    if text.strip().lower() in ("all", "none"):
         return None
     try:
         value = int(text)

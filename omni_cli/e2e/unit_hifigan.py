@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+DEFAULT_OMEGA = 40  # units per streamed chunk unless asked otherwise: the published demo's setting (0.8 s of 50 Hz units)
+
 from omni_cli.e2e.state import CheckpointError, strict_load
 from omni_cli.errors import ConfigError
 
@@ -458,6 +460,7 @@ class UnitHiFiGANVocoder:
         self.model = model.to(self.device).eval()
         self.sample_rate: int = model.config.sampling_rate
         self.num_units: int = model.config.num_embeddings
+        self.default_omega: int = DEFAULT_OMEGA
 
     @classmethod
     def from_files(

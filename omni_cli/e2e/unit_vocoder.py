@@ -19,9 +19,16 @@ import numpy as np
 from omni_cli.errors import ModelNotFoundError
 
 
+# Omega, the units per streamed chunk when none is asked for, for phoneme units (measured:
+# first-audio latency against ASR-WER, README "Omega"). A phoneme lasts several times as long
+# as a 50 Hz HuBERT unit, so it needs far fewer units per chunk than the unit HiFi-GAN (40).
+PIPER_DEFAULT_OMEGA = 40
+
+
 class UnitVocoder(Protocol):
     sample_rate: int
     num_units: int  # K: valid units are 0 .. K - 1
+    default_omega: int  # units per chunk unless --omega says otherwise
 
     def units_to_audio(self, units: list[int]) -> np.ndarray: ...
 
@@ -41,6 +48,7 @@ class PiperUnitVocoder:
         # word and phrase ends: where a chunk may stop
         self.boundary_units = frozenset(id_map[p][0] for p in (" ", ".", ",", "?", "!", ";", ":") if p in id_map)
         self.label = f"piper:{self.tts.label}"
+        self.default_omega = PIPER_DEFAULT_OMEGA
 
     def text_to_units(self, text: str) -> list[int]:
         """The unit sequence a speech decoder should learn for `text` (CTC targets, deduplicated)."""
