@@ -520,7 +520,7 @@ def _emit_transcript(r, fmt: Format, out_dir: Path | None, root: Path, single: b
 
     if r.error:
         if not single:
-            console.print(f"[red]failed:[/] {r.error}", soft_wrap=True)
+            ui.failed(r.error, console)
         return
     if out_dir is not None:
         target = (out_dir / r.path.resolve().relative_to(root)).with_suffix(f".{fmt.value}")
@@ -883,7 +883,7 @@ def eval_cmd(
                     bar.advance(task_id)
                     for r in rows:
                         if r["error"]:
-                            bar.console.print(f"[red]failed:[/] {r['id']} ({r['condition']}): {r['error']}", soft_wrap=True)
+                            ui.failed(f"{r['id']} ({r['condition']}): {r['error']}", bar.console)
         except KeyboardInterrupt:
             interrupted = True
         except OmniError:  # a model that cannot load, a worker that died: keep the reports of what finished

@@ -1,4 +1,8 @@
-"""Terminal rendering with rich: what the CLI shows a person (on stderr) while data goes to stdout."""
+"""Terminal rendering with rich: what the CLI shows a person (on stderr) while data goes to stdout.
+
+Text that comes from users or models (paths, transcripts, answers, error messages naming a
+path) is never read as rich markup: `error` and `note` escape their message, and tables put
+such text in cells as plain `Text`."""
 
 from __future__ import annotations
 
@@ -6,8 +10,10 @@ import sys
 from collections.abc import Iterable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 err = Console(stderr=True, highlight=False)
 
@@ -19,11 +25,16 @@ def out(text: str) -> None:
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+
+
+def failed(message: str, console: Console | None = None) -> None:
+    """One failed item of a batch, `failed: MESSAGE`, the message as plain text."""
+    (console or err).print(Text.assemble(("failed: ", "red"), message), soft_wrap=True)
 
 
 def note(message: str) -> None:
-    err.print(f"[dim]{message}[/]", soft_wrap=True)
+    err.print(f"[dim]{escape(message)}[/]", soft_wrap=True)
 
 
 def progress() -> Progress:
@@ -75,11 +86,12 @@ def transcribe_table(results, corpus_wer: float | None) -> Table:
     table.add_column("WER", justify="right")
     table.add_column("result", overflow="fold")
     for r in results:
+        path = Text(r.to_json()["path"])
         if r.error:
-            table.add_row(r.to_json()["path"], "-", "-", f"[red]failed: {r.error}[/]")
+            table.add_row(path, "-", "-", Text(f"failed: {r.error}", style="red"))
         else:
             wer = "-" if r.wer is None else f"{100 * r.wer:.1f}%"
-            table.add_row(r.to_json()["path"], f"{r.duration_s:.1f}", wer, r.text or "")
+            table.add_row(path, f"{r.duration_s:.1f}", wer, Text(r.text or ""))
     if corpus_wer is not None:
         table.add_section()
         table.add_row("[bold]corpus[/]", "", f"[bold]{100 * corpus_wer:.1f}%[/]", "")

