@@ -204,10 +204,10 @@ def test_paths_with_markup_characters_are_shown_as_they_are(tmp_path, bad_inputs
     folder = tmp_path / "x["
     folder.mkdir()
     shutil.copy(EXAMPLE_QUESTION, folder / "[red]q.wav")
-    shutil.copy(bad_inputs["corrupt"], folder / "[/x]bad.flac")
+    shutil.copy(bad_inputs["corrupt"], folder / "y]bad.flac")  # its path reads "x[/y]bad.flac": a closing tag
     result = invoke("transcribe", folder)
     assert result.exit_code == 1, result.output
     assert "Tell me about the moon" in result.stdout
-    assert "[/x]bad.flac" in result.stderr and "[red]q.wav" in result.stderr and "corrupt" in result.stderr
+    assert "x[/y]bad.flac" in result.stderr and "[red]q.wav" in result.stderr and "corrupt" in result.stderr
     missing = invoke("transcribe", tmp_path / "[bold]missing[/].wav")
     assert missing.exit_code != 0 and "[bold]missing[/].wav" in missing.stderr
