@@ -49,7 +49,7 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
     judge = load_judge()
     tts = PiperTTS()
     chrf = CHRF()
-    adaptor_text = getattr(model.speech_projector, "decode", None)
+    adaptor_text = getattr(model.speech_projector, "heard", None)
     items: dict[str, list[dict]] = {}
     if data_dir is not None and "heldout-voices" in sets:
         held = [r for r in read_manifest(data_dir, split="heldout") if r.get("response") is not None][:limit]
@@ -79,8 +79,7 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
                 import torch
 
                 with torch.inference_mode():
-                    ids = adaptor_text(model.speech_encoder.encode(audio).unsqueeze(0))
-                row["adaptor"] = model.llm.tokenizer.decode(ids).strip()
+                    row["adaptor"] = adaptor_text(model.speech_encoder.encode(audio).unsqueeze(0))
             if item["answer"] is not None:
                 response = collect(pipeline.run(audio), pipeline.sample_rate)
                 row.update(answer=response.text.strip(), text_answer=item["answer"],

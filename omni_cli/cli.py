@@ -268,7 +268,7 @@ def _train() -> None:
 
 
 def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume: bool, options, task: str = "answer",
-               from_text: bool = False, llm_options: dict | None = None, device: str = "cpu") -> None:
+               from_text: bool = False, llm_options: dict | None = None, device: str = "cpu", units: str = "tokens") -> None:
     from omni_cli.e2e.build_data import read_manifest
     from omni_cli.e2e.checkpoint import load_omni
     from omni_cli.e2e.defaults import new_default_model
@@ -287,7 +287,7 @@ def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume
             model = load_omni(start)
         else:
             adaptor = "linear" if stage == "adaptor" and task in ("align", "asr", "answer") else "ctc"
-            model = new_default_model([r["instruction"] for r in rows], seed=options.seed, adaptor=adaptor)
+            model = new_default_model([r["instruction"] for r in rows], seed=options.seed, adaptor=adaptor, units=units)
         model = model.to(device)
     with ui.err.status(f"preparing {len(rows)} items (frozen encoder and LLM passes) ..."):
         if stage == "adaptor":
@@ -326,6 +326,7 @@ def train_adaptor_cmd(
     task: Annotated[str, typer.Option("--task", help="ctc: the ctc adaptor's CTC head on the transcripts (no LLM pass); answer: answer the spoken instruction; asr: repeat it (pre-alignment through the LLM); align: CTC onto the LLM's word embeddings (a pre-alignment for the linear adaptor, no LLM pass).")] = "ctc",
     steps: TrainSteps = 1000, batch_size: TrainBatch = 8, lr: TrainLr = 1e-3, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 200,
     seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False, device: TrainDevice = "cpu",
+    units: Annotated[str, typer.Option("--units", help="A fresh ctc adaptor spells the LLM's 'tokens' or lower-case 'chars'.")] = "tokens",
 ) -> None:
     """Stage 1: train the speech adaptor (encoder and LLM frozen): the ctc adaptor's CTC head, or the linear adaptor on answers or as ASR pre-alignment.
 
@@ -340,8 +341,11 @@ def train_adaptor_cmd(
     with user_errors():
         if task not in ("ctc", "answer", "asr", "align"):
             raise ConfigError(f"--task is 'ctc', 'answer', 'asr' or 'align', not {task!r}")
+        if units not in ("tokens", "chars"):
+            raise ConfigError(f"--units is 'tokens' or 'chars', not {units!r}")
         _train_run("adaptor", data_dir, out, start, resume,
-                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), task, device=device)
+                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), task, device=device,
+                   units=units)
 
 
 @train_app.command("llm")

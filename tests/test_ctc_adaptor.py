@@ -51,17 +51,35 @@ def test_ctc_adaptor_hands_the_llm_the_embeddings_of_the_collapsed_tokens(ctc_om
 
     model = load_omni(ctc_omni)
     proj = model.speech_projector
-    states = torch.randn(1, 203, 64)
+    with torch.no_grad():  # a head that prefers a different class at every frame: nothing is blank
+        proj.bias.copy_(torch.cat([torch.arange(proj.config.vocab, dtype=torch.float) * 0.0, torch.tensor([-1e4])]))
+    states = torch.randn(1, 203, 64) * 5
     with torch.no_grad():
         logits = proj.logits(states)
         assert logits.shape == (1, 203 // 4, proj.config.vocab + 1)
         ids = proj.decode(states)
         features = proj(states)
     collapsed = ctc_collapse(logits[0].argmax(-1).tolist(), proj.blank)
-    assert ids == proj.token_ids[collapsed].tolist()
+    assert ids == proj.token_ids[collapsed].tolist() and len(ids) > 3
+    tokenizer = model.llm.tokenizer
+    heard = proj.heard(states)
+    assert heard == tokenizer.decode(ids).strip()
+    canonical = tokenizer(heard, add_special_tokens=False).input_ids  # what the LLM reads: its own tokens of the text
     table = model.llm.model.get_input_embeddings().weight
-    torch.testing.assert_close(features[0], table[ids]) if ids else None
-    assert features.shape == (1, len(ids), 16)
+    assert features.shape == (1, len(canonical), 16)
+    torch.testing.assert_close(features[0], table[canonical])
+
+
+def test_a_chars_head_spells_lower_case_characters(ctc_omni):
+    from omni_cli.e2e.speech_projector import CHARS, ctc_vocabulary, normalize_chars, spell
+
+    from omni_cli.e2e.checkpoint import load_omni
+
+    tokenizer = load_omni(ctc_omni).llm.tokenizer
+    assert normalize_chars("Who’s  THE café owner? (Paris)") == "who's the cafe owner? paris"
+    ids = spell(tokenizer, "Hi, Bob!", "chars")
+    assert len(ids) == len("hi, bob!") and tokenizer.decode(ids) == "hi, bob!"
+    assert len(ctc_vocabulary(tokenizer, [], "chars")) == len(CHARS)
 
 
 def test_ctc_adaptor_is_masked_against_padding(ctc_omni):

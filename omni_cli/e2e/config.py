@@ -44,6 +44,8 @@ class ProjectorConfig:
     ffn: int = 0  # ctc: feed-forward width
     vocab: int = 0  # ctc: how many LLM tokens the head can emit (the blank comes on top)
     dropout: float = 0.0  # ctc: dropout inside the transformer layers (training only)
+    units: str = "tokens"  # ctc: what the head spells: "tokens" (the LLM's tokens of the transcript) or
+    # "chars" (lower-case characters, each one of the LLM's single-character tokens)
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,13 @@ def default_prompt() -> PromptConfig:
 
 
 def default_config(encoder_dims, llm_width: int, num_units: int, rope_theta: float, rms_norm_eps: float,
-                   vocab: int, adaptor: str = "ctc") -> OmniConfig:
-    """`adaptor` "ctc" (the default), or "linear": the published adaptor (k = 5, 1024 wide), as
-    the first default used it."""
+                   vocab: int, adaptor: str = "ctc", units: str = "tokens") -> OmniConfig:
+    """`adaptor` "ctc" (the default; `units` "tokens" at 12.5 Hz or "chars" at 25 Hz), or
+    "linear": the published adaptor (k = 5, 1024 wide), as the first default used it."""
     if adaptor == "ctc":
-        projector = ProjectorConfig(k=4, encoder_width=encoder_dims.n_audio_state, hidden=384, llm_width=llm_width,
-                                    type="ctc", layers=4, heads=6, ffn=1536, vocab=vocab, dropout=0.1)
+        projector = ProjectorConfig(k=4 if units == "tokens" else 2, encoder_width=encoder_dims.n_audio_state, hidden=384,
+                                    llm_width=llm_width, type="ctc", layers=4, heads=6, ffn=1536, vocab=vocab, dropout=0.1,
+                                    units=units)
     else:
         projector = ProjectorConfig(k=5, encoder_width=encoder_dims.n_audio_state, hidden=1024, llm_width=llm_width)
     return OmniConfig(
@@ -51,7 +52,7 @@ def default_config(encoder_dims, llm_width: int, num_units: int, rope_theta: flo
 
 
 def new_default_model(transcripts: list[str], seed: int = 0, encoder: str = "whisper-tiny.en",
-                      llm: str = "smollm2-135m-instruct", adaptor: str = "ctc"):
+                      llm: str = "smollm2-135m-instruct", adaptor: str = "ctc", units: str = "tokens"):
     """The offline default architecture with a random adaptor and speech decoder; a ctc
     adaptor's head can emit the LLM tokens of `transcripts` (the training set's)."""
     import dataclasses
@@ -67,13 +68,13 @@ def new_default_model(transcripts: list[str], seed: int = 0, encoder: str = "whi
     from omni_cli.registry import resolve_whisper
 
     chat = ChatLLM.load(llm)
-    token_ids = ctc_vocabulary(chat.tokenizer, transcripts)
+    token_ids = ctc_vocabulary(chat.tokenizer, transcripts, units)
     ckpt = torch.load(resolve_whisper(encoder, need="openai").openai_checkpoint, map_location="cpu", weights_only=True)
     dims = ModelDimensions(**ckpt["dims"])
     cfg = chat.model.config
     rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
     config = default_config(dims, cfg.hidden_size, PiperUnitVocoder().num_units, float(rope), float(cfg.rms_norm_eps),
-                            vocab=len(token_ids), adaptor=adaptor)
+                            vocab=len(token_ids), adaptor=adaptor, units=units)
     config = dataclasses.replace(config, encoder_source=encoder, llm_source=llm)
     torch.manual_seed(seed)
     projector = build_projector(config.projector)

@@ -28,7 +28,7 @@ class SpeechLLM(nn.Module):
         self.speech_encoder = encoder
         self.speech_projector = projector
         if hasattr(projector, "bind"):  # the ctc adaptor scores against the LLM's embeddings
-            projector.bind(llm.model.get_input_embeddings())
+            projector.bind(llm.model.get_input_embeddings(), llm.tokenizer)
         self.llm_model = llm.model  # registered, so .to()/.eval() reach it
         self.llm = llm
         self.speech_generator = generator

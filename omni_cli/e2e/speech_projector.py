@@ -5,16 +5,19 @@
   frame is an LLM input position.
 - "ctc" (ours): concatenate k frames, Linear, a few transformer layers, then a vector in
   the LLM's embedding space that is scored against the LLM's own (frozen) input embeddings
-  of a token vocabulary, plus a learned blank: a CTC head over the LLM's tokens, trained
-  on transcripts. The LLM reads the collapsed sequence (blanks dropped, repeats merged) as
-  the embeddings of those tokens, so speech arrives as the LLM's own input space, about
-  one position per token (LegoSLM, arXiv 2505.11352; Soundwave). The embedding table is
-  bound from the LLM (`bind`), never stored with the adaptor.
+  of a token vocabulary, plus a learned blank: a CTC head over the LLM's tokens (or over its
+  single-character tokens: `units` "chars"), trained on transcripts. The collapsed sequence
+  (blanks dropped, repeats merged) is what the model heard; the LLM reads it as the
+  embeddings of its own canonical tokens of that text, so speech arrives in the LLM's input
+  space, one position per token (LegoSLM, arXiv 2505.11352; Soundwave). The embedding
+  table and tokenizer are bound from the LLM (`bind`), never stored with the adaptor.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
 
 import torch
 from torch import nn
@@ -70,19 +73,30 @@ class CTCSpeechProjector(nn.Module):
         self.blank_embedding = nn.Parameter(torch.zeros(config.llm_width))
         self.bias = nn.Parameter(torch.zeros(config.vocab + 1))
         self.log_scale = nn.Parameter(torch.tensor(0.0))
-        self._embedding: tuple[nn.Embedding, ...] = ()  # the LLM's, bound at load; not ours to save
+        self._llm: tuple = ()  # (input embeddings, tokenizer) of the LLM, bound at load; not ours to save
 
     @property
     def blank(self) -> int:
         return self.config.vocab
 
-    def bind(self, embedding: nn.Embedding) -> None:
-        self._embedding = (embedding,)
+    def bind(self, embedding: nn.Embedding, tokenizer) -> None:
+        self._llm = (embedding, tokenizer)
 
     def _table(self) -> torch.Tensor:
-        if not self._embedding:
-            raise RuntimeError("the ctc speech_projector is not bound to an LLM's embeddings (call bind)")
-        return self._embedding[0].weight
+        if not self._llm:
+            raise RuntimeError("the ctc speech_projector is not bound to an LLM (call bind)")
+        return self._llm[0].weight
+
+    def targets(self, text: str) -> list[int]:
+        """The class sequence the head learns for a transcript (tokens outside its vocabulary left out)."""
+        index = getattr(self, "_index", None)
+        if index is None or len(index) != self.config.vocab:
+            self._index = index = {t: n for n, t in enumerate(self.token_ids.tolist())}
+        return [index[t] for t in spell(self._llm[1], text, self.config.units) if t in index]
+
+    def heard(self, x: torch.Tensor) -> str:
+        """The text heard in one utterance's encoder states (1, frames, width)."""
+        return self._llm[1].decode(self.decode(x)).strip()
 
     def logits(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, frames, encoder_width) -> (batch, frames // k, vocab + 1) CTC logits; with
@@ -112,16 +126,36 @@ class CTCSpeechProjector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(1, frames, encoder_width) -> (1, tokens, llm_width): the LLM's input embeddings of
-        the tokens heard (possibly none)."""
+        its canonical tokens of the text heard (possibly none)."""
         if x.shape[0] != 1:
             raise ValueError("the ctc speech_projector reads one utterance at a time")
-        ids = torch.tensor(self.decode(x), dtype=torch.long, device=x.device)
-        return self._table()[ids].unsqueeze(0)
+        ids = self._llm[1](self.heard(x), add_special_tokens=False).input_ids
+        return self._table()[torch.tensor(ids, dtype=torch.long, device=x.device)].unsqueeze(0)
 
 
-def ctc_vocabulary(tokenizer, texts: list[str]) -> list[int]:
-    """The LLM tokens a ctc adaptor can emit: every token of its training transcripts."""
-    return sorted({t for text in texts for t in tokenizer(text, add_special_tokens=False).input_ids})
+CHARS = "abcdefghijklmnopqrstuvwxyz0123456789 '.,?!-"  # what a "chars" head spells
+
+
+def normalize_chars(text: str) -> str:
+    """Lower case, accents dropped, only `CHARS` (other characters become spaces), single spaces."""
+    text = unicodedata.normalize("NFKD", text.replace("\u2019", "'")).encode("ascii", "ignore").decode().lower()
+    return re.sub(r" +", " ", "".join(c if c in CHARS else " " for c in text)).strip()
+
+
+def spell(tokenizer, text: str, units: str) -> list[int]:
+    """LLM token ids of a transcript as a ctc head spells it: its tokens, or one token per character."""
+    if units == "chars":
+        ids = {c: tokenizer(c, add_special_tokens=False).input_ids for c in CHARS}
+        return [i for c in normalize_chars(text) for i in ids[c][:1]]
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def ctc_vocabulary(tokenizer, texts: list[str], units: str = "tokens") -> list[int]:
+    """The LLM tokens a ctc adaptor can emit: every token of its training transcripts, or the
+    single-character tokens of `CHARS`."""
+    if units == "chars":
+        return sorted({tokenizer(c, add_special_tokens=False).input_ids[0] for c in CHARS})
+    return sorted({t for text in texts for t in spell(tokenizer, text, units)})
 
 
 def build_projector(config: ProjectorConfig) -> nn.Module:

@@ -362,9 +362,7 @@ def train_ctc_adaptor(
         p.requires_grad_(False)
     for p in proj.parameters():
         p.requires_grad_(True)
-    index = {t: n for n, t in enumerate(proj.token_ids.tolist())}
-    tok = model.llm.tokenizer
-    targets = [[index[t] for t in tok(r["instruction"], add_special_tokens=False).input_ids if t in index] for r in rows]
+    targets = [proj.targets(r["instruction"]) for r in rows]
     encoded = encode_rows(model, rows)
     dev = model.device
 
