@@ -18,7 +18,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from omni_cli.errors import InputError
+from omni_cli.cache import umask_mode
+from omni_cli.errors import ConfigError, InputError, OutputError
 
 SAMPLE_RATE = 16_000
 MAX_DURATION_S = 30 * 60.0
@@ -144,35 +145,76 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
 
 
 def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> Path:
-    """Write 16-bit PCM wav atomically (a temp file renamed into place)."""
+    """Write 16-bit PCM wav atomically (a temp file renamed into place); a failure (no space,
+    no permission) is an OutputError and leaves nothing behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"{shown(path)}: cannot write here ({exc.strerror or exc})") from exc
     os.close(fd)
     try:
         sf.write(os.fsencode(tmp), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, NotImplementedError):
+            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            raise OutputError(f"{shown(path)}: could not write the audio ({reason})") from exc
         raise
     return path
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Before any work: `path` can become a file (not a folder, under a folder we may write in)."""
+    if path.is_dir():
+        raise ConfigError(f"{option} {shown(path)} is a folder: give a file name")
+    check_output_dir(path.parent, option, of=path)
+
+
+def check_output_dir(path: Path, option: str, of: Path | None = None) -> None:
+    """Before any work: `path` is (or can be made) a folder we may write in."""
+    shown_as = shown(of if of is not None else path)
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{option} {shown_as}: {shown(parent)} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"{option} {shown_as}: no permission to write in {shown(parent)}")
+            return
 
 
 def find_audio_files(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Expand files and folders (recursively) into audio files, sorted per folder.
 
-    Returns (files, problems): a path that does not exist, or a folder with no audio
-    in it, is a problem with its reason; a file given by name is kept whatever its
-    extension (the decoder decides), so a user's mislabelled file is not skipped silently.
+    Returns (files, problems): a path that does not exist, a folder with no audio in it,
+    and inside a folder anything with an audio name that is not a readable file (a
+    directory, a broken link, a pipe or device) is a problem with its reason; a file given
+    by name is kept whatever its extension (the decoder decides), so a user's mislabelled
+    file is not skipped silently.
     """
     files: list[Path] = []
     problems: list[tuple[Path, str]] = []
     for p in paths:
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and is_audio_path(f))
-            if not found:
+            found, odd = [], []
+            for f in sorted(p.rglob("*")):
+                if not is_audio_path(f):
+                    continue
+                if f.is_file():
+                    found.append(f)
+                elif f.is_dir():
+                    odd.append((f, f"{shown(f)}: is a folder, not an audio file"))
+                elif not f.exists():
+                    odd.append((f, f"{shown(f)}: a broken link (its target does not exist)"))
+                else:
+                    odd.append((f, f"{shown(f)}: not a regular file (a pipe, socket or device)"))
+            if not found and not odd:
                 problems.append((p, f"{shown(p)}: no audio files in this folder"))
             files.extend(found)
+            problems.extend(odd)
         elif p.exists():
             files.append(p)
         else:

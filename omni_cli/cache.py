@@ -25,6 +25,13 @@ def cache_dir() -> Path:
     return path
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """`mode` as the umask lets a new file or folder have it (temporaries start at 0600/0700)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 @contextlib.contextmanager
 def atomic_file(final: Path) -> Iterator[Path]:
     """Yield a temporary path; on success it is renamed to `final`, on failure removed."""
@@ -33,6 +40,7 @@ def atomic_file(final: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, umask_mode(0o666))
         os.replace(tmp, final)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -48,6 +56,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
         yield tmp
+        os.chmod(tmp, umask_mode(0o777))
         try:
             os.rename(tmp, final)
         except OSError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -19,7 +20,7 @@ import typer
 
 from omni_cli import __version__
 from omni_cli import render as ui
-from omni_cli.errors import ConfigError, OmniError
+from omni_cli.errors import ConfigError, OmniError, OutputError
 
 app = typer.Typer(
     name="omni",
@@ -51,6 +52,14 @@ def user_errors():
         raise typer.Exit(exc.exit_code) from None
     except (typer.Exit, typer.Abort, KeyboardInterrupt):
         raise
+    except OSError as exc:  # the system refused a read or write (no space, no permission, ...)
+        if DEBUG:
+            raise
+        from omni_cli.audio import shown
+
+        where = f"{shown(exc.filename)}: " if exc.filename else ""
+        ui.error(f"{where}{exc.strerror or exc}")
+        raise typer.Exit(OutputError.exit_code) from None
     except Exception as exc:  # noqa: BLE001 - the CLI boundary: no traceback for users
         if DEBUG:
             raise
@@ -470,7 +479,8 @@ def transcribe(
       omni transcribe recordings/ --asr-backend e2e       # what the end-to-end model hears
     """
     from omni_cli.asr import AsrOptions, load_asr
-    from omni_cli.audio import shown
+    from omni_cli.audio import check_output_dir, shown
+    from omni_cli.registry import require_device
     from omni_cli.transcribe import corpus_wer, transcribe_paths
 
     with user_errors():
@@ -481,6 +491,9 @@ def transcribe(
             raise ConfigError("--e2e-model goes with --asr-backend e2e")
         if backend == TranscribeBackend.e2e and asr_model is not None:
             raise ConfigError("--asr names a Whisper model; with --asr-backend e2e, give the model with --e2e-model")
+        if out_dir is not None:
+            check_output_dir(out_dir, "--out")
+        require_device(device)
         with ui.err.status("loading the end-to-end model ..." if backend == TranscribeBackend.e2e else "loading Whisper ..."):
             asr = load_asr(e2e_model if backend == TranscribeBackend.e2e else asr_model, backend.value, AsrOptions(beam_size=beam_size), device)
         total, results_iter = transcribe_paths(asr, paths, ref, max_duration)
@@ -594,12 +607,13 @@ def respond(
       omni respond question.wav --mode e2e --e2e-model ./my-omni-model --omega 20
       omni respond question.mp3 --tts espeak --llm ./my-llm-folder
     """
-    from omni_cli.audio import load_audio
+    from omni_cli.audio import check_output_file, load_audio
 
     with user_errors():
-        audio = load_audio(audio_path, max_duration_s=max_duration)
         modes = ["cascade", "e2e"] if mode == Mode.both else [mode.value]
         base = out if out is not None else Path(f"{audio_path.stem}.reply.wav")
+        check_output_file(base, "--out")
+        audio = load_audio(audio_path, max_duration_s=max_duration)
         pipelines = {}
         with ui.err.status("loading models ..."):
             for m in modes:
@@ -711,7 +725,7 @@ def talk(
       omni talk --input two_questions.wav --output conversation.wav --save session/
       omni talk --input two_questions.wav --fast --mode e2e --e2e-model ./my-omni-model
     """
-    from omni_cli.audio import load_audio
+    from omni_cli.audio import check_output_dir, check_output_file, load_audio
     from omni_cli.talk import Conversation, KeySegmenter, TalkOptions, VadSegmenter
     from omni_cli.talk_audio import (
         FAST_SPEED,
@@ -725,6 +739,10 @@ def talk(
     with user_errors():
         if fast and input_path is None:
             raise ConfigError("--fast needs --input FILE (the microphone runs in real time)")
+        if output is not None:
+            check_output_file(output, "--output")
+        if save is not None:
+            check_output_dir(save, "--save")
         options = TalkOptions(vad_threshold=vad_threshold, silence_ms=silence_ms, barge_in=barge_in)
         if input_path is not None:
             source = FileSource(load_audio(input_path), speed=FAST_SPEED if fast else 1.0, holds_for_answers=fast)
@@ -760,6 +778,9 @@ def _load_pipeline(mode, asr_model, backend, beam_size, llm, tts, voice, e2e_mod
     """The cascade or end-to-end pipeline from the command-line options `respond` and `talk` share."""
     from omni_cli.llm import GenerationOptions
 
+    from omni_cli.registry import require_device
+
+    require_device(device)
     generation = GenerationOptions(max_new_tokens=max_new_tokens)
     if mode == "e2e":
         from omni_cli.e2e.load import load_e2e_pipeline, parse_omega
@@ -775,22 +796,30 @@ def _load_pipeline(mode, asr_model, backend, beam_size, llm, tts, voice, e2e_mod
 
 
 def _talk_save(conversation, output: Path | None, save: Path | None, sample_rate: int) -> None:
-    """Write the two-sided recording and the session file (also after Ctrl-C)."""
+    """Write the session file and the two-sided recording (also after Ctrl-C); one failing
+    does not cost the other."""
     from omni_cli.audio import shown, write_wav
+    from omni_cli.cache import atomic_file
 
     turns = conversation.turns
     ui.note(f"{len(turns)} turn(s)" + (f", {sum(t.interrupted for t in turns)} interrupted" if any(t.interrupted for t in turns) else ""))
+    failure = None
+    if save is not None:
+        try:
+            with atomic_file(save / "session.jsonl") as tmp:
+                tmp.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in conversation.session()), encoding="utf-8")
+            ui.note(f"session: {shown(save / 'session.jsonl')}")
+        except OSError as exc:
+            failure = OutputError(f"{shown(save)}: could not write the session ({exc.strerror or exc})")
     if output is not None and conversation.recording is not None:
         audio = conversation.recording.audio(sample_rate)
-        write_wav(output, audio, sample_rate)
-        ui.note(f"conversation: {shown(output)} ({len(audio) / sample_rate:.1f} s; left: you, right: the answers)")
-    if save is not None:
-        save.mkdir(parents=True, exist_ok=True)
-        target = save / "session.jsonl"
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in conversation.session()), encoding="utf-8")
-        tmp.replace(target)
-        ui.note(f"session: {shown(target)}")
+        try:
+            write_wav(output, audio, sample_rate)
+            ui.note(f"conversation: {shown(output)} ({len(audio) / sample_rate:.1f} s; left: you, right: the answers)")
+        except OutputError as exc:
+            failure = exc
+    if failure is not None:
+        raise failure
 
 
 def _input_errors_name(path: Path, events):
@@ -863,6 +892,11 @@ def eval_cmd(
             max_new_tokens=max_new_tokens, asr_wer=asr_wer, judge_asr=judge_asr, device=device, max_duration_s=max_duration)
         if not paths and not bench:
             raise ConfigError("give audio folders, files or manifests, or --bench NAME (see `omni eval --help`)")
+        from omni_cli.audio import check_output_dir
+        from omni_cli.registry import require_device
+
+        check_output_dir(out, "--out")
+        require_device(device)
         items = ev.items_from_paths(paths) if paths else []
         if bench:
             from omni_cli.benches import load_bench
@@ -915,4 +949,10 @@ def main() -> None:
     if "--debug" in sys.argv[1:]:
         DEBUG = True
         sys.argv = [a for a in sys.argv if a != "--debug"]
+    signal.signal(signal.SIGTERM, _terminate)
     app()
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM stops a command as Ctrl-C does, so it keeps what Ctrl-C keeps."""
+    raise KeyboardInterrupt

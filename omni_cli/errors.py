@@ -28,3 +28,10 @@ class ConfigError(OmniError):
     """Options that contradict each other or name something unknown."""
 
     exit_code = 2
+
+
+class OutputError(OmniError):
+    """A result cannot be written where it was asked to go (a folder where a file should be,
+    no permission, a full disk)."""
+
+    exit_code = 74  # EX_IOERR

@@ -78,12 +78,16 @@ def items_from_paths(paths: list[Path]) -> list[EvalItem]:
         else:
             others.append(p)
     files, problems = find_audio_files(others) if others else ([], [])
-    items += [EvalItem(shown(f), shown(f), reference_for(f, None)) for f in files]
+    for f in files:  # the id is printable; the audio path keeps the name's own bytes (os.fsdecode)
+        try:
+            items.append(EvalItem(shown(f), os.fsdecode(f), reference_for(f, None)))
+        except InputError as exc:
+            items.append(EvalItem(shown(f), os.fsdecode(f), problem=str(exc)))
     if not items:
         raise InputError("no audio found in " + ", ".join(shown(p) for p in paths))
-    items += [EvalItem(shown(p), shown(p), problem=reason) for p, reason in problems]
+    items += [EvalItem(shown(p), os.fsdecode(p), problem=reason) for p, reason in problems]
     unique: dict[str, EvalItem] = {}
-    for item in items:
+    for item in items:  # the same file named twice on the command line runs once
         unique.setdefault(item.id, item)
     return list(unique.values())
 
@@ -373,13 +377,32 @@ def read_results(out: Path) -> list[dict]:
     path = out / RESULTS
     rows: dict[tuple[str, str], dict] = {}
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{shown(path)}: not UTF-8 text at byte {exc.start}; it is not a results file of omni eval") from exc
+        for n, line in enumerate(lines, 1):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                continue
+                if n == len(lines):
+                    continue  # cut off by a kill
+                raise InputError(f"{shown(path)}:{n}: not valid JSON; it is not a results file of omni eval") from None
+            if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get("condition"), str):
+                raise InputError(f"{shown(path)}:{n}: a results row needs 'id' and 'condition'; it is not a results file of omni eval")
             rows[(row["id"], row["condition"])] = row
     return list(rows.values())
+
+
+def _json_line(row: dict) -> str:
+    """One JSON line, UTF-8 where it can be; a path whose name is not UTF-8 keeps its bytes as
+    escapes (ASCII JSON), so it reads back to the same path."""
+    line = json.dumps(row, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(row)
+    return line + "\n"
 
 
 class ResultsFile:
@@ -399,7 +422,7 @@ class ResultsFile:
         self._file = open(path, "a", encoding="utf-8")
 
     def append(self, rows: list[dict]) -> None:
-        self._file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        self._file.write("".join(_json_line(r) for r in rows))
         self._file.flush()
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omni_cli.cache import cache_dir
-from omni_cli.errors import ModelNotFoundError
+from omni_cli.errors import ConfigError, ModelNotFoundError
 
 
 def hub_offline() -> bool:
@@ -308,3 +308,18 @@ def prepare_defaults(progress: Callable[[str], None] = lambda _msg: None) -> Non
                 resolve_whisper(entry.name, need="openai")
             else:
                 resolve_llm(entry.name)
+
+
+def require_device(device: str) -> str:
+    """`device` if models can run there: cpu, or cuda / cuda:N where this torch sees that GPU."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
+        raise ConfigError(f"--device is cpu, cuda or cuda:N, not {device!r}")
+    if kind == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda, but this torch build sees no CUDA GPU (setup.sh installs the CPU build); use --device cpu")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: there are {torch.cuda.device_count()} GPU(s)")
+    return device

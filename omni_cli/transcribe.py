@@ -21,9 +21,6 @@ from omni_cli.errors import InputError, OmniError
 from omni_cli.metrics import wer_counts
 from omni_cli.vad import has_speech
 
-FORMATS = ("txt", "json", "srt", "vtt")
-
-
 @dataclass(frozen=True)
 class FileResult:
     path: Path
@@ -64,26 +61,50 @@ def manifest_rows(path: Path) -> list[dict]:
     if not path.is_file():
         raise InputError(f"{shown(path)}: manifest not found")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # (a byte-order mark is not content)
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{shown(path)}: cannot read the manifest ({type(exc).__name__}; it must be UTF-8 text)") from exc
     rows = []
+    ids: dict[str, int] = {}
     for n, line in enumerate(lines, 1):
         if not line.strip() or line.startswith("#"):
             continue
-        if line.lstrip().startswith("{"):
+        where = f"{shown(path)}:{n}"
+        if line.lstrip().startswith(("{", "[")):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise InputError(f"{shown(path)}:{n}: not valid JSON ({exc.msg})") from exc
-            audio = row.get("audio") or row.get("path")
-            text = row.get("text") or row.get("ref") or row.get("reference")
-            answer, key = row.get("answer"), row.get("id")
+                raise InputError(f"{where}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise InputError(f"{where}: expected a JSON object with 'audio', got a {type(row).__name__}")
+            audio = _field(row, where, "audio", "path")
+            text = _field(row, where, "text", "ref", "reference")
+            answer = _field(row, where, "answer")
+            key = row.get("id")
+            if key is not None and not isinstance(key, (str, int)):
+                raise InputError(f"{where}: 'id' must be a string or a number")
+            key = None if key is None else str(key)
         else:
             audio, text, answer, *_ = [*line.split("\t"), None, None]
             key = None
+        if key is not None:
+            if key in ids:
+                raise InputError(f"{where}: id '{key}' is used twice (also on line {ids[key]}); ids must be unique")
+            ids[key] = n
         rows.append({"n": n, "audio": audio, "text": text, "answer": answer, "id": key})
     return rows
+
+
+def _field(row: dict, where: str, *names: str) -> str | None:
+    """The first of `names` present in a manifest object: a string, or None when absent."""
+    for name in names:
+        value = row.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InputError(f"{where}: '{name}' must be a string, got {type(value).__name__} {json.dumps(value)[:40]}")
+        return value
+    return None
 
 
 def read_manifest(path: Path) -> dict[Path, str]:
@@ -97,14 +118,16 @@ def read_manifest(path: Path) -> dict[Path, str]:
 
 
 def reference_for(audio: Path, manifest: dict[Path, str] | None) -> str | None:
+    """The reference transcript of `audio`: from the manifest, or a `.txt` beside it (InputError
+    if that file cannot be read as UTF-8 text)."""
     if manifest is not None:
         return manifest.get(audio.resolve())
     beside = audio.with_suffix(".txt")
     if beside.is_file():
         try:
-            return beside.read_text(encoding="utf-8").strip()
-        except UnicodeDecodeError:
-            return None
+            return beside.read_text(encoding="utf-8-sig").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{shown(beside)}: the reference transcript is not UTF-8 text ({type(exc).__name__})") from exc
     return None
 
 
@@ -137,7 +160,12 @@ def transcribe_paths(
         for path, reason in problems:
             yield FileResult(path, error=reason)
         for path in files:
-            yield transcribe_file(asr, path, reference_for(path, refs), max_duration_s)
+            try:
+                reference = reference_for(path, refs)
+            except InputError as exc:
+                yield FileResult(path, error=str(exc))
+                continue
+            yield transcribe_file(asr, path, reference, max_duration_s)
 
     return len(files) + len(problems), run()
 

@@ -9,6 +9,8 @@ This module knows nothing about pipelines.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 from dataclasses import dataclass
@@ -83,6 +85,11 @@ class EspeakTTS:
             raise ModelNotFoundError(f"espeak-ng is not installed: run `{ESPEAK.install}`")
         self.engine = pyttsx3.init("espeak")
         if voice:
+            known = {v.id for v in self.engine.getProperty("voices")}
+            known |= {k.split("/", 1)[-1] for k in known}
+            if voice.split("+", 1)[0] not in known:
+                english = sorted(k for k in known if "/" not in k and k.startswith("en"))
+                raise ConfigError(f"unknown eSpeak NG voice '{voice}': try one of {', '.join(english)} (a '+f2'-style variant may follow)")
             self.engine.setProperty("voice", voice)
         if rate:
             self.engine.setProperty("rate", rate)
@@ -92,8 +99,9 @@ class EspeakTTS:
         fd, tmp = tempfile.mkstemp(suffix=".wav")
         os.close(fd)
         try:
-            self.engine.save_to_file(text, tmp)
-            self.engine.runAndWait()
+            with contextlib.redirect_stdout(io.StringIO()):  # pyttsx3 prints "Audio saved to ..." on stdout, the answer's channel
+                self.engine.save_to_file(text, tmp)
+                self.engine.runAndWait()
             audio, sr = sf.read(tmp, dtype="float32", always_2d=True)
         finally:
             Path(tmp).unlink(missing_ok=True)

@@ -91,8 +91,16 @@ def tone(seconds: float = 1.0, sr: int = 16000, freq: float = 220.0, channels: i
     return np.stack([mono] * channels, axis=1) if channels > 1 else mono
 
 
+@pytest.fixture(scope="session")
+def too_long_audio(tmp_path_factory) -> Path:
+    """31 minutes of silence as FLAC (over the 30-minute limit), written once per session."""
+    path = tmp_path_factory.mktemp("long") / "long.flac"
+    sf.write(path, np.zeros(16000 * 60 * 31, dtype=np.int16), 16000, subtype="PCM_16")
+    return path
+
+
 @pytest.fixture()
-def bad_inputs(tmp_path) -> dict[str, Path]:
+def bad_inputs(tmp_path, too_long_audio) -> dict[str, Path]:
     """One file (or folder) for each kind of bad input the commands must refuse clearly."""
     d = tmp_path / "bad"
     d.mkdir()
@@ -105,7 +113,7 @@ def bad_inputs(tmp_path) -> dict[str, Path]:
         "truncated": d / "truncated.wav",
         "zero_length": d / "zero.wav",
         "silence": d / "silence.wav",
-        "too_long": d / "long.flac",
+        "too_long": too_long_audio,
         "no_audio_dir": d / "empty_folder",
         "non_utf8": Path(os.fsdecode(bytes(d / "caf") + b"\xe9.wav")),
     }
@@ -117,7 +125,6 @@ def bad_inputs(tmp_path) -> dict[str, Path]:
     paths["truncated"].write_bytes(data[: len(data) // 2])
     sf.write(paths["zero_length"], np.zeros(0, dtype=np.float32), 16000)
     sf.write(paths["silence"], np.zeros(3 * 16000, dtype=np.float32), 16000)
-    sf.write(paths["too_long"], np.zeros(16000 * 60 * 31, dtype=np.int16), 16000, subtype="PCM_16")
     paths["no_audio_dir"].mkdir()
     (paths["no_audio_dir"] / "readme.txt").write_text("nothing to hear")
     sf.write(os.fsencode(paths["non_utf8"]), good, 16000, subtype="PCM_16")

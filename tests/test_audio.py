@@ -86,3 +86,30 @@ def test_write_wav_is_atomic_and_readable(tmp_path):
     data, sr = sf.read(target)
     assert sr == 22050 and len(data) == int(0.25 * 22050)
     assert [p.name for p in target.parent.iterdir()] == ["reply.wav"]  # no temp left behind
+
+
+def test_written_files_follow_the_umask_and_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    import os
+
+    import soundfile as sf
+
+    from omni_cli.audio import write_wav
+    from omni_cli.cache import atomic_file
+    from omni_cli.errors import OutputError
+
+    old = os.umask(0o022)
+    try:
+        path = write_wav(tmp_path / "a.wav", np.zeros(160, dtype=np.float32), 16000)
+        with atomic_file(tmp_path / "b.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644 and (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o644
+
+    def full_disk(*args, **kwargs):
+        raise sf.LibsndfileError(0, "System error")  # what libsndfile says when the disk is full
+
+    monkeypatch.setattr(sf, "write", full_disk)
+    with pytest.raises(OutputError, match="could not write the audio"):
+        write_wav(tmp_path / "c.wav", np.zeros(160, dtype=np.float32), 16000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "b.txt"]  # no partial file left

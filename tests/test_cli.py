@@ -133,6 +133,7 @@ def test_respond_with_espeak_voice_streams_text_to_stdout(tmp_path):
     result = invoke("respond", EXAMPLE_QUESTION, "--tts", "espeak", "--out", out, "--max-new-tokens", "30")
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() and "heard:" in result.stderr and "first_audio_latency_s" in result.stderr
+    assert "Audio saved" not in result.stdout  # the answer's channel holds only the answer
     assert sf.info(out).duration > 0.5
 
 
@@ -211,3 +212,73 @@ def test_paths_with_markup_characters_are_shown_as_they_are(tmp_path, bad_inputs
     assert "x[/y]bad.flac" in result.stderr and "[red]q.wav" in result.stderr and "corrupt" in result.stderr
     missing = invoke("transcribe", tmp_path / "[bold]missing[/].wav")
     assert missing.exit_code != 0 and "[bold]missing[/].wav" in missing.stderr
+
+
+
+# -- bad output paths, bad option values, signals -------------------------------------------------
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path):
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        (["respond", EXAMPLE_QUESTION, "--out", folder], "is a folder"),
+        (["respond", EXAMPLE_QUESTION, "--out", a_file / "r.wav"], "is a file, not a folder"),
+        (["talk", "--input", EXAMPLE_QUESTION, "--fast", "--output", folder, "--save", tmp_path / "s"], "is a folder"),
+        (["talk", "--input", EXAMPLE_QUESTION, "--fast", "--save", a_file], "is a file, not a folder"),
+        (["transcribe", EXAMPLE_QUESTION, "--out", a_file], "is a file, not a folder"),
+        (["eval", EXAMPLE_QUESTION, "--out", a_file / "run"], "is a file, not a folder"),
+    ]
+    for args, message in cases:
+        result = invoke(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.stderr and result.stderr.strip().startswith("error:"), (args, result.stderr)
+        assert not (tmp_path / "s").exists()
+
+
+def test_unknown_voice_and_device_are_refused(tiny_e2e_parts):
+    import torch
+
+    voice = invoke("respond", EXAMPLE_QUESTION, "--tts", "espeak", "--voice", "zz-bogus")
+    assert voice.exit_code == 2 and "unknown eSpeak NG voice 'zz-bogus'" in voice.stderr
+    if not torch.cuda.is_available():
+        for mode in ("cascade", "e2e"):
+            result = invoke("respond", EXAMPLE_QUESTION, "--mode", mode, "--e2e-model", tiny_e2e_parts["omni"], "--device", "cuda")
+            assert result.exit_code == 2 and "no CUDA GPU" in result.stderr, result.output
+    bad = invoke("transcribe", EXAMPLE_QUESTION, "--device", "tpu")
+    assert bad.exit_code == 2 and "--device is cpu, cuda or cuda:N" in bad.stderr
+
+
+def test_sigterm_keeps_what_ctrl_c_keeps(tmp_path):
+    """transcribe --format json, stopped by SIGTERM after some files: those results reach stdout."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(300):
+        shutil.copy(EXAMPLE_QUESTION, folder / f"q{i:03d}.wav")
+    omni = os.path.join(os.path.dirname(sys.executable), "omni")
+    proc = subprocess.Popen([omni, "transcribe", str(folder), "--format", "json", "--beam-size", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def reading_a_later_file() -> bool:  # the process has a file past the first two open
+        try:
+            targets = [os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{proc.pid}/fd")]
+        except OSError:
+            return False
+        return any(t.startswith(str(folder)) and not t.endswith(("q000.wav", "q001.wav")) for t in targets)
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not reading_a_later_file():
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    done = json.loads(out)
+    assert 1 <= len(done) < 300 and all("moon" in r["text"].lower() for r in done)

@@ -3,6 +3,7 @@ bad item among good ones, the report files and their numbers, and workers / Ray 
 same per-item results as one process; tiny random LLMs, the real tiny.en Whisper and Piper."""
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -81,6 +82,62 @@ def test_items_from_folders_and_manifests(tmp_path):
     assert "no such file" in by_id[str(tmp_path / "missing")].problem
     with pytest.raises(InputError, match="no audio found"):
         ev.items_from_paths([tmp_path / "missing"])
+
+
+def test_manifests_with_wrong_types_duplicates_or_a_bom(tmp_path):
+    shutil.copy(EXAMPLE_QUESTION, tmp_path / "q.wav")
+    bad = {
+        '{"audio": 5}': "1: 'audio' must be a string",
+        '{"audio": "q.wav", "text": 5}': "1: 'text' must be a string",
+        '["q.wav", "hi"]': "1: expected a JSON object",
+        '{"audio": "q.wav", "id": [1]}': "1: 'id' must be a string or a number",
+        '{"id": "a", "audio": "q.wav"}\n{"id": "a", "audio": "q.wav"}': "2: id 'a' is used twice (also on line 1)",
+    }
+    for n, (text, message) in enumerate(bad.items()):
+        path = tmp_path / f"m{n}.jsonl"
+        path.write_text(text + "\n")
+        with pytest.raises(InputError, match=re.escape(message)):
+            ev.items_from_paths([path])
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "b", "audio": "q.wav", "text": "hi"}).encode() + b"\n")
+    assert ev.items_from_paths([bom]) == [ev.EvalItem("b", str(tmp_path / "q.wav"), "hi")]  # JSON, not TSV
+
+
+def test_odd_entries_in_a_folder_are_failed_items_not_skipped(tmp_path):
+    import os
+
+    d = tmp_path / "set"
+    d.mkdir()
+    shutil.copy(EXAMPLE_QUESTION, d / "good.wav")
+    (d / "folder.wav").mkdir()
+    os.symlink(d / "nowhere.wav", d / "broken.wav")
+    os.mkfifo(d / "pipe.wav")
+    odd_name = os.fsencode(d) + b"/caf\xe9.wav"  # not UTF-8
+    shutil.copy(EXAMPLE_QUESTION, os.fsdecode(odd_name))
+    shutil.copy(EXAMPLE_QUESTION, d / "latin.wav")
+    (d / "latin.txt").write_bytes("Tell me about the mo\xf6n".encode("latin-1"))
+    items = {i.id.rsplit("/", 1)[-1]: i for i in ev.items_from_paths([d])}
+    assert items["good.wav"].problem is None
+    assert "is a folder" in items["folder.wav"].problem
+    assert "broken link" in items["broken.wav"].problem
+    assert "not a regular file" in items["pipe.wav"].problem
+    assert "not UTF-8" in items["latin.wav"].problem
+    odd = items["caf\\xe9.wav"]
+    assert odd.problem is None and os.fsencode(odd.audio) == odd_name  # the file itself, by its own bytes
+    from omni_cli.audio import load_audio
+
+    assert load_audio(odd.audio).size > 0
+
+
+def test_a_results_file_that_is_not_ours_is_refused_with_its_line(tmp_path):
+    for n, content in enumerate([b'{"id": "a", "condition": "cascade"}\n{"condition": "cascade"}\n{"id": "b", "condition": "cascade"}\n',
+                                 b'{"id": "a", "condition": "cascade"}\n[1, 2]\n{"id": "b", "condition": "cascade"}\n',
+                                 b'{"id": "a", "condition": "cascade"}\n\xff\xfe\n']):
+        out = tmp_path / f"run{n}"
+        out.mkdir()
+        (out / "results.jsonl").write_bytes(content)
+        with pytest.raises(InputError, match="results.jsonl(:2: a results row needs|: not UTF-8)"):
+            ev.ResultsFile(out, resume=True)
 
 
 def test_bad_arguments_give_one_clear_line(tmp_path):

@@ -142,11 +142,9 @@ def training_device(device: str = "cpu") -> str:
             dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         if device.startswith("cuda"):
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda, but this torch build sees no CUDA GPU; use --device cpu")
-    if not device.startswith(("cpu", "cuda")):
-        raise ConfigError(f"--device is cpu, cuda or cuda:N, not {device!r}")
-    return device
+    from omni_cli.registry import require_device
+
+    return require_device(device)
 
 
 def world() -> tuple[int, int]:
