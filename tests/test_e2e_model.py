@@ -253,3 +253,17 @@ def test_published_model_with_its_unit_hifigan_through_the_cli(published_replica
     assert payload["sample_rate"] == 16000 and payload["mode"] == "e2e"
     assert payload["metrics"]["audio_s"] > 0 and payload["metrics"]["first_audio_latency_s"] > 0
     assert sf.info(out).samplerate == 16000
+
+
+def test_e2e_refuses_a_request_longer_than_the_encoder_hears(tiny_e2e_parts, question_audio):
+    """The speech encoder's context is 30 s: a longer request is refused out loud, not cut."""
+    import numpy as np
+
+    from omni_cli.e2e.load import load_e2e_pipeline
+    from omni_cli.e2e.pipeline import E2EOptions
+    from omni_cli.errors import InputError
+
+    pipe = load_e2e_pipeline(str(tiny_e2e_parts["omni"]), None, E2EOptions(omega=None, generation=OPTS))
+    long = np.tile(question_audio, int(31 * 16000 / len(question_audio)) + 1)
+    with pytest.raises(InputError, match="hears at most 30 s"):
+        list(pipe.run(long))

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from omni_cli.audio import SAMPLE_RATE
+from omni_cli.e2e.speech_encoder import HOP
 from omni_cli.e2e.speech_generator import SpeechDecoderStream
 from omni_cli.e2e.speech_llm import SpeechLLM
 from omni_cli.e2e.unit_vocoder import UnitChunker, UnitVocoder
-from omni_cli.errors import ConfigError
+from omni_cli.errors import ConfigError, InputError
 from omni_cli.events import AudioChunk, Done, Event, Response, SpeechEnded, StageTiming, TextDelta, UnitChunk, collect, now
 from omni_cli.llm import GenerationOptions
 from omni_cli.vad import require_speech
@@ -49,6 +50,10 @@ class E2EPipeline:
     ) -> Iterator[Event]:
         """Answer the speech in `audio` (16 kHz mono); `history` holds earlier chat turns as text.
         `speech_end` is when the user stopped speaking (a live caller's VAD decision; default: now)."""
+        limit = self.model.config.encoder.n_ctx * 2 * HOP / SAMPLE_RATE  # the speech encoder's context
+        if len(audio) / SAMPLE_RATE > limit + 0.01:
+            raise InputError(f"the request is {len(audio) / SAMPLE_RATE:.1f} s long; the end-to-end model hears at most "
+                             f"{limit:.0f} s at a time (the speech encoder's context): shorten it, or use --mode cascade")
         if self.options.check_speech:
             require_speech(audio)
         yield SpeechEnded(duration_s=len(audio) / SAMPLE_RATE, t=now() if speech_end is None else speech_end)

@@ -15,7 +15,6 @@ from torch import nn
 from omni_cli.e2e.config import EncoderConfig
 
 HOP = 160  # samples per mel frame at 16 kHz (Whisper's STFT hop)
-N_SAMPLES_30S = 480_000
 
 
 def _plain_layer_norms(module: nn.Module) -> None:
