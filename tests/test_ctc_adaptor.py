@@ -265,3 +265,20 @@ def test_two_processes_train_as_one(ctc_omni, tmp_path):
     losses_one = json.loads((tmp_path / "one" / "losses.json").read_text())
     losses_two = json.loads((tmp_path / "two" / "losses.json").read_text())
     assert len(losses_two) == 3 and abs(losses_one[0] - losses_two[0]) < 0.02 * losses_one[0]
+
+
+def test_batched_decoding_equals_one_at_a_time(ctc_omni):
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.train import speech_features_of
+
+    model = load_omni(ctc_omni)
+    proj = model.speech_projector
+    with torch.no_grad():
+        proj.bias.copy_(torch.cat([torch.zeros(proj.config.vocab), torch.tensor([-1e4])]))  # never blank
+    torch.manual_seed(4)
+    states = [torch.randn(n, 64) * 5 for n in (37, 120, 64, 9)]
+    with torch.no_grad():
+        alone = [proj.decode(x.unsqueeze(0)) for x in states]
+        assert proj.decode_batch(states) == alone and any(alone)
+        for f, x in zip(speech_features_of(model, [x.half() for x in states], batch=3), states):
+            torch.testing.assert_close(f, proj(x.half().float().unsqueeze(0))[0])

@@ -116,21 +116,37 @@ class CTCSpeechProjector(nn.Module):
 
     def decode(self, x: torch.Tensor) -> list[int]:
         """Greedy CTC over one utterance's encoder states (1, frames, width): LLM token ids."""
-        best = self.logits(x)[0].argmax(-1).tolist()
-        out, previous = [], None
-        for c in best:
-            if c != previous and c != self.blank:
-                out.append(c)
-            previous = c
-        return self.token_ids[torch.tensor(out, dtype=torch.long)].tolist() if out else []
+        return self.decode_batch([x[0]])[0]
+
+    def decode_batch(self, states: list[torch.Tensor]) -> list[list[int]]:
+        """Greedy CTC over several utterances' encoder states (each (frames, width)) as one padded
+        batch (padding masked out): each one's LLM token ids."""
+        lengths = torch.tensor([len(x) for x in states], device=states[0].device)
+        best = self.logits(torch.nn.utils.rnn.pad_sequence(states, batch_first=True), lengths).argmax(-1)
+        out = []
+        for row, n in zip(best.tolist(), torch.div(lengths, self.k, rounding_mode="floor").tolist()):
+            ids, previous = [], None
+            for c in row[:n]:
+                if c != previous and c != self.blank:
+                    ids.append(c)
+                previous = c
+            out.append(self.token_ids[torch.tensor(ids, dtype=torch.long)].tolist() if ids else [])
+        return out
+
+    def embed_heard(self, ids: list[int]) -> torch.Tensor:
+        """(tokens, llm_width): the LLM's input embeddings of its canonical tokens of the text
+        the CTC ids spell."""
+        tokenizer = self._llm[1]
+        canonical = tokenizer(tokenizer.decode(ids).strip(), add_special_tokens=False).input_ids
+        table = self._table()
+        return table[torch.tensor(canonical, dtype=torch.long, device=table.device)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(1, frames, encoder_width) -> (1, tokens, llm_width): the LLM's input embeddings of
         its canonical tokens of the text heard (possibly none)."""
         if x.shape[0] != 1:
             raise ValueError("the ctc speech_projector reads one utterance at a time")
-        ids = self._llm[1](self.heard(x), add_special_tokens=False).input_ids
-        return self._table()[torch.tensor(ids, dtype=torch.long, device=x.device)].unsqueeze(0)
+        return self.embed_heard(self.decode(x)).unsqueeze(0)
 
 
 CHARS = "abcdefghijklmnopqrstuvwxyz0123456789 '.,?!-"  # what a "chars" head spells

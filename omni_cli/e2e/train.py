@@ -383,6 +383,22 @@ def train_ctc_adaptor(
     proj.eval()
 
 
+@torch.no_grad()
+def speech_features_of(model: SpeechLLM, encoded: list[torch.Tensor], batch: int = 64) -> list[torch.Tensor]:
+    """The adaptor's outputs for each utterance's cached encoder states, as the LLM reads them
+    (a ctc adaptor decodes them in padded batches, in length order)."""
+    proj, dev = model.speech_projector, model.device
+    if not hasattr(proj, "decode_batch"):
+        return [proj(e.float().unsqueeze(0).to(dev))[0].cpu() for e in encoded]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out: list[torch.Tensor | None] = [None] * len(encoded)
+    for b in range(0, len(order), batch):
+        part = order[b : b + batch]
+        for i, ids in zip(part, proj.decode_batch([encoded[i].float().to(dev) for i in part])):
+            out[i] = proj.embed_heard(ids).cpu()
+    return out
+
+
 def train_llm(
     model: SpeechLLM, rows: list[dict], out: Path, options: TrainOptions = TrainOptions(), resume: bool = False,
     lora: LoraConfig = LoraConfig(), answer_share: float = 0.5,
@@ -408,8 +424,7 @@ def train_llm(
         set_peft_model_state_dict(llm, model.merged_lora)
         model.merged_lora = {}
     model.config = dataclasses.replace(model.config, llm_lora={**dataclasses.asdict(lora), "targets": list(lora.targets)})
-    with torch.no_grad():
-        features = [model.speech_projector(e.float().unsqueeze(0).to(model.device))[0].cpu() for e in encode_rows(model, rows)]
+    features = speech_features_of(model, encode_rows(model, rows))
     embed = llm.get_input_embeddings()
     prompts = {}
     for task, config in (("answer", None), ("asr", model.repeat_prompt())):
