@@ -282,3 +282,20 @@ def test_batched_decoding_equals_one_at_a_time(ctc_omni):
         assert proj.decode_batch(states) == alone and any(alone)
         for f, x in zip(speech_features_of(model, [x.half() for x in states], batch=3), states):
             torch.testing.assert_close(f, proj(x.half().float().unsqueeze(0))[0])
+
+
+def test_batched_emitting_states_equal_one_item_at_a_time(ctc_omni):
+    """Right padding, length order and the attention mask change nothing (float32 on this path:
+    bfloat16 autocast is compared loosely)."""
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.train import emitting_states, emitting_states_batch
+
+    model = load_omni(ctc_omni)
+    questions = ["Tell me about the moon.", "Why?", "Paris is the capital of France, is it not?"]
+    answers = ["The moon is bright.", "Because it is, and that is all there is to say.", "Yes."]
+    together = emitting_states_batch(model, answers, instructions=questions, batch=2)
+    for q, a, (h, t) in zip(questions, answers, together):
+        h1, t1 = emitting_states(model, a, instruction=q)
+        assert h.shape == h1.shape and h.shape[0] == len(model.llm.tokenizer(a, add_special_tokens=False).input_ids) + 1
+        torch.testing.assert_close(h, h1, atol=5e-2, rtol=5e-2)
+        torch.testing.assert_close(t, t1)

@@ -469,18 +469,37 @@ def emitting_states(model: SpeechLLM, response: str, encoded: torch.Tensor | Non
     """The frozen LLM's states that emit each answer token and the end token, and those tokens'
     input embeddings, both (len(answer) + 1, llm_width): given the speech's encoder outputs,
     or (no audio needed) the typed instruction in the user turn."""
+    return emitting_states_batch(model, [response], None if encoded is None else [encoded],
+                                 None if instruction is None else [instruction])[0]
+
+
+@torch.no_grad()
+def emitting_states_batch(model: SpeechLLM, responses: list[str], encoded: list[torch.Tensor] | None = None,
+                          instructions: list[str] | None = None, batch: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`emitting_states` of many items, the LLM run on right-padded batches (bfloat16 autocast
+    where the hardware has it), in length order; results on the CPU, in the items' order."""
     embed = model.llm.model.get_input_embeddings()
-    with torch.no_grad():
-        if encoded is not None:
-            prompt = model.prompt_embeds(model.speech_projector(encoded.float().unsqueeze(0).to(model.device))[0])
-        else:
-            messages = [{"role": "system", "content": model.config.prompt.system}, {"role": "user", "content": instruction}]
-            prompt = embed(model.llm.chat_ids(messages))
-        ids = torch.tensor([_answer_ids(model, response)], device=prompt.device)
-        tokens = embed(ids)
-        hidden = model.llm.model(inputs_embeds=torch.cat([prompt, tokens], dim=1), output_hidden_states=True).hidden_states[-1][0]
-    start = prompt.shape[1] - 1
-    return hidden[start : start + ids.shape[1]], tokens[0]
+    dev = model.device
+    if encoded is not None:
+        prompts = [model.prompt_embeds(f.to(dev))[0] for f in speech_features_of(model, encoded)]
+    else:
+        system = model.config.prompt.system
+        prompts = [embed(model.llm.chat_ids([{"role": "system", "content": system}, {"role": "user", "content": text}]))[0]
+                   for text in instructions]
+    answers = [torch.tensor(_answer_ids(model, r), device=dev) for r in responses]
+    order = sorted(range(len(responses)), key=lambda i: len(prompts[i]) + len(answers[i]))
+    out: list = [None] * len(responses)
+    for b in range(0, len(order), batch):
+        part = order[b : b + batch]
+        seqs = [torch.cat([prompts[i], embed(answers[i])]) for i in part]
+        x = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+        mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(q), dtype=torch.long, device=dev) for q in seqs], batch_first=True)
+        with autocast(dev):
+            hidden = model.llm.model(inputs_embeds=x, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+        for row, i in enumerate(part):
+            start = len(prompts[i]) - 1
+            out[i] = (hidden[row, start : start + len(answers[i])].float().cpu(), embed(answers[i]).float().cpu())
+    return out
 
 
 def train_speech_decoder(
@@ -497,10 +516,11 @@ def train_speech_decoder(
     for p in gen.parameters():
         p.requires_grad_(True)
     rows = [r for r in rows if r["units"]]
+    responses = [r["response"] for r in rows]
     if from_text:
-        pairs = [emitting_states(model, r["response"], instruction=r["instruction"]) for r in rows]
+        pairs = emitting_states_batch(model, responses, instructions=[r["instruction"] for r in rows])
     else:
-        pairs = [emitting_states(model, r["response"], encoded=e) for e, r in zip(encode_rows(model, rows), rows)]
+        pairs = emitting_states_batch(model, responses, encoded=encode_rows(model, rows))
     units = [torch.tensor(r["units"]) for r in rows]
     pad = torch.nn.utils.rnn.pad_sequence
     dev = model.device
