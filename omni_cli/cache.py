@@ -56,6 +56,10 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
         yield tmp
+        # Some writers (safetensors) create their files 0600 whatever the umask.
+        for path in tmp.rglob("*"):
+            if not path.is_symlink():
+                os.chmod(path, umask_mode(0o777 if path.is_dir() else 0o666))
         os.chmod(tmp, umask_mode(0o777))
         try:
             os.rename(tmp, final)

@@ -360,9 +360,9 @@ def train_adaptor_cmd(
 @train_app.command("llm")
 def train_llm_cmd(
     data_dir: TrainData, out: TrainOut, start: TrainFrom = None,
-    steps: TrainSteps = 600, batch_size: TrainBatch = 8, lr: TrainLr = 2e-4, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 100,
+    steps: TrainSteps = 600, batch_size: TrainBatch = 8, lr: TrainLr = 5e-4, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 100,
     seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
-    rank: Annotated[int, typer.Option("--lora-rank", min=1, help="Rank of the LoRA adapters.")] = 16,
+    rank: Annotated[int, typer.Option("--lora-rank", min=1, help="Rank of the LoRA adapters.")] = 8,
     answer_share: Annotated[float, typer.Option("--answer-share", min=0.0, max=1.0, help="Share of items that answer (the rest repeat what was said).")] = 0.5,
     device: TrainDevice = "cpu",
 ) -> None:

@@ -26,7 +26,7 @@ resume() { [ -f "$1/train_state.pt" ] && echo --resume || true; }
 $OMNI train adaptor --task ctc --data "$RUNS/data" --out "$RUNS/stage1" --steps "$STEPS1" --batch-size 32 --lr 1e-3 \
   --save-every 250 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage1")
 $OMNI train llm --data "$RUNS/data" --out "$RUNS/stage1b" --from "$RUNS/stage1/model" --steps "$STEPS1B" --batch-size 8 \
-  --lr 2e-4 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage1b")
+  --lr 5e-4 --lora-rank 8 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage1b")
 $OMNI train speech-decoder --from-text --data "$RUNS/data" --out "$RUNS/stage2" --from "$RUNS/stage1b/model" \
-  --steps "$STEPS2" --batch-size 16 --lr 1e-3 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage2")
+  --steps "$STEPS2" --batch-size 16 --lr 1e-3 --save-every 500 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage2")
 $OMNI train export "$RUNS/stage2/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2

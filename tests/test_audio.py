@@ -94,7 +94,10 @@ def test_written_files_follow_the_umask_and_a_failed_write_leaves_nothing(tmp_pa
     import soundfile as sf
 
     from omni_cli.audio import write_wav
-    from omni_cli.cache import atomic_file
+    import torch
+    from safetensors.torch import save_file
+
+    from omni_cli.cache import atomic_dir, atomic_file
     from omni_cli.errors import OutputError
 
     old = os.umask(0o022)
@@ -102,9 +105,13 @@ def test_written_files_follow_the_umask_and_a_failed_write_leaves_nothing(tmp_pa
         path = write_wav(tmp_path / "a.wav", np.zeros(160, dtype=np.float32), 16000)
         with atomic_file(tmp_path / "b.txt") as tmp:
             tmp.write_text("x")
+        with atomic_dir(tmp_path / "model") as tmp:  # safetensors writes its files 0600
+            save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644 and (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
 
     def full_disk(*args, **kwargs):
         raise sf.LibsndfileError(0, "System error")  # what libsndfile says when the disk is full
@@ -112,4 +119,4 @@ def test_written_files_follow_the_umask_and_a_failed_write_leaves_nothing(tmp_pa
     monkeypatch.setattr(sf, "write", full_disk)
     with pytest.raises(OutputError, match="could not write the audio"):
         write_wav(tmp_path / "c.wav", np.zeros(160, dtype=np.float32), 16000)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "b.txt"]  # no partial file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "b.txt", "model"]  # no partial file left
