@@ -1,4 +1,4 @@
-"""Benchmark of the end-to-end mode (issue 3), one command, ratios from the same run:
+"""Benchmark of the end-to-end mode, one command, ratios from the same run:
 
 1. Speech decoder cost per text token at answer lengths 50 and 400: ours (incremental,
    KV cache: only the lambda new positions are computed per token), with full causal
@@ -7,7 +7,7 @@
    weights. Windowed, the work per token is flat; with full attention only the attention
    over the cache grows; the re-run grows with the whole answer.
 2. First-audio latency of e2e vs cascade on the same inputs, when trained weights for the
-   offline default exist (issue 4); otherwise reported as not measured.
+   offline default exist; otherwise reported as not measured.
 
     python -m evals.bench_e2e [--json results.json]
 """
@@ -82,7 +82,7 @@ def bench_latency() -> dict:
     from omni_cli.registry import OMNI_E2E_DEFAULT
 
     if OMNI_E2E_DEFAULT.installed_path() is None:
-        return {"measured": False, "reason": "no trained weights for the offline e2e default yet (issue 4)"}
+        return {"measured": False, "reason": "no trained weights for the offline e2e default"}
     import subprocess
 
     root = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Benchmark of the foundation (issue 2), one command, ratios measured in the same run:
+"""Benchmark of the foundation, one command, ratios measured in the same run:
 
 1. Whisper tiny.en through both backends on the same real human speech (pocketsphinx +
    MFA sets): real-time factor and WER, with the default decoding (beam 5 and Whisper's
@@ -10,7 +10,7 @@
 
     python -m evals.bench_foundation [--limit N] [--json results.json]
 
-Targets (issue 2): faster-whisper >= 3x faster at equal WER (within 0.5 points); cascade
+Targets: faster-whisper >= 3x faster at equal WER (within 0.5 points); cascade
 peak RSS < 1.5 GB.
 """
 

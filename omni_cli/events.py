@@ -10,7 +10,7 @@ about models or rendering.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,9 +110,48 @@ class Response:
 
     @property
     def metrics(self) -> dict[str, float | None]:
-        from omni_cli.metrics import latency_metrics
-
         return latency_metrics(self.events)
+
+
+def latency_metrics(events: Iterable[Event]) -> dict[str, float | None]:
+    """The latency figures of one run, from its events' timestamps.
+
+    - first_token_s: end of input speech -> first text of the answer
+    - first_audio_latency_s: end of input speech -> first reply audio ready
+    - total_s: end of input speech -> answer complete
+    - audio_s: duration of the spoken answer; rtf: total_s / audio_s
+    - <stage>_s: each StageTiming (asr_s, ...)
+    """
+    t0 = first_text = first_audio = done = None
+    audio_s = 0.0
+    stages: dict[str, float] = {}
+    for e in events:
+        if isinstance(e, SpeechEnded) and t0 is None:
+            t0 = e.t
+        elif isinstance(e, TextDelta) and first_text is None and e.text.strip():
+            first_text = e.t
+        elif isinstance(e, AudioChunk):
+            first_audio = e.t if first_audio is None else first_audio
+            audio_s += e.duration_s
+        elif isinstance(e, StageTiming):
+            stages[f"{e.stage}_s"] = stages.get(f"{e.stage}_s", 0.0) + e.seconds
+        elif isinstance(e, Done):
+            done = e.t
+    if t0 is None:
+        raise ValueError("latency_metrics needs a SpeechEnded event")
+
+    def since(t: float | None) -> float | None:
+        return None if t is None else t - t0
+
+    total = since(done)
+    return {
+        **stages,
+        "first_token_s": since(first_text),
+        "first_audio_latency_s": since(first_audio),
+        "total_s": total,
+        "audio_s": audio_s,
+        "rtf": (total / audio_s) if total is not None and audio_s > 0 else None,
+    }
 
 
 def collect(events: Iterator[Event], sample_rate: int) -> Response:

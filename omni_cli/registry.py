@@ -200,10 +200,6 @@ def lookup(name: str) -> ModelEntry | None:
     return MODELS.get(ALIASES.get(name, name))
 
 
-def default_model(role: str) -> ModelEntry:
-    return next(m for m in MODELS.values() if m.role == role and m.default)
-
-
 # -- resolution ---------------------------------------------------------------------------
 
 

@@ -60,10 +60,6 @@ class PiperTTS:
 
     # -- the phoneme-unit level (the end-to-end mode's discrete units) --------------------
 
-    @property
-    def num_units(self) -> int:
-        return self.voice.config.num_symbols
-
     def phoneme_ids(self, text: str) -> list[list[int]]:
         """Phoneme ids of each sentence of `text`, with the voice's BOS/pad/EOS ids."""
         return [self.voice.phonemes_to_ids(p) for p in self.voice.phonemize(text) if p]

@@ -1,4 +1,4 @@
-"""The shipped offline end-to-end default (issue 4): it loads from the repository, answers a
+"""The shipped offline end-to-end default: it loads from the repository, answers a
 spoken question without any transcript, and its speech says what its text says (a trained
 speech decoder; random weights would babble). How well it understands the question is
 measured by `evals/e2e_quality.py` and reported in its model card, not asserted here."""

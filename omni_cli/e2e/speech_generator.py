@@ -39,12 +39,12 @@ def llama_config(config: SpeechDecoderConfig):
         bos_token_id=None,
         eos_token_id=None,
         pad_token_id=None,
+        attn_implementation="sdpa",
     )
     if config.attention_window is not None:
         # a rolling KV cache of the last window - 1 positions per layer
         cfg.sliding_window = config.attention_window
         cfg.layer_types = ["sliding_attention"] * config.n_layers
-    cfg._attn_implementation = "sdpa"
     return cfg
 
 
