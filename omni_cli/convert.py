@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from omni_cli.cache import atomic_dir, atomic_file
+from omni_cli.errors import ConfigError
 
 # DataType enum order of CTranslate2 (include/ctranslate2/types.h)
 _CT2_DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16, "bfloat16")
@@ -47,7 +48,7 @@ def read_ct2_model(path: Path) -> dict[str, np.ndarray]:
 
     version = take("I")
     if version < 5:
-        raise ValueError(f"unsupported CTranslate2 binary version {version} (need >= 5)")
+        raise ConfigError(f"unsupported CTranslate2 binary version {version} (need >= 5)")
     take_string()  # spec name
     take("I")  # spec revision
     variables: dict[str, np.ndarray] = {}

@@ -21,7 +21,7 @@ from omni_cli.e2e.unit_hifigan import (
     UnitHiFiGANVocoder,
     durations_from_log,
 )
-from omni_cli.errors import ModelNotFoundError
+from omni_cli.errors import ConfigError, ModelNotFoundError
 
 # The published mHuBERT vocoder's config.json, shrunk; training-only fields kept so that
 # the loader is shown to ignore them.
@@ -147,7 +147,7 @@ def test_vocoder_wrapper(published_like):
     assert np.abs(wav).max() <= 1.0
     np.testing.assert_array_equal(wav, vocoder.units_to_audio([4, 2, 11]))
     assert vocoder.units_to_audio([]).shape == (0,)
-    with pytest.raises(ValueError, match="below 20"):
+    with pytest.raises(ConfigError, match="it has 20"):
         vocoder.units_to_audio([1, 20])
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from omni_cli.e2e.config import SPEECH_PLACEHOLDER, OmniConfig, PromptConfig
 from omni_cli.e2e.speech_encoder import SpeechEncoder
 from omni_cli.e2e.speech_generator import SpeechGenerator
+from omni_cli.errors import ConfigError
 from omni_cli.llm import ChatLLM, GenerationOptions, TokenStep, stream_generate
 
 
@@ -78,7 +79,7 @@ class SpeechLLM(nn.Module):
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             before, after = text.split(SPEECH_PLACEHOLDER)
             return tokenizer(before, add_special_tokens=False).input_ids, tokenizer(after, add_special_tokens=False).input_ids
-        raise ValueError(f"unknown prompt template {p.template!r} (chat | llama3-omni)")
+        raise ConfigError(f"unknown prompt template {p.template!r} (chat | llama3-omni)")
 
     def prompt_embeds(
         self, features: torch.Tensor, history: list[dict[str, str]] | None = None, prompt: PromptConfig | None = None

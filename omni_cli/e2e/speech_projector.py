@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from omni_cli.e2e.config import ProjectorConfig
+from omni_cli.errors import ConfigError
 
 
 def _stack(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -59,7 +60,7 @@ class CTCSpeechProjector(nn.Module):
     def __init__(self, config: ProjectorConfig):
         super().__init__()
         if config.vocab < 1 or config.layers < 0:
-            raise ValueError("a ctc speech_projector needs vocab >= 1 and layers >= 0")
+            raise ConfigError("a ctc speech_projector needs vocab >= 1 and layers >= 0")
         self.config = config
         self.k = config.k
         self.linear1 = nn.Linear(config.encoder_width * config.k, config.hidden)
@@ -179,4 +180,4 @@ def build_projector(config: ProjectorConfig) -> nn.Module:
         return SpeechProjector(config)
     if config.type == "ctc":
         return CTCSpeechProjector(config)
-    raise ValueError(f"unknown speech_projector type {config.type!r} (linear | ctc)")
+    raise ConfigError(f"unknown speech_projector type {config.type!r} (linear | ctc)")

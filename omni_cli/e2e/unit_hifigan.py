@@ -311,7 +311,7 @@ class UnitHiFiGAN(nn.Module):
     def predict_durations(self, frames: Tensor) -> Tensor:
         """frames: (B, C, T) unit embeddings -> (B, T) int64 frames per unit."""
         if self.dur_predictor is None:
-            raise ValueError("this vocoder has no duration predictor (no dur_predictor_params in its config)")
+            raise ConfigError("this vocoder has no duration predictor (no dur_predictor_params in its config)")
         return durations_from_log(self.dur_predictor(frames))
 
     def decode(self, frames: Tensor) -> Tensor:
@@ -473,7 +473,8 @@ class UnitHiFiGANVocoder:
         kept = [int(u) for u in units if int(u) >= 0]
         bad = [u for u in kept if u >= self.num_units]
         if bad:
-            raise ValueError(f"unit ids must be below {self.num_units}, got {bad[:5]}")
+            raise ConfigError(f"the model emits unit ids this vocoder lacks (it has {self.num_units}, got {bad[:5]}): "
+                              "use the vocoder the model was trained with")
         if not kept:
             return np.zeros(0, dtype=np.float32)
         with torch.inference_mode():
