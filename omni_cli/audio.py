@@ -37,14 +37,27 @@ def is_audio_path(path: Path) -> bool:
     return path.suffix.lower() in AUDIO_EXTENSIONS
 
 
+MPEG_SUFFIXES = (".mp3", ".mp2", ".mpga")
+
+
+def _is_mpeg(path: Path) -> bool:
+    """MPEG audio by name or by its first bytes (an ID3 tag or a frame sync)."""
+    if path.suffix.lower() in MPEG_SUFFIXES:
+        return True
+    with open(path, "rb") as f:
+        head = f.read(3)
+    return head[:3] == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
+
+
 def _probe_duration(path: Path) -> float | None:
     """Duration from the header alone, without decoding (None when unknown)."""
-    try:
-        info = sf.info(os.fsencode(path))
-        if info.samplerate > 0 and info.frames > 0:
-            return info.frames / info.samplerate
-    except Exception:  # noqa: BLE001 - libsndfile can't read it; PyAV may
-        pass
+    if not _is_mpeg(path):  # libsndfile hands MPEG to mpg123, which prints its complaints on stderr
+        try:
+            info = sf.info(os.fsencode(path))
+            if info.samplerate > 0 and info.frames > 0:
+                return info.frames / info.samplerate
+        except Exception:  # noqa: BLE001 - libsndfile can't read it; PyAV may
+            pass
     try:
         import av
 
@@ -115,6 +128,8 @@ def load_audio(
             f"{max_duration_s / 60:.0f} min limit (raise it with --max-duration)"
         )
     try:
+        if _is_mpeg(path):
+            raise InputError("MPEG goes to FFmpeg")  # quietly, where mpg123 would print to stderr
         audio, sr = _decode_soundfile(path)
     except Exception:  # noqa: BLE001 - not something libsndfile reads; try FFmpeg
         try:

@@ -120,3 +120,15 @@ def test_written_files_follow_the_umask_and_a_failed_write_leaves_nothing(tmp_pa
     with pytest.raises(OutputError, match="could not write the audio"):
         write_wav(tmp_path / "c.wav", np.zeros(160, dtype=np.float32), 16000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "b.txt", "model"]  # no partial file left
+
+
+def test_a_text_file_named_mp3_fails_in_one_line_without_decoder_noise(tmp_path, capfd):
+    from omni_cli.audio import load_audio
+    from omni_cli.errors import InputError
+
+    fake = tmp_path / "notes.mp3"
+    fake.write_text("hello, this is text and not audio\n" * 20)
+    with pytest.raises(InputError, match="corrupt or not an audio file"):
+        load_audio(fake)
+    err = capfd.readouterr().err
+    assert "MPEG" not in err and "resync" not in err and err == ""  # mpg123 used to print its notes here
