@@ -698,6 +698,8 @@ def talk(
     silence_ms: Annotated[int, typer.Option("--silence-ms", min=100, help="This much silence (ms) ends your turn.")] = 700,
     vad_threshold: Annotated[float, typer.Option("--vad-threshold", min=0.05, max=0.95, help="Speech probability that starts your turn; lower is more sensitive.")] = 0.5,
     barge_in: Annotated[bool, typer.Option("--barge-in/--no-barge-in", help="Speaking during an answer stops it and starts a new turn (with speakers, use headphones).")] = True,
+    input_device: Annotated[str | None, typer.Option("--input-device", help="Microphone: a device index or part of its name (list them: python -m sounddevice). Default: the system's.")] = None,
+    output_device: Annotated[str | None, typer.Option("--output-device", help="Speakers: a device index or part of its name. Default: the system's.")] = None,
     asr_model: AsrModelOpt = None,
     backend: BackendOpt = Backend.faster_whisper,
     beam_size: BeamOpt = 5,
@@ -722,6 +724,7 @@ def talk(
     [bold]Examples:[/]
       omni talk
       omni talk --push-to-talk --silence-ms 1000
+      omni talk --input-device USB --output-device 3
       omni talk --input two_questions.wav --output conversation.wav --save session/
       omni talk --input two_questions.wav --fast --mode e2e --e2e-model ./my-omni-model
     """
@@ -732,7 +735,9 @@ def talk(
         EnterKey,
         FileSource,
         Microphone,
+        device_spec,
         open_speaker,
+        xrun_note,
     )
     from omni_cli.talk_view import TalkView
 
@@ -747,13 +752,14 @@ def talk(
         if input_path is not None:
             source = FileSource(load_audio(input_path), speed=FAST_SPEED if fast else 1.0, holds_for_answers=fast)
         else:
-            source = Microphone()  # no device: an InputError that says how to use --input
-        speaker = None if fast else open_speaker()  # a fast file's answers play only into --output
-        if speaker is None and input_path is None:
-            ui.note("no speakers found: the answers are not played (record them with --output)")
+            source = Microphone(device_spec(input_device))  # no device: an InputError that says how to use --input
         with ui.err.status("loading models ..."):
             pipeline = _load_pipeline(mode.value, asr_model, backend.value, beam_size, llm, tts.value, voice, e2e_model,
                                       vocoder, omega, max_new_tokens, system_prompt, device)
+        # opened once the models are loaded: a stream idle through the loading only underruns
+        speaker = None if fast else open_speaker(device_spec(output_device))  # a fast file plays only into --output
+        if speaker is None and input_path is None:
+            ui.note("no speakers found: the answers are not played (record them with --output)")
         conversation = Conversation(pipeline, speaker, options, record=output is not None)
         key = EnterKey() if push_to_talk else None
         stream = conversation.run(source, KeySegmenter(key) if key else VadSegmenter(options))
@@ -770,6 +776,8 @@ def talk(
                 if hasattr(device_, "close"):
                     device_.close()
             _talk_save(conversation, output, save, pipeline.sample_rate)
+            if note := xrun_note(source, speaker):
+                ui.note(note)
         if interrupted:
             raise typer.Exit(130)
 

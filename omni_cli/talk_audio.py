@@ -60,15 +60,26 @@ class FileSource:
             yield frame
 
 
-def _sounddevice(kind: str):
+def device_spec(text: str | None) -> str | int | None:
+    """`--input-device` / `--output-device`: a device index (as `python -m sounddevice` lists
+    them) or a part of its name."""
+    if text is None or not text.strip():
+        return None
+    return int(text) if text.strip().isdigit() else text.strip()
+
+
+def _sounddevice(kind: str, device: str | int | None = None):
     """The sounddevice module, or InputError when PortAudio or the device is missing."""
     try:
         import sounddevice as sd
 
-        sd.query_devices(kind=kind)  # raises when there is no default device of this kind
+        sd.query_devices(device, kind=kind)  # raises when there is no such device (or no default)
         return sd
     except Exception as exc:  # OSError (no PortAudio library), PortAudioError (no device)
-        raise InputError(NO_MICROPHONE.format(reason=str(exc).strip() or type(exc).__name__)) from exc
+        reason = str(exc).strip() or type(exc).__name__
+        if device is not None:
+            raise InputError(f"{kind} device {device!r}: {reason}; list the devices with: python -m sounddevice") from exc
+        raise InputError(NO_MICROPHONE.format(reason=reason)) from exc
 
 
 class Microphone:
@@ -78,8 +89,9 @@ class Microphone:
     holds_for_answers = False
 
     def __init__(self, device: str | int | None = None):
-        sd = _sounddevice("input")
+        sd = _sounddevice("input", device)
         self.blocks: queue.Queue = queue.Queue()
+        self.xruns = 0  # blocks PortAudio lost because they were not read in time
         try:
             sd.check_input_settings(device, channels=1, dtype="float32", samplerate=SAMPLE_RATE)
             rate = SAMPLE_RATE
@@ -93,6 +105,8 @@ class Microphone:
             raise InputError(NO_MICROPHONE.format(reason=str(exc).strip())) from exc
 
     def _callback(self, indata, frames, time_info, status) -> None:
+        if status.input_overflow:
+            self.xruns += 1
         self.blocks.put(indata[:, 0].copy())
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -124,12 +138,13 @@ class Speaker:
 
         self.rate = int(sd.query_devices(device, "output")["default_samplerate"])
         self.queued: deque[np.ndarray] = deque()
+        self.xruns = 0  # callbacks that came too late: a gap in what was played
         self.lock = threading.Lock()
         self.stream = sd.OutputStream(device=device, channels=1, samplerate=self.rate, dtype="float32", callback=self._callback)
         self.stream.start()
 
     def play(self, samples: np.ndarray, sample_rate: int) -> None:
-        audio = resample(samples, sample_rate, self.rate)
+        audio = np.clip(resample(samples, sample_rate, self.rate), -1.0, 1.0)  # resampling overshoots a full-scale peak
         with self.lock:
             self.queued.append(audio)
 
@@ -138,6 +153,8 @@ class Speaker:
             self.queued.clear()
 
     def _callback(self, outdata, frames, time_info, status) -> None:
+        if status.output_underflow:
+            self.xruns += 1
         out = outdata[:, 0]
         filled = 0
         with self.lock:
@@ -158,11 +175,24 @@ class Speaker:
 
 
 def open_speaker(device: str | int | None = None) -> Speaker | None:
-    """The speakers, or None where there are none (the answers then play nowhere)."""
+    """The speakers, or None where there are none (the answers then play nowhere); a device
+    asked for by name or index that cannot be opened is an InputError."""
     try:
         return Speaker(device)
-    except Exception:  # noqa: BLE001 - no PortAudio, no output device
+    except Exception as exc:  # noqa: BLE001 - no PortAudio, no output device
+        if device is None:
+            return None
+        raise InputError(f"output device {device!r}: cannot be opened ({str(exc).strip() or type(exc).__name__}); "
+                         "list the devices with: python -m sounddevice") from exc
+
+
+def xrun_note(source, speaker) -> str | None:
+    """One line on audio lost to timing (PortAudio over- and underflows), or None."""
+    lost_in, lost_out = getattr(source, "xruns", 0), getattr(speaker, "xruns", 0)
+    if not (lost_in or lost_out):
         return None
+    return (f"audio glitches: {lost_in} microphone overflow(s) (input lost), {lost_out} speaker underflow(s) "
+            "(gaps in playback); the machine was too busy to keep up")
 
 
 class EnterKey:

@@ -55,6 +55,8 @@ class TalkView:
 
     def __enter__(self) -> Self:
         self.live.start()
+        if not self.console.is_terminal:
+            self.console.print(Text(f"[{STATES[self.state][1]}]", style="dim"))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -62,6 +64,8 @@ class TalkView:
 
     def show(self, e: Event) -> None:
         if isinstance(e, StateChanged):
+            if not self.console.is_terminal and e.state != self.state:  # no live line: say it as a line
+                self.console.print(Text(f"[{STATES.get(e.state, (None, e.state))[1]}]", style="dim"))
             self.state = e.state
         elif isinstance(e, TurnStarted):
             self.index, self.heard, self.text, self.error = e.index, None, "", None

@@ -206,6 +206,7 @@ def test_cli_writes_the_conversation_and_the_session(cli_with_tiny_cascade, tiny
     result = cli_with_tiny_cascade("--input", wav, "--fast", "--output", tmp_path / "c.wav", "--save", tmp_path / "s")
     assert result.exit_code == 0, result.stderr
     assert "turn 2" in result.stderr and "first audio" in result.stderr
+    assert "[listening]" in result.stderr and "[thinking]" in result.stderr  # not a terminal: the states as lines
     lines = [json.loads(line) for line in (tmp_path / "s" / "session.jsonl").read_text().splitlines()]
     assert [t["index"] for t in lines] == [1, 2] and lines[1]["history_len"] == 2
     assert "capital" in lines[0]["transcript"].lower() and lines[0]["text"]
@@ -247,6 +248,54 @@ def test_no_audio_device_says_how_to_use_input(monkeypatch):
     assert result.exit_code == 2
     assert "no microphone" in result.stderr and "--input FILE" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_named_device_that_is_not_there_is_one_line(monkeypatch):
+    from typer.testing import CliRunner
+
+    from omni_cli.cli import app
+
+    def query_devices(device=None, kind=None):
+        if device is not None:
+            raise ValueError(f"No {kind} device matching {device!r}")  # what sounddevice says
+        return {"name": "default", "default_samplerate": 16000}
+
+    monkeypatch.setitem(sys.modules, "sounddevice", types.SimpleNamespace(query_devices=query_devices))
+    result = CliRunner().invoke(app, ["talk", "--input-device", "bogus[/x]"])
+    assert result.exit_code == 2, result.stderr
+    assert "input device 'bogus[/x]'" in result.stderr and "python -m sounddevice" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_xruns_are_counted_and_reported():
+    from omni_cli.talk_audio import Microphone, Speaker, xrun_note
+
+    status = types.SimpleNamespace(input_overflow=True, output_underflow=True)
+    fine = types.SimpleNamespace(input_overflow=False, output_underflow=False)
+    mic = object.__new__(Microphone)
+    mic.blocks, mic.xruns = __import__("queue").Queue(), 0
+    speaker = object.__new__(Speaker)
+    speaker.queued, speaker.lock, speaker.xruns = __import__("collections").deque([np.ones(4, np.float32)]), __import__("threading").Lock(), 0
+    assert xrun_note(mic, speaker) is None
+    for s in (status, fine, status):
+        mic._callback(np.zeros((160, 1), np.float32), 160, None, s)
+    out = np.full((8, 1), 9.0, np.float32)
+    speaker._callback(out, 8, None, status)
+    assert mic.xruns == 2 and speaker.xruns == 1 and mic.blocks.qsize() == 3
+    assert out[:4, 0].tolist() == [1.0] * 4 and out[4:, 0].tolist() == [0.0] * 4
+    note = xrun_note(mic, speaker)
+    assert "2 microphone overflow" in note and "1 speaker underflow" in note
+
+
+def test_played_answers_never_exceed_full_scale():
+    from omni_cli.talk_audio import Speaker
+
+    speaker = object.__new__(Speaker)
+    speaker.queued, speaker.lock, speaker.rate = __import__("collections").deque(), __import__("threading").Lock(), 48000
+    t = np.arange(2205) / 22050
+    square = np.sign(np.sin(2 * np.pi * 440 * t)).astype(np.float32)  # full scale: resampling rings past 1.0
+    speaker.play(square, 22050)
+    assert np.abs(speaker.queued[0]).max() <= 1.0
 
 
 # -- the real CLI in a terminal -----------------------------------------------------------
