@@ -277,7 +277,8 @@ def _train() -> None:
 
 
 def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume: bool, options, task: str = "answer",
-               from_text: bool = False, llm_options: dict | None = None, device: str = "cpu", units: str = "tokens") -> None:
+               from_text: bool = False, llm_options: dict | None = None, device: str = "cpu", units: str = "tokens",
+               read_back: int = 0) -> None:
     from omni_cli.e2e.build_data import read_manifest
     from omni_cli.e2e.checkpoint import load_omni
     from omni_cli.e2e.defaults import new_default_model
@@ -304,7 +305,7 @@ def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume
         elif stage == "llm":
             steps = train_llm(model, rows, out, options, resume=resume, **llm_options)
         else:
-            steps = train_speech_decoder(model, rows, out, options, resume=resume, from_text=from_text)
+            steps = train_speech_decoder(model, rows, out, options, resume=resume, from_text=from_text, read_back=read_back)
         first = next(steps, None)
     if world()[0] != 0:  # another process of a distributed run: the first one reports
         for _ in steps:
@@ -385,6 +386,7 @@ def train_speech_decoder_cmd(
     steps: TrainSteps = 2000, batch_size: TrainBatch = 8, lr: TrainLr = 1e-3, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 200,
     seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
     from_text: Annotated[bool, typer.Option("--from-text", help="Read the typed instruction in the speech's place (no audio or adaptor needed).")] = False,
+    read_back: Annotated[int, typer.Option("--read-back", min=0, help="Also this many unanswered items, their instruction read back as the answer (more decoder text, no LLM answers needed).")] = 0,
     device: TrainDevice = "cpu",
 ) -> None:
     """Stage 2: train the CTC speech decoder on the frozen LLM's hidden states.
@@ -396,7 +398,7 @@ def train_speech_decoder_cmd(
     with user_errors():
         _train_run("speech-decoder", data_dir, out, start, resume,
                    TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), from_text=from_text,
-                   device=device)
+                   device=device, read_back=read_back)
 
 
 @train_app.command("export")

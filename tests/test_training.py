@@ -11,6 +11,7 @@ import pytest
 from omni_cli.e2e.build_data import BuildOptions, build, read_manifest, select_instructions, speakable
 from omni_cli.e2e.checkpoint import load_omni
 from omni_cli.e2e.train import TrainOptions, train_adaptor, train_speech_decoder
+from omni_cli.errors import ConfigError
 from tests.conftest import EXAMPLE_QUESTION
 
 
@@ -153,6 +154,30 @@ def test_stage2_speech_decoder_learns_the_units(peaked_omni, rows, tmp_path):
     losses = [p.loss for p in train_speech_decoder(model, rows, tmp_path / "s2", opts)]
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
     assert (tmp_path / "s2" / "loss.png").exists()
+
+
+def test_stage2_reads_back_unanswered_instructions(peaked_omni, rows, tmp_path, monkeypatch):
+    import omni_cli.e2e.unit_vocoder as uv
+
+    spoken: list[str] = []
+
+    class Letters:  # the units of a text: its letters (the tiny decoder's unit vocabulary is small)
+        label = "letters"
+
+        def text_to_units(self, text):
+            spoken.append(text)
+            return [1 + ord(c) % 20 for c in text if c.isalpha()]
+
+    monkeypatch.setattr(uv, "load_unit_vocoder", lambda spec: Letters())
+    unanswered = [{"audio": rows[0]["audio"], "instruction": f"read this back {i}"} for i in range(3)]
+    model = load_omni(peaked_omni)
+    opts = TrainOptions(steps=4, batch_size=5, warmup=1, save_every=4)
+    progress = list(train_speech_decoder(model, rows + unanswered, tmp_path / "s2", opts, from_text=True, read_back=2))
+    assert spoken == ["read this back 0", "read this back 1"] and len(progress) == 4
+    assert all(np.isfinite(p.loss) for p in progress)
+    monkeypatch.setattr(uv, "load_unit_vocoder", lambda spec: type("HuBERT", (), {"label": "hubert"})())
+    with pytest.raises(ConfigError, match="--read-back needs units computed from text"):
+        next(train_speech_decoder(load_omni(peaked_omni), rows + unanswered, tmp_path / "s3", opts, from_text=True, read_back=1))
 
 
 def test_cli_data_build_refuses_the_evaluation_set(tmp_path):

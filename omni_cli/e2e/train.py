@@ -504,10 +504,14 @@ def emitting_states_batch(model: SpeechLLM, responses: list[str], encoded: list[
 
 def train_speech_decoder(
     model: SpeechLLM, rows: list[dict], out: Path, options: TrainOptions = TrainOptions(), resume: bool = False,
-    from_text: bool = False,
+    from_text: bool = False, read_back: int = 0,
 ) -> Iterator[Progress]:
     """Stage 2. rows: manifest rows with `response`, `units`, and `audio` (or, `from_text`, the
-    typed `instruction` takes the speech's place: no audio needed). A batch at a time, padded."""
+    typed `instruction` takes the speech's place: no audio needed). A batch at a time, padded.
+
+    `read_back`: that many more rows without an answer join, their instruction read back as the
+    answer (units from the model's unit vocoder): more text for the decoder, no LLM answers needed.
+    """
     torch.manual_seed(options.seed)
     out.mkdir(parents=True, exist_ok=True)
     for p in model.parameters():
@@ -515,7 +519,16 @@ def train_speech_decoder(
     gen = model.speech_generator
     for p in gen.parameters():
         p.requires_grad_(True)
-    rows = [r for r in rows if r["units"]]
+    extra = [r for r in rows if not r.get("units")][:read_back]
+    rows = [r for r in rows if r.get("units")]
+    if extra:
+        from omni_cli.e2e.unit_vocoder import load_unit_vocoder
+
+        vocoder = load_unit_vocoder(model.config.vocoder)
+        if not hasattr(vocoder, "text_to_units"):
+            raise ConfigError(f"--read-back needs units computed from text; {vocoder.label} cannot")
+        extra = [{**r, "response": r["instruction"], "units": vocoder.text_to_units(r["instruction"])} for r in extra]
+        rows += [r for r in extra if r["units"]]
     responses = [r["response"] for r in rows]
     if from_text:
         pairs = emitting_states_batch(model, responses, instructions=[r["instruction"] for r in rows])
