@@ -68,8 +68,31 @@ def device_spec(text: str | None) -> str | int | None:
     return int(text) if text.strip().isdigit() else text.strip()
 
 
+_ALSA_QUIET = None
+
+
+def _quiet_alsa() -> None:
+    """alsa-lib prints its complaints (an underrun, a missing card) straight onto stderr, into
+    the live view; route them nowhere. xruns are counted and reported by the callbacks instead."""
+    global _ALSA_QUIET
+    if _ALSA_QUIET is not None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("asound") or "libasound.so.2")
+    except OSError:  # no ALSA: nothing to quiet
+        _ALSA_QUIET = False
+        return
+    handler = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p)
+    _ALSA_QUIET = handler(lambda *args: None)  # kept referenced for the life of the process
+    lib.snd_lib_error_set_handler(_ALSA_QUIET)
+
+
 def _sounddevice(kind: str, device: str | int | None = None):
     """The sounddevice module, or InputError when PortAudio or the device is missing."""
+    _quiet_alsa()
     try:
         import sounddevice as sd
 
@@ -134,6 +157,7 @@ class Speaker:
     """The default output device; chunks are queued and played in order, `stop()` drops the rest."""
 
     def __init__(self, device: str | int | None = None):
+        _quiet_alsa()
         import sounddevice as sd
 
         self.rate = int(sd.query_devices(device, "output")["default_samplerate"])

@@ -31,6 +31,13 @@ command -v text2wave >/dev/null 2>&1 || need_apt+=(festival)
 for v in kallpc16k kdlpc16k us-slt-hts; do
   dpkg -s "festvox-$v" >/dev/null 2>&1 || need_apt+=("festvox-$v")
 done
+# --dev: PulseAudio with virtual devices for the test of `omni talk` on real audio devices
+# (PortAudio reaches it through ALSA's pulse plugin)
+if [ "$DEV" = 1 ]; then
+  command -v pulseaudio >/dev/null 2>&1 || need_apt+=(pulseaudio)
+  command -v paplay >/dev/null 2>&1 || need_apt+=(pulseaudio-utils)
+  dpkg -s libasound2-plugins >/dev/null 2>&1 || need_apt+=(libasound2-plugins)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -27,7 +27,7 @@ from omni_cli.talk import (
     TurnStarted,
 )
 from omni_cli.talk_audio import FileSource
-from tests.conftest import ROOT
+from tests.conftest import EXAMPLE_QUESTION, ROOT
 
 GEN = GenerationOptions(max_new_tokens=12)
 
@@ -325,6 +325,102 @@ def test_the_terminal_shows_states_transcript_and_timings(two_questions, tmp_pat
         assert state in seen, f"{state!r} never shown"
     assert "you   What is the capital" in seen and "speak" in screens[-1]  # the transcripts
     assert "turn 2" in screens[-1] and "first audio" in screens[-1]
+
+
+# -- real audio devices: PulseAudio with a virtual microphone and speaker ------------------
+
+
+@pytest.fixture()
+def pulse(tmp_path):
+    """A private PulseAudio server: a null sink as the speakers, and a second null sink whose
+    monitor is the microphone (what is played into `micsink` is heard). PortAudio reaches it
+    through ALSA's pulse plugin (libasound2-plugins); set-up installs all three packages."""
+    if shutil.which("pulseaudio") is None or shutil.which("paplay") is None:
+        pytest.skip("PulseAudio is not installed (scripts/setup.sh --dev installs it)")
+    (tmp_path / "default.pa").write_text(
+        f"load-module module-native-protocol-unix socket={tmp_path}/native auth-anonymous=1\n"
+        "load-module module-null-sink sink_name=speaker rate=48000\n"
+        "load-module module-null-sink sink_name=micsink rate=16000\n"
+        "load-module module-remap-source source_name=mic master=micsink.monitor\n"
+        "set-default-sink speaker\nset-default-source mic\n")
+    env = {**__import__("os").environ, "HOME": str(tmp_path), "XDG_RUNTIME_DIR": str(tmp_path)}
+    server = subprocess.Popen(["pulseaudio", "-n", "-F", str(tmp_path / "default.pa"), "--daemonize=no", "--exit-idle-time=-1",
+                               "--use-pid-file=no", "--log-target=stderr"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = {**__import__("os").environ, "PULSE_SERVER": f"unix:{tmp_path}/native"}
+    try:
+        for _ in range(100):
+            if subprocess.run(["pactl", "info"], env=client, capture_output=True, check=False).returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("PulseAudio did not start")
+        yield client
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.mark.real
+def test_talk_hears_the_microphone_and_answers_through_the_speakers(pulse, tmp_path):
+    """The whole device path: a question played into the virtual microphone is heard, answered,
+    and the answer arrives at the virtual speakers, where Whisper hears what the text says."""
+    import threading
+
+    from omni_cli.asr import load_judge
+    from omni_cli.audio import load_audio
+    from omni_cli.metrics import wer
+
+    heard_wav = tmp_path / "speakers.wav"
+    recorder = subprocess.Popen(["parecord", "--device=speaker.monitor", "--rate=16000", "--channels=1", "--file-format=wav",
+                                 str(heard_wav)], env=pulse)
+    omni = ROOT / ".venv" / "bin" / "omni"
+    talk = subprocess.Popen([str(omni), "talk", "--input-device", "pulse", "--output-device", "pulse", "--max-new-tokens", "32",
+                             "--save", str(tmp_path / "session"), "--output", str(tmp_path / "conversation.wav")], env=pulse, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(talk.stderr), daemon=True)
+    reader.start()
+
+    def wait_for(text: str, after: int = 0, seconds: float = 240) -> int:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            found = [i for i, line in enumerate(list(lines)) if i >= after and text in line]
+            if found:
+                return found[0]
+            if talk.poll() is not None:
+                break
+            time.sleep(0.1)
+        pytest.fail(f"{text!r} never came; talk said: {''.join(lines)[-2000:]}")
+
+    try:
+        wait_for("[listening]")
+        question = write_wav(tmp_path / "question.wav", np.concatenate([silence(0.5), load_audio(EXAMPLE_QUESTION), silence(0.3)]),
+                             SAMPLE_RATE)  # a breath before speaking, as people do
+        subprocess.run(["paplay", "--device=micsink", str(question)], env=pulse, check=True)
+        done = wait_for("turn 1")
+        wait_for("[listening]", after=done)  # the answer has played
+        time.sleep(0.5)
+    finally:
+        talk.send_signal(__import__("signal").SIGINT)
+        talk.wait(timeout=60)
+        recorder.terminate()
+        recorder.wait(timeout=10)
+    reader.join(timeout=5)
+    assert talk.returncode == 130, "".join(lines)[-2000:]  # Ctrl-C ends a live conversation
+    turns = [json.loads(line) for line in (tmp_path / "session" / "session.jsonl").read_text().splitlines()]
+    assert len(turns) == 1 and turns[0]["transcript"].strip() and turns[0]["text"], (turns, "".join(lines)[-2000:])
+    # the microphone delivered the question sample for sample (Whisper tiny.en's reading of it
+    # changes with where the turn starts, so the signal itself is compared)
+    recorded, rate = sf.read(tmp_path / "conversation.wav", dtype="float32")
+    mic, asked = resample(recorded[:, 0], rate, SAMPLE_RATE), load_audio(EXAMPLE_QUESTION)
+    match = np.correlate(mic, asked, mode="valid")
+    at = int(np.argmax(np.abs(match)))
+    segment = mic[at : at + len(asked)]
+    assert np.dot(segment, asked) / (np.linalg.norm(segment) * np.linalg.norm(asked)) > 0.99
+    played = load_audio(heard_wav)
+    assert np.sqrt(np.mean(played**2)) > 0.01 and len(played) / SAMPLE_RATE > 1.0  # sound arrived, not silence
+    spoken = load_judge().transcribe(played).text
+    assert wer([turns[0]["text"]], [spoken]) < 0.35, (turns[0]["text"], spoken)
+    assert "ALSA lib" not in "".join(lines)  # alsa-lib's own prints are kept out of the view
 
 
 def test_help_has_examples():
