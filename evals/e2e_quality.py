@@ -35,15 +35,14 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
     from omni_cli.audio import SAMPLE_RATE, load_audio, resample
     from omni_cli.benches import load_bench
     from omni_cli.e2e.build_data import read_manifest
-    from omni_cli.e2e.load import load_e2e_pipeline
-    from omni_cli.e2e.pipeline import E2EOptions
     from omni_cli.events import collect
     from omni_cli.llm import ChatLLM, GenerationOptions, answer_texts
     from omni_cli.metrics import wer
+    from omni_cli.pipelines import PipelineConfig, load_pipeline
     from omni_cli.tts import PiperTTS
 
     generation = GenerationOptions(max_new_tokens=max_new_tokens)
-    pipeline = load_e2e_pipeline(model_spec, None, E2EOptions(generation=generation))
+    pipeline = load_pipeline("e2e", PipelineConfig(e2e_model=model_spec, max_new_tokens=max_new_tokens))
     model = pipeline.model
     base_llm = ChatLLM.load(model.config.llm_source or None)  # the LLM as the cascade runs it (no adapters)
     judge = load_judge()

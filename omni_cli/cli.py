@@ -617,10 +617,11 @@ def respond(
         check_output_file(base, "--out")
         audio = load_audio(audio_path, max_duration_s=max_duration)
         pipelines = {}
+        config = _pipeline_config(modes, asr_model, backend.value, beam_size, llm, tts.value, voice, e2e_model, vocoder,
+                                  omega, max_new_tokens, system_prompt, device)
         with ui.err.status("loading models ..."):
             for m in modes:
-                pipelines[m] = _load_pipeline(m, asr_model, backend.value, beam_size, llm, tts.value, voice, e2e_model,
-                                              vocoder, omega, max_new_tokens, system_prompt, device)
+                pipelines[m] = _load_pipeline(m, config)
         payloads = {}
         for m, pipeline in pipelines.items():
             target = base if len(modes) == 1 else base.with_name(f"{base.stem}.{m}{base.suffix or '.wav'}")
@@ -755,9 +756,10 @@ def talk(
             source = FileSource(load_audio(input_path), speed=FAST_SPEED if fast else 1.0, holds_for_answers=fast)
         else:
             source = Microphone(device_spec(input_device))  # no device: an InputError that says how to use --input
+        config = _pipeline_config([mode.value], asr_model, backend.value, beam_size, llm, tts.value, voice, e2e_model, vocoder,
+                                  omega, max_new_tokens, system_prompt, device)
         with ui.err.status("loading models ..."):
-            pipeline = _load_pipeline(mode.value, asr_model, backend.value, beam_size, llm, tts.value, voice, e2e_model,
-                                      vocoder, omega, max_new_tokens, system_prompt, device)
+            pipeline = _load_pipeline(mode.value, config)
         # opened once the models are loaded: a stream idle through the loading only underruns
         speaker = None if fast else open_speaker(device_spec(output_device))  # a fast file plays only into --output
         if speaker is None and input_path is None:
@@ -784,25 +786,27 @@ def talk(
             raise typer.Exit(130)
 
 
-def _load_pipeline(mode, asr_model, backend, beam_size, llm, tts, voice, e2e_model, vocoder, omega, max_new_tokens, system_prompt, device):
-    """The cascade or end-to-end pipeline from the command-line options `respond` and `talk` share."""
-    from omni_cli.llm import GenerationOptions
+def _load_pipeline(mode: str, config):
+    """`pipelines.load_pipeline` (a seam the tests replace with tiny models)."""
+    from omni_cli.pipelines import load_pipeline
 
-    from omni_cli.registry import require_device
+    return load_pipeline(mode, config)
 
-    require_device(device)
-    generation = GenerationOptions(max_new_tokens=max_new_tokens)
-    if mode == "e2e":
-        from omni_cli.e2e.load import load_e2e_pipeline, parse_omega
-        from omni_cli.e2e.pipeline import E2EOptions
 
-        return load_e2e_pipeline(e2e_model, vocoder, E2EOptions(parse_omega(omega, e2e_model, vocoder), generation), device)
-    from baselines.cascade import CascadeOptions, CascadePipeline
-    from omni_cli.asr import AsrOptions
-    from omni_cli.llm import SPOKEN_SYSTEM_PROMPT
+def _pipeline_config(modes, asr_model, backend, beam_size, llm, tts, voice, e2e_model, vocoder, omega, max_new_tokens,
+                     system_prompt, device):
+    """The PipelineConfig of the options `respond` and `talk` share (omega resolved for e2e)."""
+    from omni_cli.pipelines import PipelineConfig
 
-    options = CascadeOptions(system_prompt=system_prompt or SPOKEN_SYSTEM_PROMPT, generation=generation)
-    return CascadePipeline.load(asr_model, backend, llm, tts, voice, options, AsrOptions(beam_size=beam_size), device)
+    if "e2e" in modes:
+        from omni_cli.e2e.load import parse_omega
+
+        omega = parse_omega(omega, e2e_model, vocoder)
+    else:
+        omega = PipelineConfig.omega
+    return PipelineConfig(asr_model=asr_model, asr_backend=backend, beam_size=beam_size, llm=llm, tts=tts, voice=voice,
+                          system_prompt=system_prompt, e2e_model=e2e_model, vocoder=vocoder, omega=omega,
+                          max_new_tokens=max_new_tokens, device=device)
 
 
 def _talk_save(conversation, output: Path | None, save: Path | None, sample_rate: int) -> None:

@@ -32,8 +32,8 @@ from omni_cli.cache import atomic_file
 from omni_cli.errors import ConfigError, InputError, OmniError
 from omni_cli.events import Response, collect
 from omni_cli.metrics import latency_metrics, wer_counts
+from omni_cli.pipelines import MODES, PipelineConfig, load_pipeline, omega_of, with_omega
 
-MODES = ("cascade", "e2e")
 RESULTS = "results.jsonl"
 MANIFEST_SUFFIXES = (".jsonl", ".tsv")
 
@@ -142,6 +142,11 @@ class EvalConfig:
     def conditions(self) -> list[str]:
         return [condition_label(m, o) for m in self.modes for o in (self.omegas if m == "e2e" else (None,))]
 
+    def pipeline_config(self) -> PipelineConfig:
+        return PipelineConfig(asr_model=self.asr_model, asr_backend=self.asr_backend, beam_size=self.beam_size,
+                              threads=self.threads, llm=self.llm, tts=self.tts, voice=self.voice, e2e_model=self.e2e_model,
+                              vocoder=self.vocoder, omega=self.omegas[0], max_new_tokens=self.max_new_tokens, device=self.device)
+
 
 # -- one item ----------------------------------------------------------------------------------
 
@@ -179,29 +184,19 @@ class Evaluator:
 
     @classmethod
     def load(cls, config: EvalConfig) -> Evaluator:
-        from omni_cli.asr import AsrOptions, load_judge
-        from omni_cli.llm import GenerationOptions
+        from omni_cli.asr import load_judge
 
-        threads = {} if config.threads is None else {"threads": config.threads}
         if config.threads is not None:
             import torch
 
             torch.set_num_threads(config.threads)
-        generation = GenerationOptions(max_new_tokens=config.max_new_tokens)
         pipelines = {}
         if "cascade" in config.modes:
-            from baselines.cascade import CascadeOptions, CascadePipeline
-
-            pipelines["cascade"] = CascadePipeline.load(
-                config.asr_model, config.asr_backend, config.llm, config.tts, config.voice,
-                CascadeOptions(generation=generation), AsrOptions(beam_size=config.beam_size, **threads), config.device)
+            pipelines["cascade"] = load_pipeline("cascade", config.pipeline_config())
         if "e2e" in config.modes:
-            from omni_cli.e2e.load import load_e2e_pipeline
-            from omni_cli.e2e.pipeline import E2EOptions, E2EPipeline
-
-            first = load_e2e_pipeline(config.e2e_model, config.vocoder, E2EOptions(config.omegas[0], generation), config.device)
-            for omega in config.omegas:
-                pipelines[condition_label("e2e", omega)] = E2EPipeline(first.model, first.vocoder, E2EOptions(omega, generation))
+            first = load_pipeline("e2e", config.pipeline_config())
+            for omega in config.omegas:  # one model, one condition per chunk size
+                pipelines[condition_label("e2e", omega)] = with_omega(first, omega)
         judge = None
         if config.asr_wer:
             judge = load_judge(config.judge_asr or config.asr_model, config.asr_backend, config.beam_size, config.device,
@@ -220,7 +215,7 @@ class Evaluator:
         rows = []
         for condition in conditions or list(self.pipelines):
             pipeline = self.pipelines[condition]
-            omega = None if pipeline.mode == "cascade" else (pipeline.options.omega or "all")
+            omega = omega_of(pipeline)
             row = {"id": item.id, "condition": condition, "mode": pipeline.mode, "omega": omega, "audio": item.audio,
                    "reference": item.reference, "reference_answer": item.answer}
             if error is not None:

@@ -38,7 +38,8 @@ from omni_cli.events import (
     Transcript,
     now,
 )
-from omni_cli.metrics import latency_metrics
+from omni_cli.events import latency_metrics
+from omni_cli.pipelines import Pipeline
 
 FRAME = 512  # samples per input frame: Silero VAD's window at 16 kHz (32 ms)
 LISTENING, HEARING, THINKING, SPEAKING = "listening", "hearing", "thinking", "speaking"
@@ -261,7 +262,7 @@ _NOTHING = object()
 class _Run:
     """One pipeline run in a worker thread; its events come through a queue, then None."""
 
-    def __init__(self, pipeline, audio: np.ndarray, history: list[dict[str, str]], speech_end: float):
+    def __init__(self, pipeline: Pipeline, audio: np.ndarray, history: list[dict[str, str]], speech_end: float):
         self.events: queue.Queue = queue.Queue()
         self.cancelled = threading.Event()
         self.done = False
@@ -314,10 +315,9 @@ class _Active:
 
 
 class Conversation:
-    """Multi-turn spoken conversation with one pipeline (anything with `.run(audio, history,
-    speech_end=)`, `.mode` and `.sample_rate`); `run(source)` is its event stream."""
+    """Multi-turn spoken conversation with one `Pipeline`; `run(source)` is its event stream."""
 
-    def __init__(self, pipeline, sink: Sink | None = None, options: TalkOptions = TalkOptions(), record: bool = True):
+    def __init__(self, pipeline: Pipeline, sink: Sink | None = None, options: TalkOptions = TalkOptions(), record: bool = True):
         self.pipeline, self.sink, self.options = pipeline, sink or NullSink(), options
         self.history: list[dict[str, str]] = []
         self.turns: list[Turn] = []

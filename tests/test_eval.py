@@ -173,6 +173,21 @@ def tiny_evaluator(tiny_config):
     return ev.Evaluator.load(tiny_config)
 
 
+def test_every_pipeline_comes_from_the_one_loader(tiny_evaluator):
+    from omni_cli.errors import ConfigError
+    from omni_cli.pipelines import Pipeline, PipelineConfig, load_pipeline, omega_of, with_omega
+
+    pipelines = tiny_evaluator.pipelines
+    assert list(pipelines) == ["cascade", "e2e@10", "e2e@all"]
+    assert all(isinstance(p, Pipeline) for p in pipelines.values())
+    assert pipelines["e2e@10"].model is pipelines["e2e@all"].model  # one model, a condition per omega
+    assert [omega_of(p) for p in pipelines.values()] == [None, 10, "all"]
+    with pytest.raises(ConfigError, match="unknown mode 'telepathy'"):
+        load_pipeline("telepathy", PipelineConfig())
+    with pytest.raises(ConfigError, match="only an end-to-end pipeline"):
+        with_omega(pipelines["cascade"], 5)
+
+
 @pytest.fixture()
 def corpus(tmp_path, bad_inputs):
     """Two good spoken questions with references, a corrupt file and a silent one."""
