@@ -638,33 +638,24 @@ def respond(
 def _respond_once(pipeline, audio, audio_path: Path, target: Path, as_json: bool) -> dict:
     """Run one pipeline on the request, render its events, write its audio; the JSON payload."""
     from omni_cli.audio import shown, write_wav
-    from omni_cli.events import AudioChunk, Done, ErrorEvent, TextDelta, Transcript
-    from omni_cli.metrics import latency_metrics
+    from omni_cli.events import Interrupted, TextDelta, Transcript, collect
 
-    events, chunks = [], []
-    transcript = None
+    def render(e) -> None:
+        if isinstance(e, Transcript) and not as_json:
+            ui.note(f"heard: {e.text}")
+        elif isinstance(e, TextDelta) and not as_json:
+            ui.out(e.text)
+
     try:
-        for e in _input_errors_name(audio_path, pipeline.run(audio)):
-            events.append(e)
-            if isinstance(e, Transcript):
-                transcript = e.text
-                if not as_json:
-                    ui.note(f"heard: {e.text}")
-            elif isinstance(e, TextDelta) and not as_json:
-                ui.out(e.text)
-            elif isinstance(e, AudioChunk):
-                chunks.append(e.samples)
-            elif isinstance(e, ErrorEvent):
-                raise OmniError(e.message)
-    except KeyboardInterrupt:
-        if chunks:
-            write_wav(target, _concat(chunks), pipeline.sample_rate)
+        response = collect(_input_errors_name(audio_path, pipeline.run(audio)), pipeline.sample_rate, render)
+    except Interrupted as stop:
+        if stop.response.audio.size:
+            write_wav(target, stop.response.audio, pipeline.sample_rate)
             ui.note(f"\ninterrupted: the answer so far is in {shown(target)}")
         raise typer.Exit(130) from None
-    reply = _concat(chunks)
+    reply, text, transcript = response.audio, response.text, response.transcript
     write_wav(target, reply, pipeline.sample_rate)
-    metrics = {k: (None if v is None else round(v, 4)) for k, v in latency_metrics(events).items()}
-    text = next(e.text for e in reversed(events) if isinstance(e, Done))
+    metrics = {k: (None if v is None else round(v, 4)) for k, v in response.metrics.items()}
     if not as_json:
         ui.out("\n")
         if pipeline.mode == "e2e":
@@ -845,12 +836,6 @@ def _input_errors_name(path: Path, events):
         yield from events
     except InputError as exc:
         raise InputError(f"{shown(path)}: {exc}") from exc
-
-
-def _concat(chunks):
-    import numpy as np
-
-    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
 
 # -- omni eval ----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ about models or rendering.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,22 +154,45 @@ def latency_metrics(events: Iterable[Event]) -> dict[str, float | None]:
     }
 
 
-def collect(events: Iterator[Event], sample_rate: int) -> Response:
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) while `collect` drained a run; `response` holds what came so far."""
+
+    def __init__(self, response: Response):
+        super().__init__()
+        self.response = response
+
+
+def collect(events: Iterator[Event], sample_rate: int, on_event: Callable[[Event], None] | None = None) -> Response:
     """Drain an event stream into a Response (an ErrorEvent raises its message): the batch
-    call of every pipeline is its streaming generator, drained."""
+    call of every pipeline is its streaming generator, drained. `on_event` sees each event as
+    it comes (live rendering); an interrupt raises `Interrupted` with the response so far."""
     from omni_cli.errors import OmniError
 
     seen: list[Event] = []
-    for e in events:
-        seen.append(e)
-        if isinstance(e, ErrorEvent):
-            raise OmniError(e.message)
+    try:
+        for e in events:
+            seen.append(e)
+            if on_event is not None:
+                on_event(e)
+            if isinstance(e, ErrorEvent):
+                raise OmniError(e.message)
+    except Interrupted:
+        raise
+    except KeyboardInterrupt as exc:
+        raise Interrupted(_response(seen, sample_rate)) from exc
+    return _response(seen, sample_rate)
+
+
+def _response(seen: list[Event], sample_rate: int) -> Response:
     done = next((e for e in reversed(seen) if isinstance(e, Done)), None)
     chunks = [e.samples for e in seen if isinstance(e, AudioChunk)]
     audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    transcript = next((e.text for e in seen if isinstance(e, Transcript)), None)
+    if done is not None and done.transcript is not None:
+        transcript = done.transcript
     return Response(
-        transcript=done.transcript if done else None,
-        text=done.text if done else "",
+        transcript=transcript,
+        text=done.text if done else "".join(e.text for e in seen if isinstance(e, TextDelta)),
         audio=audio,
         sample_rate=sample_rate,
         events=tuple(seen),

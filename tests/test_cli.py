@@ -181,6 +181,32 @@ def test_respond_e2e_runs_a_tiny_model_end_to_end(tiny_e2e_parts, tmp_path):
     assert sf.info(out).duration == pytest.approx(m["audio_s"], abs=0.01)
 
 
+def test_ctrl_c_during_respond_keeps_the_answer_so_far(tiny_e2e_parts, tmp_path, monkeypatch):
+    from omni_cli import cli
+    from omni_cli.events import AudioChunk
+    from omni_cli.pipelines import load_pipeline
+
+    def interrupted_after_the_first_chunk(mode, config):
+        pipeline = load_pipeline(mode, config)
+        run = pipeline.run
+
+        def run_until_ctrl_c(audio, history=None, **kw):
+            for e in run(audio, history, **kw):
+                yield e
+                if isinstance(e, AudioChunk):
+                    raise KeyboardInterrupt
+
+        pipeline.run = run_until_ctrl_c
+        return pipeline
+
+    monkeypatch.setattr(cli, "_load_pipeline", interrupted_after_the_first_chunk)
+    out = tmp_path / "partial.wav"
+    result = invoke("respond", EXAMPLE_QUESTION, "--mode", "e2e", "--e2e-model", tiny_e2e_parts["omni"], "--omega", "5",
+                    "--max-new-tokens", "30", "--out", out)
+    assert result.exit_code == 130
+    assert "the answer so far" in result.stderr and sf.info(out).frames > 0
+
+
 def test_respond_both_compares_the_pipelines(tiny_e2e_parts, tmp_path):
     out = tmp_path / "reply.wav"
     result = invoke("respond", EXAMPLE_QUESTION, "--mode", "both", "--e2e-model", tiny_e2e_parts["omni"],
