@@ -865,6 +865,7 @@ def eval_cmd(
     max_new_tokens: MaxTokensOpt = 160,
     device: DeviceOpt = "cpu",
     max_duration: MaxDurOpt = 1800.0,
+    compare: Annotated[tuple[Path, Path] | None, typer.Option("--compare", help="Compare two finished runs (--out folders) on the items both have: B - A per figure, marked better or worse; JSON to stdout.", show_default=False)] = None,
 ) -> None:
     """Evaluate audio folders or manifests through the cascade and the end-to-end pipeline, side by side.
 
@@ -880,10 +881,19 @@ def eval_cmd(
       omni eval --bench instructs2s-eval --modes cascade,e2e --e2e-model ./my-omni-model --omega 10,20,40,all
       omni eval manifest.jsonl --workers 4 --out runs/eval --resume
       omni eval /shared/audio/ --ray auto --out runs/eval
+      omni eval --compare runs/eval-before runs/eval-after
     """
     from omni_cli import evaluate as ev
     from omni_cli.audio import shown
 
+    if compare is not None:
+        with user_errors():
+            comparison = ev.compare_runs(*compare)
+            header, rows = ev.compare_table(comparison)
+            ui.err.print(ui.eval_table(header, rows))
+            ui.note(f"{comparison['items']} item(s) in both runs; median per item, corpus figures as they are; B = {comparison['b']}")
+            ui.out(json.dumps(comparison, indent=2, ensure_ascii=False) + "\n")
+        return
     with user_errors():
         config = ev.EvalConfig(
             modes=ev.parse_modes(modes), omegas=ev.parse_omegas(omega, e2e_model, vocoder), asr_model=asr_model, asr_backend=backend.value,

@@ -441,9 +441,28 @@ def stats(values: list[float]) -> dict:
     return {"n": int(a.size), "median": float(np.median(a)), "p90": float(np.percentile(a, 90)), "mean": float(a.mean())}
 
 
+def answer_chrf(rows: list[dict], condition: str) -> dict[str, float | None]:
+    """Answer quality of `condition`, as corpus chrF (sacrebleu): against the cascade's answer to
+    the same items (the same LLM reading a transcript: how close an end-to-end answer comes to
+    it), and against the manifest's reference answers where there are some."""
+    from sacrebleu.metrics import CHRF
+
+    ok = {r["id"]: r for r in rows if r["condition"] == condition and not r.get("error")}
+    cascade = {r["id"]: r for r in rows if r["condition"] == "cascade" and not r.get("error")}
+    out: dict[str, float | None] = {"chrf_vs_cascade": None, "chrf_vs_reference_answer": None}
+    if condition != "cascade" and (both := [i for i in ok if i in cascade and cascade[i].get("text")]):
+        out["chrf_vs_cascade"] = CHRF().corpus_score([ok[i].get("text") or "" for i in both],
+                                                     [[cascade[i]["text"] for i in both]]).score
+    if with_answer := [i for i in ok if ok[i].get("reference_answer")]:
+        out["chrf_vs_reference_answer"] = CHRF().corpus_score([ok[i].get("text") or "" for i in with_answer],
+                                                              [[ok[i]["reference_answer"] for i in with_answer]]).score
+    return out
+
+
 def summarize(rows: list[dict]) -> dict:
-    """Per condition: items, failures (counted, with reasons), median/p90/mean of every metric, and
-    the corpus WER and ASR-WER (total edits / total reference words)."""
+    """Per condition: items, failures (counted, with reasons), median/p90/mean of every metric,
+    the corpus WER and ASR-WER (total edits / total reference words) and the answers' chrF
+    against the cascade's and the reference answers (`answer_chrf`)."""
     conditions: dict[str, dict] = {}
     for condition in dict.fromkeys(r["condition"] for r in rows):
         mine = [r for r in rows if r["condition"] == condition]
@@ -457,7 +476,7 @@ def summarize(rows: list[dict]) -> dict:
             corpus[f"corpus_{name}"] = sum(e for e, _ in pairs) / words if words else None
         conditions[condition] = {
             "mode": mine[0]["mode"], "omega": mine[0].get("omega"), "items": len(mine), "ok": len(ok),
-            "failed": len(mine) - len(ok), **corpus, "metrics": metrics,
+            "failed": len(mine) - len(ok), **corpus, **answer_chrf(rows, condition), "metrics": metrics,
             "failures": [{"id": r["id"], "error": r["error"]} for r in mine if r.get("error")],
         }
     return {"items": len({r["id"] for r in rows}), "rows": len(rows), "conditions": conditions}
@@ -475,9 +494,58 @@ def table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
                 s = c["metrics"].get(key)
                 cells.append("-" if s is None else " / ".join(f"{s[k] * scale:.{digits}f}" for k in ("median", "p90", "mean")))
             rows.append([label, *cells])
-    for key, label in (("corpus_wer", "corpus WER (%)"), ("corpus_asr_wer", "corpus ASR-WER (%)")):
-        if any(c[key] is not None for c in conds.values()):
-            rows.append([label, *("-" if c[key] is None else f"{100 * c[key]:.1f}" for c in conds.values())])
+    for key, label, scale in (("corpus_wer", "corpus WER (%)", 100), ("corpus_asr_wer", "corpus ASR-WER (%)", 100),
+                              ("chrf_vs_cascade", "answer chrF vs the cascade's answer", 1),
+                              ("chrf_vs_reference_answer", "answer chrF vs the reference answer", 1)):
+        if any(c.get(key) is not None for c in conds.values()):
+            rows.append([label, *("-" if c.get(key) is None else f"{scale * c[key]:.1f}" for c in conds.values())])
+    return header, rows
+
+
+# lower is better for these; higher for chrF; the rest (length, rate) only differ
+LOWER_IS_BETTER = ("asr_s", "encoder_s", "llm_s", "tts_s", "first_token_s", "first_audio_latency_s", "total_s", "rtf",
+                   "wer", "asr_wer", "corpus_wer", "corpus_asr_wer")
+HIGHER_IS_BETTER = ("chrf_vs_cascade", "chrf_vs_reference_answer")
+
+
+def compare_runs(a: Path, b: Path) -> dict:
+    """The difference B - A of two eval folders, on the items both finished: per condition both
+    have, each metric's median (corpus figures as they are), the delta and whether B is better."""
+    rows_a, rows_b = read_results(a), read_results(b)
+    if not rows_a or not rows_b:
+        raise InputError(f"{shown(a if not rows_a else b)}: no results.jsonl with results (not an `omni eval --out` folder?)")
+    ok = lambda rows: {(r["id"], r["condition"]) for r in rows if not r.get("error")}  # noqa: E731
+    common = ok(rows_a) & ok(rows_b)
+    if not common:
+        raise InputError(f"{shown(a)} and {shown(b)} have no finished item and condition in common")
+    sa = summarize([r for r in rows_a if (r["id"], r["condition"]) in common])
+    sb = summarize([r for r in rows_b if (r["id"], r["condition"]) in common])
+    conditions = {}
+    for name in [c for c in sa["conditions"] if c in sb["conditions"]]:
+        ca, cb = sa["conditions"][name], sb["conditions"][name]
+        figures = {}
+        keys = [k for k in ca["metrics"] if k in cb["metrics"]]
+        pairs = [(k, ca["metrics"][k]["median"], cb["metrics"][k]["median"]) for k in keys]
+        pairs += [(k, ca[k], cb[k]) for k in ("corpus_wer", "corpus_asr_wer", *HIGHER_IS_BETTER)
+                  if ca.get(k) is not None and cb.get(k) is not None]
+        for key, va, vb in pairs:
+            delta = vb - va
+            better = None if key not in LOWER_IS_BETTER + HIGHER_IS_BETTER or delta == 0 else (
+                (delta < 0) == (key in LOWER_IS_BETTER))
+            figures[key] = {"a": va, "b": vb, "delta": delta, "b_better": better}
+        conditions[name] = {"items": ca["ok"], "figures": figures}
+    return {"a": shown(a), "b": shown(b), "items": len({i for i, _ in common}), "conditions": conditions}
+
+
+def compare_table(comparison: dict) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a comparison: one row per condition and figure."""
+    header = ["condition", "figure", "A", "B", "B - A", ""]
+    rows = []
+    for name, c in comparison["conditions"].items():
+        for key, f in c["figures"].items():
+            scale = 100 if key in ("wer", "asr_wer", "corpus_wer", "corpus_asr_wer") else 1
+            mark = {True: "better", False: "worse", None: ""}[f["b_better"]]
+            rows.append([name, key, f"{scale * f['a']:.3f}", f"{scale * f['b']:.3f}", f"{scale * f['delta']:+.3f}", mark])
     return header, rows
 
 

@@ -48,6 +48,47 @@ def test_score_from_event_timestamps_and_word_errors():
     assert "wer" not in no_ref["metrics"] and "asr_wer" not in no_ref["metrics"] and no_ref["counts"] == {}
 
 
+def _answers(condition: str, texts: list[str], latency: float, reference_answers: list[str | None]) -> list[dict]:
+    mode = "cascade" if condition == "cascade" else "e2e"
+    return [{"id": f"q{i}", "condition": condition, "mode": mode, "omega": None, "error": None, "text": t,
+             "reference_answer": ref, "metrics": {"first_audio_latency_s": latency + i / 10, "asr_wer": 0.1},
+             "counts": {"asr_wer": [1, 10]}} for i, (t, ref) in enumerate(zip(texts, reference_answers, strict=True))]
+
+
+def test_answer_quality_is_chrf_against_the_cascade_and_the_reference_answers():
+    cascade = ["The moon orbits the Earth once a month.", "Paris is the capital of France."]
+    rows = (_answers("cascade", cascade, 1.0, [None, "Paris is the capital of France."])
+            + _answers("e2e@40", ["The moon orbits the Earth once a month.", "I like turtles very much."], 0.5, [None, None]))
+    s = ev.summarize(rows)["conditions"]
+    assert s["cascade"]["chrf_vs_cascade"] is None and s["cascade"]["chrf_vs_reference_answer"] == pytest.approx(100)
+    assert 20 < s["e2e@40"]["chrf_vs_cascade"] < 80  # one answer the same, one off topic
+    assert s["e2e@40"]["chrf_vs_reference_answer"] is None
+    header, table = ev.table_rows(ev.summarize(rows))
+    assert [r for r in table if r[0] == "answer chrF vs the cascade's answer"][0][1:] == ["-", f"{s['e2e@40']['chrf_vs_cascade']:.1f}"]
+
+
+def test_compare_shows_what_changed_between_two_runs(tmp_path):
+    from typer.testing import CliRunner
+
+    from omni_cli.cli import app
+
+    for name, latency, texts in (("a", 1.0, ["The moon is far away.", "Paris."]), ("b", 0.6, ["The moon is far away.", "Paris."])):
+        (tmp_path / name).mkdir()
+        rows = _answers("e2e@40", texts, latency, [None, None]) + [{"id": "only-in-" + name, "condition": "e2e@40", "error": "x"}]
+        (tmp_path / name / ev.RESULTS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert result.exit_code == 0, result.stderr
+    comparison = json.loads(result.stdout)
+    first_audio = comparison["conditions"]["e2e@40"]["figures"]["first_audio_latency_s"]
+    assert comparison["items"] == 2 and first_audio["delta"] == pytest.approx(-0.4) and first_audio["b_better"] is True
+    assert comparison["conditions"]["e2e@40"]["figures"]["corpus_asr_wer"]["b_better"] is None  # unchanged
+    assert "better" in result.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "a"), str(empty)])
+    assert bad.exit_code == 2 and "no results.jsonl" in bad.stderr
+
+
 def test_summary_statistics_failures_and_corpus_wer():
     rows = [{"id": f"i{n}", "condition": "cascade", "mode": "cascade", "omega": None, "error": None,
              "metrics": {"first_audio_latency_s": float(n), "wer": n / 10}, "counts": {"wer": [n, 10]}} for n in range(1, 11)]
