@@ -35,14 +35,17 @@ def test_respond_e2e_answers_offline_by_default(tmp_path, real_asr):
     from omni_cli.metrics import wer
 
     out = tmp_path / "answer.wav"
-    result = CliRunner().invoke(app, ["respond", str(EXAMPLE_QUESTION), "--mode", "e2e", "--out", str(out), "--json"])
+    result = CliRunner().invoke(app, ["respond", str(EXAMPLE_QUESTION), "--mode", "e2e", "--out", str(out), "--json",
+                                      "--max-new-tokens", "40"])
     assert result.exit_code == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["transcript"] is None  # no ASR in the end-to-end mode
     assert len(payload["text"].split()) >= 3
     assert sf.info(out).duration > 1.0
     heard = real_asr.transcribe(load_audio(out)).text  # load_audio resamples the 22.05 kHz answer
-    assert wer([payload["text"]], [heard]) < 0.5, (payload["text"], heard)
+    # the model card's ASR-WER is about 50 %; here 0.32-0.50 across CPU instruction sets and thread
+    # counts; random decoder weights make Piper babble (WER near 1)
+    assert wer([payload["text"]], [heard]) < 0.7, (payload["text"], heard)
 
 
 def test_the_default_hears_the_question():
