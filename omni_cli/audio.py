@@ -40,18 +40,17 @@ def is_audio_path(path: Path) -> bool:
 MPEG_SUFFIXES = (".mp3", ".mp2", ".mpga")
 
 
-def _is_mpeg(path: Path) -> bool:
-    """MPEG audio by name or by its first bytes (an ID3 tag or a frame sync)."""
+def _is_mpeg(path: Path, head: bytes) -> bool:
+    """MPEG audio by name or by its first bytes `head` (an ID3 tag or a frame sync). libsndfile
+    hands MPEG to mpg123, which prints its complaints on stderr: such files go to FFmpeg."""
     if path.suffix.lower() in MPEG_SUFFIXES:
         return True
-    with open(path, "rb") as f:
-        head = f.read(3)
     return head[:3] == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
 
 
-def _probe_duration(path: Path) -> float | None:
+def _probe_duration(path: Path, mpeg: bool) -> float | None:
     """Duration from the header alone, without decoding (None when unknown)."""
-    if not _is_mpeg(path):  # libsndfile hands MPEG to mpg123, which prints its complaints on stderr
+    if not mpeg:
         try:
             info = sf.info(os.fsencode(path))
             if info.samplerate > 0 and info.frames > 0:
@@ -69,11 +68,9 @@ def _probe_duration(path: Path) -> float | None:
     return None
 
 
-def _check_riff_length(path: Path, size: int) -> None:
-    """A WAV whose header promises more bytes than the file holds was cut off (libsndfile
-    would silently decode the part that is there)."""
-    with open(path, "rb") as f:
-        head = f.read(12)
+def _check_riff_length(path: Path, size: int, head: bytes) -> None:
+    """A WAV whose header (`head`, its first 12 bytes) promises more bytes than the file holds
+    was cut off (libsndfile would silently decode the part that is there)."""
     if len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         declared = int.from_bytes(head[4:8], "little") + 8
         if declared not in (8, 0xFFFFFFFF + 8) and declared > size:
@@ -85,6 +82,16 @@ def _check_riff_length(path: Path, size: int) -> None:
 def _decode_soundfile(path: Path) -> tuple[np.ndarray, int]:
     data, sr = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
     return data.mean(axis=1), sr
+
+
+def _decode(path: Path, mpeg: bool) -> tuple[np.ndarray, int]:
+    """libsndfile where it reads the file (never for MPEG), FFmpeg (PyAV) for the rest."""
+    if not mpeg:
+        try:
+            return _decode_soundfile(path)
+        except Exception:  # noqa: BLE001 - not something libsndfile reads; try FFmpeg
+            pass
+    return _decode_av(path)
 
 
 def _decode_av(path: Path) -> tuple[np.ndarray, int]:
@@ -120,25 +127,23 @@ def load_audio(
     size = path.stat().st_size
     if size == 0:
         raise InputError(f"{shown(path)}: the file is empty (0 bytes)")
-    _check_riff_length(path, size)
-    duration = _probe_duration(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+    _check_riff_length(path, size, head)
+    mpeg = _is_mpeg(path, head)
+    duration = _probe_duration(path, mpeg)
     if max_duration_s is not None and duration is not None and duration > max_duration_s:
         raise InputError(
             f"{shown(path)}: audio is {duration / 60:.1f} min long, over the "
             f"{max_duration_s / 60:.0f} min limit (raise it with --max-duration)"
         )
     try:
-        if _is_mpeg(path):
-            raise InputError("MPEG goes to FFmpeg")  # quietly, where mpg123 would print to stderr
-        audio, sr = _decode_soundfile(path)
-    except Exception:  # noqa: BLE001 - not something libsndfile reads; try FFmpeg
-        try:
-            audio, sr = _decode_av(path)
-        except InputError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            kind = "corrupt or not an audio file" if is_audio_path(path) else "not an audio file"
-            raise InputError(f"{shown(path)}: {kind} ({type(exc).__name__})") from exc
+        audio, sr = _decode(path, mpeg)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        kind = "corrupt or not an audio file" if is_audio_path(path) else "not an audio file"
+        raise InputError(f"{shown(path)}: {kind} ({type(exc).__name__})") from exc
     if audio.size == 0:
         raise InputError(f"{shown(path)}: the audio has no samples (zero length)")
     if not np.isfinite(audio).all():

@@ -4,7 +4,7 @@ An item is an audio file with an optional reference transcript and reference ans
 folder (a `.txt` beside an audio file is its transcript), a JSONL/TSV manifest, or a built-in
 bench (`omni_cli.benches`). A condition is one pipeline setting: `cascade`, or `e2e@OMEGA` for
 each end-to-end chunk size. `Evaluator.run_item` runs an item through its conditions and gives
-one row per condition: the latency figures of the event stream (`metrics.latency_metrics`), the
+one row per condition: the latency figures of the event stream (`events.latency_metrics`), the
 WER of what was heard against the reference (the cascade's ASR transcript; for e2e, the model
 itself asked to repeat what was said, as `omni transcribe --asr-backend e2e` does), the ASR-WER (the answer text against a Whisper
 transcript of the spoken answer), words per second and answer length, or the `error` that
@@ -30,8 +30,8 @@ import numpy as np
 from omni_cli.audio import MAX_DURATION_S, SAMPLE_RATE, find_audio_files, load_audio, resample, shown
 from omni_cli.cache import atomic_file
 from omni_cli.errors import ConfigError, InputError, OmniError
-from omni_cli.events import Response, collect
-from omni_cli.metrics import latency_metrics, wer_counts
+from omni_cli.events import Response, collect, latency_metrics
+from omni_cli.metrics import wer_counts
 from omni_cli.pipelines import MODES, PipelineConfig, load_pipeline, omega_of, with_omega
 
 RESULTS = "results.jsonl"
@@ -503,8 +503,9 @@ def table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 
 
 # lower is better for these; higher for chrF; the rest (length, rate) only differ
+WER_FIGURES = ("wer", "asr_wer", "corpus_wer", "corpus_asr_wer")  # fractions, shown as percentages
 LOWER_IS_BETTER = ("asr_s", "encoder_s", "llm_s", "tts_s", "first_token_s", "first_audio_latency_s", "total_s", "rtf",
-                   "wer", "asr_wer", "corpus_wer", "corpus_asr_wer")
+                   *WER_FIGURES)
 HIGHER_IS_BETTER = ("chrf_vs_cascade", "chrf_vs_reference_answer")
 
 
@@ -543,7 +544,7 @@ def compare_table(comparison: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for name, c in comparison["conditions"].items():
         for key, f in c["figures"].items():
-            scale = 100 if key in ("wer", "asr_wer", "corpus_wer", "corpus_asr_wer") else 1
+            scale = 100 if key in WER_FIGURES else 1
             mark = {True: "better", False: "worse", None: ""}[f["b_better"]]
             rows.append([name, key, f"{scale * f['a']:.3f}", f"{scale * f['b']:.3f}", f"{scale * f['delta']:+.3f}", mark])
     return header, rows

@@ -3,7 +3,7 @@
 A pipeline run is a generator of these frozen, timestamped events; `respond` renders
 them, `talk` plays them, `eval` measures them. Timestamps are `time.perf_counter()`
 seconds; latency figures are differences between event timestamps (see
-`omni_cli.metrics.latency_metrics`), never separate timers. This module knows nothing
+`latency_metrics` below), never separate timers. This module knows nothing
 about models or rendering.
 """
 

@@ -1,9 +1,8 @@
-"""Quality and latency measures shared by every command.
+"""Text quality measures shared by every command.
 
 WER is jiwer's, computed after Whisper's English text normalizer on both sides (the
-convention of the Whisper paper and of the published LLaMA-Omni ASR-WER). Latency
-figures (`latency_metrics`, defined in events.py) are differences between event timestamps
-of one pipeline run.
+convention of the Whisper paper and of the published LLaMA-Omni ASR-WER). The latency
+figures are `events.latency_metrics`, beside the events they read.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from functools import lru_cache
 
 import jiwer
 
-from omni_cli.events import latency_metrics  # noqa: F401  (the latency figures live beside the events they read)
 
 
 @lru_cache(maxsize=1)

@@ -36,9 +36,9 @@ from omni_cli.events import (
     SpeechEnded,
     TextDelta,
     Transcript,
+    latency_metrics,
     now,
 )
-from omni_cli.events import latency_metrics
 from omni_cli.pipelines import Pipeline
 
 FRAME = 512  # samples per input frame: Silero VAD's window at 16 kHz (32 ms)

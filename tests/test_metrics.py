@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from omni_cli.events import AudioChunk, Done, SpeechEnded, StageTiming, TextDelta, Transcript
-from omni_cli.metrics import latency_metrics, normalize, wer, wer_counts
+from omni_cli.events import AudioChunk, Done, SpeechEnded, StageTiming, TextDelta, Transcript, latency_metrics
+from omni_cli.metrics import normalize, wer, wer_counts
 
 
 def test_wer_uses_whisper_normalizer_on_both_sides():
