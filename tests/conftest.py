@@ -13,6 +13,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_QUESTION = ROOT / "examples" / "question.wav"
+# Where the training and end-to-end tests put their tiny models: `cpu` here and in CI;
+# OMNI_TEST_DEVICE=cuda runs the same assertions on a GPU (evals/gpu_check.sh).
+TEST_DEVICE = os.environ.get("OMNI_TEST_DEVICE", "cpu")
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from tests.conftest import EXAMPLE_QUESTION, make_tiny_llm, tiny_omni_config
+from tests.conftest import EXAMPLE_QUESTION, TEST_DEVICE, make_tiny_llm, tiny_omni_config
 
 
 @pytest.fixture(scope="module")
@@ -104,13 +104,13 @@ def test_ctc_stage_learns_saves_and_resumes(ctc_omni, tmp_path):
         path = tmp_path / f"{i}.wav"
         shutil.copy(EXAMPLE_QUESTION, path)
         rows.append({"audio": str(path), "instruction": text})
-    model = load_omni(ctc_omni)
+    model = load_omni(ctc_omni, TEST_DEVICE)
     frozen = {k: v.clone() for k, v in model.llm.model.state_dict().items()}
     opts = TrainOptions(steps=40, batch_size=2, lr=2e-2, warmup=2, save_every=20)
     losses = [p.loss for p in train_adaptor(model, rows, tmp_path / "s1", opts, task="ctc")]
     assert len(losses) == 40 and sum(losses[-5:]) < 0.7 * sum(losses[:5])
     assert all(torch.equal(v, model.llm.model.state_dict()[k]) for k, v in frozen.items())  # the LLM stays frozen
-    again = load_omni(tmp_path / "s1" / "model")
+    again = load_omni(tmp_path / "s1" / "model", TEST_DEVICE)
     torch.testing.assert_close(again.speech_projector.state_dict()["token_ids"], model.speech_projector.token_ids)
     resumed = list(train_adaptor(again, rows, tmp_path / "s1", dataclasses.replace(opts, steps=45), task="ctc", resume=True))
     assert [p.step for p in resumed] == [41, 42, 43, 44, 45]
@@ -152,14 +152,14 @@ def test_llm_stage_trains_only_adapters_and_learns_to_repeat(ctc_omni, tmp_path)
         path = tmp_path / f"{i}.wav"
         shutil.copy(EXAMPLE_QUESTION, path)
         rows.append({"audio": str(path), "instruction": text, "response": answer})
-    model = load_omni(ctc_omni)
+    model = load_omni(ctc_omni, TEST_DEVICE)
     before = {k: v.clone() for k, v in model.llm.model.state_dict().items()}
     opts = TrainOptions(steps=40, batch_size=2, lr=1e-2, warmup=2, save_every=20)
     losses = [p.loss for p in train_llm(model, rows, tmp_path / "llm", opts, lora=LoraConfig(rank=4, alpha=8.0))]
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
     base = {k.replace(".base_layer", ""): v for k, v in model.llm.model.state_dict().items() if ".lora_" not in k}
     assert all(torch.equal(v, base[k]) for k, v in before.items())  # only the adapters moved
-    loaded = load_omni(tmp_path / "llm" / "model")
+    loaded = load_omni(tmp_path / "llm" / "model", TEST_DEVICE)
     assert loaded.config.llm_lora["rank"] == 4 and loaded.merged_lora
     resumed = list(train_llm(loaded, rows, tmp_path / "llm", dataclasses.replace(opts, steps=42), resume=True,
                              lora=LoraConfig(rank=4, alpha=8.0)))
@@ -191,7 +191,7 @@ def test_stage2_from_typed_text_needs_no_audio(ctc_omni, tmp_path):
 
     rows = [{"audio": "/nonexistent.wav", "instruction": "Tell me about the moon.", "response": text, "units": [5 + i, 9, 12, 30]}
             for i, text in enumerate(["the moon is bright", "cats like to sleep"])]
-    model = load_omni(ctc_omni)
+    model = load_omni(ctc_omni, TEST_DEVICE)
     opts = TrainOptions(steps=30, batch_size=2, lr=5e-3, warmup=2, save_every=30)
     losses = [p.loss for p in train_speech_decoder(model, rows, tmp_path / "s2", opts, from_text=True)]
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
@@ -203,7 +203,7 @@ def test_pipeline_runs_the_ctc_model_end_to_end(ctc_omni):
     from omni_cli.e2e.pipeline import E2EOptions
     from omni_cli.llm import GenerationOptions
 
-    pipeline = load_e2e_pipeline(str(ctc_omni), None, E2EOptions(omega=5, generation=GenerationOptions(max_new_tokens=6)))
+    pipeline = load_e2e_pipeline(str(ctc_omni), None, E2EOptions(omega=5, generation=GenerationOptions(max_new_tokens=6)), TEST_DEVICE)
     response = pipeline.respond(load_audio(EXAMPLE_QUESTION))
     assert response.transcript is None and isinstance(response.text, str)
 

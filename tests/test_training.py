@@ -12,7 +12,7 @@ from omni_cli.e2e.build_data import BuildOptions, build, read_manifest, select_i
 from omni_cli.e2e.checkpoint import load_omni
 from omni_cli.e2e.train import TrainOptions, train_adaptor, train_speech_decoder
 from omni_cli.errors import ConfigError
-from tests.conftest import EXAMPLE_QUESTION
+from tests.conftest import EXAMPLE_QUESTION, TEST_DEVICE
 
 
 def test_speakable_filter():
@@ -122,7 +122,7 @@ def rows(tmp_path):
 
 
 def test_stage1_adaptor_learns_saves_and_resumes(peaked_omni, rows, tmp_path):
-    model = load_omni(peaked_omni)
+    model = load_omni(peaked_omni, TEST_DEVICE)
     frozen = {k: v.clone() for k, v in model.llm.model.state_dict().items()}
     opts = TrainOptions(steps=25, batch_size=3, lr=5e-3, warmup=2, save_every=10)
     progress = list(train_adaptor(model, rows, tmp_path / "s1", opts))
@@ -131,25 +131,25 @@ def test_stage1_adaptor_learns_saves_and_resumes(peaked_omni, rows, tmp_path):
     assert len(losses) == 25 and np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.15
     assert all((model.llm.model.state_dict()[k] == v).all() for k, v in frozen.items())  # the LLM stays frozen
     assert (tmp_path / "s1" / "loss.png").stat().st_size > 1000
-    saved = load_omni(tmp_path / "s1" / "model")
+    saved = load_omni(tmp_path / "s1" / "model", TEST_DEVICE)
     import torch
 
     torch.testing.assert_close(saved.speech_projector.linear1.weight, model.speech_projector.linear1.weight)
-    more = list(train_adaptor(load_omni(tmp_path / "s1" / "model"), rows, tmp_path / "s1",
+    more = list(train_adaptor(load_omni(tmp_path / "s1" / "model", TEST_DEVICE), rows, tmp_path / "s1",
                               TrainOptions(steps=30, batch_size=3, lr=5e-3, warmup=2, save_every=10), resume=True))
     assert [p.step for p in more] == [26, 27, 28, 29, 30]
     assert len(json.loads((tmp_path / "s1" / "losses.json").read_text())) == 30
 
 
 def test_stage1_asr_prealignment_keeps_the_answer_prompt(peaked_omni, rows, tmp_path):
-    model = load_omni(peaked_omni)
+    model = load_omni(peaked_omni, TEST_DEVICE)
     before = model.config.prompt
     list(train_adaptor(model, rows, tmp_path / "asr", TrainOptions(steps=3, batch_size=2, warmup=1, save_every=3), task="asr"))
-    assert load_omni(tmp_path / "asr" / "model").config.prompt == before
+    assert load_omni(tmp_path / "asr" / "model", TEST_DEVICE).config.prompt == before
 
 
 def test_stage2_speech_decoder_learns_the_units(peaked_omni, rows, tmp_path):
-    model = load_omni(peaked_omni)
+    model = load_omni(peaked_omni, TEST_DEVICE)
     opts = TrainOptions(steps=40, batch_size=3, lr=3e-3, warmup=2, save_every=20)
     losses = [p.loss for p in train_speech_decoder(model, rows, tmp_path / "s2", opts)]
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
@@ -170,14 +170,14 @@ def test_stage2_reads_back_unanswered_instructions(peaked_omni, rows, tmp_path, 
 
     monkeypatch.setattr(uv, "load_unit_vocoder", lambda spec: Letters())
     unanswered = [{"audio": rows[0]["audio"], "instruction": f"read this back {i}"} for i in range(3)]
-    model = load_omni(peaked_omni)
+    model = load_omni(peaked_omni, TEST_DEVICE)
     opts = TrainOptions(steps=4, batch_size=5, warmup=1, save_every=4)
     progress = list(train_speech_decoder(model, rows + unanswered, tmp_path / "s2", opts, from_text=True, read_back=2))
     assert spoken == ["read this back 0", "read this back 1"] and len(progress) == 4
     assert all(np.isfinite(p.loss) for p in progress)
     monkeypatch.setattr(uv, "load_unit_vocoder", lambda spec: type("HuBERT", (), {"label": "hubert"})())
     with pytest.raises(ConfigError, match="--read-back needs units computed from text"):
-        next(train_speech_decoder(load_omni(peaked_omni), rows + unanswered, tmp_path / "s3", opts, from_text=True, read_back=1))
+        next(train_speech_decoder(load_omni(peaked_omni, TEST_DEVICE), rows + unanswered, tmp_path / "s3", opts, from_text=True, read_back=1))
 
 
 def test_cli_data_build_refuses_the_evaluation_set(tmp_path):
@@ -205,15 +205,15 @@ def test_cli_train_both_stages_from_a_model_folder(peaked_omni, rows, tmp_path):
     wrong = runner.invoke(app, ["train", "adaptor", "--data", str(data_dir), "--out", str(tmp_path / "s0"), "--from", str(peaked_omni)])
     assert wrong.exit_code == 2 and "use --task answer, asr or align" in wrong.stderr  # a linear adaptor has no CTC head
     s1 = runner.invoke(app, ["train", "adaptor", "--data", str(data_dir), "--out", str(tmp_path / "s1"), "--from", str(peaked_omni),
-                             "--task", "answer", "--steps", "4", "--batch-size", "2", "--save-every", "2"])
+                             "--task", "answer", "--steps", "4", "--batch-size", "2", "--save-every", "2", "--device", TEST_DEVICE])
     assert s1.exit_code == 0, s1.stderr
     assert (tmp_path / "s1" / "model" / "omni_e2e.json").exists() and (tmp_path / "s1" / "loss.png").exists()
     again = runner.invoke(app, ["train", "adaptor", "--data", str(data_dir), "--out", str(tmp_path / "s1"), "--task", "answer", "--steps", "6",
-                                "--batch-size", "2", "--save-every", "2", "--resume"])
+                                "--batch-size", "2", "--save-every", "2", "--resume", "--device", TEST_DEVICE])
     assert again.exit_code == 0, again.stderr
     assert len(json.loads((tmp_path / "s1" / "losses.json").read_text())) == 6
     s2 = runner.invoke(app, ["train", "speech-decoder", "--data", str(data_dir), "--out", str(tmp_path / "s2"),
-                             "--from", str(tmp_path / "s1" / "model"), "--steps", "3", "--batch-size", "2"])
+                             "--from", str(tmp_path / "s1" / "model"), "--steps", "3", "--batch-size", "2", "--device", TEST_DEVICE])
     assert s2.exit_code == 0, s2.stderr
     missing = runner.invoke(app, ["train", "speech-decoder", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "s3")])
     assert missing.exit_code == 2 and "omni data build" in missing.stderr
@@ -228,7 +228,7 @@ def test_selection_draws_from_every_source():
 
 def test_stage1_align_pulls_adaptor_outputs_to_the_transcript_embeddings(peaked_omni, rows, tmp_path):
     """The LLM-free pre-alignment: CTC loss falls, and the encoder features are cached on disk for later stages."""
-    model = load_omni(peaked_omni)
+    model = load_omni(peaked_omni, TEST_DEVICE)
     for i, r in enumerate(rows):
         r["instruction"] = ["the moon is bright", "cats like to sleep", "birds can fly high"][i]
     losses = [p.loss for p in train_adaptor(model, rows, tmp_path / "align",
@@ -241,7 +241,7 @@ def test_stage1_align_pulls_adaptor_outputs_to_the_transcript_embeddings(peaked_
 
 
 def test_stage1_answer_task_skips_items_without_an_answer(peaked_omni, rows, tmp_path):
-    model = load_omni(peaked_omni)
+    model = load_omni(peaked_omni, TEST_DEVICE)
     rows[1]["response"] = None
     seen = []
     import omni_cli.e2e.train as train_mod
@@ -262,7 +262,7 @@ def test_stage1_loss_with_the_cached_prompt_prefix_equals_the_full_pass(peaked_o
 
     from omni_cli.e2e.train import _answer_ids, _llm_loss, encode_rows
 
-    model = load_omni(peaked_omni)
+    model = load_omni(peaked_omni, TEST_DEVICE)
     encoded = encode_rows(model, rows)
     loss = _llm_loss(model, rows, encoded, "answer")
     for i, r in enumerate(rows):
