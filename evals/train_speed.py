@@ -106,6 +106,31 @@ def timed(steps) -> dict:
     return {"prep_s": round(float(gaps[0]) - step, 2), "step_s": round(step, 4), "steps": len(marks)}
 
 
+def infer(model, rows: list[dict], n: int = 6) -> dict:
+    """The model's inference path on this device (encoder, adaptor, LLM streaming 40 tokens,
+    speech decoder streaming units): first-token and per-token times, medians over n clips."""
+    from omni_cli.audio import load_audio
+    from omni_cli.e2e.speech_generator import SpeechDecoderStream
+    from omni_cli.llm import GenerationOptions
+
+    first, per_token = [], []
+    options = GenerationOptions(max_new_tokens=40)
+    for r in rows[: n + 1]:
+        audio = load_audio(r["audio"])
+        decoder = SpeechDecoderStream(model.speech_generator)
+        start = time.perf_counter()
+        marks, units = [], 0
+        for step in model.stream(audio, options):
+            units += len(decoder.push(step.hidden, model.token_embedding(step.token_id)))
+            marks.append(time.perf_counter())
+        first.append(marks[0] - start)
+        per_token.append((marks[-1] - marks[0]) / max(1, len(marks) - 1))
+        model.transcribe(audio)  # the repeat task (omni transcribe --asr-backend e2e) on this device
+    # the first clip warms up (kernels, allocator): left out
+    return {"first_token_s": round(float(np.median(first[1:])), 4), "per_token_s": round(float(np.median(per_token[1:])), 4),
+            "clips": len(first) - 1}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="example: python -m evals.train_speed --clips .gpu/clips --device cuda")
@@ -114,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=64, help="clips to take (with --make-clips)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps per stage")
-    ap.add_argument("--stages", default="1,1b,2")
+    ap.add_argument("--stages", default="infer,1,1b,2")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.make_clips:
@@ -136,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         result = {"device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)",
                   "torch": torch.__version__, "clips": len(rows)}
         stages = args.stages.split(",")
+        if "infer" in stages:
+            result["inference"] = infer(model, rows)
         if "1" in stages:
             result["stage1_ctc_b32"] = timed(train_ctc_adaptor(model, rows, work / "s1", TrainOptions(batch_size=32, **opts)))
         if "1b" in stages:

@@ -266,8 +266,8 @@ def test_stage1_loss_with_the_cached_prompt_prefix_equals_the_full_pass(peaked_o
     encoded = encode_rows(model, rows)
     loss = _llm_loss(model, rows, encoded, "answer")
     for i, r in enumerate(rows):
-        prompt = model.prompt_embeds(model.speech_projector(encoded[i].float().unsqueeze(0))[0])
-        ids = torch.tensor([_answer_ids(model, r["response"])])
+        prompt = model.prompt_embeds(model.speech_projector(encoded[i].float().unsqueeze(0).to(model.device))[0])
+        ids = torch.tensor([_answer_ids(model, r["response"])], device=model.device)
         x = torch.cat([prompt, model.llm.model.get_input_embeddings()(ids)], dim=1)
         logits = model.llm.model(inputs_embeds=x).logits[0, prompt.shape[1] - 1 : -1]
         torch.testing.assert_close(loss(i), torch.nn.functional.cross_entropy(logits, ids[0]), rtol=1e-4, atol=1e-5)

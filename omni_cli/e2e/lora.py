@@ -65,4 +65,5 @@ def merge_lora(model: nn.Module, state: dict[str, torch.Tensor], config: LoraCon
             layer = None
         if a is None or b is None or not isinstance(layer, nn.Linear) or tuple(layer.weight.shape) != (b.shape[0], a.shape[1]):
             raise CheckpointError(f"LoRA adapter '{prefix}' does not fit the LLM")
-        layer.weight += (sign * config.scale * b.float() @ a.float()).to(layer.weight.dtype)
+        w = layer.weight
+        w += (sign * config.scale * b.to(w.device).float() @ a.to(w.device).float()).to(w.dtype)
