@@ -95,12 +95,24 @@ def random_model(clips: Path, work: Path, device: str):
     return load_omni(work / "omni", device)
 
 
-def timed(steps) -> dict:
+def timed(steps, profile: bool = False) -> dict:
     """Preparation (until the first step ends, less that step) and the median later step."""
+    import contextlib
+
     start = time.perf_counter()
     marks = []
-    for _ in steps:
-        marks.append(time.perf_counter())
+    with contextlib.ExitStack() as stack:
+        for _ in steps:
+            marks.append(time.perf_counter())
+            if profile and len(marks) == 3:  # steps 4 on, past the warm-up
+                from torch.profiler import ProfilerActivity, profile as torch_profile
+
+                activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+                prof = stack.enter_context(torch_profile(activities=activities))
+    if profile and len(marks) > 3:
+        key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14), flush=True)
+        print(prof.key_averages().table(sort_by=key, row_limit=8), flush=True)
     gaps = np.diff([start] + marks)
     step = float(np.median(gaps[3:])) if len(gaps) > 3 else float(gaps[-1])
     return {"prep_s": round(float(gaps[0]) - step, 2), "step_s": round(step, 4), "steps": len(marks)}
@@ -141,13 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps per stage")
     ap.add_argument("--stages", default="infer,1,1b,2")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--profile", action="store_true", help="print the busiest operations of each stage (torch.profiler)")
     args = ap.parse_args(argv)
     if args.make_clips:
         make_clips(args.make_clips, args.clips, args.count)
         return 0
 
     from omni_cli.e2e.lora import LoraConfig
-    from omni_cli.e2e.train import TrainOptions, train_ctc_adaptor, train_llm, train_speech_decoder
+    from omni_cli.e2e.train import TrainOptions, train_ctc_adaptor, train_llm, train_speech_decoder, training_device
 
     rows = [json.loads(line) for line in (args.clips / "rows.jsonl").read_text().splitlines()]
     with tempfile.TemporaryDirectory() as tmp:
@@ -156,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             (work / "audio").mkdir(exist_ok=True)
             shutil.copy(args.clips / r["audio"], work / "audio" / r["audio"])
             r["audio"] = str(work / "audio" / r["audio"])
-        model = random_model(args.clips, work, args.device)
+        device = training_device(args.device)  # as `omni train` picks it (and sets the backends up)
+        model = random_model(args.clips, work, device)
         opts = dict(steps=args.steps, lr=1e-4, warmup=1, save_every=10**9)
         result = {"device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)",
                   "torch": torch.__version__, "clips": len(rows)}
@@ -164,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         if "infer" in stages:
             result["inference"] = infer(model, rows)
         if "1" in stages:
-            result["stage1_ctc_b32"] = timed(train_ctc_adaptor(model, rows, work / "s1", TrainOptions(batch_size=32, **opts)))
+            result["stage1_ctc_b32"] = timed(train_ctc_adaptor(model, rows, work / "s1", TrainOptions(batch_size=32, **opts)), args.profile)
         if "1b" in stages:
             result["stage1b_lora_b8"] = timed(train_llm(model, rows, work / "s1b", TrainOptions(batch_size=8, **opts),
                                                         lora=LoraConfig(rank=8, alpha=16.0)))

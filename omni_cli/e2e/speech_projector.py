@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
@@ -48,6 +49,17 @@ class SpeechProjector(nn.Module):
 
 
 def _sinusoids(length: int, width: int) -> torch.Tensor:
+    table = _sinusoid_table(width)
+    return table[:length] if length <= len(table) else _sinusoid_rows(length, width)
+
+
+@functools.lru_cache(maxsize=8)
+def _sinusoid_table(width: int, length: int = 2048) -> torch.Tensor:
+    """Made once per width: every step of training asks for its own length."""
+    return _sinusoid_rows(length, width)
+
+
+def _sinusoid_rows(length: int, width: int) -> torch.Tensor:
     scales = torch.exp(-math.log(10000) / (width // 2 - 1) * torch.arange(width // 2))
     t = torch.arange(length)[:, None] * scales[None, :]
     return torch.cat([torch.sin(t), torch.cos(t)], dim=1)

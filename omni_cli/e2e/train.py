@@ -144,7 +144,13 @@ def training_device(device: str = "cpu") -> str:
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     from omni_cli.registry import require_device
 
-    return require_device(device)
+    device = require_device(device)
+    if device.startswith("cuda"):
+        # cuDNN attention builds a plan for each new sequence length (about 80 ms of CPU time
+        # each on an H200, measured): every padded batch has its own length, so it took most
+        # of a stage-1 step. PyTorch's flash and memory-efficient kernels need no plan.
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    return device
 
 
 def world() -> tuple[int, int]:
