@@ -67,6 +67,6 @@ class SpeechEncoder(nn.Module):
     def encode(self, audio: np.ndarray) -> torch.Tensor:
         """(frames, width) encoder states of one utterance; in padded mode, all 30 s of them
         (the published model feeds the padding frames to the adaptor too)."""
-        device = next(self.parameters()).device
+        weight = next(self.parameters())
         mel, _ = self.mel(audio)
-        return self(mel.unsqueeze(0).to(device))[0]
+        return self(mel.unsqueeze(0).to(weight.device, weight.dtype))[0]

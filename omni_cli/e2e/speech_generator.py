@@ -120,7 +120,8 @@ class SpeechGenerator(nn.Module):
     @torch.inference_mode()
     def predict(self, hidden: torch.Tensor, tokens: torch.Tensor | None = None) -> list[int]:
         """Full pass: (M, llm_width) hidden states (and their tokens' embeddings) -> collapsed unit sequence."""
-        x = self.project(hidden.unsqueeze(0), None if tokens is None else tokens.unsqueeze(0))
+        dtype = self.input_proj.weight.dtype
+        x = self.project(hidden.unsqueeze(0).to(dtype), None if tokens is None else tokens.unsqueeze(0).to(dtype))
         raw = self.logits(x)[0].argmax(-1).tolist()
         return ctc_collapse(raw, self.blank)
 

@@ -54,7 +54,8 @@ class SpeechLLM(nn.Module):
     def speech_features(self, audio: np.ndarray) -> torch.Tensor:
         """(n, llm_width) adaptor outputs for 16 kHz audio."""
         states = self.speech_encoder.encode(audio)
-        return self.speech_projector(states.unsqueeze(0))[0]
+        dtype = next(p for p in self.speech_projector.parameters() if p.is_floating_point()).dtype
+        return self.speech_projector(states.unsqueeze(0).to(dtype))[0]
 
     def prompt_ids(
         self, history: list[dict[str, str]] | None = None, prompt: PromptConfig | None = None
