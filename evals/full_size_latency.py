@@ -101,7 +101,7 @@ def first_audio(model, vocoder, omega: int, runs: int) -> dict:
     from omni_cli.llm import GenerationOptions
 
     audio = load_audio(ROOT / "examples" / "question.wav")
-    pipeline = E2EPipeline(model, vocoder, E2EOptions(omega=omega, generation=GenerationOptions(max_new_tokens=12)))
+    pipeline = E2EPipeline(model, vocoder, E2EOptions(omega=omega, generation=GenerationOptions(max_new_tokens=12), check_speech=False))
     rows = []
     for _ in range(runs + 1):  # the first run warms up (kernels, allocator) and is left out
         rows.append(latency_metrics(list(pipeline.run(audio))))
@@ -113,6 +113,36 @@ def first_audio(model, vocoder, omega: int, runs: int) -> dict:
 
     return {k: median(k) for k in ("first_audio_latency_s", "encoder_s", "speech_decoder_s", "vocoder_s", "total_s")} | {
         "runs": runs, "omega": omega}
+
+
+def llm_steps(model) -> dict:
+    """Where the time before the first audio goes: the prompt's length, the LLM's first token
+    (prefill) and later tokens through our streaming generation, and the units each token gives."""
+    from omni_cli.audio import load_audio
+    from omni_cli.e2e.speech_generator import SpeechDecoderStream
+    from omni_cli.llm import GenerationOptions
+
+    audio = load_audio(ROOT / "examples" / "question.wav")
+    dev = model.device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    out = {}
+    for attempt in range(2):  # the second is reported
+        with torch.inference_mode():
+            sync()
+            t = time.perf_counter()
+            features = model.speech_features(audio)
+            sync()
+            out["features_s"] = round(time.perf_counter() - t, 4)
+            out["prompt_positions"] = int(model.prompt_embeds(features).shape[1])
+            decoder, units, marks = SpeechDecoderStream(model.speech_generator), [], []
+            t = time.perf_counter()
+            for step in model.stream_features(features, GenerationOptions(max_new_tokens=12)):
+                marks.append(time.perf_counter())
+                units.append(len(decoder.push(step.hidden, model.token_embedding(step.token_id))))
+        out["first_token_s"] = round(marks[0] - t, 4)
+        out["per_token_s"] = round(float(np.median(np.diff(marks))), 4)
+        out["units_per_token"] = units
+    return out
 
 
 def decoder_per_token(model, lengths: tuple[int, int] = (50, 200), window: int = 10) -> dict:
@@ -165,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     for rest in args.rest_dtype.split(","):
         model, vocoder = build(args.scale, args.device, DTYPES[args.llm_dtype], DTYPES[rest], args.tokenizer)
         key = f"llm {args.llm_dtype}, rest {rest}"
-        result[key] = first_audio(model, vocoder, args.omega, args.runs) | {"speech_decoder": decoder_per_token(model)}
+        result[key] = first_audio(model, vocoder, args.omega, args.runs) | {"llm": llm_steps(model),
+                                                                            "speech_decoder": decoder_per_token(model)}
         print(json.dumps({key: result[key]}), flush=True)
         del model, vocoder
         if args.device.startswith("cuda"):
