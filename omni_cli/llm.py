@@ -9,9 +9,11 @@ This module knows nothing about speech.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -62,6 +64,7 @@ class ChatLLM:
             if tid is not None:
                 eos.add(tid)
         self.eos_ids = frozenset(t for t in eos if t is not None)
+        self._prefixes: OrderedDict[tuple[int, ...], Any] = OrderedDict()  # prompt prefix ids -> KV cache
 
     @classmethod
     def load(cls, spec: str | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ChatLLM:
@@ -102,7 +105,33 @@ class ChatLLM:
     def stream_chat(
         self, messages: list[dict[str, str]], options: GenerationOptions = GenerationOptions()
     ) -> Iterator[TokenStep]:
-        yield from stream_generate(self, input_ids=self.chat_ids(messages), options=options)
+        ids = self.chat_ids(messages)
+        head = self.tokenizer.apply_chat_template(messages[:-1], tokenize=True, return_dict=True)["input_ids"] if len(messages) > 1 else []
+        prefix = head if list(ids[0, : len(head)].tolist()) == list(head) else []
+        yield from stream_generate(self, input_ids=ids, options=options, prefix=prefix)
+
+    @torch.inference_mode()
+    def prefix_cache(self, ids: Sequence[int]):
+        """The KV cache of a prompt's fixed beginning (system prompt, earlier turns): computed
+        once and kept (the last 8), extended from the longest kept one that it starts with, so
+        a conversation's next turn computes only what the last one did not. A private copy."""
+        import copy
+
+        from transformers import DynamicCache
+
+        key = tuple(int(i) for i in ids)
+        if key in self._prefixes:
+            self._prefixes.move_to_end(key)
+            return copy.deepcopy(self._prefixes[key])
+        base = max((k for k in self._prefixes if len(k) < len(key) and key[: len(k)] == k), key=len, default=())
+        cache = copy.deepcopy(self._prefixes[base]) if base else DynamicCache()
+        rest = torch.tensor([key[len(base):]], device=self.device)
+        position = torch.arange(len(base), len(key), device=self.device).unsqueeze(0)
+        cache = self.model(input_ids=rest, cache=cache, use_cache=True, position_ids=position, logits_to_keep=1).cache
+        self._prefixes[key] = cache
+        while len(self._prefixes) > 8:
+            self._prefixes.popitem(last=False)
+        return copy.deepcopy(cache)
 
 
 def _pick(logits: torch.Tensor, generated: list[int], options: GenerationOptions, gen: torch.Generator) -> int:
@@ -128,8 +157,13 @@ def stream_generate(
     inputs_embeds: torch.Tensor | None = None,
     options: GenerationOptions = GenerationOptions(),
     output_hidden: bool = False,
+    prefix: Sequence[int] = (),
 ) -> Iterator[TokenStep]:
     """Generate from a prompt given as ids (1, T) or embeddings (1, T, H), one token per step.
+
+    `prefix`: the ids of the prompt's first positions (with embeddings, the ids they embed),
+    a fixed beginning whose KV cache the LLM keeps (`ChatLLM.prefix_cache`): only the rest of
+    the prompt is computed.
 
     With `output_hidden`, each step carries the last-layer hidden state at the position
     that produced its token: the last prompt position for the first token, then the
@@ -144,10 +178,13 @@ def stream_generate(
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("give exactly one of input_ids and inputs_embeds")
     model, tokenizer = llm.model, llm.tokenizer
-    cache = DynamicCache()
     gen = torch.Generator().manual_seed(options.seed)
-    past = 0
-    kwargs = {"input_ids": input_ids} if input_ids is not None else {"inputs_embeds": inputs_embeds}
+    past = len(prefix)
+    prompt_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+    if not 0 < past < prompt_len:  # a prefix must leave something to compute
+        past = 0
+    cache = llm.prefix_cache(prefix) if past else DynamicCache()
+    kwargs = {"input_ids": input_ids[:, past:]} if input_ids is not None else {"inputs_embeds": inputs_embeds[:, past:]}
     generated: list[int] = []
     text_so_far = ""
     for _ in range(options.max_new_tokens):

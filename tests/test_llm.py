@@ -91,3 +91,29 @@ def test_batched_answers_equal_one_at_a_time(tiny_llm):
              for q in questions]
     assert answer_texts(tiny_llm, questions, options, batch=2) == alone
     assert any(alone)
+
+
+def test_a_kept_prompt_prefix_gives_the_same_answer_and_grows_with_the_conversation():
+    """The system prompt's (and earlier turns') KV cache is computed once and extended: the
+    answer is the one of the whole prompt, and a follow-up turn computes only the new part."""
+    from tests.conftest import make_tiny_llm
+
+    llm = make_tiny_llm(init_range=0.3)
+    calls = []
+    llm.model.register_forward_pre_hook(lambda m, args, kwargs: calls.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    opts = GenerationOptions(max_new_tokens=6)
+    turn1 = [{"role": "system", "content": "You are a helpful voice assistant."}, {"role": "user", "content": "The moon?"}]
+    full = [s.token_id for s in stream_generate(llm, input_ids=llm.chat_ids(turn1), options=opts)]
+    calls.clear()
+    assert [s.token_id for s in llm.stream_chat(turn1, opts)] == full
+    head = len(llm.tokenizer.apply_chat_template(turn1[:1], tokenize=True, return_dict=True)["input_ids"])
+    assert calls[0] == head and calls[1] == llm.chat_ids(turn1).shape[1] - head  # the prefix, then the rest
+    calls.clear()
+    assert [s.token_id for s in llm.stream_chat(turn1, opts)] == full
+    assert calls[0] == llm.chat_ids(turn1).shape[1] - head  # the kept prefix is not computed again
+    turn2 = turn1 + [{"role": "assistant", "content": "It is bright."}, {"role": "user", "content": "Paris?"}]
+    calls.clear()
+    answer = [s.token_id for s in llm.stream_chat(turn2, opts)]
+    head2 = len(llm.tokenizer.apply_chat_template(turn2[:-1], tokenize=True, return_dict=True)["input_ids"])
+    assert calls[0] == head2 - head  # only the earlier turn's new part extends the kept prefix
+    assert answer == [s.token_id for s in stream_generate(llm, input_ids=llm.chat_ids(turn2), options=opts)]

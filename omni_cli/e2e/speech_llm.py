@@ -104,7 +104,8 @@ class SpeechLLM(nn.Module):
     ) -> Iterator[TokenStep]:
         """Text tokens with the hidden states that emitted them (the last step is the end token)."""
         embeds = self.prompt_embeds(features, history, prompt)
-        yield from stream_generate(self.llm, inputs_embeds=embeds, options=options, output_hidden=True)
+        before, _ = self.prompt_ids(history, prompt)  # the fixed beginning: its KV cache is kept
+        yield from stream_generate(self.llm, inputs_embeds=embeds, options=options, output_hidden=True, prefix=before)
 
     def repeat_prompt(self) -> PromptConfig:
         """The model's prompt asking it to say exactly what it heard (its ASR task)."""
