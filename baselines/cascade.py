@@ -119,3 +119,14 @@ class CascadePipeline:
 
     def respond(self, audio: np.ndarray, history: list[dict[str, str]] | None = None) -> Response:
         return collect(self.run(audio, history), self.sample_rate)
+
+    def warm_up(self) -> None:
+        """Each model once (ASR on a second of quiet noise, the LLM on the system prompt, whose
+        KV cache is then kept, TTS on a short sentence), so that the first turn of a process
+        pays no first-call cost."""
+        noise = (0.01 * np.random.default_rng(0).standard_normal(SAMPLE_RATE)).astype(np.float32)
+        self.asr.transcribe(noise)
+        messages = [{"role": "system", "content": self.options.system_prompt}, {"role": "user", "content": "Hello."}]
+        for _ in self.llm.stream_chat(messages, GenerationOptions(max_new_tokens=3)):
+            pass
+        self.tts.synthesize("Hello there.")

@@ -37,6 +37,8 @@ class Pipeline(Protocol):
     def run(self, audio: np.ndarray, history: list[dict[str, str]] | None = None, *,
             speech_end: float | None = None) -> Iterator[Event]: ...
 
+    def warm_up(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -57,8 +59,16 @@ class PipelineConfig:
     device: str = "cpu"
 
 
-def load_pipeline(mode: str, config: PipelineConfig) -> Pipeline:
-    """The `mode` ("cascade" or "e2e") pipeline of `config`."""
+def load_pipeline(mode: str, config: PipelineConfig, warm: bool = True) -> Pipeline:
+    """The `mode` ("cascade" or "e2e") pipeline of `config`, warmed up (each model run once,
+    so the first turn is as fast as later ones) unless `warm` is False."""
+    pipeline = _load(mode, config)
+    if warm:
+        pipeline.warm_up()
+    return pipeline
+
+
+def _load(mode: str, config: PipelineConfig) -> Pipeline:
     from omni_cli.llm import GenerationOptions
     from omni_cli.registry import require_device
 

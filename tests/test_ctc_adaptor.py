@@ -208,6 +208,29 @@ def test_pipeline_runs_the_ctc_model_end_to_end(ctc_omni):
     assert response.transcript is None and isinstance(response.text, str)
 
 
+def test_warm_up_runs_every_model_and_keeps_the_prompt_prefix(ctc_omni):
+    """After the warm-up the prompt's fixed beginning is kept, so the first turn computes
+    only the speech and what follows it (and every model has run once)."""
+    from omni_cli.audio import load_audio
+    from omni_cli.e2e.load import load_e2e_pipeline
+    from omni_cli.e2e.pipeline import E2EOptions
+    from omni_cli.llm import GenerationOptions
+
+    pipeline = load_e2e_pipeline(str(ctc_omni), None, E2EOptions(omega=5, generation=GenerationOptions(max_new_tokens=4)))
+    vocoded = []
+    original = pipeline.vocoder.units_to_audio
+    pipeline.vocoder.units_to_audio = lambda units: vocoded.append(units) or original(units)
+    pipeline.warm_up()
+    before, _ = pipeline.model.prompt_ids()
+    assert tuple(before) in pipeline.model.llm._prefixes and vocoded
+    first_call = []
+    pipeline.model.llm.model.register_forward_pre_hook(
+        lambda m, args, kwargs: first_call.append(kwargs["inputs_embeds"].shape[1]) if not first_call else None, with_kwargs=True)
+    audio = load_audio(EXAMPLE_QUESTION)
+    pipeline.respond(audio)
+    assert first_call[0] == pipeline.model.prompt_embeds(pipeline.model.speech_features(audio)).shape[1] - len(before)
+
+
 def test_transcribe_with_the_e2e_backend(ctc_omni, tmp_path):
     """`omni transcribe --asr-backend e2e`: the model's repeat, with a reference WER like Whisper's."""
     import json

@@ -90,3 +90,16 @@ class E2EPipeline:
 
     def respond(self, audio: np.ndarray, history: list[dict[str, str]] | None = None) -> Response:
         return collect(self.run(audio, history), self.sample_rate)
+
+    def warm_up(self) -> None:
+        """Every model once on a second of quiet noise (encoder, adaptor, the LLM's prompt,
+        whose fixed beginning is then kept, the speech decoder and the vocoder), so that the
+        first turn of a process pays no first-call cost (allocations, kernel set-up)."""
+        noise = (0.01 * np.random.default_rng(0).standard_normal(SAMPLE_RATE)).astype(np.float32)
+        decoder = SpeechDecoderStream(self.model.speech_generator)
+        units: list[int] = []
+        with torch.inference_mode():
+            features = self.model.speech_features(noise)
+            for step in self.model.stream_features(features, GenerationOptions(max_new_tokens=3)):
+                units += decoder.push(step.hidden, self.model.token_embedding(step.token_id))
+        self.vocoder.units_to_audio(units[:20] or [0] * 5)
