@@ -24,6 +24,7 @@ class ChunkerOptions:
     first_clause_chars: int = 24  # the first piece may end at a clause once this long (early audio)
     clause_chars: int = 60  # later pieces end at a clause only once this long
     max_chars: int = 220  # a piece with no boundary is cut at a space beyond this length
+    first_words: int = 0  # the first piece may end after this many words, at a space (0: at a clause or sentence)
 
 
 class SentenceChunker:
@@ -56,6 +57,12 @@ class SentenceChunker:
                 if re.search(r"\w", text[:end]):
                     return end
         limit = self.options.first_clause_chars if self.pieces_out == 0 else self.options.clause_chars
+        if self.pieces_out == 0 and self.options.first_words:
+            words = [m.end() for m in re.finditer(r"\S+\s+", text)]  # words already followed by a space
+            if len(words) >= self.options.first_words:
+                early = words[self.options.first_words - 1]
+                clause = next((m.end() for m in _CLAUSE_END.finditer(text) if m.end() >= limit), None)
+                return min(early, clause) if clause is not None else early
         for m in _CLAUSE_END.finditer(text):
             if m.end() >= limit:
                 return m.end()

@@ -142,6 +142,19 @@ def test_unit_chunker_hands_out_every_unit_once_at_boundaries():
     assert [c for u in units for c in offline.push([u])] == [] and list(offline.flush()) == [units]
 
 
+def test_unit_chunker_schedule_starts_small_and_doubles_up_to_omega():
+    units = list(range(40))
+    growing = UnitChunker(16, first=2)
+    chunks = [c for u in units for c in growing.push([u])] + list(growing.flush())
+    assert [len(c) for c in chunks] == [2, 4, 8, 16, 10] and sum(chunks, []) == units
+    at_words = UnitChunker(8, boundaries=frozenset({0}), first=2)  # unit 0 ends a word
+    words = [5, 0, 6, 7, 0, 5, 6, 7, 8, 0, 1, 2, 3, 4, 5, 6, 7, 0, 9]
+    chunks = [c for u in words for c in at_words.push([u])] + list(at_words.flush())
+    assert [len(c) for c in chunks] == [2, 3, 5, 8, 1] and sum(chunks, []) == words
+    with pytest.raises(ValueError):
+        UnitChunker(8, first=0)
+
+
 @pytest.mark.parametrize("window", [7, 30])
 def test_windowed_decoder_streams_exactly_and_forgets_beyond_the_window(window):
     torch.manual_seed(0)

@@ -89,32 +89,38 @@ def load_unit_vocoder(spec: str | None) -> UnitVocoder:
 
 
 class UnitChunker:
-    """Collects units as they stream in; hands out a chunk once `omega` are pending.
+    """Collects units as they stream in; hands out a chunk once enough are pending.
 
+    The first chunk needs `first` units (default: `omega`), each later one twice the last,
+    up to `omega`: the first audio comes early, later chunks are long enough to sound whole.
     With `boundaries` (unit ids that end a word), a chunk stops at the last boundary among
     the pending units, so no word is cut in two; without a boundary the chunk waits, up to
-    4 x omega units. `omega=None` hands everything out at the end only (no streaming)."""
+    4 x its size. `omega=None` hands everything out at the end only (no streaming)."""
 
-    def __init__(self, omega: int | None, boundaries: frozenset[int] | None = None):
+    def __init__(self, omega: int | None, boundaries: frozenset[int] | None = None, first: int | None = None):
         if omega is not None and omega < 1:
             raise ValueError(f"omega must be >= 1 or None, got {omega}")
+        if first is not None and first < 1:
+            raise ValueError(f"the first chunk must be >= 1 unit, got {first}")
         self.omega = omega
+        self.size = None if omega is None else min(omega, first or omega)
         self.boundaries = boundaries
         self.pending: list[int] = []
 
     def push(self, units: list[int]) -> Iterator[list[int]]:
         self.pending.extend(units)
-        while self.omega is not None and len(self.pending) >= self.omega:
+        while self.size is not None and len(self.pending) >= self.size:
             cut = len(self.pending)
             if self.boundaries:
                 last = max((i for i, u in enumerate(self.pending) if u in self.boundaries), default=-1)
                 if last >= 0:
                     cut = last + 1
-                elif len(self.pending) < 4 * self.omega:
+                elif len(self.pending) < 4 * self.size:
                     return
             chunk, self.pending = self.pending[:cut], self.pending[cut:]
+            self.size = min(self.omega, 2 * self.size)
             yield chunk
-            if self.boundaries and len(self.pending) < self.omega:
+            if self.boundaries and len(self.pending) < self.size:
                 return
 
     def flush(self) -> Iterator[list[int]]:
