@@ -16,7 +16,11 @@ Each is given as median and p90 per mode, with the e2e / cascade ratio of the me
 first turn of each pipeline in the process is also compared with the same item answered again
 at the end (a model that is not warmed at load pays its cold start there).
 
-    python -m evals.latency [--bench real-speech] [--limit 20] [--json latency.json]
+`--talk N` also plays the first N items into `omni talk`'s conversation engine in real time
+(the file as the microphone) and times the first audio from the VAD's end-of-speech decision,
+with the answer begun in the silence that may end the turn (the default) and without.
+
+    python -m evals.latency [--bench real-speech] [--limit 20] [--talk 10] [--json latency.json]
 """
 
 from __future__ import annotations
@@ -79,6 +83,26 @@ def stage_times(events: list) -> dict[str, float | None]:
     }
 
 
+def talk_first_audio(pipeline, audio, early: bool) -> float | None:
+    """`omni talk`'s first-audio latency for one question played in real time (the file as the
+    microphone), counted from the VAD's end-of-speech decision; `early`: the answer may begin in
+    the silence before that decision (TalkOptions.early_start)."""
+    from omni_cli.events import AudioChunk
+    from omni_cli.talk import Conversation, NullSink, TalkOptions
+    from omni_cli.talk_audio import FileSource
+
+    pad = np.zeros(int(0.3 * 16000), dtype=np.float32)
+    conversation = Conversation(pipeline, NullSink(), TalkOptions(early_start=early), record=False)
+    stream = conversation.run(FileSource(np.concatenate([pad, audio, np.zeros(3 * 16000, dtype=np.float32)]), speed=1.0))
+    for e in stream:
+        if isinstance(e, AudioChunk):
+            break
+    stream.close()  # the turn ends there (its run is cancelled)
+    if conversation._last_run is not None:
+        conversation._last_run.thread.join()
+    return conversation.turns[0].metrics.get("first_audio_latency_s") if conversation.turns else None
+
+
 def summary(rows: list[dict]) -> dict[str, dict[str, float | None]]:
     out = {}
     for stage in STAGES:
@@ -95,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--omega", default="auto", help="e2e units per vocoder chunk (auto: the vocoder's default)")
     parser.add_argument("--max-new-tokens", type=int, default=60, help="answers are cut here (latency is at their start)")
+    parser.add_argument("--talk", type=int, default=10, metavar="N",
+                        help="also time `omni talk` on the first N items in real time, with and without the early start (0: skip)")
     parser.add_argument("--no-warm", action="store_true", help="skip the warm-up at load (to see the cold start)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -124,7 +150,19 @@ def main(argv: list[str] | None = None) -> int:
         for mode in pipelines:
             status.update(f"item 1 again: {mode}")
             again[mode] = stage_times(list(pipelines[mode].run(audio)))
+        talk: dict[str, list] = {f"{m} {k}": [] for m in pipelines for k in ("early", "late")}
+        for i, item in enumerate(items[: args.talk]):
+            audio = load_audio(item.audio)
+            for mode in pipelines:
+                for early in (True, False):
+                    status.update(f"talk, item {i + 1}/{min(args.talk, len(items))}: {mode}")
+                    talk[f"{mode} {'early' if early else 'late'}"].append(talk_first_audio(pipelines[mode], audio, early))
     result: dict = {"bench": args.bench, "items": len(items), "omega": config.omega, "load_s": load_s}
+    if args.talk:
+        result["talk_first_audio_s"] = {k: {"median": round(float(np.median([x for x in v if x is not None])), 4),
+                                            "p90": round(float(np.percentile([x for x in v if x is not None], 90)), 4),
+                                            "n": len([x for x in v if x is not None])}
+                                        for k, v in talk.items() if any(x is not None for x in v)}
     for mode, mode_rows in rows.items():
         result[mode] = summary(mode_rows)
         first_turn, later = mode_rows[0]["first_audio_s"], again[mode]["first_audio_s"]
@@ -148,6 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     table.add_row("first turn / same item later (first audio)", str(result["cascade"]["first_turn_vs_later"]),
                   str(result["e2e"]["first_turn_vs_later"]), "")
     err.print(table)
+    if args.talk:
+        talk_table = Table(title=Text("omni talk, first audio after the VAD's end-of-speech decision (median [p90])"),
+                           title_justify="left")
+        for col in ("mode", "answer begun in the silence (default)", "answer begun at the decision"):
+            talk_table.add_column(col, justify="left" if col == "mode" else "right")
+        t = result["talk_first_audio_s"]
+        for mode in pipelines:
+            cells = [t.get(f"{mode} {k}") for k in ("early", "late")]
+            talk_table.add_row(mode, *[Text("-" if c is None else f"{c['median']:.3f} [{c['p90']:.3f}]") for c in cells])
+        err.print(talk_table)
     emit(result, args.json)
     return 0
 

@@ -18,6 +18,8 @@ or rendering.
 
 from __future__ import annotations
 
+import dataclasses
+
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -53,6 +55,7 @@ class TalkOptions:
     min_speech_ms: int = 200  # shorter sounds (clicks, coughs) neither start a turn nor barge in
     pad_ms: int = 200  # audio kept before the detected start and after the detected end
     barge_in: bool = True  # the user's speech during an answer stops it and starts a new turn
+    early_start: bool = True  # begin the answer in the silence that may end the turn (dropped if the user speaks on)
 
     def __post_init__(self) -> None:
         if not 0 < self.vad_threshold < 1:
@@ -162,10 +165,12 @@ class VadSegmenter:
         self.speech = 0  # samples of it heard as speech so far
         self.active = False  # confirmed speech in progress
         self.discarded = False
+        self.frame = FRAME  # samples per pushed frame (the VAD's window)
 
     def push(self, frame: np.ndarray) -> str | Utterance | None:
         self.buffer.append(frame)
         self.pos += len(frame)
+        self.frame = len(frame)
         edge = self.vad(self._torch.from_numpy(frame)) or {}
         if "start" in edge:
             self.start, self.speech, self.discarded = edge["start"], 0, False
@@ -174,9 +179,7 @@ class VadSegmenter:
         out: str | Utterance | None = None
         if "end" in edge:
             if self.active and not self.discarded:
-                audio = np.concatenate(self.buffer)
-                start, end = max(self.start, self.buffer_start), min(edge["end"], self.pos)
-                out = Utterance(audio[start - self.buffer_start : end - self.buffer_start], start, end)
+                out = self._utterance(edge["end"])
             self.start, self.active = None, False
         elif self.start is not None and not self.active and self.speech >= self.min_speech:
             self.active = True
@@ -189,6 +192,20 @@ class VadSegmenter:
     def discard(self) -> None:
         """Ignore the speech in progress (no barge-in): it will not become a turn."""
         self.discarded = True
+
+    def tentative(self) -> Utterance | None:
+        """While a silence after confirmed speech is under way but not yet long enough to end the
+        turn: the utterance exactly as it will be if the silence lasts (once its padded end has
+        been heard), so that work on it can start early; None otherwise."""
+        if not (self.active and not self.discarded and self.start is not None and self.vad.temp_end):
+            return None
+        end = int(self.vad.temp_end + self.vad.speech_pad_samples - self.frame)  # as VADIterator will put it
+        return self._utterance(end) if self.pos >= end else None
+
+    def _utterance(self, end: int) -> Utterance:
+        audio = np.concatenate(self.buffer)
+        start, end = max(self.start, self.buffer_start), min(end, self.pos)
+        return Utterance(audio[start - self.buffer_start : end - self.buffer_start], start, end)
 
 
 class KeySegmenter:
@@ -312,6 +329,7 @@ class _Active:
     events: list[Event] = field(default_factory=list)
     played: list[tuple[int, int]] = field(default_factory=list)  # (start, length) on the clock
     play_end: int = 0
+    origin: float = 0.0  # the VAD's end-of-speech decision: latencies count from here
 
 
 class Conversation:
@@ -326,6 +344,11 @@ class Conversation:
         self.state: str | None = None
         self._turn: _Active | None = None
         self._last_run: _Run | None = None
+        # a run started on the tentative utterance while the silence that may end it lasts:
+        # adopted when the VAD ends the turn on the same audio, else cancelled
+        self._early: tuple[Utterance, _Run] | None = None
+        self.early_starts = 0  # runs started early, and how many were used
+        self.early_used = 0
 
     def run(self, source: Source | Iterable[np.ndarray], segmenter=None) -> Iterator[Event]:
         """Listen to `source` until it ends (and the last answer is played) or the caller stops."""
@@ -346,6 +369,8 @@ class Conversation:
         if self.recording is not None:
             self.recording.input.append(frame)
         edge = segmenter.push(frame)
+        if self._turn is None and self.options.early_start and not isinstance(edge, Utterance):
+            self._start_early(getattr(segmenter, "tentative", lambda: None)())
         if edge == "start" and self._turn is not None:
             if self.options.barge_in:
                 yield TurnEnded(turn=self._end_turn(interrupted=True))
@@ -369,13 +394,36 @@ class Conversation:
             self.state = state
             yield StateChanged(state=state)
 
+    def _start_early(self, tentative: Utterance | None) -> None:
+        """Start (or keep, or cancel) the run on the tentative utterance."""
+        if self._early is not None:
+            same = tentative is not None and (self._early[0].start, self._early[0].end) == (tentative.start, tentative.end)
+            if same:
+                return
+            self._early[1].cancelled.set()  # the user spoke on: the audio changed
+            self._early = None
+        if tentative is None:
+            return
+        if self._last_run is not None:
+            self._last_run.thread.join()  # one run at a time on the models
+        self._last_run = _Run(self.pipeline, tentative.audio, list(self.history), now())
+        self._early = (tentative, self._last_run)
+        self.early_starts += 1
+
     def _start_turn(self, utterance: Utterance) -> Iterator[Event]:
         speech_end = now()  # the VAD's decision: the latency origin
-        if self._last_run is not None:
-            self._last_run.thread.join()  # a cancelled run stops at its next event
         history = list(self.history)
-        run = self._last_run = _Run(self.pipeline, utterance.audio, history, speech_end)
-        self._turn = _Active(len(self.turns) + 1, utterance, len(history), run, play_end=self.clock)
+        early, self._early = self._early, None
+        if early is not None and (early[0].start, early[0].end) == (utterance.start, utterance.end):
+            run = early[1]  # begun in the silence before the decision, on this very audio
+            self.early_used += 1
+        else:
+            if early is not None:
+                early[1].cancelled.set()
+            if self._last_run is not None:
+                self._last_run.thread.join()  # a cancelled run stops at its next event
+            run = self._last_run = _Run(self.pipeline, utterance.audio, history, speech_end)
+        self._turn = _Active(len(self.turns) + 1, utterance, len(history), run, play_end=self.clock, origin=speech_end)
         yield TurnStarted(index=self._turn.index, speech_s=len(utterance.audio) / SAMPLE_RATE, history_len=len(history))
         yield from self._set_state(THINKING)
 
@@ -386,6 +434,8 @@ class Conversation:
             e = turn.run.next(block)
             if e is _NOTHING or e is None:
                 break
+            if e.t < turn.origin:  # ready before the VAD's decision (an early run): it counts from there
+                e = dataclasses.replace(e, t=turn.origin)
             turn.events.append(e)
             if isinstance(e, AudioChunk):
                 start = max(self.clock, turn.play_end)

@@ -108,6 +108,8 @@ def test_two_questions_make_two_turns_through_the_cascade(tiny_cascade, two_ques
     # the second question reaches the LLM after the first turn, as text
     assert calls[1][1:3] == [{"role": "user", "content": first.transcript}, {"role": "assistant", "content": first.text}]
     assert conversation.history[-1] == {"role": "assistant", "content": second.text}
+    # each answer began in the silence before the VAD ended the turn, on the turn's own audio
+    assert conversation.early_used == conversation.early_starts == 2 and len(calls) == 2
 
 
 def test_two_questions_make_two_turns_end_to_end(tiny_e2e_parts, two_questions, monkeypatch):
@@ -122,6 +124,18 @@ def test_two_questions_make_two_turns_end_to_end(tiny_e2e_parts, two_questions, 
     first = conversation.turns[0]
     assert first.transcript is None  # e2e hears the speech itself
     assert calls[0] == [] and calls[1] == [{"role": "user", "content": SPOKEN_TURN}, {"role": "assistant", "content": first.text}]
+
+
+def test_an_answer_begun_in_a_pause_is_dropped_when_the_user_speaks_on(tiny_cascade, questions):
+    """A pause shorter than the turn-ending silence starts an early run on the audio so far;
+    speech after it cancels that run, and the turn answers the whole utterance."""
+    q1, q2 = questions
+    audio = np.concatenate([silence(0.5), q1, silence(0.5), q2, silence(12.0)])
+    conversation, events = talk(tiny_cascade, audio)
+    assert len(conversation.turns) == 1 and not conversation.turns[0].error
+    transcript = conversation.turns[0].transcript.lower()
+    assert "capital" in transcript and "speak" in transcript
+    assert conversation.early_starts == 2 and conversation.early_used == 1
 
 
 def test_the_recording_holds_both_sides_on_one_clock(tiny_cascade, two_questions):
