@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="example: python -m evals.chunk_sweep --limit 30 --json sweep.json")
     parser.add_argument("--bench", default="instructs2s-eval")
     parser.add_argument("--limit", type=int, default=30)
-    parser.add_argument("--first-chunks", default="off,10,6,3", help="e2e first chunk sizes in units ('off': Omega)")
+    parser.add_argument("--first-chunks", default="off,10,6,3", help="e2e first chunk sizes in units ('off': Omega from the start)")
     parser.add_argument("--first-words", default="0,6,4,2", help="cascade first-piece word counts (0: clause or sentence)")
     parser.add_argument("--max-new-tokens", type=int, default=60)
     parser.add_argument("--json", type=Path)
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         options = dataclasses.replace(cascade.options, chunker=dataclasses.replace(cascade.options.chunker, first_words=n))
         pipelines[f"cascade first_words={n}"] = CascadePipeline(cascade.asr, cascade.llm, cascade.tts, options)
     for c in args.first_chunks.split(","):
-        first = None if c.strip() == "off" else int(c)
+        first = 0 if c.strip() == "off" else int(c)
         pipelines[f"e2e first_chunk={c.strip()}"] = E2EPipeline(e2e.model, e2e.vocoder, dataclasses.replace(e2e.options, first_chunk=first))
     evaluator = Evaluator(pipelines, judge)
     rows = []

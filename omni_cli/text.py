@@ -24,7 +24,10 @@ class ChunkerOptions:
     first_clause_chars: int = 24  # the first piece may end at a clause once this long (early audio)
     clause_chars: int = 60  # later pieces end at a clause only once this long
     max_chars: int = 220  # a piece with no boundary is cut at a space beyond this length
-    first_words: int = 0  # the first piece may end after this many words, at a space (0: at a clause or sentence)
+    # the first piece may end after this many words, at a space (0: at a clause or sentence).
+    # evals/chunk_sweep.py (30 spoken questions): 0 / 6 / 4 / 2 words gave first audio 0.96 /
+    # 0.80 / 0.69 / 0.57 s (median) at corpus ASR-WER 3.7 / 4.5 / 3.8 / 4.2 %: no measurable cost.
+    first_words: int = 2
 
 
 class SentenceChunker:

@@ -3,7 +3,10 @@ import pytest
 from omni_cli.text import ChunkerOptions, SentenceChunker, clean_for_speech
 
 
-def pieces(text: str, step: int = 1, options: ChunkerOptions = ChunkerOptions()) -> list[str]:
+SENTENCES = ChunkerOptions(first_words=0)  # pieces at sentences and clauses only
+
+
+def pieces(text: str, step: int = 1, options: ChunkerOptions = SENTENCES) -> list[str]:
     chunker = SentenceChunker(options)
     out = []
     for i in range(0, len(text), step):
@@ -18,14 +21,14 @@ def test_sentences_come_out_as_soon_as_they_end(step):
 
 
 def test_a_sentence_is_released_when_the_space_after_it_arrives():
-    chunker = SentenceChunker()
+    chunker = SentenceChunker(SENTENCES)
     assert list(chunker.feed("Paris is nice.")) == []  # could still be "3.5" or "e.g."
     assert list(chunker.feed(" Next")) == ["Paris is nice."]
 
 
 def test_abbreviations_decimals_initials_and_list_markers_do_not_split():
     text = "Dr. Smith paid 3.5 dollars to J. Doe, e.g. for tea. Done."
-    assert pieces(text, options=ChunkerOptions(first_clause_chars=1000, clause_chars=1000)) == [
+    assert pieces(text, options=ChunkerOptions(first_clause_chars=1000, clause_chars=1000, first_words=0)) == [
         "Dr. Smith paid 3.5 dollars to J. Doe, e.g. for tea.",
         "Done.",
     ]
@@ -33,16 +36,27 @@ def test_abbreviations_decimals_initials_and_list_markers_do_not_split():
 
 
 def test_long_clauses_split_at_commas_first_piece_sooner():
-    options = ChunkerOptions(first_clause_chars=10, clause_chars=40)
+    options = ChunkerOptions(first_clause_chars=10, clause_chars=40, first_words=0)
     text = "Well, the moon is bright, and it is far away from us, which is nice."
     assert pieces(text, options=options) == ["Well, the moon is bright,", "and it is far away from us, which is nice."]
 
 
 def test_a_piece_without_boundaries_is_cut_at_a_space():
     text = "word " * 100
-    out = pieces(text, options=ChunkerOptions(max_chars=50))
+    out = pieces(text, options=ChunkerOptions(max_chars=50, first_words=0))
     assert all(len(p) <= 50 for p in out)
     assert " ".join(out).split() == text.split()
+
+
+@pytest.mark.parametrize("step", [1, 4])
+def test_the_first_piece_is_spoken_after_a_few_words_then_sentences(step):
+    """As the LLM streams: the first two words go to TTS at once; a whole sentence, when it is
+    already there, goes whole."""
+    assert pieces("The capital of France is Paris. Yes", 1000, ChunkerOptions()) == ["The capital of France is Paris.", "Yes"]
+    text = "The capital of France is Paris. It is big, old and full of museums! Yes"
+    assert pieces(text, step, ChunkerOptions()) == ["The capital", "of France is Paris.", "It is big, old and full of museums!", "Yes"]
+    assert pieces("Yes, it is. Then more.", step, ChunkerOptions()) == ["Yes, it", "is.", "Then more."]
+    assert pieces("Paris. Then more words here.", step, ChunkerOptions()) == ["Paris.", "Then more words here."]
 
 
 def test_clean_for_speech():

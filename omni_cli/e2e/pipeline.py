@@ -28,7 +28,7 @@ from omni_cli.vad import require_speech
 @dataclass(frozen=True)
 class E2EOptions:
     omega: int | None = 40  # units per vocoder chunk (None: vocode once, at the end)
-    first_chunk: int | None = None  # units in the first chunk, doubling up to omega (None: omega from the start)
+    first_chunk: int | None = None  # units in the first chunk, doubling up to omega (None: the vocoder's default; 0: omega from the start)
     generation: GenerationOptions = field(default_factory=GenerationOptions)
     check_speech: bool = True  # refuse silence-only input before running models
 
@@ -59,7 +59,9 @@ class E2EPipeline:
             require_speech(audio)
         yield SpeechEnded(duration_s=len(audio) / SAMPLE_RATE, t=now() if speech_end is None else speech_end)
         decoder = SpeechDecoderStream(self.model.speech_generator)
-        chunker = UnitChunker(self.options.omega, getattr(self.vocoder, "boundary_units", None), self.options.first_chunk)
+        first = self.options.first_chunk
+        first = getattr(self.vocoder, "default_first_chunk", None) if first is None else (first or None)
+        chunker = UnitChunker(self.options.omega, getattr(self.vocoder, "boundary_units", None), first)
         text: list[str] = []
         n_chunks = 0
         t = now()
