@@ -78,7 +78,7 @@ def _load(mode: str, config: PipelineConfig) -> Pipeline:
         from omni_cli.e2e.load import load_e2e_pipeline
         from omni_cli.e2e.pipeline import E2EOptions
 
-        return load_e2e_pipeline(config.e2e_model, config.vocoder, E2EOptions(config.omega, generation), config.device)
+        return load_e2e_pipeline(config.e2e_model, config.vocoder, E2EOptions(omega=config.omega, generation=generation), config.device)
     if mode == "cascade":
         from baselines.cascade import CascadeOptions, CascadePipeline
         from omni_cli.asr import AsrOptions

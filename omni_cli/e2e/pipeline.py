@@ -28,9 +28,9 @@ from omni_cli.vad import require_speech
 @dataclass(frozen=True)
 class E2EOptions:
     omega: int | None = 40  # units per vocoder chunk (None: vocode once, at the end)
-    first_chunk: int | None = None  # units in the first chunk, doubling up to omega (None: the vocoder's default; 0: omega from the start)
     generation: GenerationOptions = field(default_factory=GenerationOptions)
     check_speech: bool = True  # refuse silence-only input before running models
+    first_chunk: int | None = None  # units in the first chunk, doubling up to omega (None: the vocoder's default; 0: omega from the start)
 
 
 class E2EPipeline:
