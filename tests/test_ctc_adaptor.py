@@ -322,3 +322,18 @@ def test_batched_emitting_states_equal_one_item_at_a_time(ctc_omni):
         assert h.shape == h1.shape and h.shape[0] == len(model.llm.tokenizer(a, add_special_tokens=False).input_ids) + 1
         torch.testing.assert_close(h, h1, atol=5e-2, rtol=5e-2)
         torch.testing.assert_close(t, t1)
+
+
+def test_kept_class_embeddings_follow_the_weights(ctc_omni):
+    """The class matrix kept between inference passes is rebuilt when a weight behind it moves."""
+    from omni_cli.e2e.checkpoint import load_omni
+
+    proj = load_omni(ctc_omni).speech_projector
+    x = torch.randn(1, 40, 64)
+    with torch.no_grad():
+        before = proj.logits(x)
+        assert torch.equal(proj.logits(x), before)
+        proj.blank_embedding.add_(1.0)
+        after = proj.logits(x)
+    assert not torch.allclose(after[..., -1], before[..., -1])
+    torch.testing.assert_close(after, proj.logits(x).detach())  # the same as computed afresh with gradients on

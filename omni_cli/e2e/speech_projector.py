@@ -123,9 +123,21 @@ class CTCSpeechProjector(nn.Module):
                 mask = torch.arange(h.shape[1], device=h.device)[None, :] >= valid[:, None]
             h = self.layers(h, src_key_padding_mask=mask)
         v = self.linear2(self.norm(h))
+        return self.log_scale.exp() * v @ self._classes(v.dtype).T + self.bias
+
+    def _classes(self, dtype: torch.dtype) -> torch.Tensor:
+        """(vocab + 1, llm_width): each class's LLM input embedding, the blank's last. Gathering
+        them is most of an inference pass (about 45 MB for the default's 19k tokens), so without
+        gradients the result is kept until a weight it comes from changes."""
         table = self._table()
-        classes = torch.cat([table[self.token_ids].detach(), self.blank_embedding[None, :]]).to(v.dtype)
-        return self.log_scale.exp() * v @ classes.T + self.bias
+        key = (table.data_ptr(), table._version, self.blank_embedding._version, self.token_ids._version, dtype, table.device)
+        kept = getattr(self, "_kept_classes", None)
+        if not torch.is_grad_enabled() and kept is not None and kept[0] == key:
+            return kept[1]
+        classes = torch.cat([table[self.token_ids].detach(), self.blank_embedding[None, :]]).to(dtype)
+        if not torch.is_grad_enabled():
+            self._kept_classes = (key, classes)
+        return classes
 
     def decode(self, x: torch.Tensor) -> list[int]:
         """Greedy CTC over one utterance's encoder states (1, frames, width): LLM token ids."""
