@@ -62,7 +62,13 @@ class PipelineConfig:
 def load_pipeline(mode: str, config: PipelineConfig, warm: bool = True) -> Pipeline:
     """The `mode` ("cascade" or "e2e") pipeline of `config`, warmed up (each model run once,
     so the first turn is as fast as later ones) unless `warm` is False."""
+    from omni_cli.llm import inference_dtype
+
     pipeline = _load(mode, config)
+    dtype = inference_dtype(config.device)
+    if dtype is not None:  # the LLM only: the other models are small, or not torch
+        llm = pipeline.llm if mode == "cascade" else pipeline.model.llm
+        llm.model.to(dtype)
     if warm:
         pipeline.warm_up()
     return pipeline

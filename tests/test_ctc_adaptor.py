@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -229,6 +230,22 @@ def test_warm_up_runs_every_model_and_keeps_the_prompt_prefix(ctc_omni):
     audio = load_audio(EXAMPLE_QUESTION)
     pipeline.respond(audio)
     assert first_call[0] == pipeline.model.prompt_embeds(pipeline.model.speech_features(audio)).shape[1] - len(before)
+
+
+def test_the_e2e_pipeline_answers_with_a_bfloat16_llm(ctc_omni):
+    """The LLM in bfloat16 (as answering runs it on CPUs with native bfloat16), the rest in
+    float32: every hand-over between them casts."""
+    from omni_cli.audio import load_audio
+    from omni_cli.e2e.load import load_e2e_pipeline
+    from omni_cli.e2e.pipeline import E2EOptions
+    from omni_cli.llm import GenerationOptions
+
+    pipeline = load_e2e_pipeline(str(ctc_omni), None, E2EOptions(omega=5, generation=GenerationOptions(max_new_tokens=6)))
+    pipeline.model.llm.model.to(torch.bfloat16)
+    pipeline.warm_up()
+    response = pipeline.respond(load_audio(EXAMPLE_QUESTION))
+    assert isinstance(response.text, str) and response.audio.dtype == np.float32
+    assert isinstance(pipeline.model.transcribe(load_audio(EXAMPLE_QUESTION)), str)
 
 
 def test_transcribe_with_the_e2e_backend(ctc_omni, tmp_path):

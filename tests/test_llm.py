@@ -117,3 +117,18 @@ def test_a_kept_prompt_prefix_gives_the_same_answer_and_grows_with_the_conversat
     head2 = len(llm.tokenizer.apply_chat_template(turn2[:-1], tokenize=True, return_dict=True)["input_ids"])
     assert calls[0] == head2 - head  # only the earlier turn's new part extends the kept prefix
     assert answer == [s.token_id for s in stream_generate(llm, input_ids=llm.chat_ids(turn2), options=opts)]
+
+
+def test_inference_dtype_follows_the_cpu_and_the_override(monkeypatch):
+    from omni_cli.llm import inference_dtype
+
+    monkeypatch.setenv("OMNI_LLM_DTYPE", "float32")
+    assert inference_dtype() == torch.float32
+    monkeypatch.setenv("OMNI_LLM_DTYPE", "bfloat16")
+    assert inference_dtype() == torch.bfloat16
+    monkeypatch.setenv("OMNI_LLM_DTYPE", "half")
+    with pytest.raises(ConfigError, match="OMNI_LLM_DTYPE"):
+        inference_dtype()
+    monkeypatch.delenv("OMNI_LLM_DTYPE")
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert inference_dtype("cpu") == (torch.bfloat16 if native else None)
