@@ -42,7 +42,8 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
     from omni_cli.tts import PiperTTS
 
     generation = GenerationOptions(max_new_tokens=max_new_tokens)
-    pipeline = load_pipeline("e2e", PipelineConfig(e2e_model=model_spec, max_new_tokens=max_new_tokens))
+    # no sentence budget: the answer is compared with the base LLM's whole typed answer
+    pipeline = load_pipeline("e2e", PipelineConfig(e2e_model=model_spec, max_new_tokens=max_new_tokens, max_sentences=0))
     model = pipeline.model
     base_llm = ChatLLM.load(model.config.llm_source or None)  # the LLM as the cascade runs it (no adapters)
     judge = load_judge()

@@ -572,6 +572,7 @@ E2EModelOpt = Annotated[str | None, typer.Option("--e2e-model", help="End-to-end
 VocoderOpt = Annotated[str | None, typer.Option("--vocoder", help="Unit vocoder for e2e: 'piper' or a unit HiFi-GAN folder (default: the model's own).")]
 OmegaOpt = Annotated[str, typer.Option("--omega", help="e2e: units per streamed audio chunk, 'auto' (the default for the model's unit vocoder), or 'all' to vocode once at the end.")]
 MaxTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer in tokens.")]
+MaxSentencesOpt = Annotated[int, typer.Option("--max-sentences", min=0, help="Brief, for speech: the answer ends at the sentence that reaches this many sentences (or 20 words per sentence); 0: no limit but --max-new-tokens.")]
 SystemPromptOpt = Annotated[str | None, typer.Option("--system-prompt", help="Replace the spoken-style system prompt (cascade).")]
 
 
@@ -591,6 +592,7 @@ def respond(
     vocoder: VocoderOpt = None,
     omega: OmegaOpt = "auto",
     max_new_tokens: MaxTokensOpt = 160,
+    max_sentences: MaxSentencesOpt = 3,
     system_prompt: SystemPromptOpt = None,
     device: DeviceOpt = "cpu",
     max_duration: MaxDurOpt = 1800.0,
@@ -618,7 +620,7 @@ def respond(
         audio = load_audio(audio_path, max_duration_s=max_duration)
         pipelines = {}
         config = _pipeline_config(modes, asr_model, backend.value, beam_size, llm, tts.value, voice, e2e_model, vocoder,
-                                  omega, max_new_tokens, system_prompt, device)
+                                  omega, max_new_tokens, system_prompt, device, max_sentences)
         with ui.err.status("loading models ..."):
             for m in modes:
                 pipelines[m] = _load_pipeline(m, config)
@@ -704,6 +706,7 @@ def talk(
     vocoder: VocoderOpt = None,
     omega: OmegaOpt = "auto",
     max_new_tokens: MaxTokensOpt = 160,
+    max_sentences: MaxSentencesOpt = 3,
     system_prompt: SystemPromptOpt = None,
     device: DeviceOpt = "cpu",
 ) -> None:
@@ -748,7 +751,7 @@ def talk(
         else:
             source = Microphone(device_spec(input_device))  # no device: an InputError that says how to use --input
         config = _pipeline_config([mode.value], asr_model, backend.value, beam_size, llm, tts.value, voice, e2e_model, vocoder,
-                                  omega, max_new_tokens, system_prompt, device)
+                                  omega, max_new_tokens, system_prompt, device, max_sentences)
         with ui.err.status("loading models ..."):
             pipeline = _load_pipeline(mode.value, config)
         # opened once the models are loaded: a stream idle through the loading only underruns
@@ -785,7 +788,7 @@ def _load_pipeline(mode: str, config):
 
 
 def _pipeline_config(modes, asr_model, backend, beam_size, llm, tts, voice, e2e_model, vocoder, omega, max_new_tokens,
-                     system_prompt, device):
+                     system_prompt, device, max_sentences=3):
     """The PipelineConfig of the options `respond` and `talk` share (omega resolved for e2e)."""
     from omni_cli.pipelines import PipelineConfig
 
@@ -797,7 +800,7 @@ def _pipeline_config(modes, asr_model, backend, beam_size, llm, tts, voice, e2e_
         omega = PipelineConfig.omega
     return PipelineConfig(asr_model=asr_model, asr_backend=backend, beam_size=beam_size, llm=llm, tts=tts, voice=voice,
                           system_prompt=system_prompt, e2e_model=e2e_model, vocoder=vocoder, omega=omega,
-                          max_new_tokens=max_new_tokens, device=device)
+                          max_new_tokens=max_new_tokens, max_sentences=max_sentences, device=device)
 
 
 def _talk_save(conversation, output: Path | None, save: Path | None, sample_rate: int) -> None:
@@ -863,6 +866,7 @@ def eval_cmd(
     e2e_model: E2EModelOpt = None,
     vocoder: Annotated[str | None, typer.Option("--vocoder", help="Unit vocoder for e2e (default: the model's own).")] = None,
     max_new_tokens: MaxTokensOpt = 160,
+    max_sentences: MaxSentencesOpt = 3,
     device: DeviceOpt = "cpu",
     max_duration: MaxDurOpt = 1800.0,
     compare: Annotated[tuple[Path, Path] | None, typer.Option("--compare", help="Compare two finished runs (--out folders) on the items both have: B - A per figure, marked better or worse; JSON to stdout.", show_default=False)] = None,
@@ -898,7 +902,7 @@ def eval_cmd(
         config = ev.EvalConfig(
             modes=ev.parse_modes(modes), omegas=ev.parse_omegas(omega, e2e_model, vocoder), asr_model=asr_model, asr_backend=backend.value,
             beam_size=beam_size, llm=llm, tts=tts.value, voice=voice, e2e_model=e2e_model, vocoder=vocoder,
-            max_new_tokens=max_new_tokens, asr_wer=asr_wer, judge_asr=judge_asr, device=device, max_duration_s=max_duration)
+            max_new_tokens=max_new_tokens, max_sentences=max_sentences, asr_wer=asr_wer, judge_asr=judge_asr, device=device, max_duration_s=max_duration)
         if not paths and not bench:
             raise ConfigError("give audio folders, files or manifests, or --bench NAME (see `omni eval --help`)")
         from omni_cli.audio import check_output_dir

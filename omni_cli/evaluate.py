@@ -133,6 +133,7 @@ class EvalConfig:
     e2e_model: str | None = None  # None: the offline default
     vocoder: str | None = None  # None: the e2e model's own
     max_new_tokens: int = 160
+    max_sentences: int = 3  # the same spoken-length budget for every mode (0: no limit)
     asr_wer: bool = True  # transcribe each spoken answer for ASR-WER
     judge_asr: str | None = None  # Whisper for ASR-WER (None: asr_model), decoded deterministically
     device: str = "cpu"
@@ -145,7 +146,8 @@ class EvalConfig:
     def pipeline_config(self) -> PipelineConfig:
         return PipelineConfig(asr_model=self.asr_model, asr_backend=self.asr_backend, beam_size=self.beam_size,
                               threads=self.threads, llm=self.llm, tts=self.tts, voice=self.voice, e2e_model=self.e2e_model,
-                              vocoder=self.vocoder, omega=self.omegas[0], max_new_tokens=self.max_new_tokens, device=self.device)
+                              vocoder=self.vocoder, omega=self.omegas[0], max_new_tokens=self.max_new_tokens,
+                              max_sentences=self.max_sentences, device=self.device)
 
 
 # -- one item ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch
 
 from omni_cli.errors import ConfigError, ModelNotFoundError
 from omni_cli.registry import hub_offline, resolve_llm
+from omni_cli.text import ends_sentence
 
 SPOKEN_SYSTEM_PROMPT = (
     "You are a helpful voice assistant. Your answers are spoken aloud, so answer in one to "
@@ -33,10 +34,15 @@ class GenerationOptions:
     top_p: float = 1.0  # nucleus sampling mass (with temperature > 0)
     repetition_penalty: float = 1.1  # > 1 discourages repeating tokens (small models loop)
     seed: int = 0  # sampling seed, so the same input gives the same answer
+    # brief, for speech: the answer stops at the end of the sentence that reaches this many
+    # sentences or 20 words per sentence allowed (0: no limit but max_new_tokens)
+    max_sentences: int = 0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_sentences < 0:
+            raise ConfigError(f"max_sentences must be >= 0, got {self.max_sentences}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
 
@@ -204,6 +210,7 @@ def stream_generate(
     kwargs = {"input_ids": input_ids[:, past:]} if input_ids is not None else {"inputs_embeds": inputs_embeds[:, past:]}
     generated: list[int] = []
     text_so_far = ""
+    sentences, at_end = 0, False
     for _ in range(options.max_new_tokens):
         n_new = (kwargs.get("input_ids") if "input_ids" in kwargs else kwargs["inputs_embeds"]).shape[1]
         position = torch.arange(past, past + n_new, device=llm.device)
@@ -228,6 +235,12 @@ def stream_generate(
         if not text.endswith("\ufffd"):
             delta, text_so_far = text[len(text_so_far) :], text
         yield TokenStep(token, delta, hidden)
+        if options.max_sentences and delta:
+            ended = ends_sentence(text_so_far)
+            sentences += ended and not at_end  # a closing quote after the mark is the same sentence
+            at_end = ended
+            if ended and (sentences >= options.max_sentences or len(text_so_far.split()) >= 20 * options.max_sentences):
+                return  # the budget is spent at a sentence's end: no half sentence
         kwargs = {"input_ids": torch.tensor([[token]], device=llm.device)}
 
 

@@ -56,6 +56,7 @@ class PipelineConfig:
     vocoder: str | None = None  # None: the e2e model's own
     omega: int | None = 40  # e2e units per vocoder chunk (None: vocode once, at the end)
     max_new_tokens: int = 160
+    max_sentences: int = 3  # brief, for speech: stop at the sentence end that reaches 3 sentences or 60 words (0: no limit)
     device: str = "cpu"
 
 
@@ -79,7 +80,7 @@ def _load(mode: str, config: PipelineConfig) -> Pipeline:
     from omni_cli.registry import require_device
 
     require_device(config.device)
-    generation = GenerationOptions(max_new_tokens=config.max_new_tokens)
+    generation = GenerationOptions(max_new_tokens=config.max_new_tokens, max_sentences=config.max_sentences)
     if mode == "e2e":
         from omni_cli.e2e.load import load_e2e_pipeline
         from omni_cli.e2e.pipeline import E2EOptions

@@ -30,6 +30,18 @@ class ChunkerOptions:
     first_words: int = 2
 
 
+_ENDS_SENTENCE = re.compile(r"[.!?\u2026]+[\"')\]]*$")
+
+
+def ends_sentence(text: str) -> bool:
+    """`text` (an answer as it streams) ends with a complete sentence: a sentence mark, not
+    an abbreviation, an initial, a list marker or a number that may go on ("3." of "3.5")."""
+    stripped = text.rstrip()
+    if not _ENDS_SENTENCE.search(stripped) or re.search(r"\d\.$", stripped):
+        return False
+    return SentenceChunker._is_real_sentence_end(stripped)
+
+
 class SentenceChunker:
     def __init__(self, options: ChunkerOptions = ChunkerOptions()):
         self.options = options

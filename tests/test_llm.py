@@ -132,3 +132,26 @@ def test_inference_dtype_follows_the_cpu_and_the_override(monkeypatch):
     monkeypatch.delenv("OMNI_LLM_DTYPE")
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert inference_dtype("cpu") == (torch.bfloat16 if native else None)
+
+
+@pytest.mark.real
+def test_the_sentence_budget_ends_answers_at_a_sentence_end():
+    """The embedded LLM, asked something it answers at length: the budget stops it at the end
+    of its n-th sentence, never inside one."""
+    import re
+
+    from omni_cli.llm import ChatLLM, SPOKEN_SYSTEM_PROMPT
+    from omni_cli.text import ends_sentence
+
+    llm = ChatLLM.load()
+    messages = [{"role": "system", "content": SPOKEN_SYSTEM_PROMPT},
+                {"role": "user", "content": "Tell me everything you know about the history of Rome."}]
+
+    def answer(n: int) -> str:
+        return "".join(s.text for s in llm.stream_chat(messages, GenerationOptions(max_new_tokens=90, max_sentences=n)))
+
+    full, one, two = answer(0), answer(1), answer(2)
+    assert full.startswith(two) and two.startswith(one) and len(one) < len(two) < len(full)
+    for text, n in ((one, 1), (two, 2)):
+        assert ends_sentence(text)
+        assert len(re.findall(r"[.!?](?:\s|$)", text.strip())) == n or len(text.split()) >= 20 * n
