@@ -37,6 +37,7 @@ from omni_cli.events import (
     Event,
     SpeechEnded,
     TextDelta,
+    TextSegment,
     Transcript,
     latency_metrics,
     now,
@@ -46,6 +47,25 @@ from omni_cli.pipelines import Pipeline
 FRAME = 512  # samples per input frame: Silero VAD's window at 16 kHz (32 ms)
 LISTENING, HEARING, THINKING, SPEAKING = "listening", "hearing", "thinking", "speaking"
 SPOKEN_TURN = "(spoken request)"  # the user's history entry when the pipeline needed no transcript (e2e)
+INTERRUPTED = " ... (interrupted)"  # ends an answer the user cut off: the history holds what was heard
+
+
+def heard_text(chunk_text: list[str], played: list[tuple[int, int]], clock: int) -> str:
+    """The part of an answer the user heard before cutting it off: the text of every chunk
+    played to its end, and of the chunk playing then, its share of words by the time played.
+    `chunk_text[i]` is the answer's text through chunk i; `played[i]` its (start, length)."""
+    heard, before = "", ""
+    for text, (start, length) in zip(chunk_text, played):
+        if start >= clock:
+            break
+        if start + length <= clock:
+            heard = before = text
+            continue
+        own = text[len(before):].split() if text.startswith(before) else text.split()
+        share = own[: int(len(own) * (clock - start) / max(1, length))]
+        heard = " ".join([before.strip(), *share]).strip()
+        break
+    return heard.strip()
 
 
 @dataclass(frozen=True)
@@ -118,6 +138,8 @@ class Turn:
     interrupted: bool
     error: str | None
     metrics: dict[str, float | None] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)  # the chat history the answer was given
+    heard: str | None = None  # what the history keeps of the answer: all of it, or what was played before a barge-in
 
     def to_json(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -330,6 +352,9 @@ class _Active:
     played: list[tuple[int, int]] = field(default_factory=list)  # (start, length) on the clock
     play_end: int = 0
     origin: float = 0.0  # the VAD's end-of-speech decision: latencies count from here
+    chunk_text: list[str] = field(default_factory=list)  # per played chunk: the answer text it speaks
+    text_so_far: str = ""  # the answer's text as written, up to the last event
+    segments: list[str] = field(default_factory=list)  # the text pieces sent to TTS (cascade)
 
 
 class Conversation:
@@ -437,7 +462,15 @@ class Conversation:
             if e.t < turn.origin:  # ready before the VAD's decision (an early run): it counts from there
                 e = dataclasses.replace(e, t=turn.origin)
             turn.events.append(e)
+            if isinstance(e, TextDelta):
+                turn.text_so_far += e.text
+            elif isinstance(e, TextSegment):
+                turn.segments.append(e.text)
             if isinstance(e, AudioChunk):
+                # cascade: the pieces sent to TTS so far; e2e: the text written so far, less the
+                # word whose units may still be pending
+                spoken = " ".join(turn.segments) if turn.segments else turn.text_so_far.rsplit(" ", 1)[0]
+                turn.chunk_text.append(spoken)
                 start = max(self.clock, turn.play_end)
                 length = round(e.duration_s * SAMPLE_RATE)
                 turn.played.append((start, length))
@@ -474,12 +507,17 @@ class Conversation:
             interrupted=interrupted,
             error=error,
             metrics=latency_metrics(t.events) if any(isinstance(e, SpeechEnded) for e in t.events) else {},
+            history=[dict(m) for m in self.history[: t.history_len]],
         )
         self.turns.append(turn)
         if done is not None or text:  # the request was understood: it and the answer become history
             self.history.append({"role": "user", "content": transcript if transcript is not None else SPOKEN_TURN})
-            if text:
-                self.history.append({"role": "assistant", "content": text})
+            said = heard_text(t.chunk_text, t.played, self.clock) if interrupted else text
+            if said:
+                entry = {"role": "assistant", "content": said + (INTERRUPTED if interrupted else "")}
+                self.history.append(entry | ({"interrupted": True} if interrupted else {}))
+            turn = dataclasses.replace(turn, heard=said)
+            self.turns[-1] = turn
         return turn
 
     def session(self) -> list[dict]:

@@ -169,6 +169,13 @@ def test_speech_during_the_answer_stops_it_and_starts_a_new_turn(tiny_cascade, q
     assert 0 < first.spoken_s < first.metrics["audio_s"]
     assert sink.stops == 1
     assert "speak" in second.transcript.lower() and second.history_len == 2
+    # the history keeps what the user heard of the first answer, marked as cut off
+    from omni_cli.talk import INTERRUPTED
+
+    kept = conversation.history[1]
+    assert kept["interrupted"] and kept["content"].endswith(INTERRUPTED) and second.history[1] == kept
+    heard = kept["content"][: -len(INTERRUPTED)].split()
+    assert 0 < len(heard) < len(first.text.split()) and heard == first.text.split()[: len(heard)] == first.heard.split()
     states = [e.state for e in events if isinstance(e, StateChanged)]
     assert states[3:5] == ["speaking", "hearing"]  # straight from speaking to hearing the user
     # the recording keeps only the part of the first answer that was played
@@ -444,3 +451,14 @@ def test_help_has_examples():
 
     result = CliRunner().invoke(app, ["talk", "--help"])
     assert result.exit_code == 0 and "Examples" in result.stdout and "--input" in result.stdout
+
+
+def test_heard_text_counts_whole_chunks_and_the_played_share_of_the_last():
+    from omni_cli.talk import heard_text
+
+    chunks = ["One two.", "One two. Three four five six.", "One two. Three four five six. Seven."]
+    played = [(0, 100), (100, 400), (500, 100)]
+    assert heard_text(chunks, played, 0) == "" and heard_text(chunks, played, 50) == "One"  # half of "One two."
+    assert heard_text(chunks, played, 100) == "One two."
+    assert heard_text(chunks, played, 300) == "One two. Three four"  # half of the second chunk's 4 words
+    assert heard_text(chunks, played, 10_000) == chunks[-1]
