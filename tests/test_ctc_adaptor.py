@@ -206,7 +206,8 @@ def test_pipeline_runs_the_ctc_model_end_to_end(ctc_omni):
 
     pipeline = load_e2e_pipeline(str(ctc_omni), None, E2EOptions(omega=5, generation=GenerationOptions(max_new_tokens=6)), TEST_DEVICE)
     response = pipeline.respond(load_audio(EXAMPLE_QUESTION))
-    assert response.transcript is None and isinstance(response.text, str)
+    # the transcript is the text of the tokens the adaptor handed the LLM
+    assert response.transcript == pipeline.model.hear(load_audio(EXAMPLE_QUESTION))[1] and isinstance(response.text, str)
 
 
 def test_warm_up_runs_every_model_and_keeps_the_prompt_prefix(ctc_omni):
@@ -354,3 +355,27 @@ def test_kept_class_embeddings_follow_the_weights(ctc_omni):
         after = proj.logits(x)
     assert not torch.allclose(after[..., -1], before[..., -1])
     torch.testing.assert_close(after, proj.logits(x).detach())  # the same as computed afresh with gradients on
+
+
+def test_a_later_e2e_turn_reads_the_earlier_speech_and_the_kept_cache_changes_nothing(ctc_omni):
+    """With a ctc adaptor the history holds the text of the tokens the LLM read from the
+    earlier speech (the same embeddings), and a turn computed on the kept prefix cache gives
+    the tokens of a fresh pass over the whole conversation."""
+    from omni_cli.audio import load_audio
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.llm import GenerationOptions, stream_generate
+
+    model = load_omni(ctc_omni)
+    audio = load_audio(EXAMPLE_QUESTION)
+    with torch.no_grad():
+        proj = model.speech_projector
+        proj.bias.copy_(torch.cat([torch.zeros(proj.config.vocab), torch.tensor([-1e4])]))  # never blank: it hears tokens
+        features, heard = model.hear(audio)
+    assert heard and torch.equal(features, model.llm.model.get_input_embeddings()(
+        torch.tensor(model.llm.tokenizer(heard, add_special_tokens=False).input_ids)))
+    history = [{"role": "user", "content": heard}, {"role": "assistant", "content": "The moon is bright."}]
+    opts = GenerationOptions(max_new_tokens=8)
+    kept = [s.token_id for s in model.stream_features(features, opts, history)]  # the prefix from the cache
+    assert kept == [s.token_id for s in model.stream_features(features, opts, history)]  # the cache, reused
+    fresh = [s.token_id for s in stream_generate(model.llm, inputs_embeds=model.prompt_embeds(features, history), options=opts)]
+    assert kept == fresh

@@ -20,7 +20,7 @@ from omni_cli.e2e.speech_generator import SpeechDecoderStream
 from omni_cli.e2e.speech_llm import SpeechLLM
 from omni_cli.e2e.unit_vocoder import UnitChunker, UnitVocoder
 from omni_cli.errors import ConfigError, InputError
-from omni_cli.events import AudioChunk, Done, Event, Response, SpeechEnded, StageTiming, TextDelta, UnitChunk, collect, now
+from omni_cli.events import AudioChunk, Done, Event, Response, SpeechEnded, StageTiming, TextDelta, Transcript, UnitChunk, collect, now
 from omni_cli.llm import GenerationOptions
 from omni_cli.vad import require_speech
 
@@ -66,8 +66,10 @@ class E2EPipeline:
         n_chunks = 0
         t = now()
         with torch.inference_mode():
-            features = self.model.speech_features(audio)
+            features, heard = self.model.hear(audio)
         yield StageTiming(stage="encoder", seconds=now() - t)
+        if heard is not None:
+            yield Transcript(text=heard)  # the tokens the LLM reads (a ctc adaptor): the turn's text in a history
         for step in self.model.stream_features(features, self.options.generation, history):
             if step.text:
                 text.append(step.text)
@@ -81,7 +83,7 @@ class E2EPipeline:
         for chunk in chunker.flush():
             yield from self._vocode(chunk, n_chunks)
             n_chunks += 1
-        yield Done(text="".join(text).strip(), transcript=None)
+        yield Done(text="".join(text).strip(), transcript=heard)
 
     def _vocode(self, units: list[int], index: int) -> Iterator[Event]:
         yield UnitChunk(units=tuple(units), index=index)

@@ -53,9 +53,20 @@ class SpeechLLM(nn.Module):
 
     def speech_features(self, audio: np.ndarray) -> torch.Tensor:
         """(n, llm_width) adaptor outputs for 16 kHz audio."""
+        return self.hear(audio)[0]
+
+    def hear(self, audio: np.ndarray) -> tuple[torch.Tensor, str | None]:
+        """The adaptor outputs for 16 kHz audio, and, where they are the embeddings of LLM
+        tokens (a ctc adaptor), the text of those tokens: exactly what the LLM reads, so a
+        conversation's history can hold it as the user's turn (None for continuous features)."""
         states = self.speech_encoder.encode(audio)
         dtype = next(p for p in self.speech_projector.parameters() if p.is_floating_point()).dtype
-        return self.speech_projector(states.unsqueeze(0).to(dtype))[0]
+        x = states.unsqueeze(0).to(dtype)
+        proj = self.speech_projector
+        if self.config.projector.type == "ctc":
+            ids = proj.decode(x)
+            return proj.embed_heard(ids), proj._llm[1].decode(ids).strip()
+        return proj(x)[0], None
 
     def prompt_ids(
         self, history: list[dict[str, str]] | None = None, prompt: PromptConfig | None = None
