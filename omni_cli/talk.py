@@ -76,6 +76,7 @@ class TalkOptions:
     pad_ms: int = 200  # audio kept before the detected start and after the detected end
     barge_in: bool = True  # the user's speech during an answer stops it and starts a new turn
     early_start: bool = True  # begin the answer in the silence that may end the turn (dropped if the user speaks on)
+    history_tokens: int | None = None  # the history's budget in LLM tokens (None: the LLM's context less room for a turn)
 
     def __post_init__(self) -> None:
         if not 0 < self.vad_threshold < 1:
@@ -146,6 +147,14 @@ class Turn:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()} | {
             "metrics": {k: None if v is None else round(v, 4) for k, v in self.metrics.items()}
         }
+
+
+@dataclass(frozen=True)
+class HistoryTrimmed(Event):
+    """The oldest turns left the history so that it fits the LLM's context (the system prompt stays)."""
+
+    dropped_turns: int
+    kept_turns: int
 
 
 @dataclass(frozen=True)
@@ -374,6 +383,8 @@ class Conversation:
         self._early: tuple[Utterance, _Run] | None = None
         self.early_starts = 0  # runs started early, and how many were used
         self.early_used = 0
+        self.trimmed = 0  # turns dropped from the history to fit the LLM's context
+        self._pending_trim = 0  # dropped, not yet said
 
     def run(self, source: Source | Iterable[np.ndarray], segmenter=None) -> Iterator[Event]:
         """Listen to `source` until it ends (and the last answer is played) or the caller stops."""
@@ -419,6 +430,25 @@ class Conversation:
             self.state = state
             yield StateChanged(state=state)
 
+    def _fit_history(self) -> int:
+        """Drop the oldest turns (user and answer together) until the history fits its token
+        budget; the number dropped."""
+        llm = getattr(self.pipeline, "llm", None) or getattr(getattr(self.pipeline, "model", None), "llm", None)
+        if llm is None or not self.history:
+            return 0
+        budget = self.options.history_tokens
+        if budget is None:  # the context, less room for the system prompt, the request and the answer
+            context = int(getattr(llm.model.config, "max_position_embeddings", 2048))
+            generation = getattr(getattr(self.pipeline, "options", None), "generation", None)
+            budget = max(256, context - 1024 - (generation.max_new_tokens if generation is not None else 160))
+        dropped = 0
+        while self.history and len(llm.tokenizer.apply_chat_template(self.history, tokenize=True, return_dict=True)["input_ids"]) > budget:
+            cut = next((i for i in range(1, len(self.history)) if self.history[i]["role"] == "user"), len(self.history))
+            del self.history[:cut]
+            dropped += 1
+        self._pending_trim += dropped
+        return dropped
+
     def _start_early(self, tentative: Utterance | None) -> None:
         """Start (or keep, or cancel) the run on the tentative utterance."""
         if self._early is not None:
@@ -431,14 +461,23 @@ class Conversation:
             return
         if self._last_run is not None:
             self._last_run.thread.join()  # one run at a time on the models
+        self._fit_history()
         self._last_run = _Run(self.pipeline, tentative.audio, list(self.history), now())
         self._early = (tentative, self._last_run)
         self.early_starts += 1
 
     def _start_turn(self, utterance: Utterance) -> Iterator[Event]:
         speech_end = now()  # the VAD's decision: the latency origin
+        dropped = self._fit_history()
+        if self._pending_trim:
+            self.trimmed += self._pending_trim
+            yield HistoryTrimmed(dropped_turns=self._pending_trim, kept_turns=sum(m["role"] == "user" for m in self.history))
+            self._pending_trim = 0
         history = list(self.history)
         early, self._early = self._early, None
+        if early is not None and dropped:
+            early[1].cancelled.set()  # it was given the history before the trim
+            early = None
         if early is not None and (early[0].start, early[0].end) == (utterance.start, utterance.end):
             run = early[1]  # begun in the silence before the decision, on this very audio
             self.early_used += 1

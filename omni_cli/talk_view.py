@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.text import Text
 
 from omni_cli.events import ErrorEvent, Event, TextDelta, Transcript
-from omni_cli.talk import StateChanged, Turn, TurnEnded, TurnStarted
+from omni_cli.talk import HistoryTrimmed, StateChanged, Turn, TurnEnded, TurnStarted
 
 STATES = {
     "listening": ("green", "listening"),
@@ -51,6 +51,7 @@ class TalkView:
         self.heard: str | None = None
         self.text = ""
         self.error: str | None = None
+        self.trim_said = False
         self.live = Live(self._live(), console=console, auto_refresh=False, transient=True)
 
     def __enter__(self) -> Self:
@@ -75,6 +76,12 @@ class TalkView:
             self.text += e.text
         elif isinstance(e, ErrorEvent):
             self.error = e.message
+        elif isinstance(e, HistoryTrimmed):
+            if not self.trim_said:  # said once
+                self.live.console.print(Text(f"(the conversation outgrew the model's context: its oldest turns are "
+                                             f"forgotten from now on; {e.kept_turns} kept)", style="dim"))
+                self.trim_said = True
+            return
         elif isinstance(e, TurnEnded):
             self.live.console.print(self._finished(e.turn))
             self.index = None

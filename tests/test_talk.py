@@ -462,3 +462,17 @@ def test_heard_text_counts_whole_chunks_and_the_played_share_of_the_last():
     assert heard_text(chunks, played, 100) == "One two."
     assert heard_text(chunks, played, 300) == "One two. Three four"  # half of the second chunk's 4 words
     assert heard_text(chunks, played, 10_000) == chunks[-1]
+
+
+def test_a_history_over_its_budget_loses_its_oldest_turns(tiny_cascade, two_questions):
+    """With a small history budget the first turn leaves the history before the second is
+    answered (said once, as an event); the system prompt is not part of it and stays."""
+    from omni_cli.talk import HistoryTrimmed, TalkOptions
+
+    conversation = Conversation(tiny_cascade, options=TalkOptions(history_tokens=5))
+    events = list(conversation.run(FileSource(two_questions, speed=None, holds_for_answers=True)))
+    trims = [e for e in events if isinstance(e, HistoryTrimmed)]
+    assert len(trims) == 1 and trims[0].dropped_turns == 1 and trims[0].kept_turns == 0
+    first, second = conversation.turns
+    assert second.history == [] and conversation.trimmed == 1
+    assert conversation.history[0] == {"role": "user", "content": second.transcript}
