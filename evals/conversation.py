@@ -1,0 +1,126 @@
+"""A scripted 20-turn spoken conversation through `omni talk`'s engine, in both modes.
+
+Twenty questions, spoken by the Piper voice with pauses between them, are played into the
+conversation engine from a file (as `omni talk --input FILE --fast`: the file holds while
+the models compute). Several questions lean on an earlier one ("How many people live
+there?" after "What is the capital of France?"). Reported per mode: the answers' length in
+words and sentences (the brevity budget), the first-audio latency of each turn (from the
+VAD's end-of-speech decision) and its trend over the turns (slope per turn, and the last five
+turns against the first five: flat means the history's cache is extended, not recomputed),
+the history's size, and the answers to the follow-up questions.
+
+    python -m evals.conversation [--turns 20] [--modes cascade,e2e] [--json conversation.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from evals.report import emit
+
+err = Console(stderr=True)
+QUESTIONS = [
+    "What is the capital of France?",
+    "How many people live there?",
+    "What is the most famous tower in that city?",
+    "Who built it?",
+    "What is the tallest mountain in the world?",
+    "Which country is it in?",
+    "How long does it take to climb it?",
+    "What do plants need to grow?",
+    "Why are their leaves green?",
+    "What happens to them in winter?",
+    "Who wrote Romeo and Juliet?",
+    "What else did he write?",
+    "When did he live?",
+    "What is the largest ocean on Earth?",
+    "How deep is it?",
+    "What animals live there?",
+    "How does a rainbow form?",
+    "Why does it have many colors?",
+    "What is the speed of light?",
+    "Thank you, what was my first question?",
+]
+FOLLOW_UPS = {1: "paris|franc", 5: "everest|nepal|china|tibet", 11: "shakespeare", 19: "capital|france"}  # turn -> what it leans on
+
+
+def script(turns: int) -> tuple[np.ndarray, list[str]]:
+    from omni_cli.audio import SAMPLE_RATE, resample
+    from omni_cli.tts import PiperTTS
+
+    tts = PiperTTS()
+    parts, said = [np.zeros(SAMPLE_RATE // 2, dtype=np.float32)], []
+    for q in QUESTIONS[:turns]:
+        parts += [resample(tts.synthesize(q), tts.sample_rate, SAMPLE_RATE), np.zeros(2 * SAMPLE_RATE, dtype=np.float32)]
+        said.append(q)
+    return np.concatenate(parts), said
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="example: python -m evals.conversation --turns 20 --json conversation.json")
+    parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--modes", default="cascade,e2e")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+
+    from omni_cli.e2e.load import parse_omega
+    from omni_cli.pipelines import PipelineConfig, load_pipeline
+    from omni_cli.talk import Conversation
+    from omni_cli.talk_audio import FileSource
+
+    audio, said = script(min(args.turns, len(QUESTIONS)))
+    result: dict = {"turns": len(said), "modes": {}}
+    for mode in args.modes.split(","):
+        with err.status(f"{mode}: loading ..."):
+            pipeline = load_pipeline(mode, PipelineConfig(omega=parse_omega("auto")))
+        conversation = Conversation(pipeline, record=False)
+        with err.status(f"{mode}: talking ...") as status:
+            for e in conversation.run(FileSource(audio, speed=None, holds_for_answers=True)):
+                status.update(f"{mode}: turn {len(conversation.turns) + 1}/{len(said)}")
+        turns = conversation.turns
+        latency = [t.metrics.get("first_audio_latency_s") for t in turns]
+        words = [len(t.text.split()) for t in turns]
+        sentences = [len(re.findall(r"[.!?](?:\s|$)", t.text.strip())) for t in turns]
+        ok = [x for x in latency if x is not None]
+        slope = float(np.polyfit(np.arange(len(ok)), ok, 1)[0]) if len(ok) > 2 else None
+        follow = {said[i]: turns[i].text for i in FOLLOW_UPS if i < len(turns)}
+        leans = {said[i]: bool(re.search(FOLLOW_UPS[i], turns[i].text.lower())) for i in FOLLOW_UPS if i < len(turns)}
+        result["modes"][mode] = {
+            "turns": len(turns),
+            "heard": [t.transcript for t in turns],
+            "answer_words_median": float(np.median(words)) if words else None,
+            "answer_words_max": max(words) if words else None,
+            "answer_sentences_max": max(sentences) if sentences else None,
+            "first_audio_s": [None if x is None else round(x, 3) for x in latency],
+            "first_audio_slope_s_per_turn": None if slope is None else round(slope, 4),
+            "first_five_vs_last_five": (round(float(np.median(ok[-5:])) / float(np.median(ok[:5])), 3) if len(ok) >= 10 else None),
+            "history_len_last": turns[-1].history_len if turns else None,
+            "trimmed_turns": conversation.trimmed,
+            "follow_up_answers": follow,
+            "follow_up_mentions_the_earlier_subject": leans,
+        }
+    table = Table(title=Text(f"scripted conversation, {len(said)} spoken turns"), title_justify="left")
+    for col in ("mode", "turns", "words (median / max)", "first audio, turns 1-5 -> 16-20", "slope (ms/turn)", "follow-ups on topic"):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    for mode, m in result["modes"].items():
+        ok = [x for x in m["first_audio_s"] if x is not None]
+        table.add_row(mode, str(m["turns"]), f"{m['answer_words_median']:.0f} / {m['answer_words_max']}",
+                      f"{np.median(ok[:5]):.3f} -> {np.median(ok[-5:]):.3f} s" if len(ok) >= 10 else "-",
+                      "-" if m["first_audio_slope_s_per_turn"] is None else f"{1000 * m['first_audio_slope_s_per_turn']:.1f}",
+                      f"{sum(m['follow_up_mentions_the_earlier_subject'].values())}/{len(m['follow_up_mentions_the_earlier_subject'])}")
+    err.print(table)
+    emit(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
