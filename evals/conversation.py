@@ -1,6 +1,7 @@
 """A scripted 20-turn spoken conversation through `omni talk`'s engine, in both modes.
 
-Twenty questions, spoken by the Piper voice with pauses between them, are played into the
+Twenty questions, spoken by the Piper voice with 15 s pauses between them (room for each
+answer to be played: no barge-in), are played into the
 conversation engine from a file (as `omni talk --input FILE --fast`: the file holds while
 the models compute). Several questions lean on an earlier one ("How many people live
 there?" after "What is the capital of France?"). Reported per mode: the answers' length in
@@ -59,7 +60,7 @@ def script(turns: int) -> tuple[np.ndarray, list[str]]:
     tts = PiperTTS()
     parts, said = [np.zeros(SAMPLE_RATE // 2, dtype=np.float32)], []
     for q in QUESTIONS[:turns]:
-        parts += [resample(tts.synthesize(q), tts.sample_rate, SAMPLE_RATE), np.zeros(2 * SAMPLE_RATE, dtype=np.float32)]
+        parts += [resample(tts.synthesize(q), tts.sample_rate, SAMPLE_RATE), np.zeros(15 * SAMPLE_RATE, dtype=np.float32)]
         said.append(q)
     return np.concatenate(parts), said
 

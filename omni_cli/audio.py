@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,69 @@ def load_audio(
     if sr != sample_rate:
         audio = soxr.resample(audio, sr, sample_rate)
     return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def audio_duration(path: str | os.PathLike) -> float | None:
+    """The duration of an audio file from its header (None when it does not say), without decoding it."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+        return _probe_duration(path, _is_mpeg(path, head))
+    except Exception:  # noqa: BLE001 - unreadable: the decoder will say why
+        return None
+
+
+def iter_audio(path: str | os.PathLike, block_s: float = 120.0, max_duration_s: float | None = None) -> Iterator[np.ndarray]:
+    """Decode `path` piece by piece: mono float32 blocks of `block_s` seconds at 16 kHz (the
+    last shorter), so a file of any length goes through in bounded memory. InputError with
+    the reason for a file that is missing, empty, corrupt or over `max_duration_s`."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{shown(path)}: no such file" if not path.exists() else f"{shown(path)}: not a regular file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{shown(path)}: the file is empty (0 bytes)")
+    block = int(block_s * SAMPLE_RATE)
+    pending: list[np.ndarray] = []
+    held = total = 0
+    try:
+        with open(path, "rb") as f, av.open(f) as container:
+            if not container.streams.audio:
+                raise InputError(f"{shown(path)}: the file has no audio stream")
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            frames = container.decode(container.streams.audio[0])
+            for frame in _with_flush(frames):
+                for out in resampler.resample(frame):
+                    x = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                    if not np.isfinite(x).all():
+                        raise InputError(f"{shown(path)}: corrupt audio (non-finite samples)")
+                    pending.append(x)
+                    held += x.size
+                    total += x.size
+                    if max_duration_s is not None and total / SAMPLE_RATE > max_duration_s:
+                        raise InputError(f"{shown(path)}: audio is over the {max_duration_s / 60:.0f} min limit "
+                                         "(raise it with --max-duration)")
+                    while held >= block:
+                        joined = np.concatenate(pending)
+                        yield joined[:block]
+                        pending, held = [joined[block:]], joined.size - block
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        kind = "corrupt or not an audio file" if is_audio_path(path) else "not an audio file"
+        raise InputError(f"{shown(path)}: {kind} ({type(exc).__name__})") from exc
+    if total == 0:
+        raise InputError(f"{shown(path)}: the audio has no samples (zero length)")
+    if held:
+        yield np.concatenate(pending)
+
+
+def _with_flush(frames):
+    """The decoded frames, then None (the resampler's flush)."""
+    yield from frames
+    yield None
 
 
 def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:

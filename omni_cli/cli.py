@@ -498,7 +498,16 @@ def transcribe(
         require_device(device)
         with ui.err.status("loading the end-to-end model ..." if backend == TranscribeBackend.e2e else "loading Whisper ..."):
             asr = load_asr(e2e_model if backend == TranscribeBackend.e2e else asr_model, backend.value, AsrOptions(beam_size=beam_size), device)
-        total, results_iter = transcribe_paths(asr, paths, ref, max_duration)
+        pieces: dict = {}  # a long file's own bar, while it streams through
+
+        def on_progress(path, done, seconds):
+            from rich.markup import escape
+
+            if path not in pieces:
+                pieces[path] = bar.add_task(escape(f"  {shown(path)}"), total=seconds or None)
+            bar.update(pieces[path], completed=done)
+
+        total, results_iter = transcribe_paths(asr, paths, ref, max_duration, on_progress)
         single = total == 1
         existing = [p.resolve() if p.is_dir() else p.resolve().parent for p in paths if p.exists()]
         root = Path(os.path.commonpath(existing)) if existing else Path.cwd()
@@ -510,6 +519,8 @@ def transcribe(
                 for r in results_iter:
                     results.append(r)
                     bar.advance(task)
+                    if r.path in pieces:
+                        bar.remove_task(pieces.pop(r.path))
                     _emit_transcript(r, fmt, out_dir, root, single, bar.console)
             except KeyboardInterrupt:
                 interrupted = True  # keep and print what is done

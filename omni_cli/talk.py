@@ -47,7 +47,6 @@ from omni_cli.pipelines import Pipeline
 FRAME = 512  # samples per input frame: Silero VAD's window at 16 kHz (32 ms)
 LISTENING, HEARING, THINKING, SPEAKING = "listening", "hearing", "thinking", "speaking"
 SPOKEN_TURN = "(spoken request)"  # the user's history entry when the pipeline needed no transcript (e2e)
-INTERRUPTED = " ... (interrupted)"  # ends an answer the user cut off: the history holds what was heard
 
 
 def heard_text(chunk_text: list[str], played: list[tuple[int, int]], clock: int) -> str:
@@ -553,8 +552,8 @@ class Conversation:
             self.history.append({"role": "user", "content": transcript if transcript is not None else SPOKEN_TURN})
             said = heard_text(t.chunk_text, t.played, self.clock) if interrupted else text
             if said:
-                entry = {"role": "assistant", "content": said + (INTERRUPTED if interrupted else "")}
-                self.history.append(entry | ({"interrupted": True} if interrupted else {}))
+                # cut off: what was heard, marked beside the text (a marker in the text, the LLM copies)
+                self.history.append({"role": "assistant", "content": said} | ({"interrupted": True} if interrupted else {}))
             turn = dataclasses.replace(turn, heard=said)
             self.turns[-1] = turn
         return turn

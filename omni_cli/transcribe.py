@@ -11,12 +11,14 @@ json, srt and vtt. This module knows nothing about the CLI.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from omni_cli.asr import ASR, Segment
-from omni_cli.audio import MAX_DURATION_S, find_audio_files, load_audio, shown
+import numpy as np
+
+from omni_cli.asr import ASR, Segment, Transcription
+from omni_cli.audio import MAX_DURATION_S, SAMPLE_RATE, audio_duration, find_audio_files, iter_audio, load_audio, shown
 from omni_cli.errors import InputError, OmniError
 from omni_cli.metrics import wer_counts
 from omni_cli.vad import has_speech
@@ -131,15 +133,27 @@ def reference_for(audio: Path, manifest: dict[Path, str] | None) -> str | None:
     return None
 
 
-def transcribe_file(asr: ASR, path: Path, reference: str | None, max_duration_s: float | None = MAX_DURATION_S) -> FileResult:
+LONG_S = 300.0  # files longer than this are decoded and transcribed piece by piece (bounded memory)
+PIECE_S = 120.0  # the pieces' length, each cut at the quietest moment of its last 10 s
+
+
+def transcribe_file(asr: ASR, path: Path, reference: str | None, max_duration_s: float | None = MAX_DURATION_S,
+                    progress: Callable[[float, float | None], None] | None = None) -> FileResult:
+    """One file's transcript. A file longer than LONG_S streams through in pieces, reporting
+    `progress(seconds done, total seconds or None)` after each."""
     import time
 
     try:
-        audio = load_audio(path, max_duration_s=max_duration_s)
-        if not has_speech(audio):
-            raise InputError(f"{shown(path)}: no speech detected (silence or noise only)")
-        t = time.perf_counter()
-        out = asr.transcribe(audio)
+        duration = audio_duration(path)
+        if duration is not None and duration > LONG_S and (max_duration_s is None or duration <= max_duration_s):
+            t = time.perf_counter()
+            out = transcribe_long(asr, path, max_duration_s, progress)
+        else:
+            audio = load_audio(path, max_duration_s=max_duration_s)
+            if not has_speech(audio):
+                raise InputError(f"{shown(path)}: no speech detected (silence or noise only)")
+            t = time.perf_counter()
+            out = asr.transcribe(audio)
         seconds = time.perf_counter() - t
     except OmniError as exc:
         return FileResult(path, error=str(exc))
@@ -149,8 +163,49 @@ def transcribe_file(asr: ASR, path: Path, reference: str | None, max_duration_s:
     return FileResult(path, out.text, out.segments, out.duration_s, seconds, reference, errors, ref_words)
 
 
+def quiet_cut(audio: np.ndarray, search_s: float = 10.0, window_s: float = 0.05) -> int:
+    """Where to cut `audio` between words: the middle of its quietest 50 ms in the last
+    `search_s` seconds (at most its last third)."""
+    w = int(window_s * SAMPLE_RATE)
+    start = max(0, len(audio) - min(int(search_s * SAMPLE_RATE), len(audio) // 3))
+    tail = audio[start : start + (len(audio) - start) // w * w]
+    if tail.size < w:
+        return len(audio)
+    energy = np.square(tail.reshape(-1, w)).mean(axis=1)
+    return start + int(np.argmin(energy)) * w + w // 2
+
+
+def transcribe_long(asr: ASR, path: Path, max_duration_s: float | None = MAX_DURATION_S,
+                    progress: Callable[[float, float | None], None] | None = None) -> Transcription:
+    """A long file's transcript, decoded and transcribed a piece at a time (PIECE_S seconds,
+    cut between words): memory stays that of one piece whatever the file's length."""
+    total = audio_duration(path)
+    segments: list[Segment] = []
+    offset, carry, spoken = 0.0, np.zeros(0, dtype=np.float32), False
+    blocks = iter_audio(path, PIECE_S, max_duration_s)
+    block = next(blocks, None)
+    while block is not None:
+        following = next(blocks, None)
+        audio = np.concatenate([carry, block])
+        cut = len(audio) if following is None else quiet_cut(audio)
+        piece, carry = audio[:cut], audio[cut:]
+        if has_speech(piece):
+            spoken = True
+            for seg in asr.transcribe(piece).segments:
+                segments.append(Segment(seg.start + offset, seg.end + offset, seg.text))
+        offset += cut / SAMPLE_RATE
+        if progress is not None:
+            progress(offset, total)
+        block = following
+    if not spoken:
+        raise InputError(f"{shown(path)}: no speech detected (silence or noise only)")
+    text = " ".join(s.text.strip() for s in segments if s.text.strip())
+    return Transcription(text, tuple(segments), "en", offset)
+
+
 def transcribe_paths(
-    asr: ASR, paths: list[Path], manifest: Path | None = None, max_duration_s: float | None = MAX_DURATION_S
+    asr: ASR, paths: list[Path], manifest: Path | None = None, max_duration_s: float | None = MAX_DURATION_S,
+    progress: Callable[[Path, float, float | None], None] | None = None,
 ) -> tuple[int, Iterator[FileResult]]:
     """(number of items, results as they finish); missing paths and empty folders are failed items."""
     files, problems = find_audio_files(paths)
@@ -165,7 +220,8 @@ def transcribe_paths(
             except InputError as exc:
                 yield FileResult(path, error=str(exc))
                 continue
-            yield transcribe_file(asr, path, reference, max_duration_s)
+            on_progress = None if progress is None else (lambda done, total, path=path: progress(path, done, total))
+            yield transcribe_file(asr, path, reference, max_duration_s, on_progress)
 
     return len(files) + len(problems), run()
 

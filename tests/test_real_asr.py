@@ -1,11 +1,14 @@
 """Real human speech (DATA.md sets) through both Whisper backends over the same tiny.en weights."""
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from omni_cli import data
 from omni_cli.asr import AsrOptions, load_asr
 from omni_cli.audio import load_audio
 from omni_cli.metrics import wer
+from tests.conftest import EXAMPLE_QUESTION
 
 pytestmark = pytest.mark.real
 
@@ -56,3 +59,23 @@ def test_librivox_readings_are_recognized(real_asr):
     utts = [u for u in data.load("pocketsphinx") if "librivox" in u["audio"]]
     hyps = [real_asr.transcribe(load_audio(u["audio"])).text for u in utts]
     assert wer([u["text"] for u in utts], hyps) < 0.15
+
+
+@pytest.mark.real
+def test_a_long_file_streams_through_in_pieces_cut_between_words(real_asr, tmp_path, monkeypatch):
+    """Past LONG_S a file is decoded and transcribed piece by piece (here 3 s pieces of an 11 s
+    file): the transcript is the whole file's, timestamps run on, progress is reported."""
+    import omni_cli.transcribe as tr
+    question = load_audio(EXAMPLE_QUESTION)
+    gap = np.zeros(8000, dtype=np.float32)
+    path = tmp_path / "long.flac"
+    sf.write(path, np.concatenate([np.concatenate([question, gap])] * 5), 16000)
+    monkeypatch.setattr(tr, "LONG_S", 5.0)
+    monkeypatch.setattr(tr, "PIECE_S", 3.0)
+    seen = []
+    result = tr.transcribe_file(real_asr, path, None, progress=lambda done, total: seen.append((done, total)))
+    assert result.error is None and result.text.lower().count("moon") >= 4
+    starts = [s.start for s in result.segments]
+    assert starts == sorted(starts) and len(starts) >= 3 and starts[-1] > 6
+    assert len(seen) >= 3 and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert abs(seen[-1][0] - seen[-1][1]) < 0.1  # done is all of it
