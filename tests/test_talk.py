@@ -420,9 +420,16 @@ def test_talk_hears_the_microphone_and_answers_through_the_speakers(pulse, tmp_p
         time.sleep(0.5)
     finally:
         talk.send_signal(__import__("signal").SIGINT)
-        talk.wait(timeout=60)
-        recorder.terminate()
-        recorder.wait(timeout=10)
+        try:
+            talk.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            talk.kill()
+            talk.wait(timeout=10)
+            reader.join(timeout=5)
+            pytest.fail(f"talk did not end within 60 s of Ctrl-C; it said: {''.join(lines)[-3000:]}")
+        finally:
+            recorder.terminate()
+            recorder.wait(timeout=10)
     reader.join(timeout=5)
     assert talk.returncode == 130, "".join(lines)[-2000:]  # Ctrl-C ends a live conversation
     turns = [json.loads(line) for line in (tmp_path / "session" / "session.jsonl").read_text().splitlines()]
