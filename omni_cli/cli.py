@@ -974,6 +974,9 @@ def main() -> None:
         DEBUG = True
         sys.argv = [a for a in sys.argv if a != "--debug"]
     signal.signal(signal.SIGTERM, _terminate)
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack, for a hang
     app()
 
 

@@ -393,8 +393,10 @@ def test_talk_hears_the_microphone_and_answers_through_the_speakers(pulse, tmp_p
     recorder = subprocess.Popen(["parecord", "--device=speaker.monitor", "--rate=16000", "--channels=1", "--file-format=wav",
                                  str(heard_wav)], env=pulse)
     omni = ROOT / ".venv" / "bin" / "omni"
+    # Ctrl-C as in a terminal: a suite started in the background (`cmd &`) hands its children SIGINT ignored
     talk = subprocess.Popen([str(omni), "talk", "--input-device", "pulse", "--output-device", "pulse", "--max-new-tokens", "32",
-                             "--save", str(tmp_path / "session"), "--output", str(tmp_path / "conversation.wav")], env=pulse, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--save", str(tmp_path / "session"), "--output", str(tmp_path / "conversation.wav")], env=pulse, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: __import__("signal").signal(__import__("signal").SIGINT, __import__("signal").SIG_DFL))
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(talk.stderr), daemon=True)
     reader.start()
@@ -423,10 +425,12 @@ def test_talk_hears_the_microphone_and_answers_through_the_speakers(pulse, tmp_p
         try:
             talk.wait(timeout=60)
         except subprocess.TimeoutExpired:
+            talk.send_signal(__import__("signal").SIGUSR1)  # its threads' stacks, on stderr
+            time.sleep(2)
             talk.kill()
             talk.wait(timeout=10)
             reader.join(timeout=5)
-            pytest.fail(f"talk did not end within 60 s of Ctrl-C; it said: {''.join(lines)[-3000:]}")
+            pytest.fail(f"talk did not end within 60 s of Ctrl-C; it said: {''.join(lines)[-8000:]}")
         finally:
             recorder.terminate()
             recorder.wait(timeout=10)
