@@ -57,7 +57,7 @@ class ASR(Protocol):
     def transcribe(self, audio: np.ndarray) -> Transcription: ...
 
 
-def _join(segments: list[Segment]) -> str:
+def join_segments(segments: list[Segment]) -> str:
     return " ".join(s.text.strip() for s in segments if s.text.strip())
 
 
@@ -102,7 +102,7 @@ class FasterWhisperASR:
             temperature=list(o.temperatures),
         )
         segs = [Segment(s.start, s.end, s.text) for s in segments]
-        return Transcription(_join(segs), tuple(segs), info.language, len(audio) / SAMPLE_RATE)
+        return Transcription(join_segments(segs), tuple(segs), info.language, len(audio) / SAMPLE_RATE)
 
 
 class OpenAIWhisperASR:
@@ -147,7 +147,7 @@ class OpenAIWhisperASR:
             verbose=None,
         )
         segs = [Segment(s["start"], s["end"], s["text"]) for s in result["segments"]]
-        return Transcription(_join(segs), tuple(segs), result.get("language") or "en", len(audio) / SAMPLE_RATE)
+        return Transcription(join_segments(segs), tuple(segs), result.get("language") or "en", len(audio) / SAMPLE_RATE)
 
 
 class SpeechLLMASR:
@@ -169,7 +169,7 @@ class SpeechLLMASR:
             text = self.model.transcribe(audio[start : start + self.window])
             end = min(len(audio), start + self.window)
             segments.append(Segment(start / SAMPLE_RATE, end / SAMPLE_RATE, text))
-        return Transcription(_join(segments), tuple(segments), "en", len(audio) / SAMPLE_RATE)
+        return Transcription(join_segments(segments), tuple(segments), "en", len(audio) / SAMPLE_RATE)
 
 
 def load_judge(model: str | None = None, backend: str = "faster-whisper", beam_size: int = 5, device: str = "cpu",

@@ -96,31 +96,39 @@ def _decode(path: Path, mpeg: bool) -> tuple[np.ndarray, int]:
 
 
 def _decode_av(path: Path) -> tuple[np.ndarray, int]:
+    pieces = list(_av_pieces(path))
+    if not pieces:
+        return np.zeros(0, dtype=np.float32), SAMPLE_RATE
+    return np.concatenate(pieces), SAMPLE_RATE
+
+
+def _av_pieces(path: Path) -> Iterator[np.ndarray]:
+    """The audio of `path` through FFmpeg (PyAV), as it is decoded: mono float32 at 16 kHz."""
     import av
 
     with open(path, "rb") as f, av.open(f) as container:
         if not container.streams.audio:
             raise InputError(f"{shown(path)}: the file has no audio stream")
-        stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-        pieces = []
-        for frame in container.decode(stream):
-            for out in resampler.resample(frame):
-                pieces.append(out.to_ndarray().reshape(-1))
-        for out in resampler.resample(None):
-            pieces.append(out.to_ndarray().reshape(-1))
-    if not pieces:
-        return np.zeros(0, dtype=np.float32), SAMPLE_RATE
-    return np.concatenate(pieces).astype(np.float32), SAMPLE_RATE
+        for frame in _then_none(container.decode(container.streams.audio[0])):
+            for out in resampler.resample(frame):  # None at the end: what the resampler still holds
+                yield out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
 
 
-def load_audio(
-    path: str | os.PathLike,
-    sample_rate: int = SAMPLE_RATE,
-    max_duration_s: float | None = MAX_DURATION_S,
-) -> np.ndarray:
-    """Decode `path` to mono float32 at `sample_rate`; raise InputError with the reason."""
-    path = Path(path)
+def _then_none(frames):
+    """The frames, then None (the resampler's flush)."""
+    yield from frames
+    yield None
+
+
+def _undecodable(path: Path, exc: Exception) -> InputError:
+    kind = "corrupt or not an audio file" if is_audio_path(path) else "not an audio file"
+    return InputError(f"{shown(path)}: {kind} ({type(exc).__name__})")
+
+
+def _check_file(path: Path) -> bytes:
+    """Before decoding: InputError for a missing, a directory, an empty or a cut-off WAV file;
+    the file's first 12 bytes."""
     if not path.exists():
         raise InputError(f"{shown(path)}: no such file")
     if path.is_dir():
@@ -131,7 +139,17 @@ def load_audio(
     with open(path, "rb") as f:
         head = f.read(12)
     _check_riff_length(path, size, head)
-    mpeg = _is_mpeg(path, head)
+    return head
+
+
+def load_audio(
+    path: str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    max_duration_s: float | None = MAX_DURATION_S,
+) -> np.ndarray:
+    """Decode `path` to mono float32 at `sample_rate`; raise InputError with the reason."""
+    path = Path(path)
+    mpeg = _is_mpeg(path, _check_file(path))
     duration = _probe_duration(path, mpeg)
     if max_duration_s is not None and duration is not None and duration > max_duration_s:
         raise InputError(
@@ -143,8 +161,7 @@ def load_audio(
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001
-        kind = "corrupt or not an audio file" if is_audio_path(path) else "not an audio file"
-        raise InputError(f"{shown(path)}: {kind} ({type(exc).__name__})") from exc
+        raise _undecodable(path, exc) from exc
     if audio.size == 0:
         raise InputError(f"{shown(path)}: the audio has no samples (zero length)")
     if not np.isfinite(audio).all():
@@ -174,52 +191,33 @@ def iter_audio(path: str | os.PathLike, block_s: float = 120.0, max_duration_s: 
     """Decode `path` piece by piece: mono float32 blocks of `block_s` seconds at 16 kHz (the
     last shorter), so a file of any length goes through in bounded memory. InputError with
     the reason for a file that is missing, empty, corrupt or over `max_duration_s`."""
-    import av
-
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{shown(path)}: no such file" if not path.exists() else f"{shown(path)}: not a regular file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{shown(path)}: the file is empty (0 bytes)")
+    _check_file(path)
     block = int(block_s * SAMPLE_RATE)
     pending: list[np.ndarray] = []
     held = total = 0
     try:
-        with open(path, "rb") as f, av.open(f) as container:
-            if not container.streams.audio:
-                raise InputError(f"{shown(path)}: the file has no audio stream")
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-            frames = container.decode(container.streams.audio[0])
-            for frame in _with_flush(frames):
-                for out in resampler.resample(frame):
-                    x = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
-                    if not np.isfinite(x).all():
-                        raise InputError(f"{shown(path)}: corrupt audio (non-finite samples)")
-                    pending.append(x)
-                    held += x.size
-                    total += x.size
-                    if max_duration_s is not None and total / SAMPLE_RATE > max_duration_s:
-                        raise InputError(f"{shown(path)}: audio is over the {max_duration_s / 60:.0f} min limit "
-                                         "(raise it with --max-duration)")
-                    while held >= block:
-                        joined = np.concatenate(pending)
-                        yield joined[:block]
-                        pending, held = [joined[block:]], joined.size - block
+        for x in _av_pieces(path):
+            if not np.isfinite(x).all():
+                raise InputError(f"{shown(path)}: corrupt audio (non-finite samples)")
+            pending.append(x)
+            held += x.size
+            total += x.size
+            if max_duration_s is not None and total / SAMPLE_RATE > max_duration_s:
+                raise InputError(f"{shown(path)}: audio is over the {max_duration_s / 60:.0f} min limit "
+                                 "(raise it with --max-duration)")
+            while held >= block:
+                joined = np.concatenate(pending)
+                yield joined[:block]
+                pending, held = [joined[block:]], joined.size - block
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001
-        kind = "corrupt or not an audio file" if is_audio_path(path) else "not an audio file"
-        raise InputError(f"{shown(path)}: {kind} ({type(exc).__name__})") from exc
+        raise _undecodable(path, exc) from exc
     if total == 0:
         raise InputError(f"{shown(path)}: the audio has no samples (zero length)")
     if held:
         yield np.concatenate(pending)
-
-
-def _with_flush(frames):
-    """The decoded frames, then None (the resampler's flush)."""
-    yield from frames
-    yield None
 
 
 def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:

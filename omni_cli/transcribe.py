@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omni_cli.asr import ASR, Segment, Transcription
+from omni_cli.asr import ASR, Segment, Transcription, join_segments
 from omni_cli.audio import MAX_DURATION_S, SAMPLE_RATE, audio_duration, find_audio_files, iter_audio, load_audio, shown
 from omni_cli.errors import InputError, OmniError
 from omni_cli.metrics import wer_counts
@@ -147,7 +147,7 @@ def transcribe_file(asr: ASR, path: Path, reference: str | None, max_duration_s:
         duration = audio_duration(path)
         if duration is not None and duration > LONG_S and (max_duration_s is None or duration <= max_duration_s):
             t = time.perf_counter()
-            out = transcribe_long(asr, path, max_duration_s, progress)
+            out = transcribe_long(asr, path, max_duration_s, progress, duration)
         else:
             audio = load_audio(path, max_duration_s=max_duration_s)
             if not has_speech(audio):
@@ -176,10 +176,11 @@ def quiet_cut(audio: np.ndarray, search_s: float = 10.0, window_s: float = 0.05)
 
 
 def transcribe_long(asr: ASR, path: Path, max_duration_s: float | None = MAX_DURATION_S,
-                    progress: Callable[[float, float | None], None] | None = None) -> Transcription:
+                    progress: Callable[[float, float | None], None] | None = None, total: float | None = None) -> Transcription:
     """A long file's transcript, decoded and transcribed a piece at a time (PIECE_S seconds,
-    cut between words): memory stays that of one piece whatever the file's length."""
-    total = audio_duration(path)
+    cut between words): memory stays that of one piece whatever the file's length. `total`:
+    its duration, for the progress (read from the header when not given)."""
+    total = audio_duration(path) if total is None else total
     segments: list[Segment] = []
     offset, carry, spoken = 0.0, np.zeros(0, dtype=np.float32), False
     blocks = iter_audio(path, PIECE_S, max_duration_s)
@@ -199,8 +200,7 @@ def transcribe_long(asr: ASR, path: Path, max_duration_s: float | None = MAX_DUR
         block = following
     if not spoken:
         raise InputError(f"{shown(path)}: no speech detected (silence or noise only)")
-    text = " ".join(s.text.strip() for s in segments if s.text.strip())
-    return Transcription(text, tuple(segments), "en", offset)
+    return Transcription(join_segments(segments), tuple(segments), "en", offset)
 
 
 def transcribe_paths(
