@@ -68,11 +68,17 @@ def load_pipeline(mode: str, config: PipelineConfig, warm: bool = True) -> Pipel
     pipeline = _load(mode, config)
     dtype = inference_dtype(config.device)
     if dtype is not None:  # the LLM only: the other models are small, or not torch
-        llm = pipeline.llm if mode == "cascade" else pipeline.model.llm
-        llm.model.to(dtype)
+        chat_llm(pipeline).model.to(dtype)
     if warm:
         pipeline.warm_up()
     return pipeline
+
+
+def chat_llm(pipeline: Pipeline):
+    """The pipeline's LLM (`ChatLLM`): the cascade's, or the one inside the speech LLM; None for
+    a pipeline that has neither."""
+    model = getattr(pipeline, "model", None)
+    return getattr(pipeline, "llm", None) or getattr(model, "llm", None)
 
 
 def _load(mode: str, config: PipelineConfig) -> Pipeline:

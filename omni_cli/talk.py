@@ -19,7 +19,6 @@ or rendering.
 from __future__ import annotations
 
 import dataclasses
-
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -42,7 +41,7 @@ from omni_cli.events import (
     latency_metrics,
     now,
 )
-from omni_cli.pipelines import Pipeline
+from omni_cli.pipelines import Pipeline, chat_llm
 
 FRAME = 512  # samples per input frame: Silero VAD's window at 16 kHz (32 ms)
 LISTENING, HEARING, THINKING, SPEAKING = "listening", "hearing", "thinking", "speaking"
@@ -432,7 +431,7 @@ class Conversation:
     def _fit_history(self) -> int:
         """Drop the oldest turns (user and answer together) until the history fits its token
         budget; the number dropped."""
-        llm = getattr(self.pipeline, "llm", None) or getattr(getattr(self.pipeline, "model", None), "llm", None)
+        llm = chat_llm(self.pipeline)
         if llm is None or not self.history:
             return 0
         budget = self.options.history_tokens
@@ -532,6 +531,8 @@ class Conversation:
         transcript = next((e.text for e in t.events if isinstance(e, Transcript)), None)
         text = done.text if done else "".join(e.text for e in t.events if isinstance(e, TextDelta)).strip()
         spoken = sum(max(0, min(s + n, self.clock) - s) for s, n in t.played)
+        understood = done is not None or bool(text)
+        said = (heard_text(t.chunk_text, t.played, self.clock) if interrupted else text) if understood else None
         turn = Turn(
             index=t.index,
             mode=self.pipeline.mode,
@@ -546,16 +547,14 @@ class Conversation:
             error=error,
             metrics=latency_metrics(t.events) if any(isinstance(e, SpeechEnded) for e in t.events) else {},
             history=[dict(m) for m in self.history[: t.history_len]],
+            heard=said,
         )
         self.turns.append(turn)
-        if done is not None or text:  # the request was understood: it and the answer become history
+        if understood:  # the request and what was heard of the answer become history
             self.history.append({"role": "user", "content": transcript if transcript is not None else SPOKEN_TURN})
-            said = heard_text(t.chunk_text, t.played, self.clock) if interrupted else text
             if said:
                 # cut off: what was heard, marked beside the text (a marker in the text, the LLM copies)
                 self.history.append({"role": "assistant", "content": said} | ({"interrupted": True} if interrupted else {}))
-            turn = dataclasses.replace(turn, heard=said)
-            self.turns[-1] = turn
         return turn
 
     def session(self) -> list[dict]:

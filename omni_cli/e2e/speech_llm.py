@@ -62,11 +62,9 @@ class SpeechLLM(nn.Module):
         states = self.speech_encoder.encode(audio)
         dtype = next(p for p in self.speech_projector.parameters() if p.is_floating_point()).dtype
         x = states.unsqueeze(0).to(dtype)
-        proj = self.speech_projector
         if self.config.projector.type == "ctc":
-            ids = proj.decode(x)
-            return proj.embed_heard(ids), proj._llm[1].decode(ids).strip()
-        return proj(x)[0], None
+            return self.speech_projector.read(x)
+        return self.speech_projector(x)[0], None
 
     def prompt_ids(
         self, history: list[dict[str, str]] | None = None, prompt: PromptConfig | None = None

@@ -166,12 +166,17 @@ class CTCSpeechProjector(nn.Module):
         table = self._table()
         return table[torch.tensor(canonical, dtype=torch.long, device=table.device)]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(1, frames, encoder_width) -> (1, tokens, llm_width): the LLM's input embeddings of
-        its canonical tokens of the text heard (possibly none)."""
+    def read(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """(1, frames, encoder_width) -> ((tokens, llm_width) the LLM's input embeddings of its
+        canonical tokens of the text heard (possibly none), that text)."""
         if x.shape[0] != 1:
             raise ValueError("the ctc speech_projector reads one utterance at a time")
-        return self.embed_heard(self.decode(x)).unsqueeze(0)
+        ids = self.decode(x)
+        return self.embed_heard(ids), self._llm[1].decode(ids).strip()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, frames, encoder_width) -> (1, tokens, llm_width): `read`'s embeddings."""
+        return self.read(x)[0].unsqueeze(0)
 
 
 CHARS = "abcdefghijklmnopqrstuvwxyz0123456789 '.,?!-"  # what a "chars" head spells
