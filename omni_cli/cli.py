@@ -278,7 +278,7 @@ def _train() -> None:
 
 def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume: bool, options, task: str = "answer",
                from_text: bool = False, llm_options: dict | None = None, device: str = "cpu", units: str = "tokens",
-               read_back: int = 0) -> None:
+               read_back: int = 0, augment: bool = False) -> None:
     from omni_cli.e2e.build_data import read_manifest
     from omni_cli.e2e.checkpoint import load_omni
     from omni_cli.e2e.defaults import new_default_model
@@ -301,7 +301,7 @@ def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume
         model = model.to(device)
     with ui.err.status(f"preparing {len(rows)} items (frozen encoder and LLM passes) ..."):
         if stage == "adaptor":
-            steps = train_adaptor(model, rows, out, options, task=task, resume=resume)
+            steps = train_adaptor(model, rows, out, options, task=task, resume=resume, augment=augment)
         elif stage == "llm":
             steps = train_llm(model, rows, out, options, resume=resume, **llm_options)
         else:
@@ -337,12 +337,13 @@ def train_adaptor_cmd(
     steps: TrainSteps = 1000, batch_size: TrainBatch = 8, lr: TrainLr = 1e-3, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 200,
     seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False, device: TrainDevice = "cpu",
     units: Annotated[str, typer.Option("--units", help="A fresh ctc adaptor spells the LLM's 'tokens' or lower-case 'chars'.")] = "tokens",
+    augment: Annotated[bool, typer.Option("--augment", help="ctc task: run the encoder on every batch of audio, sped up or slowed down (0.9-1.1x) and SpecAugment-masked, instead of reading cached encoder outputs (slower per step; meant for a GPU).")] = False,
 ) -> None:
     """Stage 1: train the speech adaptor (encoder and LLM frozen): the ctc adaptor's CTC head, or the linear adaptor on answers or as ASR pre-alignment.
 
     [bold]Examples:[/]
       omni train adaptor --data runs/data --out runs/stage1 --task ctc --steps 3000 --batch-size 32
-      omni train adaptor --data runs/data --out runs/stage1 --task ctc --device cuda
+      omni train adaptor --data runs/data --out runs/stage1 --task ctc --device cuda --augment --batch-size 64
       torchrun --nproc-per-node 4 --no-python omni train adaptor --data runs/data --out runs/stage1 --task ctc --device cuda
       omni train adaptor --data runs/data --out runs/stage0 --task align --steps 2000 --batch-size 16   # linear adaptor
     """
@@ -353,9 +354,11 @@ def train_adaptor_cmd(
             raise ConfigError(f"--task is 'ctc', 'answer', 'asr' or 'align', not {task!r}")
         if units not in ("tokens", "chars"):
             raise ConfigError(f"--units is 'tokens' or 'chars', not {units!r}")
+        if augment and task != "ctc":
+            raise ConfigError("--augment trains the ctc adaptor (--task ctc)")
         _train_run("adaptor", data_dir, out, start, resume,
                    TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), task, device=device,
-                   units=units)
+                   units=units, augment=augment)
 
 
 @train_app.command("llm")

@@ -379,3 +379,58 @@ def test_a_later_e2e_turn_reads_the_earlier_speech_and_the_kept_cache_changes_no
     assert kept == [s.token_id for s in model.stream_features(features, opts, history)]  # the cache, reused
     fresh = [s.token_id for s in stream_generate(model.llm, inputs_embeds=model.prompt_embeds(features, history), options=opts)]
     assert kept == fresh
+
+
+def test_batched_encoder_equals_one_utterance_at_a_time(ctc_omni):
+    """Padding stays out of attention and the convolutions' edges: each item's states in a
+    padded batch equal the encoder run on it alone."""
+    from omni_cli.audio import load_audio
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.train import augmented_mels
+
+    model = load_omni(ctc_omni, TEST_DEVICE)
+    audio = load_audio(EXAMPLE_QUESTION)
+    clips = [audio, audio[: len(audio) // 3], audio[5000 : len(audio) // 2]]
+    enc = model.speech_encoder
+    with torch.no_grad():
+        mels = augmented_mels([torch.as_tensor(a).to(model.device) for a in clips], enc.config.n_mels, None, None)
+        batch, lengths = enc.encode_batch(mels)
+        for i, clip in enumerate(clips):
+            alone = enc.encode(clip)
+            assert int(lengths[i]) == alone.shape[0]
+            torch.testing.assert_close(batch[i, : alone.shape[0]], alone, atol=2e-4, rtol=1e-3)
+
+
+def test_augmentation_changes_speed_and_masks_the_mel(ctc_omni):
+    import random
+
+    from omni_cli.e2e.train import Augment, augmented_mels, speed_perturb
+
+    audio = torch.sin(torch.arange(16000) / 10.0)
+    assert speed_perturb(audio, 1.25).shape[0] == 12800 and speed_perturb(audio, 0.8).shape[0] == 20000
+    plain = augmented_mels([audio], 80, None, None)[0]
+    fast = augmented_mels([audio], 80, Augment(speed=(1.25, 1.25), freq_masks=0, time_masks=0), random.Random(0))[0]
+    assert plain.shape[1] == 100 and fast.shape[1] == 80
+    masked = augmented_mels([audio], 80, Augment(speed=(1.0, 1.0), freq_masks=1, freq_width=79, time_masks=0),
+                            random.Random(1))[0]
+    assert masked.shape == plain.shape and (masked == 0).all(dim=1).sum() >= 1 and not torch.equal(masked, plain)
+
+
+def test_ctc_stage_learns_from_augmented_audio(ctc_omni, tmp_path):
+    """Training from audio (the encoder run on every batch, augmented) learns and leaves the
+    encoder and the LLM as they were."""
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.train import Augment, TrainOptions, train_ctc_adaptor
+
+    rows = []
+    for i, text in enumerate(["The moon is bright.", "Paris is the capital of France."]):
+        path = tmp_path / f"{i}.wav"
+        shutil.copy(EXAMPLE_QUESTION, path)
+        rows.append({"audio": str(path), "instruction": text})
+    model = load_omni(ctc_omni, TEST_DEVICE)
+    encoder = {k: v.clone() for k, v in model.speech_encoder.state_dict().items()}
+    opts = TrainOptions(steps=40, batch_size=2, lr=2e-2, warmup=2, save_every=40)
+    losses = [p.loss for p in train_ctc_adaptor(model, rows, tmp_path / "aug", opts, augment=Augment(speed=(0.95, 1.05)))]
+    assert len(losses) == 40 and sum(losses[-5:]) < 0.7 * sum(losses[:5])
+    assert all(torch.equal(v, model.speech_encoder.state_dict()[k]) for k, v in encoder.items())
+    assert (tmp_path / "aug" / "model").is_dir()

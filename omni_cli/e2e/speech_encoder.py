@@ -70,3 +70,28 @@ class SpeechEncoder(nn.Module):
         weight = next(self.parameters())
         mel, _ = self.mel(audio)
         return self(mel.unsqueeze(0).to(weight.device, weight.dtype))[0]
+
+    def encode_batch(self, mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real-length encoder states of several utterances as one padded batch: `mels` are each
+        utterance's log-mel (n_mels, frames), frames even. Returns ((batch, frames // 2, width),
+        valid frames per item). Padding is kept out of attention and out of the convolutions'
+        edges, so each item's valid states equal `forward` on it alone."""
+        if self.config.padded:
+            raise ValueError("encode_batch is for real-length encoders")
+        w = self.whisper
+        lengths = torch.tensor([m.shape[-1] for m in mels], device=mels[0].device)
+        mel = torch.nn.utils.rnn.pad_sequence([m.T for m in mels], batch_first=True).transpose(1, 2)
+        frames = torch.arange(mel.shape[-1], device=mel.device)
+        x = nn.functional.gelu(w.conv1(mel)) * (frames[None, :] < lengths[:, None]).unsqueeze(1).to(mel.dtype)
+        x = nn.functional.gelu(w.conv2(x)).permute(0, 2, 1)
+        valid = torch.div(lengths, 2, rounding_mode="floor")
+        keep = torch.arange(x.shape[1], device=x.device)[None, :] < valid[:, None]
+        x = x + w.positional_embedding[: x.shape[1]].to(x.dtype)
+        mask = keep[:, None, None, :]
+        for block in w.blocks:
+            a, h = block.attn, block.attn_ln(x)
+            q, k, v = (t.view(*t.shape[:2], a.n_head, -1).transpose(1, 2) for t in (a.query(h), a.key(h), a.value(h)))
+            out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            x = x + a.out(out.transpose(1, 2).flatten(2))
+            x = x + block.mlp(block.mlp_ln(x))
+        return w.ln_post(x), valid

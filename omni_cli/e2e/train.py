@@ -257,16 +257,18 @@ def encode_rows(model: SpeechLLM, rows: list[dict]) -> list[torch.Tensor]:
 
 def train_adaptor(
     model: SpeechLLM, rows: list[dict], out: Path, options: TrainOptions = TrainOptions(), task: str = "answer",
-    resume: bool = False,
+    resume: bool = False, augment: bool | Augment = False,
 ) -> Iterator[Progress]:
-    """Stage 1. rows: manifest rows with `audio`, `instruction`, and `response` (task answer)."""
+    """Stage 1. rows: manifest rows with `audio`, `instruction`, and `response` (task answer).
+    `augment` (ctc task): train from augmented audio, see `train_ctc_adaptor`."""
     if task not in ("answer", "asr", "align", "ctc"):
         raise ValueError("task is 'answer', 'asr', 'align' or 'ctc'")
     if (task == "ctc") != (model.config.projector.type == "ctc"):
         raise ConfigError(f"--task {task} does not train a {model.config.projector.type} adaptor: "
                           + ("use --task answer, asr or align" if task == "ctc" else "use --task ctc"))
     if task == "ctc":
-        yield from train_ctc_adaptor(model, rows, out, options, resume)
+        yield from train_ctc_adaptor(model, rows, out, options, resume,
+                                     augment=(Augment() if augment is True else augment) or None)
         return
     torch.manual_seed(options.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -354,12 +356,77 @@ def _time_masks(x: torch.Tensor, lengths: torch.Tensor, seeds: list[int], n: int
     return x
 
 
+@dataclass(frozen=True)
+class Augment:
+    """Augmentation for training from audio (the encoder run on every step, not cached):
+    the whole batch's speed changed by one factor drawn from `speed` (tempo and pitch, by
+    resampling), then SpecAugment on each log-mel: `freq_masks` bands of up to `freq_width`
+    mel bins and `time_masks` spans of up to `time_width` frames (10 ms each)."""
+
+    speed: tuple[float, float] = (0.9, 1.1)
+    freq_masks: int = 2
+    freq_width: int = 12
+    time_masks: int = 2
+    time_width: int = 20
+
+
+def speed_perturb(audio: torch.Tensor, factor: float) -> torch.Tensor:
+    """1-D audio played `factor` times as fast (linear resampling: tempo and pitch change together)."""
+    if factor == 1.0:
+        return audio
+    n = max(1, round(audio.shape[-1] / factor))
+    return torch.nn.functional.interpolate(audio[None, None], size=n, mode="linear", align_corners=True)[0, 0]
+
+
+def augmented_mels(audios: list[torch.Tensor], n_mels: int, augment: Augment | None, rng: random.Random) -> list[torch.Tensor]:
+    """Each utterance's log-mel (n_mels, even frames), as the real-length encoder reads it, after
+    `augment` (none: exactly `SpeechEncoder.mel`'s)."""
+    import whisper
+
+    from omni_cli.e2e.speech_encoder import HOP
+
+    factor = rng.uniform(*augment.speed) if augment else 1.0
+    mels = []
+    for audio in audios:
+        audio = speed_perturb(audio.float(), factor)
+        frames = audio.shape[-1] // HOP
+        mel = whisper.log_mel_spectrogram(audio, n_mels=n_mels)[:, : max(2, frames - frames % 2)]
+        if augment:
+            mel = mel.clone()
+            for count, width, axis in ((augment.freq_masks, augment.freq_width, 0), (augment.time_masks, augment.time_width, 1)):
+                size = mel.shape[axis]
+                for _ in range(count):
+                    w = rng.randint(0, min(width, size - 1))
+                    start = rng.randint(0, size - w)
+                    if axis == 0:
+                        mel[start : start + w] = 0
+                    else:
+                        mel[:, start : start + w] = 0
+        mels.append(mel)
+    return mels
+
+
+def ctc_adaptor_loss(proj, x: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
+    """CTC of the ctc adaptor's posteriors for encoder states `x` (batch, frames, width) with
+    `lengths` valid frames each, against each item's class sequence."""
+    dev = x.device
+    with autocast(dev):
+        logits = proj.logits(x, lengths)
+    logp = torch.log_softmax(logits.float(), dim=-1).transpose(0, 1)
+    target = torch.nn.utils.rnn.pad_sequence([torch.tensor(t, dtype=torch.long) for t in targets], batch_first=True)
+    return torch.nn.functional.ctc_loss(logp, target.to(dev), torch.div(lengths, proj.k, rounding_mode="floor").to(dev),
+                                        torch.tensor([len(t) for t in targets]).to(dev), blank=proj.blank, zero_infinity=True)
+
+
 def train_ctc_adaptor(
-    model: SpeechLLM, rows: list[dict], out: Path, options: TrainOptions = TrainOptions(), resume: bool = False
+    model: SpeechLLM, rows: list[dict], out: Path, options: TrainOptions = TrainOptions(), resume: bool = False,
+    augment: Augment | None = None, audios: list[np.ndarray] | None = None, save: Callable[[], None] | None = None,
 ) -> Iterator[Progress]:
     """Stage 1 for the "ctc" adaptor: CTC of its token posteriors against each transcript's LLM
-    tokens (no LLM pass), a batch at a time as one padded tensor, with time masking."""
-    proj = model.speech_projector
+    tokens (no LLM pass), a batch at a time as one padded tensor. Without `augment`, from the
+    cached encoder outputs, with time masking; with it, the frozen encoder runs on every batch
+    of augmented audio (`audios`, 16 kHz, or each row's file), which is what a GPU is for."""
+    proj, encoder = model.speech_projector, model.speech_encoder
     torch.manual_seed(options.seed)
     out.mkdir(parents=True, exist_ok=True)
     for p in model.parameters():
@@ -367,24 +434,33 @@ def train_ctc_adaptor(
     for p in proj.parameters():
         p.requires_grad_(True)
     targets = [proj.targets(r["instruction"]) for r in rows]
-    encoded = encode_rows(model, rows)
     dev = model.device
+    if augment is None:
+        encoded = encode_rows(model, rows)
+        lengths_of = [e.shape[0] for e in encoded]
 
-    def batch_loss(indices: list[int], step: int) -> torch.Tensor:
-        lengths = torch.tensor([encoded[i].shape[0] for i in indices])
-        x = torch.nn.utils.rnn.pad_sequence([encoded[i] for i in indices], batch_first=True).float()
-        x = _time_masks(x, lengths, [hash((options.seed, step, i)) % 2**62 for i in indices]).to(dev)
-        with autocast(dev):
-            logits = proj.logits(x, lengths.to(dev))
-        logp = torch.log_softmax(logits.float(), dim=-1).transpose(0, 1)
-        target = torch.nn.utils.rnn.pad_sequence([torch.tensor(targets[i]) for i in indices], batch_first=True)
-        return torch.nn.functional.ctc_loss(logp, target.to(dev), torch.div(lengths, proj.k, rounding_mode="floor").to(dev),
-                                            torch.tensor([len(targets[i]) for i in indices]).to(dev),
-                                            blank=proj.blank, zero_infinity=True)
+        def batch_loss(indices: list[int], step: int) -> torch.Tensor:
+            lengths = torch.tensor([encoded[i].shape[0] for i in indices])
+            x = torch.nn.utils.rnn.pad_sequence([encoded[i] for i in indices], batch_first=True).float()
+            x = _time_masks(x, lengths, [hash((options.seed, step, i)) % 2**62 for i in indices]).to(dev)
+            return ctc_adaptor_loss(proj, x, lengths.to(dev), [targets[i] for i in indices])
+    else:
+        if encoder.config.padded:
+            raise ConfigError("training from audio (augment) needs a real-length encoder")
+        if audios is None:
+            audios = [load_audio(Path(r["audio"])) for r in rows]
+        lengths_of = [len(a) for a in audios]
+
+        def batch_loss(indices: list[int], step: int) -> torch.Tensor:
+            rng = random.Random(f"{options.seed}:{step}")
+            batch = [torch.as_tensor(audios[i]).to(dev) for i in indices]
+            with torch.no_grad():
+                x, lengths = encoder.encode_batch(augmented_mels(batch, encoder.config.n_mels, augment, rng))
+            return ctc_adaptor_loss(proj, x.float(), lengths, [targets[i] for i in indices])
 
     proj.train()
     yield from _loop(list(proj.parameters()), batched(batch_loss), len(rows), options, out,
-                     lambda: save_omni(model, out / "model"), resume, lengths=[e.shape[0] for e in encoded],
+                     save or (lambda: save_omni(model, out / "model")), resume, lengths=lengths_of,
                      title="stage 1 (ctc): adaptor")
     proj.eval()
 
