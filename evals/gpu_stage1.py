@@ -51,7 +51,8 @@ def adopt(adaptor: Path, base: Path, out: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     state = load_file(str(base / "model.safetensors"))
-    new = torch.load(adaptor, weights_only=True)
+    new = torch.load(adaptor, map_location="cpu", weights_only=True)
+    new["token_ids"] = state["speech_projector.token_ids"]  # the kit's, which are the base's (never stored as float)
     missing = {k for k in state if k.startswith("speech_projector.")} ^ {f"speech_projector.{k}" for k in new}
     if missing:
         raise SystemExit(f"the adaptors differ in: {sorted(missing)[:5]}")
@@ -144,7 +145,7 @@ def run(args) -> None:
     kit = torch.load(args.kit / "kit.pt", weights_only=False)
     model = Stage1(kit, AutoTokenizer.from_pretrained(args.kit / "tokenizer")).to(device)
     if args.init:
-        model.speech_projector.load_state_dict({k: v.float() for k, v in torch.load(args.init).items()}, strict=False)
+        model.speech_projector.load_state_dict({k: v.float() for k, v in torch.load(args.init, map_location="cpu").items() if k != "token_ids"}, strict=False)
     train_audio = [audio[r["id"]].astype(np.float32) / 32768 for r in train]
     held_audio = [audio[r["id"]] for r in held]
     refs = [r["instruction"] for r in held]
@@ -184,7 +185,8 @@ def run(args) -> None:
             score = evaluate(p.step)
             if score < best:
                 best = score
-                torch.save({k: v.half() for k, v in model.speech_projector.state_dict().items()}, args.out / "adaptor.pt")
+                torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.speech_projector.state_dict().items()},
+                           args.out / "adaptor.pt")
             (args.out / "log.json").write_text(json.dumps(log))
     print(f"best held-out CTC WER {best:.1f} %, {time.time() - t0:.0f} s", flush=True)
 

@@ -1,0 +1,52 @@
+"""What the ctc adaptor hears, alone (no LLM pass): the greedy CTC transcript of its token head
+against the reference, corpus WER, on held-out voices of a built set and on the real-speech bench.
+Fast (a few minutes on a CPU), so adaptors can be compared before the slower stages run.
+
+    python -m evals.adaptor_wer --models omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 runs/v3/a/model --data runs/v2/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from evals.report import emit
+
+
+def main() -> None:
+    from omni_cli.audio import load_audio
+    from omni_cli.benches import load_bench
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.metrics import wer
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", type=Path, nargs="+", required=True)
+    ap.add_argument("--data", type=Path, required=True, help="a built set (omni data build): its held-out items")
+    ap.add_argument("--heldout", type=int, default=300)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    rows = [json.loads(line) for line in (args.data / "manifest.jsonl").open(encoding="utf-8")]
+    sets = {
+        "heldout-voices": [(args.data / r["audio"], r["instruction"]) for r in rows if r["split"] != "train"][: args.heldout],
+        "real-speech": [(Path(i.audio), i.reference) for i in load_bench("real-speech")],
+    }
+    audio = {name: [load_audio(path) for path, _ in items] for name, items in sets.items()}
+    result = {}
+    for folder in args.models:
+        model = load_omni(folder)
+        proj, enc = model.speech_projector, model.speech_encoder
+        scores = {}
+        for name, items in sets.items():
+            with torch.no_grad():
+                heard = [proj.heard(enc.encode(a).unsqueeze(0)) for a in audio[name]]
+            scores[name] = round(100 * wer([ref for _, ref in items], heard), 1)
+        result[str(folder)] = scores
+        print(folder, scores, flush=True)
+    emit(result, args.json)
+
+
+if __name__ == "__main__":
+    main()
