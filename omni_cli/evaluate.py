@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omni_cli.audio import MAX_DURATION_S, SAMPLE_RATE, find_audio_files, load_audio, resample, shown
+from omni_cli.audio import MAX_DURATION_S, SAMPLE_RATE, find_audio_files, load_audio, opus_bytes, resample, shown
 from omni_cli.cache import atomic_file
 from omni_cli.errors import ConfigError, InputError, OmniError
 from omni_cli.events import Response, collect, latency_metrics
@@ -139,6 +139,7 @@ class EvalConfig:
     device: str = "cpu"
     max_duration_s: float = MAX_DURATION_S
     threads: int | None = None  # CPU threads per worker (None: the libraries' defaults)
+    answers_dir: str | None = None  # where each spoken answer is kept (Ogg/Opus), for the HTML report
 
     def conditions(self) -> list[str]:
         return [condition_label(m, o) for m in self.modes for o in (self.omegas if m == "e2e" else (None,))]
@@ -181,8 +182,10 @@ class Evaluator:
     """The loaded pipelines (one per condition; the e2e conditions share one model) and the
     Whisper that transcribes spoken answers for ASR-WER."""
 
-    def __init__(self, pipelines: dict, judge=None, max_duration_s: float | None = MAX_DURATION_S):
+    def __init__(self, pipelines: dict, judge=None, max_duration_s: float | None = MAX_DURATION_S,
+                 answers_dir: Path | None = None):
         self.pipelines, self.judge, self.max_duration_s = pipelines, judge, max_duration_s
+        self.answers_dir = answers_dir  # spoken answers are kept here (Ogg/Opus) when set
 
     @classmethod
     def load(cls, config: EvalConfig) -> Evaluator:
@@ -203,7 +206,7 @@ class Evaluator:
         if config.asr_wer:
             judge = load_judge(config.judge_asr or config.asr_model, config.asr_backend, config.beam_size, config.device,
                                config.threads)
-        return cls(pipelines, judge, config.max_duration_s)
+        return cls(pipelines, judge, config.max_duration_s, Path(config.answers_dir) if config.answers_dir else None)
 
     def run_item(self, item: EvalItem, conditions: list[str] | None = None) -> list[dict]:
         """One row per condition; a failure is a row with its `error`, never an exception
@@ -232,12 +235,36 @@ class Evaluator:
                 if self.judge is not None:
                     reply = resample(response.audio, response.sample_rate, SAMPLE_RATE)
                     heard = self.judge.transcribe(reply).text.strip() if reply.size else ""
-                rows.append({**row, **score(response, item.reference, heard), "error": None})
+                kept = self._keep_answer(item.id, condition, response)
+                rows.append({**row, **score(response, item.reference, heard), "answer_audio": kept, "error": None})
             except OmniError as exc:
                 rows.append({**row, "error": str(exc)})
             except Exception as exc:  # noqa: BLE001 - one bad item never stops the batch
                 rows.append({**row, "error": f"internal error: {type(exc).__name__}: {exc}"})
         return rows
+
+
+    def _keep_answer(self, item_id: str, condition: str, response: Response) -> str | None:
+        """The spoken answer as Ogg/Opus under answers_dir; its path relative to the results folder."""
+        if self.answers_dir is None or not response.audio.size:
+            return None
+        path = self.answers_dir / safe_name(condition) / f"{safe_name(item_id)}.ogg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_opus(path, response.audio, response.sample_rate)
+        return path.relative_to(self.answers_dir.parent).as_posix()
+
+
+def safe_name(text: str) -> str:
+    """A file name for any id: its safe characters and a hash (so different ids never collide)."""
+    import hashlib
+    import re
+
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', text)[-60:].lstrip('.')}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def write_opus(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(opus_bytes(audio, sample_rate))
 
 
 # -- running many items ---------------------------------------------------------------------------
@@ -435,7 +462,32 @@ TABLE_METRICS = (
     ("rtf", "real-time factor", 1, 3), ("wer", "WER of what was heard (%)", 100, 1),
     ("asr_wer", "ASR-WER of the spoken answer (%)", 100, 1), ("wps", "spoken words per second", 1, 2),
     ("answer_words", "answer length (words)", 1, 1), ("audio_s", "spoken answer (s)", 1, 2),
+    ("longest_pause_s", "longest wait between chunks (s)", 1, 2), ("pauses_over_1s", "waits over 1 s between chunks", 1, 1),
 )
+
+
+# each figure's definition, stated once (report.md, report.html; the README repeats them)
+DEFINITIONS = {
+    "first text token (s)": "from the end of the question (its last speech sample) to the first text of the answer",
+    "first audio (s)": "from the end of the question to the first piece of the spoken answer being ready to play",
+    "total time (s)": "from the end of the question to the whole answer, text and audio, being done",
+    "real-time factor": "total time / length of the spoken answer (below 1: faster than it plays)",
+    "WER of what was heard (%)": "word error rate against the reference transcript of what the mode heard: the cascade's "
+                                 "Whisper transcript; for e2e, the speech LLM itself asked to repeat what was said",
+    "ASR-WER of the spoken answer (%)": "word error rate of a Whisper transcript of the spoken answer (a deterministic "
+                                        "judge) against the answer's own text: how intelligible the speech is",
+    "corpus WER / ASR-WER (%)": "the same, as total edits over total reference words of all items",
+    "answer chrF vs the cascade's answer": "character n-gram F-score (sacrebleu chrF, 0-100) of an e2e answer against the "
+                                            "cascade's answer to the same question: how close it comes to what the same "
+                                            "LLM says when it reads a transcript",
+    "answer chrF vs the reference answer": "the same against the manifest's reference answer, where there is one",
+    "spoken words per second": "answer words / length of the spoken answer",
+    "answer length (words)": "words in the answer's text",
+    "longest wait between chunks (s)": "played as it arrives, each chunk as soon as it is ready and the previous one "
+                                       "has finished: the longest silence the listener waits between chunks (a "
+                                       "streaming artifact, not a pause in the speech)",
+    "waits over 1 s between chunks": "how many such waits last over 1 s",
+}
 
 
 def stats(values: list[float]) -> dict:
@@ -507,7 +559,7 @@ def table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 # lower is better for these; higher for chrF; the rest (length, rate) only differ
 WER_FIGURES = ("wer", "asr_wer", "corpus_wer", "corpus_asr_wer")  # fractions, shown as percentages
 LOWER_IS_BETTER = ("asr_s", "encoder_s", "llm_s", "tts_s", "first_token_s", "first_audio_latency_s", "total_s", "rtf",
-                   *WER_FIGURES)
+                   "longest_pause_s", "pauses_over_1s", *WER_FIGURES)
 HIGHER_IS_BETTER = ("chrf_vs_cascade", "chrf_vs_reference_answer")
 
 
@@ -553,8 +605,9 @@ def compare_table(comparison: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def write_reports(out: Path) -> dict:
-    """Rebuild summary.json, results.csv, latency.png, omega_sweep.png (with e2e results) and
-    report.md from out/results.jsonl alone; returns the summary."""
+    """Rebuild summary.json, results.csv, latency.png, omega_sweep.png (with e2e results),
+    report.md and report.html (with the answers kept in out/answers) from out/results.jsonl
+    alone; returns the summary."""
     rows = read_results(out)
     summary = summarize(rows)
     with atomic_file(out / "summary.json") as tmp:
@@ -563,6 +616,10 @@ def write_reports(out: Path) -> dict:
     plots = _plot_latency(rows, out / "latency.png") + _plot_omega_sweep(summary, out / "omega_sweep.png")
     with atomic_file(out / "report.md") as tmp:
         tmp.write_text(report_markdown(summary, plots), encoding="utf-8")
+    from omni_cli.report_html import render
+
+    with atomic_file(out / "report.html") as tmp:
+        tmp.write_text(render(summary, rows, out, plots, DEFINITIONS, table_rows(summary)), encoding="utf-8")
     return summary
 
 
@@ -574,6 +631,7 @@ def report_markdown(summary: dict, plots: list[str] = ()) -> str:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += [""] + [f"![{Path(p).stem}]({p})" for p in plots]
+    lines += ["", "## What each figure means", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS.items()]
     failures = [(name, f) for name, c in summary["conditions"].items() for f in c["failures"]]
     if failures:
         lines += ["", "## Failed items", ""] + [f"- `{f['id']}` ({name}): {f['error']}" for name, f in failures]

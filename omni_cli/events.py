@@ -120,10 +120,15 @@ def latency_metrics(events: Iterable[Event]) -> dict[str, float | None]:
     - first_audio_latency_s: end of input speech -> first reply audio ready
     - total_s: end of input speech -> answer complete
     - audio_s: duration of the spoken answer; rtf: total_s / audio_s
+    - longest_pause_s, pauses_over_1s: played as it arrives (each chunk as soon as it is ready
+      and the one before has finished), the longest silence a listener waits between chunks
+      and how many such waits last over 1 s (a streaming artifact, not a pause in the speech)
     - <stage>_s: each StageTiming (asr_s, ...)
     """
     t0 = first_text = first_audio = done = None
     audio_s = 0.0
+    played_until: float | None = None
+    pauses: list[float] = []
     stages: dict[str, float] = {}
     for e in events:
         if isinstance(e, SpeechEnded) and t0 is None:
@@ -133,6 +138,9 @@ def latency_metrics(events: Iterable[Event]) -> dict[str, float | None]:
         elif isinstance(e, AudioChunk):
             first_audio = e.t if first_audio is None else first_audio
             audio_s += e.duration_s
+            if played_until is not None:
+                pauses.append(max(0.0, e.t - played_until))
+            played_until = max(e.t, played_until or e.t) + e.duration_s
         elif isinstance(e, StageTiming):
             stages[f"{e.stage}_s"] = stages.get(f"{e.stage}_s", 0.0) + e.seconds
         elif isinstance(e, Done):
@@ -151,6 +159,8 @@ def latency_metrics(events: Iterable[Event]) -> dict[str, float | None]:
         "total_s": total,
         "audio_s": audio_s,
         "rtf": (total / audio_s) if total is not None and audio_s > 0 else None,
+        "longest_pause_s": max(pauses, default=0.0) if first_audio is not None else None,
+        "pauses_over_1s": sum(p > 1.0 for p in pauses) if first_audio is not None else None,
     }
 
 

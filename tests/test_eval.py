@@ -415,3 +415,62 @@ def test_auto_omega_suits_the_unit_vocoder(tiny_e2e_parts, tmp_path):
     assert ev.parse_omegas("auto,all") == (PIPER_DEFAULT_OMEGA, None)  # the shipped default speaks through Piper
     assert ev.parse_omegas("auto", str(tiny_e2e_parts["omni"])) == (PIPER_DEFAULT_OMEGA,)
     assert ev.parse_omegas("auto", str(tiny_e2e_parts["omni"]), str(tmp_path / "unit-hifigan")) == (DEFAULT_OMEGA,)
+
+
+def _chromium_dom(page, fragment: str = "") -> str:
+    """The page's DOM after its scripts ran, from a real headless Chromium."""
+    import shutil as sh
+    import subprocess
+
+    browser = sh.which("chromium") or sh.which("chromium-browser") or sh.which("google-chrome")
+    if browser is None:
+        pytest.fail("no Chromium: the set-up installs it (apt-get install chromium)")
+    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required",
+                           "--virtual-time-budget=8000", "--dump-dom", page.as_uri() + fragment],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_html_report_plays_every_answer_in_a_real_browser(tiny_config, tiny_evaluator, corpus, tmp_path):
+    """report.html from a real run: it loads in headless Chromium without a script error, every
+    player (questions and spoken answers) decodes, user text is escaped, and sorting and
+    filtering work."""
+    import re
+
+    out = tmp_path / "run"
+    (corpus / "sub" / "b.txt").write_text("<b>Tell</b> me about the moon & [bold]stars[/bold].")
+    items = ev.items_from_paths([corpus])
+    tiny_evaluator.answers_dir = out / "answers"
+    try:
+        results = ev.ResultsFile(out)
+        for rows in ev.run_tasks(ev.pending(items, tiny_config.conditions(), set()), tiny_config, evaluator=tiny_evaluator):
+            results.append(rows)
+        results.close()
+    finally:
+        tiny_evaluator.answers_dir = None
+    ev.write_reports(out)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    kept = [r["answer_audio"] for r in rows if not r["error"]]
+    assert len(kept) == 6 and all((out / k).read_bytes()[:4] == b"OggS" for k in kept)
+
+    page = out / "report.html"
+    text = page.read_text()
+    assert "&lt;b&gt;Tell&lt;/b&gt; me about the moon &amp; [bold]stars[/bold]." in text and "<b>Tell</b>" not in text
+    dom = _chromium_dom(page)
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', body))
+    assert "error" not in attrs and "broken" not in attrs, attrs
+    # 2 good questions + 2 bad ones that still decode or not, and 6 answers: every player that exists loads
+    players = dom.count("<audio")
+    assert players >= 8 and attrs["ready"] == str(players) and attrs["playable"] == str(players)
+
+    # sorted by the cascade's answer length, longest first; filtered to the second item
+    dom = _chromium_dom(page, "#sort=cascade%3A%20words&dir=down")
+    assert 'data-sorted="cascade: words"' in dom
+    body_rows = dom.split("<tbody>")[-1].split("</tr>")[:-1]
+    words = [re.findall(r'<td data-condition="cascade" class="num" data-v="([^"]*)"', r)[4] for r in body_rows]
+    assert len(words) == 4 and words[2:] == ["", ""]  # the failed items last
+    assert float(words[0]) >= float(words[1]) and words[:2] != ["", ""]
+    dom = _chromium_dom(page, "#filter=stars")
+    assert 'data-shown="1"' in dom

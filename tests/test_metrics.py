@@ -42,6 +42,25 @@ def test_latency_metrics_come_from_event_timestamps():
     assert m["total_s"] == pytest.approx(4.0)
     assert m["audio_s"] == pytest.approx(1.5)
     assert m["rtf"] == pytest.approx(4.0 / 1.5)
+    assert m["longest_pause_s"] == 0.0 and m["pauses_over_1s"] == 0  # chunk 2 came while chunk 1 played
+
+
+def test_pauses_are_the_waits_of_a_listener_playing_chunks_as_they_arrive():
+    def chunk(seconds: float, t: float, index: int) -> AudioChunk:
+        return AudioChunk(samples=np.zeros(int(1000 * seconds), dtype=np.float32), sample_rate=1000, index=index, t=t)
+
+    events = [SpeechEnded(duration_s=1.0, t=0.0),
+              chunk(0.5, 1.0, 0),   # plays 1.0-1.5
+              chunk(1.0, 3.0, 1),   # waits 1.5 s, plays 3.0-4.0
+              chunk(1.0, 3.5, 2),   # ready during the previous one: plays 4.0-5.0, no wait
+              chunk(1.0, 5.8, 3),   # waits 0.8 s
+              chunk(1.0, 8.0, 4),   # waits 1.2 s
+              Done(text="x", t=8.0)]
+    m = latency_metrics(events)
+    assert m["longest_pause_s"] == pytest.approx(1.5)
+    assert m["pauses_over_1s"] == 2
+    silent = latency_metrics([SpeechEnded(duration_s=1.0, t=0.0), Done(text="x", t=1.0)])
+    assert silent["longest_pause_s"] is None and silent["pauses_over_1s"] is None
 
 
 def test_latency_metrics_need_the_end_of_speech():
