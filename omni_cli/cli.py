@@ -864,7 +864,7 @@ def eval_cmd(
     bench: Annotated[str | None, typer.Option("--bench", help="A built-in set, built once and cached: real-speech (real human speech with transcripts) or instructs2s-eval (spoken AlpacaEval instructions, held-out voices).")] = None,
     modes: Annotated[str, typer.Option("--modes", help="Comma-separated pipelines: cascade, e2e.")] = "cascade",
     omega: Annotated[str, typer.Option("--omega", help="e2e: comma-separated units per audio chunk ('auto': the default for the model's unit vocoder; 'all': vocode once at the end); each is a condition, e.g. 10,20,40,all.")] = "auto",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the run: results.jsonl, summary.json, results.csv, report.md, plots.")] = Path("omni-eval"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the run: results.jsonl, summary.json, results.csv, report.md, report.html, plots, answers/ (the spoken answers).")] = Path("omni-eval"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out: skip the items already in results.jsonl.")] = False,
     workers: Annotated[int | None, typer.Option("--workers", "-j", min=1, help="Worker processes, each loading the models once (with --ray: actors; default one per cluster CPU).")] = None,
     ray_address: Annotated[str | None, typer.Option("--ray", help="Shard the items over a Ray cluster at this address ('auto': the local cluster); needs `pip install 'omni[ray]'` and audio paths readable on every node.")] = None,
@@ -889,9 +889,11 @@ def eval_cmd(
 
     Per item and condition: ASR time, time to first text token, first-audio latency, total time,
     real-time factor, WER of what was heard (with a reference: the cascade's transcript, e2e's own repeat), ASR-WER of the spoken answer, spoken
-    words per second and answer length. Rows are appended to --out/results.jsonl as items finish
-    (--resume continues a stopped run); summary.json, results.csv, latency.png, omega_sweep.png and
-    report.md are written at the end, and after Ctrl-C. A bad item is recorded with its reason.
+    words per second, answer length and the longest wait between audio chunks. Rows are appended to
+    --out/results.jsonl as items finish (--resume continues a stopped run); the spoken answers are
+    kept in --out/answers; summary.json, results.csv, latency.png, omega_sweep.png, report.md and
+    report.html (one page with every question and answer to listen to) are written at the end, and
+    after Ctrl-C. A bad item is recorded with its reason.
 
     [bold]Examples:[/]
       omni eval recordings/ --out runs/eval
@@ -916,7 +918,8 @@ def eval_cmd(
         config = ev.EvalConfig(
             modes=ev.parse_modes(modes), omegas=ev.parse_omegas(omega, e2e_model, vocoder), asr_model=asr_model, asr_backend=backend.value,
             beam_size=beam_size, llm=llm, tts=tts.value, voice=voice, e2e_model=e2e_model, vocoder=vocoder,
-            max_new_tokens=max_new_tokens, max_sentences=max_sentences, asr_wer=asr_wer, judge_asr=judge_asr, device=device, max_duration_s=max_duration)
+            max_new_tokens=max_new_tokens, max_sentences=max_sentences, asr_wer=asr_wer, judge_asr=judge_asr, device=device, max_duration_s=max_duration,
+            answers_dir=str(out / "answers") if out else None)
         if not paths and not bench:
             raise ConfigError("give audio folders, files or manifests, or --bench NAME (see `omni eval --help`)")
         from omni_cli.audio import check_output_dir
@@ -960,7 +963,7 @@ def eval_cmd(
             results.close()
         summary = ev.write_reports(out)
         ui.err.print(ui.eval_table(*ev.table_rows(summary)))
-        ui.note(f"results: {shown(out / ev.RESULTS)}; report: {shown(out / 'report.md')} (summary.json, results.csv, plots beside it)")
+        ui.note(f"results: {shown(out / ev.RESULTS)}; report: {shown(out / 'report.html')} (to listen to; report.md, summary.json, results.csv, plots beside it)")
         if interrupted:
             ui.error(f"interrupted: {summary['rows']} finished run(s) kept in {shown(out / ev.RESULTS)}; continue with --resume")
             raise typer.Exit(130)
