@@ -871,6 +871,8 @@ def eval_cmd(
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N items.")] = None,
     asr_wer: Annotated[bool, typer.Option("--asr-wer/--no-asr-wer", help="Transcribe each spoken answer with Whisper for the ASR-WER.")] = True,
     judge_asr: Annotated[str | None, typer.Option("--judge-asr", help="Whisper model that transcribes the spoken answers (default: the --asr model).")] = None,
+    judge: Annotated[str | None, typer.Option("--judge", help="Chat model that grades each answer 1-5 for how well it helps with the question: a hub id, a local folder, a registry name, or with --judge-url the model name at that endpoint. Scores go to --out/judge.jsonl.")] = None,
+    judge_url: Annotated[str | None, typer.Option("--judge-url", help="OpenAI-compatible endpoint of the --judge model, e.g. http://localhost:8000/v1 (key from OMNI_JUDGE_API_KEY or OPENAI_API_KEY).")] = None,
     asr_model: AsrModelOpt = None,
     backend: BackendOpt = Backend.faster_whisper,
     beam_size: BeamOpt = 5,
@@ -900,6 +902,8 @@ def eval_cmd(
       omni eval --bench real-speech --modes cascade --limit 10
       omni eval --bench instructs2s-eval --modes cascade,e2e --e2e-model ./my-omni-model --omega 10,20,40,all
       omni eval manifest.jsonl --workers 4 --out runs/eval --resume
+      omni eval --bench real-speech --modes cascade,e2e --judge Qwen/Qwen2.5-7B-Instruct --device cuda
+      omni eval --out runs/eval --resume --judge llama3.1 --judge-url http://localhost:11434/v1   # grade a finished run
       omni eval /shared/audio/ --ray auto --out runs/eval
       omni eval --compare runs/eval-before runs/eval-after
     """
@@ -920,7 +924,7 @@ def eval_cmd(
             beam_size=beam_size, llm=llm, tts=tts.value, voice=voice, e2e_model=e2e_model, vocoder=vocoder,
             max_new_tokens=max_new_tokens, max_sentences=max_sentences, asr_wer=asr_wer, judge_asr=judge_asr, device=device, max_duration_s=max_duration,
             answers_dir=str(out / "answers") if out else None)
-        if not paths and not bench:
+        if not paths and not bench and not (judge and resume):
             raise ConfigError("give audio folders, files or manifests, or --bench NAME (see `omni eval --help`)")
         from omni_cli.audio import check_output_dir
         from omni_cli.registry import require_device
@@ -952,6 +956,8 @@ def eval_cmd(
                     for r in rows:
                         if r["error"]:
                             ui.failed(f"{r['id']} ({r['condition']}): {r['error']}", bar.console)
+            if judge and not interrupted:
+                _judge_answers(out, judge, judge_url, device)
         except KeyboardInterrupt:
             interrupted = True
         except OmniError:  # a model that cannot load, a worker that died: keep the reports of what finished
@@ -971,6 +977,18 @@ def eval_cmd(
         if failed:
             ui.error(f"{failed} of {summary['rows']} item run(s) failed (reasons in results.jsonl and report.md)")
             raise typer.Exit(1)
+
+
+def _judge_answers(out: Path, model: str, url: str | None, device: str) -> None:
+    from omni_cli.evaluate import read_results
+    from omni_cli.judge import load_judge_model, judge_run
+
+    with ui.err.status(f"loading the judge {model} ..."):
+        judge = load_judge_model(model, url, device)
+    with ui.progress() as bar:
+        task_id = bar.add_task("judging answers", total=None)
+        for done, total in judge_run(out, judge, read_results(out)):
+            bar.update(task_id, completed=done, total=total)
 
 
 def main() -> None:

@@ -463,6 +463,7 @@ TABLE_METRICS = (
     ("asr_wer", "ASR-WER of the spoken answer (%)", 100, 1), ("wps", "spoken words per second", 1, 2),
     ("answer_words", "answer length (words)", 1, 1), ("audio_s", "spoken answer (s)", 1, 2),
     ("longest_pause_s", "longest wait between chunks (s)", 1, 2), ("pauses_over_1s", "waits over 1 s between chunks", 1, 1),
+    ("judge_score", "judge score (1-5)", 1, 2),
 )
 
 
@@ -487,7 +488,24 @@ DEFINITIONS = {
                                        "has finished: the longest silence the listener waits between chunks (a "
                                        "streaming artifact, not a pause in the speech)",
     "waits over 1 s between chunks": "how many such waits last over 1 s",
+    "judge score (1-5)": "with `--judge MODEL`: an LLM's grade of how well the answer helps with the question (the "
+                         "reference transcript, else what the cascade heard), 1 off topic or wrong to 5 fully answered "
+                         "(omni_cli/judge.py holds the prompt)",
 }
+
+
+def scored_rows(out: Path) -> list[dict]:
+    """out/results.jsonl's rows, each finished one with its judge score (out/judge.jsonl) among its metrics."""
+    from omni_cli.judge import read_scores
+
+    rows = read_results(out)
+    scores = read_scores(out)
+    for r in rows:
+        score = scores.get((r["id"], r["condition"]))
+        if score is not None and score.get("score") is not None and not r.get("error"):
+            r["metrics"] = {**r.get("metrics", {}), "judge_score": score["score"]}
+            r["judge"] = score.get("judge")
+    return rows
 
 
 def stats(values: list[float]) -> dict:
@@ -560,13 +578,13 @@ def table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 WER_FIGURES = ("wer", "asr_wer", "corpus_wer", "corpus_asr_wer")  # fractions, shown as percentages
 LOWER_IS_BETTER = ("asr_s", "encoder_s", "llm_s", "tts_s", "first_token_s", "first_audio_latency_s", "total_s", "rtf",
                    "longest_pause_s", "pauses_over_1s", *WER_FIGURES)
-HIGHER_IS_BETTER = ("chrf_vs_cascade", "chrf_vs_reference_answer")
+HIGHER_IS_BETTER = ("chrf_vs_cascade", "chrf_vs_reference_answer", "judge_score")
 
 
 def compare_runs(a: Path, b: Path) -> dict:
     """The difference B - A of two eval folders, on the items both finished: per condition both
     have, each metric's median (corpus figures as they are), the delta and whether B is better."""
-    rows_a, rows_b = read_results(a), read_results(b)
+    rows_a, rows_b = scored_rows(a), scored_rows(b)
     if not rows_a or not rows_b:
         raise InputError(f"{shown(a if not rows_a else b)}: no results.jsonl with results (not an `omni eval --out` folder?)")
     ok = lambda rows: {(r["id"], r["condition"]) for r in rows if not r.get("error")}  # noqa: E731
@@ -608,7 +626,7 @@ def write_reports(out: Path) -> dict:
     """Rebuild summary.json, results.csv, latency.png, omega_sweep.png (with e2e results),
     report.md and report.html (with the answers kept in out/answers) from out/results.jsonl
     alone; returns the summary."""
-    rows = read_results(out)
+    rows = scored_rows(out)
     summary = summarize(rows)
     with atomic_file(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -474,3 +474,65 @@ def test_html_report_plays_every_answer_in_a_real_browser(tiny_config, tiny_eval
     assert float(words[0]) >= float(words[1]) and words[:2] != ["", ""]
     dom = _chromium_dom(page, "#filter=stars")
     assert 'data-shown="1"' in dom
+
+
+def test_judge_scores_parse_and_join_the_summary(tiny_config, tiny_evaluator, corpus, tmp_path):
+    """A judge behind a real OpenAI-style HTTP endpoint grades every finished answer once (a
+    second pass judges nothing again), the scores join the summary, and --compare sees them."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from omni_cli.judge import JUDGE_FILE, judge_run, load_judge_model, parse_score
+
+    assert parse_score("4") == 4 and parse_score("Score: 5/5") == 5 and parse_score("10 of 10") is None
+    assert parse_score("I would say 2.") == 2 and parse_score("none") is None
+
+    asked = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            asked.append(body)
+            answer = body["messages"][1]["content"].split("Answer:", 1)[1].split("Scale:", 1)[0]
+            reply = {"choices": [{"message": {"content": "5" if "moon" in answer.lower() else "Score: 2"}}]}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = tmp_path / "run"
+        results = ev.ResultsFile(out)
+        for rows in ev.run_tasks(ev.pending(ev.items_from_paths([corpus]), tiny_config.conditions(), set()), tiny_config,
+                                 evaluator=tiny_evaluator):
+            results.append(rows)
+        results.close()
+        rows = ev.read_results(out)
+        judge = load_judge_model("grader", f"http://127.0.0.1:{server.server_port}/v1")
+        assert list(judge_run(out, judge, rows))[-1] == (6, 6)  # 2 good items x 3 conditions
+        assert list(judge_run(out, judge, rows)) == []  # judged once
+        assert len(asked) == 6 and all(b["model"] == "grader" and b["temperature"] == 0 for b in asked)
+        assert all("Question: Tell me about the moon." in b["messages"][1]["content"] for b in asked)
+        lines = [json.loads(line) for line in (out / JUDGE_FILE).read_text().splitlines()]
+        expected = {(r["id"], r["condition"]): 5 if "moon" in r["text"].lower() else 2 for r in rows if not r["error"]}
+        assert {(line["id"], line["condition"]): line["score"] for line in lines} == expected
+        summary = ev.write_reports(out)
+        for name, c in summary["conditions"].items():
+            mine = [v for (i, cond), v in expected.items() if cond == name]
+            assert c["metrics"]["judge_score"]["mean"] == pytest.approx(np.mean(mine))
+        assert "judge score (1-5)" in (out / "report.md").read_text()
+        comparison = ev.compare_runs(out, out)
+        assert comparison["conditions"]["cascade"]["figures"]["judge_score"]["delta"] == 0
+    finally:
+        server.shutdown()
+    from omni_cli.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="judge endpoint"):
+        load_judge_model("grader", f"http://127.0.0.1:{server.server_port}/v1").score("q?", "a.")
