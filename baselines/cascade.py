@@ -92,6 +92,13 @@ class CascadePipeline:
 
         messages = [{"role": "system", "content": self.options.system_prompt}, *(history or [])]
         messages.append({"role": "user", "content": transcript})
+        prompt = len(self.llm.chat_ids(messages)[0])
+        room = self.llm.context_length - self.options.generation.max_new_tokens
+        if prompt > room:  # said out loud, not cut silently: the LLM would lose the beginning of the request
+            yield ErrorEvent(message=f"the request is {len(audio) / SAMPLE_RATE / 60:.1f} min of speech, {prompt} tokens of "
+                                     f"text with the conversation so far; the LLM reads at most {room} before its answer: "
+                                     "ask it in shorter pieces (to write it down, use `omni transcribe`)")
+            return
         chunker = SentenceChunker(self.options.chunker)
         answer: list[str] = []
         spoken = 0

@@ -89,6 +89,11 @@ class ChatLLM:
         self.eos_ids = frozenset(t for t in eos if t is not None)
         self._prefixes: OrderedDict[tuple[int, ...], Any] = OrderedDict()  # prompt prefix ids -> KV cache
 
+    @property
+    def context_length(self) -> int:
+        """How many positions the model reads (its configured maximum)."""
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
     @classmethod
     def load(cls, spec: str | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ChatLLM:
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -436,9 +436,8 @@ class Conversation:
             return 0
         budget = self.options.history_tokens
         if budget is None:  # the context, less room for the system prompt, the request and the answer
-            context = int(getattr(llm.model.config, "max_position_embeddings", 2048))
             generation = getattr(getattr(self.pipeline, "options", None), "generation", None)
-            budget = max(256, context - 1024 - (generation.max_new_tokens if generation is not None else 160))
+            budget = max(256, llm.context_length - 1024 - (generation.max_new_tokens if generation is not None else 160))
         dropped = 0
         while self.history and len(llm.tokenizer.apply_chat_template(self.history, tokenize=True, return_dict=True)["input_ids"]) > budget:
             cut = next((i for i in range(1, len(self.history)) if self.history[i]["role"] == "user"), len(self.history))

@@ -61,6 +61,21 @@ def test_history_reaches_the_llm(tiny_cascade, question_audio, monkeypatch):
     assert seen["messages"][1:3] == history and seen["messages"][-1]["role"] == "user"
 
 
+def test_a_request_longer_than_the_llm_reads_is_refused_out_loud(tiny_cascade, question_audio):
+    """A request whose text (with the conversation so far) leaves the LLM no room to answer is
+    an error saying so, not an answer to its truncated end."""
+    from omni_cli.events import ErrorEvent
+
+    context = tiny_cascade.llm.context_length  # 512 for the tiny LLM
+    long_history = [{"role": "user", "content": "word " * context}, {"role": "assistant", "content": "Yes."}]
+    events = list(tiny_cascade.run(question_audio, history=long_history))
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert len(errors) == 1 and "the LLM reads at most 472 before its answer" in errors[0].message
+    assert not any(isinstance(e, (TextDelta, AudioChunk)) for e in events)
+    fine = list(tiny_cascade.run(question_audio, history=long_history[:0]))
+    assert not any(isinstance(e, ErrorEvent) for e in fine)
+
+
 def test_silence_is_refused_before_any_model_runs(tiny_cascade):
     with pytest.raises(InputError, match="no speech detected"):
         next(tiny_cascade.run(np.zeros(16000 * 2, dtype=np.float32)))
