@@ -656,7 +656,15 @@ def _respond_once(pipeline, audio, audio_path: Path, target: Path, as_json: bool
     from omni_cli.audio import shown, write_wav
     from omni_cli.events import Interrupted, TextDelta, Transcript, collect
 
+    minutes = len(audio) / 16000 / 60
+    # a long request takes a while to hear: say so until the first words come
+    waiting = ui.err.status(f"listening to a {minutes:.1f} min request ...") if minutes >= 0.5 and not as_json else None
+    if waiting is not None:
+        waiting.start()
+
     def render(e) -> None:
+        if waiting is not None and isinstance(e, (Transcript, TextDelta)):
+            waiting.stop()
         if isinstance(e, Transcript) and not as_json:
             ui.note(f"heard: {e.text}")
         elif isinstance(e, TextDelta) and not as_json:
@@ -665,10 +673,15 @@ def _respond_once(pipeline, audio, audio_path: Path, target: Path, as_json: bool
     try:
         response = collect(_input_errors_name(audio_path, pipeline.run(audio)), pipeline.sample_rate, render)
     except Interrupted as stop:
+        if waiting is not None:
+            waiting.stop()
         if stop.response.audio.size:
             write_wav(target, stop.response.audio, pipeline.sample_rate)
             ui.note(f"\ninterrupted: the answer so far is in {shown(target)}")
         raise typer.Exit(130) from None
+    finally:
+        if waiting is not None:
+            waiting.stop()
     reply, text, transcript = response.audio, response.text, response.transcript
     write_wav(target, reply, pipeline.sample_rate)
     metrics = {k: (None if v is None else round(v, 4)) for k, v in response.metrics.items()}
