@@ -883,6 +883,7 @@ def eval_cmd(
     ray_address: Annotated[str | None, typer.Option("--ray", help="Shard the items over a Ray cluster at this address ('auto': the local cluster); needs `pip install 'omni[ray]'` and audio paths readable on every node.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N items.")] = None,
     asr_wer: Annotated[bool, typer.Option("--asr-wer/--no-asr-wer", help="Transcribe each spoken answer with Whisper for the ASR-WER.")] = True,
+    naturalness: Annotated[bool, typer.Option("--mos/--no-mos", help="Rate each spoken answer's naturalness with DNSMOS (1-5; about a second per answer on a CPU).")] = True,
     judge_asr: Annotated[str | None, typer.Option("--judge-asr", help="Whisper model that transcribes the spoken answers (default: the --asr model).")] = None,
     judge: Annotated[str | None, typer.Option("--judge", help="Chat model that grades each answer 1-5 for how well it helps with the question: a hub id, a local folder, a registry name, or with --judge-url the model name at that endpoint. Scores go to --out/judge.jsonl.")] = None,
     judge_url: Annotated[str | None, typer.Option("--judge-url", help="OpenAI-compatible endpoint of the --judge model, e.g. http://localhost:8000/v1 (key from OMNI_JUDGE_API_KEY or OPENAI_API_KEY).")] = None,
@@ -936,7 +937,7 @@ def eval_cmd(
             modes=ev.parse_modes(modes), omegas=ev.parse_omegas(omega, e2e_model, vocoder), asr_model=asr_model, asr_backend=backend.value,
             beam_size=beam_size, llm=llm, tts=tts.value, voice=voice, e2e_model=e2e_model, vocoder=vocoder,
             max_new_tokens=max_new_tokens, max_sentences=max_sentences, asr_wer=asr_wer, judge_asr=judge_asr, device=device, max_duration_s=max_duration,
-            answers_dir=str(out / "answers") if out else None)
+            answers_dir=str(out / "answers") if out else None, naturalness=naturalness)
         if not paths and not bench and not (judge and resume):
             raise ConfigError("give audio folders, files or manifests, or --bench NAME (see `omni eval --help`)")
         from omni_cli.audio import check_output_dir

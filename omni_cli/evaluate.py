@@ -140,6 +140,7 @@ class EvalConfig:
     max_duration_s: float = MAX_DURATION_S
     threads: int | None = None  # CPU threads per worker (None: the libraries' defaults)
     answers_dir: str | None = None  # where each spoken answer is kept (Ogg/Opus), for the HTML report
+    naturalness: bool = True  # DNSMOS of each spoken answer
 
     def conditions(self) -> list[str]:
         return [condition_label(m, o) for m in self.modes for o in (self.omegas if m == "e2e" else (None,))]
@@ -183,8 +184,9 @@ class Evaluator:
     Whisper that transcribes spoken answers for ASR-WER."""
 
     def __init__(self, pipelines: dict, judge=None, max_duration_s: float | None = MAX_DURATION_S,
-                 answers_dir: Path | None = None):
+                 answers_dir: Path | None = None, naturalness: bool = False):
         self.pipelines, self.judge, self.max_duration_s = pipelines, judge, max_duration_s
+        self.naturalness = naturalness  # DNSMOS of each spoken answer
         self.answers_dir = answers_dir  # spoken answers are kept here (Ogg/Opus) when set
 
     @classmethod
@@ -206,7 +208,8 @@ class Evaluator:
         if config.asr_wer:
             judge = load_judge(config.judge_asr or config.asr_model, config.asr_backend, config.beam_size, config.device,
                                config.threads)
-        return cls(pipelines, judge, config.max_duration_s, Path(config.answers_dir) if config.answers_dir else None)
+        return cls(pipelines, judge, config.max_duration_s, Path(config.answers_dir) if config.answers_dir else None,
+                   config.naturalness)
 
     def run_item(self, item: EvalItem, conditions: list[str] | None = None) -> list[dict]:
         """One row per condition; a failure is a row with its `error`, never an exception
@@ -236,7 +239,12 @@ class Evaluator:
                     reply = resample(response.audio, response.sample_rate, SAMPLE_RATE)
                     heard = self.judge.transcribe(reply).text.strip() if reply.size else ""
                 kept = self._keep_answer(item.id, condition, response)
-                rows.append({**row, **score(response, item.reference, heard), "answer_audio": kept, "error": None})
+                scored = score(response, item.reference, heard)
+                if self.naturalness and response.audio.size:
+                    from omni_cli.naturalness import dnsmos
+
+                    scored["metrics"].update(dnsmos(response.audio, response.sample_rate))
+                rows.append({**row, **scored, "answer_audio": kept, "error": None})
             except OmniError as exc:
                 rows.append({**row, "error": str(exc)})
             except Exception as exc:  # noqa: BLE001 - one bad item never stops the batch
@@ -463,6 +471,7 @@ TABLE_METRICS = (
     ("asr_wer", "ASR-WER of the spoken answer (%)", 100, 1), ("wps", "spoken words per second", 1, 2),
     ("answer_words", "answer length (words)", 1, 1), ("audio_s", "spoken answer (s)", 1, 2),
     ("longest_pause_s", "longest wait between chunks (s)", 1, 2), ("pauses_over_1s", "waits over 1 s between chunks", 1, 1),
+    ("dnsmos_ovrl", "naturalness, DNSMOS overall (1-5)", 1, 2), ("dnsmos_p808", "naturalness, DNSMOS P.808 (1-5)", 1, 2),
     ("judge_score", "judge score (1-5)", 1, 2),
 )
 
@@ -488,6 +497,9 @@ DEFINITIONS = {
                                        "has finished: the longest silence the listener waits between chunks (a "
                                        "streaming artifact, not a pause in the speech)",
     "waits over 1 s between chunks": "how many such waits last over 1 s",
+    "naturalness, DNSMOS overall / P.808 (1-5)": "Microsoft's DNSMOS (speechmos package) on the spoken answer: the P.835 "
+                                                  "overall score and the P.808 MOS; trained on noisy human speech, so a "
+                                                  "relative figure between modes, not what listeners would give",
     "judge score (1-5)": "with `--judge MODEL`: an LLM's grade of how well the answer helps with the question (the "
                          "reference transcript, else what the cascade heard), 1 off topic or wrong to 5 fully answered "
                          "(omni_cli/judge.py holds the prompt)",
@@ -578,7 +590,7 @@ def table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 WER_FIGURES = ("wer", "asr_wer", "corpus_wer", "corpus_asr_wer")  # fractions, shown as percentages
 LOWER_IS_BETTER = ("asr_s", "encoder_s", "llm_s", "tts_s", "first_token_s", "first_audio_latency_s", "total_s", "rtf",
                    "longest_pause_s", "pauses_over_1s", *WER_FIGURES)
-HIGHER_IS_BETTER = ("chrf_vs_cascade", "chrf_vs_reference_answer", "judge_score")
+HIGHER_IS_BETTER = ("chrf_vs_cascade", "chrf_vs_reference_answer", "judge_score", "dnsmos_ovrl", "dnsmos_p808")
 
 
 def compare_runs(a: Path, b: Path) -> dict:

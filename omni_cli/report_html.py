@@ -22,6 +22,7 @@ ITEM_FIGURES = (
     ("chrf_vs_cascade", "chrF", 1, 0),
     ("answer_words", "words", 1, 0),
     ("longest_pause_s", "longest wait s", 1, 2),
+    ("dnsmos_ovrl", "DNSMOS", 1, 2),
     ("judge_score", "judge 1-5", 1, 0),
 )
 

@@ -206,7 +206,8 @@ def test_bad_arguments_give_one_clear_line(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_config(tiny_e2e_parts):
     return ev.EvalConfig(modes=("cascade", "e2e"), omegas=(10, None), llm=str(tiny_e2e_parts["llm"]),
-                         e2e_model=str(tiny_e2e_parts["omni"]), max_new_tokens=10, beam_size=1)
+                         e2e_model=str(tiny_e2e_parts["omni"]), max_new_tokens=10, beam_size=1,
+                         naturalness=False)
 
 
 @pytest.fixture(scope="module")
@@ -442,17 +443,19 @@ def test_html_report_plays_every_answer_in_a_real_browser(tiny_config, tiny_eval
     (corpus / "sub" / "b.txt").write_text("<b>Tell</b> me about the moon & [bold]stars[/bold].")
     items = ev.items_from_paths([corpus])
     tiny_evaluator.answers_dir = out / "answers"
+    tiny_evaluator.naturalness = True
     try:
         results = ev.ResultsFile(out)
         for rows in ev.run_tasks(ev.pending(items, tiny_config.conditions(), set()), tiny_config, evaluator=tiny_evaluator):
             results.append(rows)
         results.close()
     finally:
-        tiny_evaluator.answers_dir = None
+        tiny_evaluator.answers_dir, tiny_evaluator.naturalness = None, False
     ev.write_reports(out)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     kept = [r["answer_audio"] for r in rows if not r["error"]]
     assert len(kept) == 6 and all((out / k).read_bytes()[:4] == b"OggS" for k in kept)
+    assert all(1 <= r["metrics"]["dnsmos_ovrl"] <= 5 and 1 <= r["metrics"]["dnsmos_p808"] <= 5 for r in rows if not r["error"])
 
     page = out / "report.html"
     text = page.read_text()
@@ -536,3 +539,15 @@ def test_judge_scores_parse_and_join_the_summary(tiny_config, tiny_evaluator, co
 
     with pytest.raises(ModelNotFoundError, match="judge endpoint"):
         load_judge_model("grader", f"http://127.0.0.1:{server.server_port}/v1").score("q?", "a.")
+
+
+def test_dnsmos_rates_speech_above_noise(piper):
+    """The naturalness figure tells real speech from noise (and from the same speech buried in it)."""
+    from omni_cli.naturalness import dnsmos
+
+    speech = piper.synthesize("The moon is about three hundred and eighty thousand kilometres away from the earth.")
+    rng = np.random.default_rng(0)
+    noise = (0.3 * rng.standard_normal(len(speech))).astype(np.float32)
+    clean, noisy, pure_noise = (dnsmos(a, piper.sample_rate) for a in (speech, speech + noise, noise))
+    assert clean["dnsmos_ovrl"] > noisy["dnsmos_ovrl"] + 0.5 and clean["dnsmos_ovrl"] > pure_noise["dnsmos_ovrl"] + 0.5
+    assert clean["dnsmos_p808"] > pure_noise["dnsmos_p808"]
