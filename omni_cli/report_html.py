@@ -82,6 +82,7 @@ body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; margin: 0.8em 0; }
 th, td { border: 1px solid #ccc; padding: 4px 6px; vertical-align: top; }
 th.sort { cursor: pointer; background: #f3f3f3; }
+#items thead th { position: sticky; top: 0; background: #f3f3f3; }
 th[data-dir=up]::after { content: ' \\25B2'; } th[data-dir=down]::after { content: ' \\25BC'; }
 td.text { max-width: 26em; } td.num { text-align: right; white-space: nowrap; }
 audio { width: 13em; height: 2em; }
