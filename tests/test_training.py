@@ -2,15 +2,16 @@
 down), checkpoints save, resume continues, loss curves are written; data building filters,
 is deterministic and resumes."""
 
+import dataclasses
 import json
 import shutil
 
 import numpy as np
 import pytest
 
-from omni_cli.e2e.build_data import BuildOptions, build, read_manifest, select_instructions, speakable
+from omni_cli.e2e.build_data import BuildOptions, BuildProgress, build, build_set, read_manifest, select_instructions, speakable
 from omni_cli.e2e.checkpoint import load_omni
-from omni_cli.e2e.train import TrainOptions, train_adaptor, train_speech_decoder
+from omni_cli.e2e.train import TrainOptions, start_stage, train_adaptor, train_speech_decoder
 from omni_cli.errors import ConfigError
 from tests.conftest import EXAMPLE_QUESTION, TEST_DEVICE
 
@@ -189,18 +190,24 @@ def test_cli_data_build_refuses_the_evaluation_set(tmp_path):
     assert result.exit_code == 2 and "evaluation set" in result.stderr
 
 
+def built_set(rows, folder, splits=None):
+    """`rows` as a set `omni data build` made in `folder` (all in the train split unless `splits` says)."""
+    (folder / "audio").mkdir(parents=True)
+    with open(folder / "manifest.jsonl", "w") as f:
+        for i, r in enumerate(rows):
+            shutil.copy(r["audio"], folder / "audio" / f"{i}.wav")
+            split = splits[i] if splits else "train"
+            f.write(json.dumps({**r, "id": str(i), "audio": f"audio/{i}.wav", "split": split}) + "\n")
+    return folder
+
+
 def test_cli_train_both_stages_from_a_model_folder(peaked_omni, rows, tmp_path):
     """The train commands on a tiny model and a tiny built set: run, checkpoint, resume."""
     from typer.testing import CliRunner
 
     from omni_cli.cli import app
 
-    data_dir = tmp_path / "data"
-    (data_dir / "audio").mkdir(parents=True)
-    with open(data_dir / "manifest.jsonl", "w") as f:
-        for i, r in enumerate(rows):
-            shutil.copy(r["audio"], data_dir / "audio" / f"{i}.wav")
-            f.write(json.dumps({**r, "id": str(i), "audio": f"audio/{i}.wav", "split": "train"}) + "\n")
+    data_dir = built_set(rows, tmp_path / "data")
     runner = CliRunner()
     wrong = runner.invoke(app, ["train", "adaptor", "--data", str(data_dir), "--out", str(tmp_path / "s0"), "--from", str(peaked_omni)])
     assert wrong.exit_code == 2 and "use --task answer, asr or align" in wrong.stderr  # a linear adaptor has no CTC head
@@ -302,3 +309,96 @@ def test_a_line_cut_off_by_a_kill_is_dropped_and_the_build_goes_on(tmp_path):
     list(build(chosen, tmp_path / "set", lambda texts: ["No." for _ in texts], lambda t: [2], options))
     rows = read_manifest(tmp_path / "set")
     assert len(rows) == 4 and [r["response"] for r in rows] == ["Yes.", "Yes.", None, None]
+
+
+def test_start_stage_refuses_what_cannot_be_trained_before_loading_a_model(rows, tmp_path, monkeypatch):
+    import omni_cli.e2e.train as train_mod
+
+    monkeypatch.setattr(train_mod, "load_omni", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(ConfigError, match="no manifest.jsonl .*omni data build"):
+        start_stage("adaptor", tmp_path / "nope", tmp_path / "out", task="answer")
+    heldout_only = built_set(rows, tmp_path / "heldout", splits=["heldout"] * 3)
+    with pytest.raises(ConfigError, match="no training items"):
+        start_stage("speech-decoder", heldout_only, tmp_path / "out")
+    with pytest.raises(ConfigError, match="--task is"):
+        start_stage("adaptor", heldout_only, tmp_path / "out", task="answers")
+    with pytest.raises(ConfigError, match="--augment trains the ctc adaptor"):
+        start_stage("adaptor", heldout_only, tmp_path / "out", task="asr", augment=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_start_stage_picks_the_runs_own_model_on_resume(peaked_omni, rows, tmp_path, monkeypatch):
+    import omni_cli.e2e.train as train_mod
+
+    data_dir = built_set(rows, tmp_path / "data", splits=["train", "train", "heldout"])
+    loaded = []
+    load = train_mod.load_omni
+    monkeypatch.setattr(train_mod, "load_omni", lambda folder, *a: loaded.append(folder) or load(folder, *a))
+    opts = TrainOptions(steps=2, batch_size=2, warmup=1, save_every=2)
+    run = tmp_path / "run"
+    got, steps = start_stage("adaptor", data_dir, run, start=peaked_omni, options=opts, task="answer", device=TEST_DEVICE)
+    assert [r["id"] for r in got] == ["0", "1"] and loaded == [peaked_omni]  # the train split only
+    assert not run.exists()  # the steps have not started
+    assert [p.step for p in steps] == [1, 2] and (run / "model").is_dir()
+    loaded.clear()
+    _, steps = start_stage("adaptor", data_dir, run, start=peaked_omni, resume=True, options=dataclasses.replace(opts, steps=3),
+                           task="answer", device=TEST_DEVICE)
+    assert loaded == [run / "model"] and [p.step for p in steps] == [3]
+    loaded.clear()
+    start_stage("speech-decoder", data_dir, tmp_path / "fresh", start=peaked_omni, resume=True, options=opts, device=TEST_DEVICE)
+    assert loaded == [peaked_omni]  # nothing to resume there: the given model
+
+
+def test_start_stage_without_a_model_starts_a_fresh_default_with_the_stages_adaptor(peaked_omni, rows, tmp_path, monkeypatch):
+    import omni_cli.e2e.defaults as defaults
+
+    made = []
+
+    def new_default_model(transcripts, seed=0, adaptor="ctc", units="tokens"):
+        made.append((transcripts, seed, adaptor, units))
+        return load_omni(peaked_omni)
+
+    monkeypatch.setattr(defaults, "new_default_model", new_default_model)
+    data_dir = built_set(rows, tmp_path / "data")
+    opts = TrainOptions(seed=4)
+    for stage, task, adaptor in (("adaptor", "align", "linear"), ("adaptor", "ctc", "ctc"), ("llm", "ctc", "ctc"),
+                                 ("speech-decoder", "ctc", "ctc")):
+        made.clear()
+        start_stage(stage, data_dir, tmp_path / "run", options=opts, task=task, units="chars", device=TEST_DEVICE)
+        assert made == [(["Tell me about the moon."] * 3, 4, adaptor, "chars")], stage
+
+
+def test_build_set_refuses_an_evaluation_set_before_loading_anything(tmp_path, monkeypatch):
+    from omni_cli import data
+
+    monkeypatch.setattr(data, "load", lambda name: pytest.fail(f"{name} was loaded"))
+    with pytest.raises(ConfigError, match="'alpaca-eval' is an evaluation set"):
+        next(build_set(tmp_path / "set", BuildOptions(size=2), ["mt-bench", "alpaca-eval"]))
+    assert not (tmp_path / "set").exists()
+
+
+def test_build_set_answers_with_the_llm_and_counts_what_is_already_built(tiny_llm, tmp_path, monkeypatch):
+    import omni_cli.e2e.unit_vocoder as uv
+    from omni_cli import data
+    from omni_cli.llm import ChatLLM
+
+    monkeypatch.setattr(data, "load", lambda name: [{**item, "source": name} for item in INSTRUCTIONS])
+    monkeypatch.setattr(ChatLLM, "load", staticmethod(lambda spec=None: tiny_llm))
+
+    class Letters:
+        def text_to_units(self, text):
+            return [1 + ord(c) % 20 for c in text if c.isalpha()]
+
+    monkeypatch.setattr(uv, "PiperUnitVocoder", Letters)
+    out = tmp_path / "set"
+    options = BuildOptions(size=3, answered=1, seed=3)
+    progress = list(build_set(out, options, ["mt-bench"]))
+    assert progress[0] == BuildProgress(done=0, total=4, items=3, answered=1)  # once loaded, before any row
+    assert [p.done for p in progress] == [0, 1, 2, 3, 4]
+    rows = read_manifest(out)
+    assert len(rows) == 3 and [r["response"] is not None for r in rows] == [True, False, False]
+    assert all(r["source"] == "mt-bench" for r in rows)
+    assert list(build_set(out, options, ["mt-bench"])) == [BuildProgress(4, 4, 3, 1)]  # all done already
+    more = list(build_set(out, BuildOptions(size=3, answered=2, seed=3), ["mt-bench"]))
+    assert [p.done for p in more] == [4, 5] and more[-1].total == 5
+

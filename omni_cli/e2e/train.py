@@ -1,4 +1,4 @@
-"""Training the end-to-end model's two trainable parts, as the published model was trained:
+"""Training the end-to-end model's trainable parts, as the published model was trained:
 
 - stage 1, `train_adaptor`: the speech_projector learns to make the frozen LLM answer speech
   as it answers text (cross-entropy on the answer tokens); the Whisper encoder and the LLM
@@ -8,13 +8,17 @@
   pass at all, the adaptor outputs are scored against the LLM's (frozen) input embeddings
   of the transcript's tokens with CTC, which pulls them towards the embeddings the LLM
   would see had the words been typed.
+- stage 1b, `train_llm`: LoRA adapters on the LLM, reading speech through the trained
+  adaptor: repeat what was said, and answer it as the LLM answers it typed.
 - stage 2, `train_speech_decoder`: only the CTC speech_generator learns, on the frozen LLM's
   hidden states (the state that emitted each answer token, the end token's included) with
   the answer's unit sequence as target.
-Both save a checkpoint every `save_every` steps (the model in our format + `train_state.pt`
+Each saves a checkpoint every `save_every` steps (the model in our format + `train_state.pt`
 with optimizer and step, so `resume` continues), and a loss curve PNG at the end.
 Encoder outputs and LLM states are computed once per item and reused across epochs; encoder
 outputs are also cached on disk beside the set (`features/`), shared by the stages.
+`start_stage` sets a stage up from a built set: its training rows, the model to start from
+(the run's own on resume, a given one, or a fresh default), and the stage's steps.
 """
 
 from __future__ import annotations
@@ -31,10 +35,9 @@ import torch
 
 from omni_cli.audio import load_audio
 from omni_cli.errors import ConfigError
-from omni_cli.e2e.checkpoint import save_omni
+from omni_cli.e2e.checkpoint import load_omni, save_omni
 from omni_cli.e2e.lora import LoraConfig
 from omni_cli.e2e.speech_llm import SpeechLLM
-
 
 
 @dataclass(frozen=True)
@@ -632,3 +635,53 @@ def train_speech_decoder(
     yield from _loop(list(gen.parameters()), batched(batch_loss), len(rows), options, out, lambda: save_omni(model, out / "model"), resume,
                      lengths=[len(h) for h, _ in pairs], title="stage 2: CTC speech decoder")
     gen.eval()
+
+
+STAGES = ("adaptor", "llm", "speech-decoder")
+
+
+def start_stage(
+    stage: str, data_dir: Path, out: Path, start: Path | None = None, resume: bool = False,
+    options: TrainOptions = TrainOptions(), task: str = "ctc", units: str = "tokens", augment: bool = False,
+    lora: LoraConfig = LoraConfig(), answer_share: float = 0.5, from_text: bool = False, read_back: int = 0,
+    device: str = "cpu",
+) -> tuple[list[dict], Iterator[Progress]]:
+    """A training stage ready to run on the train split of a set made by `build`: its rows, and
+    the stage's steps (not started: the first step also prepares the items, the frozen encoder
+    and LLM passes). The model is the run's own (`out/model`) when resuming one, else `start`,
+    else a fresh default (a ctc adaptor, or a linear one for the adaptor tasks answer, asr and
+    align), on the training device. `stage`: adaptor (with `task`, `units` of a fresh ctc adaptor
+    and `augment`), llm (`lora`, `answer_share`) or speech-decoder (`from_text`, `read_back`)."""
+    from omni_cli.e2e.build_data import read_manifest
+
+    if stage not in STAGES:
+        raise ValueError(f"stage is one of {STAGES}, not {stage!r}")
+    if task not in ("ctc", "answer", "asr", "align"):
+        raise ConfigError(f"--task is 'ctc', 'answer', 'asr' or 'align', not {task!r}")
+    if units not in ("tokens", "chars"):
+        raise ConfigError(f"--units is 'tokens' or 'chars', not {units!r}")
+    if augment and task != "ctc":
+        raise ConfigError("--augment trains the ctc adaptor (--task ctc)")
+    if not (data_dir / "manifest.jsonl").is_file():
+        raise ConfigError(f"{data_dir}: no manifest.jsonl (build one with `omni data build --out {data_dir}`)")
+    rows = read_manifest(data_dir, split="train")
+    if not rows:
+        raise ConfigError(f"{data_dir}: no training items")
+    device = training_device(device)
+    if resume and (out / "model").is_dir():
+        model = load_omni(out / "model")
+    elif start is not None:
+        model = load_omni(start)
+    else:
+        from omni_cli.e2e.defaults import new_default_model
+
+        adaptor = "linear" if stage == "adaptor" and task in ("align", "asr", "answer") else "ctc"
+        model = new_default_model([r["instruction"] for r in rows], seed=options.seed, adaptor=adaptor, units=units)
+    model = model.to(device)
+    if stage == "adaptor":
+        steps = train_adaptor(model, rows, out, options, task=task, resume=resume, augment=augment)
+    elif stage == "llm":
+        steps = train_llm(model, rows, out, options, resume=resume, lora=lora, answer_share=answer_share)
+    else:
+        steps = train_speech_decoder(model, rows, out, options, resume=resume, from_text=from_text, read_back=read_back)
+    return rows, steps
