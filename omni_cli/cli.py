@@ -466,30 +466,11 @@ def _pipeline_config(modes, asr_model, backend, beam_size, llm, tts, voice, e2e_
 
 
 def _talk_save(conversation, output: Path | None, save: Path | None, sample_rate: int) -> None:
-    """Write the session file and the two-sided recording (also after Ctrl-C); one failing
-    does not cost the other."""
-    from omni_cli.audio import shown, write_wav
-    from omni_cli.cache import atomic_file
-
+    """Write the session file and the two-sided recording (also after Ctrl-C), and say where."""
     turns = conversation.turns
     ui.note(f"{len(turns)} turn(s)" + (f", {sum(t.interrupted for t in turns)} interrupted" if any(t.interrupted for t in turns) else ""))
-    failure = None
-    if save is not None:
-        try:
-            with atomic_file(save / "session.jsonl") as tmp:
-                tmp.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in conversation.session()), encoding="utf-8")
-            ui.note(f"session: {shown(save / 'session.jsonl')}")
-        except OSError as exc:
-            failure = OutputError(f"{shown(save)}: could not write the session ({exc.strerror or exc})")
-    if output is not None and conversation.recording is not None:
-        audio = conversation.recording.audio(sample_rate)
-        try:
-            write_wav(output, audio, sample_rate)
-            ui.note(f"conversation: {shown(output)} ({len(audio) / sample_rate:.1f} s; left: you, right: the answers)")
-        except OutputError as exc:
-            failure = exc
-    if failure is not None:
-        raise failure
+    for line in conversation.save(output, save, sample_rate):
+        ui.note(line)
 
 
 def _input_errors_name(path: Path, events):

@@ -23,12 +23,13 @@ import queue
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from omni_cli.audio import SAMPLE_RATE, resample
-from omni_cli.errors import OmniError
+from omni_cli.errors import OmniError, OutputError
 from omni_cli.events import (
     AudioChunk,
     Done,
@@ -559,3 +560,31 @@ class Conversation:
     def session(self) -> list[dict]:
         """The turns as JSON-ready dicts (one JSONL line each)."""
         return [t.to_json() for t in self.turns]
+
+    def save(self, output: Path | None, save: Path | None, sample_rate: int) -> list[str]:
+        """Write the session (`save`/session.jsonl) and the two-sided recording (`output`, a
+        wav at `sample_rate`), each atomically; one failing does not cost the other (its
+        OutputError is raised after both were tried). Returns a line per file written."""
+        import json
+
+        from omni_cli.audio import shown, write_wav
+        from omni_cli.cache import atomic_file
+
+        written, failure = [], None
+        if save is not None:
+            try:
+                with atomic_file(save / "session.jsonl") as tmp:
+                    tmp.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in self.session()), encoding="utf-8")
+                written.append(f"session: {shown(save / 'session.jsonl')}")
+            except OSError as exc:
+                failure = OutputError(f"{shown(save)}: could not write the session ({exc.strerror or exc})")
+        if output is not None and self.recording is not None:
+            audio = self.recording.audio(sample_rate)
+            try:
+                write_wav(output, audio, sample_rate)
+                written.append(f"conversation: {shown(output)} ({len(audio) / sample_rate:.1f} s; left: you, right: the answers)")
+            except OutputError as exc:
+                failure = exc
+        if failure is not None:
+            raise failure
+        return written
