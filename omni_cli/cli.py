@@ -25,7 +25,7 @@ from omni_cli import __version__, cli_common
 from omni_cli import render as ui
 from omni_cli.cli_build import data_app, models_app, train_app
 from omni_cli.cli_common import HELP_OPTIONS, user_errors
-from omni_cli.errors import ConfigError, OmniError, OutputError
+from omni_cli.errors import ConfigError, OmniError
 
 app = typer.Typer(
     name="omni",
