@@ -105,16 +105,9 @@ def heard(model: Stage1, audios: list[np.ndarray], batch: int = 64) -> list[str]
     for b in range(0, len(order), batch):
         part = order[b : b + batch]
         mels = augmented_mels([torch.as_tensor(audios[i].astype(np.float32) / 32768).to(dev) for i in part],
-                              enc.config.n_mels, None, None)
-        x, lengths = enc.encode_batch(mels)
-        best = proj.logits(x, lengths).argmax(-1)
-        for i, row, n in zip(part, best.tolist(), torch.div(lengths, proj.k, rounding_mode="floor").tolist()):
-            ids, previous = [], None
-            for c in row[:n]:
-                if c != previous and c != proj.blank:
-                    ids.append(c)
-                previous = c
-            out[i] = proj._llm[1].decode(proj.token_ids[ids].tolist()).strip() if ids else ""
+                              enc.config.n_mels, None, None, enc.config.n_ctx)
+        for i, ids in zip(part, proj.decode_padded(*enc.encode_batch(mels))):
+            out[i] = proj._llm[1].decode(ids).strip()
     return out
 
 

@@ -147,7 +147,12 @@ class CTCSpeechProjector(nn.Module):
         """Greedy CTC over several utterances' encoder states (each (frames, width)) as one padded
         batch (padding masked out): each one's LLM token ids."""
         lengths = torch.tensor([len(x) for x in states], device=states[0].device)
-        best = self.logits(torch.nn.utils.rnn.pad_sequence(states, batch_first=True), lengths).argmax(-1)
+        return self.decode_padded(torch.nn.utils.rnn.pad_sequence(states, batch_first=True), lengths)
+
+    def decode_padded(self, x: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+        """Greedy CTC over a padded batch of encoder states (batch, frames, width) with `lengths`
+        valid frames each: each item's LLM token ids."""
+        best = self.logits(x, lengths).argmax(-1)
         out = []
         for row, n in zip(best.tolist(), torch.div(lengths, self.k, rounding_mode="floor").tolist()):
             ids, previous = [], None
