@@ -28,6 +28,16 @@ def _plain_layer_norms(module: nn.Module) -> None:
             _plain_layer_norms(child)
 
 
+def real_length_mel(audio: torch.Tensor, n_mels: int, n_ctx: int) -> torch.Tensor:
+    """Whisper's log-mel (n_mels, frames) of 16 kHz audio as a real-length encoder reads it: at
+    most its context (n_ctx * 2 frames), an even number of frames, at least 2."""
+    import whisper
+
+    audio = audio[: n_ctx * 2 * HOP]
+    frames = audio.shape[-1] // HOP
+    return whisper.log_mel_spectrogram(audio, n_mels=n_mels)[:, : max(2, frames - frames % 2)]
+
+
 class SpeechEncoder(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
@@ -43,15 +53,9 @@ class SpeechEncoder(nn.Module):
 
         audio = torch.as_tensor(np.asarray(audio, dtype=np.float32))
         n_frames = audio.shape[-1] // HOP
-        limit = self.config.n_ctx * 2 * HOP
-        if self.config.padded:
-            audio = whisper.pad_or_trim(audio, limit)
-        else:
-            audio = audio[:limit]
-            n_frames = min(n_frames, self.config.n_ctx * 2)
-        mel = whisper.log_mel_spectrogram(audio, n_mels=self.config.n_mels)
         if not self.config.padded:
-            mel = mel[:, : max(2, n_frames - n_frames % 2)]
+            return real_length_mel(audio, self.config.n_mels, self.config.n_ctx), min(n_frames, self.config.n_ctx * 2)
+        mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio, self.config.n_ctx * 2 * HOP), n_mels=self.config.n_mels)
         return mel, n_frames
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:

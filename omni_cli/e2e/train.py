@@ -381,19 +381,16 @@ def speed_perturb(audio: torch.Tensor, factor: float) -> torch.Tensor:
     return torch.nn.functional.interpolate(audio[None, None], size=n, mode="linear", align_corners=True)[0, 0]
 
 
-def augmented_mels(audios: list[torch.Tensor], n_mels: int, augment: Augment | None, rng: random.Random) -> list[torch.Tensor]:
-    """Each utterance's log-mel (n_mels, even frames), as the real-length encoder reads it, after
-    `augment` (none: exactly `SpeechEncoder.mel`'s)."""
-    import whisper
-
-    from omni_cli.e2e.speech_encoder import HOP
+def augmented_mels(audios: list[torch.Tensor], n_mels: int, augment: Augment | None, rng: random.Random,
+                   n_ctx: int = 1500) -> list[torch.Tensor]:
+    """Each utterance's log-mel (n_mels, even frames), as the real-length encoder of context
+    `n_ctx` reads it, after `augment` (none: exactly `SpeechEncoder.mel`'s)."""
+    from omni_cli.e2e.speech_encoder import real_length_mel
 
     factor = rng.uniform(*augment.speed) if augment else 1.0
     mels = []
     for audio in audios:
-        audio = speed_perturb(audio.float(), factor)
-        frames = audio.shape[-1] // HOP
-        mel = whisper.log_mel_spectrogram(audio, n_mels=n_mels)[:, : max(2, frames - frames % 2)]
+        mel = real_length_mel(speed_perturb(audio.float(), factor), n_mels, n_ctx)
         if augment:
             mel = mel.clone()
             for count, width, axis in ((augment.freq_masks, augment.freq_width, 0), (augment.time_masks, augment.time_width, 1)):
@@ -458,7 +455,8 @@ def train_ctc_adaptor(
             rng = random.Random(f"{options.seed}:{step}")
             batch = [torch.as_tensor(audios[i]).to(dev) for i in indices]
             with torch.no_grad():
-                x, lengths = encoder.encode_batch(augmented_mels(batch, encoder.config.n_mels, augment, rng))
+                x, lengths = encoder.encode_batch(augmented_mels(batch, encoder.config.n_mels, augment, rng,
+                                                                 encoder.config.n_ctx))
             return ctc_adaptor_loss(proj, x.float(), lengths, [targets[i] for i in indices])
 
     proj.train()
