@@ -96,15 +96,21 @@ def test_ctc_adaptor_is_masked_against_padding(ctc_omni):
     torch.testing.assert_close(together[1, :10], alone[0], atol=1e-5, rtol=1e-4)
 
 
+def _spoken_rows(folder) -> list[dict]:
+    """Two training rows: the example question's audio, copied, with two transcripts."""
+    rows = []
+    for i, text in enumerate(["The moon is bright.", "Paris is the capital of France."]):
+        path = folder / f"{i}.wav"
+        shutil.copy(EXAMPLE_QUESTION, path)
+        rows.append({"audio": str(path), "instruction": text})
+    return rows
+
+
 def test_ctc_stage_learns_saves_and_resumes(ctc_omni, tmp_path):
     from omni_cli.e2e.checkpoint import load_omni
     from omni_cli.e2e.train import TrainOptions, train_adaptor
 
-    rows = []
-    for i, text in enumerate(["The moon is bright.", "Paris is the capital of France."]):
-        path = tmp_path / f"{i}.wav"
-        shutil.copy(EXAMPLE_QUESTION, path)
-        rows.append({"audio": str(path), "instruction": text})
+    rows = _spoken_rows(tmp_path)
     model = load_omni(ctc_omni, TEST_DEVICE)
     frozen = {k: v.clone() for k, v in model.llm.model.state_dict().items()}
     opts = TrainOptions(steps=40, batch_size=2, lr=2e-2, warmup=2, save_every=20)
@@ -393,7 +399,8 @@ def test_batched_encoder_equals_one_utterance_at_a_time(ctc_omni):
     clips = [audio, audio[: len(audio) // 3], audio[5000 : len(audio) // 2]]
     enc = model.speech_encoder
     with torch.no_grad():
-        mels = augmented_mels([torch.as_tensor(a).to(model.device) for a in clips], enc.config.n_mels, None, None)
+        mels = augmented_mels([torch.as_tensor(a).to(model.device) for a in clips], enc.config.n_mels, None, None,
+                              enc.config.n_ctx)
         batch, lengths = enc.encode_batch(mels)
         for i, clip in enumerate(clips):
             alone = enc.encode(clip)
@@ -422,11 +429,7 @@ def test_ctc_stage_learns_from_augmented_audio(ctc_omni, tmp_path):
     from omni_cli.e2e.checkpoint import load_omni
     from omni_cli.e2e.train import Augment, TrainOptions, train_ctc_adaptor
 
-    rows = []
-    for i, text in enumerate(["The moon is bright.", "Paris is the capital of France."]):
-        path = tmp_path / f"{i}.wav"
-        shutil.copy(EXAMPLE_QUESTION, path)
-        rows.append({"audio": str(path), "instruction": text})
+    rows = _spoken_rows(tmp_path)
     model = load_omni(ctc_omni, TEST_DEVICE)
     encoder = {k: v.clone() for k, v in model.speech_encoder.state_dict().items()}
     opts = TrainOptions(steps=40, batch_size=2, lr=2e-2, warmup=2, save_every=40)
