@@ -288,10 +288,10 @@ def respond(
 
 def _respond_once(pipeline, audio, audio_path: Path, target: Path, as_json: bool) -> dict:
     """Run one pipeline on the request, render its events, write its audio; the JSON payload."""
-    from omni_cli.audio import shown, write_wav
+    from omni_cli.audio import SAMPLE_RATE, shown, write_wav
     from omni_cli.events import Interrupted, TextDelta, Transcript, collect
 
-    minutes = len(audio) / 16000 / 60
+    minutes = len(audio) / SAMPLE_RATE / 60
     # a long request takes a while to hear: say so until the first words come
     waiting = ui.err.status(f"listening to a {minutes:.1f} min request ...") if minutes >= 0.5 and not as_json else None
     if waiting is not None:
