@@ -568,36 +568,25 @@ def eval_cmd(
             with ui.err.status(f"preparing the {bench} bench (built once, then cached) ..."):
                 items += load_bench(bench)
         items = items[:limit] if limit else items
-        results = ev.ResultsFile(out, resume)
-        tasks = ev.pending(items, config.conditions(), results.done)
-        if len(tasks) < len(items):
-            ui.note(f"resuming: {len(items) - len(tasks)} of {len(items)} item(s) already done in {shown(out)}")
         interrupted = False
-        try:
-            evaluator = None
-            if tasks and not ray_address and (workers or 1) == 1:
+        with ev.EvalRun(out, items, config, resume) as run:
+            if run.skipped:
+                ui.note(f"resuming: {run.skipped} of {len(items)} item(s) already done in {shown(out)}")
+            try:
                 with ui.err.status("loading models ..."):
-                    evaluator = ev.Evaluator.load(config)
-            with ui.progress() as bar:
-                task_id = bar.add_task("evaluating", total=len(tasks))
-                for rows in ev.run_tasks(tasks, config, workers, ray_address, evaluator):
-                    results.append(rows)
-                    bar.advance(task_id)
-                    for r in rows:
-                        if r["error"]:
-                            ui.failed(f"{r['id']} ({r['condition']}): {r['error']}", bar.console)
-            if judge and not interrupted:
-                _judge_answers(out, judge, judge_url, device)
-        except KeyboardInterrupt:
-            interrupted = True
-        except OmniError:  # a model that cannot load, a worker that died: keep the reports of what finished
-            results.close()
-            if ev.read_results(out):
-                ev.write_reports(out)
-            raise
-        finally:
-            results.close()
-        summary = ev.write_reports(out)
+                    run.start(workers, ray_address)
+                with ui.progress() as bar:
+                    task_id = bar.add_task("evaluating", total=len(run.tasks))
+                    for rows in run.rows():
+                        bar.advance(task_id)
+                        for r in rows:
+                            if r["error"]:
+                                ui.failed(f"{r['id']} ({r['condition']}): {r['error']}", bar.console)
+                if judge:
+                    _judge_answers(out, judge, judge_url, device)
+            except KeyboardInterrupt:
+                interrupted = True
+        summary = run.summary
         ui.err.print(ui.eval_table(*ev.table_rows(summary)))
         ui.note(f"results: {shown(out / ev.RESULTS)}; report: {shown(out / 'report.html')} (to listen to; report.md, summary.json, results.csv, plots beside it)")
         if interrupted:

@@ -6,11 +6,14 @@ bench (`omni_cli.benches`). A condition is one pipeline setting: `cascade`, or `
 each end-to-end chunk size. `Evaluator.run_item` runs an item through its conditions and gives
 one row per condition: the latency figures of the event stream (`events.latency_metrics`), the
 WER of what was heard against the reference (the cascade's ASR transcript; for e2e, the model
-itself asked to repeat what was said, as `omni transcribe --asr-backend e2e` does), the ASR-WER (the answer text against a Whisper
-transcript of the spoken answer), words per second and answer length, or the `error` that
-stopped it. `run_tasks` runs items here, in N worker processes, or on a Ray cluster, yielding
-each item's rows as it finishes; `ResultsFile` appends them to `results.jsonl`, and
-`write_reports` rebuilds summary.json, results.csv, the plots and report.md from that file alone.
+itself asked to repeat what was said, as `omni transcribe --asr-backend e2e` does), the ASR-WER
+(the answer text against a Whisper transcript of the spoken answer), words per second and
+answer length, or the `error` that stopped it.
+
+`EvalRun` is one run in its folder: `run_tasks` runs the items here, in N worker processes, or
+on a Ray cluster, yielding each item's rows as it finishes; `ResultsFile` appends them to
+`results.jsonl`, and `write_reports` rebuilds summary.json, results.csv, the plots, report.md
+and report.html from that file alone.
 Knows nothing about the CLI.
 """
 
@@ -459,6 +462,51 @@ class ResultsFile:
 
     def close(self) -> None:
         self._file.close()
+
+
+class EvalRun:
+    """One run of `omni eval` in its folder, as a context manager: the items still to do
+    (`--resume` skips the finished ones), each item's rows appended to results.jsonl as it
+    finishes, and on leaving the reports rebuilt (`summary`), also after Ctrl-C or an error
+    once anything finished.
+
+        with EvalRun(out, items, config, resume) as run:
+            run.start(workers)              # loads the models here unless workers run them
+            for rows in run.rows(): ...
+        run.summary
+    """
+
+    def __init__(self, out: Path, items: list[EvalItem], config: EvalConfig, resume: bool = False):
+        self.out, self.config = out, config
+        self._results = ResultsFile(out, resume)
+        self.tasks = pending(items, config.conditions(), self._results.done)
+        self.skipped = len(items) - len(self.tasks)  # finished in an earlier run
+        self.summary: dict | None = None
+        self._workers: int | None = None
+        self._ray: str | None = None
+        self._evaluator: Evaluator | None = None
+
+    def start(self, workers: int | None = None, ray_address: str | None = None, evaluator: Evaluator | None = None) -> None:
+        """Where the items run: here (loading the models now, unless `evaluator` is given), in
+        `workers` processes, or on the Ray cluster at `ray_address`."""
+        self._workers, self._ray = workers, ray_address
+        local = not ray_address and (workers or 1) == 1
+        if local and self.tasks:
+            self._evaluator = evaluator or Evaluator.load(self.config)
+
+    def rows(self) -> Iterator[list[dict]]:
+        """Each task's rows as it finishes, already saved to results.jsonl."""
+        for rows in run_tasks(self.tasks, self.config, self._workers, self._ray, self._evaluator):
+            self._results.append(rows)
+            yield rows
+
+    def __enter__(self) -> EvalRun:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._results.close()
+        if exc_type in (None, KeyboardInterrupt) or read_results(self.out):
+            self.summary = write_reports(self.out)
 
 
 # -- summary and reports ---------------------------------------------------------------------------

@@ -246,13 +246,13 @@ def corpus(tmp_path, bad_inputs):
 def test_bad_items_among_good_ones_and_the_report_files(tiny_config, tiny_evaluator, corpus, tmp_path):
     out = tmp_path / "run"
     items = ev.items_from_paths([corpus])
-    results = ev.ResultsFile(out)
-    tasks = ev.pending(items, tiny_config.conditions(), results.done)
-    assert len(tasks) == 4 and tiny_config.conditions() == ["cascade", "e2e@10", "e2e@all"]
-    for rows in ev.run_tasks(tasks, tiny_config, evaluator=tiny_evaluator):
-        results.append(rows)
-    results.close()
-    summary = ev.write_reports(out)
+    with ev.EvalRun(out, items, tiny_config) as run:
+        assert len(run.tasks) == 4 and run.skipped == 0 and tiny_config.conditions() == ["cascade", "e2e@10", "e2e@all"]
+        run.start(evaluator=tiny_evaluator)
+        for _ in run.rows():
+            pass
+    summary = run.summary
+    assert summary == json.loads((out / "summary.json").read_text())
 
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and len({(r["id"], r["condition"]) for r in rows}) == 12
