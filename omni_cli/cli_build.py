@@ -185,12 +185,15 @@ def data_build(
 
 @train_app.callback()
 def _train() -> None:
-    """Train an end-to-end model: stage 1 the adaptor, stage 2 the CTC speech decoder.
+    """Train an end-to-end model: stage 1 the adaptor, stage 1b LoRA on the LLM, stage 2 the CTC speech decoder.
+
+    The recipe of the shipped default (scripts/train_default.sh), on data from `omni data build`:
 
     [bold]Examples:[/]
-      omni train adaptor --data runs/data --out runs/stage1 --task asr
-      omni train adaptor --data runs/data --out runs/stage1b --from runs/stage1/model
-      omni train speech-decoder --data runs/data --out runs/stage2 --from runs/stage1b/model
+      omni train adaptor --task ctc --augment --data runs/data --out runs/stage1
+      omni train llm --data runs/data --out runs/stage1b --from runs/stage1/model
+      omni train speech-decoder --from-text --data runs/data --out runs/stage2 --from runs/stage1b/model
+      omni train export runs/stage2/model my-omni-model
     """
 
 
