@@ -18,7 +18,9 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.mark.parametrize("command", [[], ["transcribe"], ["respond"], ["models"], ["models", "prepare"], ["data"], ["data", "fetch"], ["data", "list"]])
+@pytest.mark.parametrize("command", [[], ["transcribe"], ["respond"], ["talk"], ["eval"], ["models"], ["models", "prepare"], ["data"],
+                                     ["data", "fetch"], ["data", "list"], ["data", "build"], ["train"], ["train", "adaptor"],
+                                     ["train", "llm"], ["train", "speech-decoder"], ["train", "export"]])
 def test_every_command_has_help_with_an_example(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0
