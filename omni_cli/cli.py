@@ -12,7 +12,6 @@ traceback is shown only with --debug (anywhere on the command line, or OMNI_DEBU
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from enum import Enum
@@ -121,7 +120,7 @@ def transcribe(
     from omni_cli.asr import AsrOptions, load_asr
     from omni_cli.audio import check_output_dir, shown
     from omni_cli.registry import require_device
-    from omni_cli.transcribe import corpus_wer, transcribe_paths
+    from omni_cli.transcribe import OutputTree, corpus_wer, transcribe_paths
 
     with user_errors():
         if len(paths) > 1 or any(p.is_dir() for p in paths):
@@ -147,8 +146,7 @@ def transcribe(
 
         total, results_iter = transcribe_paths(asr, paths, ref, max_duration, on_progress)
         single = total == 1
-        existing = [p.resolve() if p.is_dir() else p.resolve().parent for p in paths if p.exists()]
-        root = Path(os.path.commonpath(existing)) if existing else Path.cwd()
+        tree = OutputTree(out_dir, paths) if out_dir is not None else None
         results = []
         interrupted = False
         with ui.progress() as bar:
@@ -159,7 +157,7 @@ def transcribe(
                     bar.advance(task)
                     if r.path in pieces:
                         bar.remove_task(pieces.pop(r.path))
-                    _emit_transcript(r, fmt, out_dir, root, single, bar.console)
+                    _emit_transcript(r, fmt, tree, single, bar.console)
             except KeyboardInterrupt:
                 interrupted = True  # keep and print what is done
         if fmt == Format.json and out_dir is None:
@@ -180,20 +178,16 @@ def transcribe(
             raise typer.Exit(1)
 
 
-def _emit_transcript(r, fmt: Format, out_dir: Path | None, root: Path, single: bool, console) -> None:
-    """Write one finished result where it belongs: a file in --out (mirroring the input
-    folders below `root`, so equal names never overwrite each other), or stdout."""
+def _emit_transcript(r, fmt: Format, tree, single: bool, console) -> None:
+    """Show or write one finished result: a file in the --out tree, or stdout."""
     from omni_cli.audio import shown
     from omni_cli.transcribe import render
 
     if r.error:
         if not single:
             ui.failed(r.error, console)
-        return
-    if out_dir is not None:
-        target = (out_dir / r.path.resolve().relative_to(root)).with_suffix(f".{fmt.value}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(render(r, fmt.value), encoding="utf-8")
+    elif tree is not None:
+        tree.write(r, fmt.value)
     elif fmt == Format.txt:
         ui.out(render(r, "txt") if single else f"{shown(r.path)}\t{r.text}\n")
     elif fmt in (Format.srt, Format.vtt):

@@ -11,6 +11,7 @@ json, srt and vtt. This module knows nothing about the CLI.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,3 +265,19 @@ def render(result: FileResult, fmt: str) -> str:
     if fmt == "vtt":
         return to_vtt(result)
     raise ValueError(f"unknown format {fmt}")
+
+
+class OutputTree:
+    """One output file per input in `out_dir`, mirroring the input folders below the inputs'
+    common folder, so that equal names in different folders never overwrite each other."""
+
+    def __init__(self, out_dir: Path, inputs: list[Path]):
+        existing = [p.resolve() if p.is_dir() else p.resolve().parent for p in inputs if p.exists()]
+        self.out_dir = out_dir
+        self.root = Path(os.path.commonpath(existing)) if existing else Path.cwd()
+
+    def write(self, result: FileResult, fmt: str) -> Path:
+        target = (self.out_dir / result.path.resolve().relative_to(self.root)).with_suffix(f".{fmt}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(render(result, fmt), encoding="utf-8")
+        return target
