@@ -9,11 +9,10 @@ This module knows nothing about speech.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -72,6 +71,61 @@ def inference_dtype(device: str | torch.device = "cpu") -> torch.dtype | None:
     return None
 
 
+def _kv_classes():
+    """`KVCache` and its layer, defined on first use (transformers is imported lazily)."""
+    global _KV_CACHE
+    if _KV_CACHE is not None:
+        return _KV_CACHE
+    from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+    class BufferedLayer(DynamicLayer):
+        """A layer whose keys and values are views of a buffer that doubles as it fills: a
+        decoding step writes its one position, where torch.cat would copy the whole cache (a
+        cost that grows with the conversation)."""
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            super().lazy_initialization(key_states, value_states)
+            self.buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = self.keys.shape[-2] if self.keys.numel() else 0
+            m = n + key_states.shape[-2]
+            buf = self.buffers
+            if buf is None or m > buf[0].shape[-2] or (n and self.keys.data_ptr() != buf[0].data_ptr()):
+                shape = (*key_states.shape[:-2], max(256, 2 * m), key_states.shape[-1])
+                buf = (key_states.new_empty(shape), value_states.new_empty(shape))
+                if n:
+                    buf[0][..., :n, :], buf[1][..., :n, :] = self.keys, self.values
+                self.buffers = buf
+            buf[0][..., n:m, :], buf[1][..., n:m, :] = key_states, value_states
+            self.keys, self.values = buf[0][..., :m, :], buf[1][..., :m, :]
+            return self.keys, self.values
+
+    class KVCache(DynamicCache):
+        """A DynamicCache of `BufferedLayer`s that can be cut back to its first positions in place."""
+
+        def __init__(self):
+            Cache.__init__(self, layer_class_to_replicate=BufferedLayer)
+
+        def keep_first(self, n: int) -> None:
+            for layer in self.layers:
+                if layer.is_initialized and layer.keys.numel():
+                    layer.keys, layer.values = layer.keys[..., :n, :], layer.values[..., :n, :]
+
+    _KV_CACHE = KVCache
+    return KVCache
+
+
+_KV_CACHE = None
+
+
+def new_kv_cache():
+    """An empty `KVCache`."""
+    return _kv_classes()()
+
+
 class ChatLLM:
     """A causal LM with its tokenizer and chat template."""
 
@@ -87,7 +141,11 @@ class ChatLLM:
             if tid is not None:
                 eos.add(tid)
         self.eos_ids = frozenset(t for t in eos if t is not None)
-        self._prefixes: OrderedDict[tuple[int, ...], Any] = OrderedDict()  # prompt prefix ids -> KV cache
+        # the KV cache of the last prompt and the token ids its first positions hold: a prompt that
+        # starts the same way reuses them (`prefix_cache`); None while a generation has it
+        self._kv = None
+        self._kv_ids: tuple[int, ...] = ()
+        self._kv_lock = threading.Lock()
 
     @property
     def context_length(self) -> int:
@@ -134,32 +192,41 @@ class ChatLLM:
         self, messages: list[dict[str, str]], options: GenerationOptions = GenerationOptions()
     ) -> Iterator[TokenStep]:
         ids = self.chat_ids(messages)
-        head = self.tokenizer.apply_chat_template(messages[:-1], tokenize=True, return_dict=True)["input_ids"] if len(messages) > 1 else []
-        prefix = head if list(ids[0, : len(head)].tolist()) == list(head) else []
-        yield from stream_generate(self, input_ids=ids, options=options, prefix=prefix)
+        yield from stream_generate(self, input_ids=ids, options=options, prefix=ids[0, :-1].tolist())
 
     @torch.inference_mode()
     def prefix_cache(self, ids: Sequence[int]):
-        """The KV cache of a prompt's fixed beginning (system prompt, earlier turns): computed
-        once and kept (the last 8), extended from the longest kept one that it starts with, so
-        a conversation's next turn computes only what the last one did not. A private copy."""
-        import copy
+        """A KV cache holding the prompt beginning `ids` (system prompt, earlier turns), lent to
+        a generation until it is given back with `keep`. The last prompt's cache is reused as
+        far as it holds the same ids (cut back in place, no copy), so a conversation's next turn
+        computes only what the last one did not, and a prepared turn (`prepare`) nothing."""
+        with self._kv_lock:
+            cache, held = self._kv, self._kv_ids
+            self._kv, self._kv_ids = None, ()
+        if cache is None:
+            cache, held = new_kv_cache(), ()
+        ids = [int(i) for i in ids]
+        n = 0
+        for a, b in zip(held, ids):
+            if a != b:
+                break
+            n += 1
+        cache.keep_first(n)
+        if n < len(ids):
+            rest = torch.tensor([ids[n:]], device=self.device)
+            position = torch.arange(n, len(ids), device=self.device).unsqueeze(0)
+            cache = self.model(input_ids=rest, cache=cache, use_cache=True, position_ids=position, logits_to_keep=1).cache
+        return cache
 
-        from transformers import DynamicCache
+    def keep(self, cache, ids: Sequence[int]) -> None:
+        """Give back a cache from `prefix_cache`: its first len(ids) positions hold `ids`."""
+        with self._kv_lock:
+            self._kv, self._kv_ids = cache, tuple(int(i) for i in ids)
 
-        key = tuple(int(i) for i in ids)
-        if key in self._prefixes:
-            self._prefixes.move_to_end(key)
-            return copy.deepcopy(self._prefixes[key])
-        base = max((k for k in self._prefixes if len(k) < len(key) and key[: len(k)] == k), key=len, default=())
-        cache = copy.deepcopy(self._prefixes[base]) if base else DynamicCache()
-        rest = torch.tensor([key[len(base):]], device=self.device)
-        position = torch.arange(len(base), len(key), device=self.device).unsqueeze(0)
-        cache = self.model(input_ids=rest, cache=cache, use_cache=True, position_ids=position, logits_to_keep=1).cache
-        self._prefixes[key] = cache
-        while len(self._prefixes) > 8:
-            self._prefixes.popitem(last=False)
-        return copy.deepcopy(cache)
+    def prepare(self, ids: Sequence[int]) -> None:
+        """Compute the KV cache of a coming prompt's beginning now (while the user speaks), so
+        that the prompt computes only what follows it."""
+        self.keep(self.prefix_cache(ids), ids)
 
 
 def _pick(logits: torch.Tensor, generated: list[int], options: GenerationOptions, gen: torch.Generator) -> int:
@@ -190,8 +257,10 @@ def stream_generate(
     """Generate from a prompt given as ids (1, T) or embeddings (1, T, H), one token per step.
 
     `prefix`: the ids of the prompt's first positions (with embeddings, the ids they embed),
-    a fixed beginning whose KV cache the LLM keeps (`ChatLLM.prefix_cache`): only the rest of
-    the prompt is computed.
+    whose KV cache the LLM may hold from an earlier prompt (`ChatLLM.prefix_cache`): only what
+    it does not hold is computed. The cache is given back when the generation ends (also when
+    it is stopped), holding the prefix, and with ids the whole prompt and answer, so that the
+    next turn of a conversation computes only its new part.
 
     With `output_hidden`, each step carries the last-layer hidden state at the position
     that produced its token: the last prompt position for the first token, then the
@@ -201,17 +270,26 @@ def stream_generate(
     multi-byte character is held back until the character is complete (and dropped if
     the answer stops before it is).
     """
-    from transformers import DynamicCache
-
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("give exactly one of input_ids and inputs_embeds")
-    model, tokenizer = llm.model, llm.tokenizer
-    gen = torch.Generator().manual_seed(options.seed)
     past = len(prefix)
     prompt_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
     if not 0 < past < prompt_len:  # a prefix must leave something to compute
         past = 0
-    cache = llm.prefix_cache(prefix) if past else DynamicCache()
+    cache = llm.prefix_cache(prefix[:past])
+    held = list(prefix[:past])  # the ids whose KV the cache holds, for the next prompt to reuse
+    try:
+        yield from _decode(llm, cache, held, past, input_ids, inputs_embeds, options, output_hidden)
+    finally:
+        llm.keep(cache, held)
+
+
+def _decode(llm: ChatLLM, cache, held: list[int], past: int, input_ids, inputs_embeds, options: GenerationOptions,
+            output_hidden: bool) -> Iterator[TokenStep]:
+    """`stream_generate`'s loop, on `cache` (holding the first `past` positions); `held` is
+    extended with the ids fed while every position is a known id (not after embeddings)."""
+    model, tokenizer = llm.model, llm.tokenizer
+    gen = torch.Generator().manual_seed(options.seed)
     kwargs = {"input_ids": input_ids[:, past:]} if input_ids is not None else {"inputs_embeds": inputs_embeds[:, past:]}
     generated: list[int] = []
     text_so_far = ""
@@ -228,7 +306,8 @@ def stream_generate(
             position_ids=position.unsqueeze(0),
             logits_to_keep=1,
         )
-        cache = out.cache
+        if input_ids is not None:
+            held += kwargs["input_ids"][0].tolist()
         token = _pick(out.logits[0, -1], generated, options, gen)
         hidden = out.hidden_states[-1][0, -1].detach().clone() if output_hidden else None
         if token in llm.eos_ids:

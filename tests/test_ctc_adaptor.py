@@ -230,7 +230,7 @@ def test_warm_up_runs_every_model_and_keeps_the_prompt_prefix(ctc_omni):
     pipeline.vocoder.units_to_audio = lambda units: vocoded.append(units) or original(units)
     pipeline.warm_up()
     before, _ = pipeline.model.prompt_ids()
-    assert tuple(before) in pipeline.model.llm._prefixes and vocoded
+    assert pipeline.model.llm._kv_ids[: len(before)] == tuple(before) and vocoded
     first_call = []
     pipeline.model.llm.model.register_forward_pre_hook(
         lambda m, args, kwargs: first_call.append(kwargs["inputs_embeds"].shape[1]) if not first_call else None, with_kwargs=True)

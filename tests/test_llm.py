@@ -93,30 +93,71 @@ def test_batched_answers_equal_one_at_a_time(tiny_llm):
     assert any(alone)
 
 
-def test_a_kept_prompt_prefix_gives_the_same_answer_and_grows_with_the_conversation():
-    """The system prompt's (and earlier turns') KV cache is computed once and extended: the
-    answer is the one of the whole prompt, and a follow-up turn computes only the new part."""
+def test_a_conversation_reuses_the_kv_cache_of_its_last_turn():
+    """A prompt that starts as the last prompt and answer did reuses their KV cache: the answer
+    is the one of a fresh pass over the whole prompt, and a follow-up turn computes only from
+    where it differs; a prepared beginning (`prepare`) leaves only the last token."""
     from tests.conftest import make_tiny_llm
 
     llm = make_tiny_llm(init_range=0.3)
     calls = []
     llm.model.register_forward_pre_hook(lambda m, args, kwargs: calls.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
-    opts = GenerationOptions(max_new_tokens=6)
+    opts = GenerationOptions(max_new_tokens=6, max_sentences=0)
+
+    def fresh(messages):  # no prefix: the held cache is cut back to nothing, the whole prompt computed
+        calls.clear()
+        tokens = [s.token_id for s in stream_generate(llm, input_ids=llm.chat_ids(messages), options=opts)]
+        assert calls[0] == llm.chat_ids(messages).shape[1]
+        return tokens
+
     turn1 = [{"role": "system", "content": "You are a helpful voice assistant."}, {"role": "user", "content": "The moon?"}]
-    full = [s.token_id for s in stream_generate(llm, input_ids=llm.chat_ids(turn1), options=opts)]
+    full = fresh(turn1)
     calls.clear()
     assert [s.token_id for s in llm.stream_chat(turn1, opts)] == full
-    head = len(llm.tokenizer.apply_chat_template(turn1[:1], tokenize=True, return_dict=True)["input_ids"])
-    assert calls[0] == head and calls[1] == llm.chat_ids(turn1).shape[1] - head  # the prefix, then the rest
-    calls.clear()
-    assert [s.token_id for s in llm.stream_chat(turn1, opts)] == full
-    assert calls[0] == llm.chat_ids(turn1).shape[1] - head  # the kept prefix is not computed again
+    assert calls[0] == 1  # everything but the prompt's last token was held
+
     turn2 = turn1 + [{"role": "assistant", "content": "It is bright."}, {"role": "user", "content": "Paris?"}]
+    ids1, ids2 = llm.chat_ids(turn1)[0].tolist(), llm.chat_ids(turn2)[0].tolist()
+    held = ids1 + [t for t in full if t not in llm.eos_ids][:-1]
+    same = next(i for i, (a, b) in enumerate(zip([*held, -1], ids2)) if a != b)
     calls.clear()
     answer = [s.token_id for s in llm.stream_chat(turn2, opts)]
-    head2 = len(llm.tokenizer.apply_chat_template(turn2[:-1], tokenize=True, return_dict=True)["input_ids"])
-    assert calls[0] == head2 - head  # only the earlier turn's new part extends the kept prefix
-    assert answer == [s.token_id for s in stream_generate(llm, input_ids=llm.chat_ids(turn2), options=opts)]
+    assert same >= len(ids1) and calls[0] == len(ids2) - 1 - same  # only the new part
+    assert answer == fresh(turn2)
+
+    turn3 = turn2 + [{"role": "assistant", "content": "In France."}, {"role": "user", "content": "Why?"}]
+    ids3 = llm.chat_ids(turn3)[0].tolist()
+    llm.prepare(ids3[:-1])  # while the user speaks
+    calls.clear()
+    steps = llm.stream_chat(turn3, opts)
+    first = next(steps).token_id
+    assert calls == [1]
+    steps.close()  # stopped early: the cache is given back all the same
+    assert llm._kv is not None and list(llm._kv_ids[: len(ids3)]) == ids3
+    assert first == fresh(turn3)[0]
+
+
+def test_the_buffered_kv_cache_equals_one_pass_without_a_cache():
+    """Decoding on the KV cache whose layers write into growing buffers (no copy per step)
+    gives the logits of one pass over the whole sequence, across a buffer's growth and a cut."""
+    from omni_cli.llm import new_kv_cache
+    from tests.conftest import make_tiny_llm
+
+    llm = make_tiny_llm(init_range=0.3)
+    ids = torch.randint(0, 200, (1, 300))
+    with torch.inference_mode():
+        whole = llm.model(input_ids=ids).logits[0]
+        cache = new_kv_cache()
+        llm.model(input_ids=ids[:, :100], cache=cache, use_cache=True)  # a buffer of 256, grown at step 257
+        steps = [llm.model(input_ids=ids[:, i : i + 1], cache=cache, use_cache=True,
+                           position_ids=torch.tensor([[i]])).logits[0, -1] for i in range(100, 300)]
+        torch.testing.assert_close(torch.stack(steps), whole[100:300], atol=1e-4, rtol=1e-4)
+        assert cache.layers[0].buffers[0].shape[-2] == 514
+        cache.keep_first(50)  # cut back, then written over
+        again = [llm.model(input_ids=ids[:, i : i + 1], cache=cache, use_cache=True,
+                           position_ids=torch.tensor([[i]])).logits[0, -1] for i in range(50, 70)]
+        torch.testing.assert_close(torch.stack(again), whole[50:70], atol=1e-4, rtol=1e-4)
+        assert cache.get_seq_length() == 70
 
 
 def test_inference_dtype_follows_the_cpu_and_the_override(monkeypatch):
