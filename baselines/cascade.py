@@ -127,6 +127,12 @@ class CascadePipeline:
     def respond(self, audio: np.ndarray, history: list[dict[str, str]] | None = None) -> Response:
         return collect(self.run(audio, history), self.sample_rate)
 
+    def prepare(self, history: list[dict[str, str]]) -> None:
+        """Compute the KV cache of the next turn's fixed beginning (the system prompt and
+        `history`) now, while the user speaks: the turn then computes only the request."""
+        messages = [{"role": "system", "content": self.options.system_prompt}, *history]
+        self.llm.prepare(self.llm.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+
     def warm_up(self) -> None:
         """Each model once (ASR on a second of quiet noise, the LLM on the system prompt, whose
         KV cache is then kept, TTS on a short sentence), so that the first turn of a process

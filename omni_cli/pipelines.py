@@ -39,6 +39,8 @@ class Pipeline(Protocol):
 
     def warm_up(self) -> None: ...
 
+    def prepare(self, history: list[dict[str, str]]) -> None: ...  # the next turn's fixed beginning, computed ahead
+
 
 @dataclass(frozen=True)
 class PipelineConfig:

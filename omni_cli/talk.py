@@ -377,6 +377,7 @@ class Conversation:
         self.state: str | None = None
         self._turn: _Active | None = None
         self._last_run: _Run | None = None
+        self._preparing: threading.Thread | None = None  # the next turn's prompt beginning, computed ahead
         # a run started on the tentative utterance while the silence that may end it lasts:
         # adopted when the VAD ends the turn on the same audio, else cancelled
         self._early: tuple[Utterance, _Run] | None = None
@@ -398,6 +399,8 @@ class Conversation:
         finally:
             if self._turn is not None:  # stopped by the caller (Ctrl-C): keep the partial turn
                 self._end_turn(interrupted=True)
+            if self._preparing is not None:
+                self._preparing.join()  # a thread still in torch when the process exits would abort it
 
     def _step(self, frame: np.ndarray, segmenter, hold: bool) -> Iterator[Event]:
         self.clock += len(frame)
@@ -432,20 +435,49 @@ class Conversation:
     def _fit_history(self) -> int:
         """Drop the oldest turns (user and answer together) until the history fits its token
         budget; the number dropped."""
+        self.history, dropped = self._fitted(self.history)
+        self._pending_trim += dropped
+        return dropped
+
+    def _fitted(self, history: list[dict[str, str]]) -> tuple[list[dict[str, str]], int]:
+        """`history` less its oldest turns until it fits the budget, and how many turns that is."""
         llm = chat_llm(self.pipeline)
-        if llm is None or not self.history:
-            return 0
+        if llm is None or not history:
+            return history, 0
         budget = self.options.history_tokens
         if budget is None:  # the context, less room for the system prompt, the request and the answer
             generation = getattr(getattr(self.pipeline, "options", None), "generation", None)
             budget = max(256, llm.context_length - 1024 - (generation.max_new_tokens if generation is not None else 160))
         dropped = 0
-        while self.history and len(llm.tokenizer.apply_chat_template(self.history, tokenize=True, return_dict=True)["input_ids"]) > budget:
-            cut = next((i for i in range(1, len(self.history)) if self.history[i]["role"] == "user"), len(self.history))
-            del self.history[:cut]
+        while history and len(llm.tokenizer.apply_chat_template(history, tokenize=True, return_dict=True)["input_ids"]) > budget:
+            cut = next((i for i in range(1, len(history)) if history[i]["role"] == "user"), len(history))
+            history = history[cut:]
             dropped += 1
-        self._pending_trim += dropped
-        return dropped
+        return history, dropped
+
+    def _join_models(self) -> None:
+        """Wait until nothing else uses the models (the last run, the preparation of this turn)."""
+        for thread in (self._last_run.thread if self._last_run else None, self._preparing):
+            if thread is not None:
+                thread.join()
+
+    def _prepare_next(self) -> None:
+        """While the user listens and speaks: compute the next turn's fixed beginning (system
+        prompt and the history as that turn will fit it to its budget), so that the turn computes
+        only the request, however long the conversation (its latency stays flat)."""
+        history, _ = self._fitted(list(self.history))  # as the next turn will fit it
+        busy = [t for t in (self._last_run.thread if self._last_run else None, self._preparing) if t is not None]
+
+        def work() -> None:
+            for thread in busy:
+                thread.join()  # an interrupted run stops at its next event
+            try:
+                self.pipeline.prepare(history)
+            except Exception:  # noqa: BLE001 - only a head start: the turn computes it if this fails
+                pass
+
+        self._preparing = threading.Thread(target=work, daemon=True)
+        self._preparing.start()
 
     def _start_early(self, tentative: Utterance | None) -> None:
         """Start (or keep, or cancel) the run on the tentative utterance."""
@@ -457,8 +489,7 @@ class Conversation:
             self._early = None
         if tentative is None:
             return
-        if self._last_run is not None:
-            self._last_run.thread.join()  # one run at a time on the models
+        self._join_models()  # one run at a time on the models
         self._fit_history()
         self._last_run = _Run(self.pipeline, tentative.audio, list(self.history), now())
         self._early = (tentative, self._last_run)
@@ -482,8 +513,7 @@ class Conversation:
         else:
             if early is not None:
                 early[1].cancelled.set()
-            if self._last_run is not None:
-                self._last_run.thread.join()  # a cancelled run stops at its next event
+            self._join_models()  # a cancelled run stops at its next event
             run = self._last_run = _Run(self.pipeline, utterance.audio, history, speech_end)
         self._turn = _Active(len(self.turns) + 1, utterance, len(history), run, play_end=self.clock, origin=speech_end)
         yield TurnStarted(index=self._turn.index, speech_s=len(utterance.audio) / SAMPLE_RATE, history_len=len(history))
@@ -555,6 +585,7 @@ class Conversation:
             if said:
                 # cut off: what was heard, marked beside the text (a marker in the text, the LLM copies)
                 self.history.append({"role": "assistant", "content": said} | ({"interrupted": True} if interrupted else {}))
+            self._prepare_next()
         return turn
 
     def session(self) -> list[dict]:

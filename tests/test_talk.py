@@ -473,6 +473,33 @@ def test_heard_text_counts_whole_chunks_and_the_played_share_of_the_last():
     assert heard_text(chunks, played, 10_000) == chunks[-1]
 
 
+def test_the_next_turns_beginning_is_computed_while_the_user_speaks(tiny_e2e_parts, two_questions, monkeypatch):
+    """After a turn, the pipeline computes the next turn's prompt up to the speech (system
+    prompt and history) in the background: the next turn's own run then starts at the speech."""
+    import threading
+
+    from omni_cli.e2e.pipeline import E2EOptions, E2EPipeline
+    from omni_cli.e2e.unit_vocoder import PiperUnitVocoder
+
+    model = tiny_e2e_parts["model"]
+    pipeline = E2EPipeline(model, PiperUnitVocoder(), E2EOptions(omega=10, generation=GEN))
+    prepared = []
+    original = pipeline.prepare
+    monkeypatch.setattr(pipeline, "prepare", lambda history: prepared.append([dict(m) for m in history]) or original(history))
+    forwards = []  # (thread, what it computed)
+    handle = model.llm.model.register_forward_pre_hook(
+        lambda m, args, kw: forwards.append((threading.current_thread(), "ids" if kw.get("input_ids") is not None else "speech")),
+        with_kwargs=True)
+    try:
+        conversation, events = talk(pipeline, two_questions)
+    finally:
+        handle.remove()
+    first, second = conversation.turns
+    assert prepared[0] == second.history == [{"role": "user", "content": SPOKEN_TURN}, {"role": "assistant", "content": first.text}]
+    run = conversation._last_run.thread  # the second turn's
+    assert [what for thread, what in forwards if thread is run][0] == "speech"  # no history left to compute
+
+
 def test_a_history_over_its_budget_loses_its_oldest_turns(tiny_cascade, two_questions):
     """With a small history budget the first turn leaves the history before the second is
     answered (said once, as an event); the system prompt is not part of it and stays."""

@@ -96,6 +96,13 @@ class E2EPipeline:
     def respond(self, audio: np.ndarray, history: list[dict[str, str]] | None = None) -> Response:
         return collect(self.run(audio, history), self.sample_rate)
 
+    def prepare(self, history: list[dict[str, str]]) -> None:
+        """Compute the KV cache of the next turn's prompt up to the speech (the system prompt
+        and `history`) now, while the user speaks: the turn then computes only the speech and
+        what follows it."""
+        before, _ = self.model.prompt_ids(history)
+        self.model.llm.prepare(before)
+
     def warm_up(self) -> None:
         """Every model once on a second of quiet noise (encoder, adaptor, the LLM's prompt,
         whose fixed beginning is then kept, the speech decoder and the vocoder), so that the
