@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--modes", default="cascade,e2e")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--script-wav", type=Path, help="The spoken script: read if it exists, else written (Piper's voice "
+                                                         "varies run to run; one file makes two runs comparable)")
     args = parser.parse_args(argv)
 
     from omni_cli.e2e.load import parse_omega
@@ -79,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     from omni_cli.talk_audio import FileSource
 
     audio, said = script(min(args.turns, len(QUESTIONS)))
+    if args.script_wav is not None:
+        from omni_cli.audio import SAMPLE_RATE, load_audio, write_wav
+
+        if not args.script_wav.is_file():
+            write_wav(args.script_wav, audio, SAMPLE_RATE)
+        audio = load_audio(args.script_wav)
     result: dict = {"turns": len(said), "modes": {}}
     for mode in args.modes.split(","):
         with err.status(f"{mode}: loading ..."):
@@ -98,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         result["modes"][mode] = {
             "turns": len(turns),
             "heard": [t.transcript for t in turns],
+            "answers": [t.text for t in turns],
             "answer_words_median": float(np.median(words)) if words else None,
             "answer_words_max": max(words) if words else None,
             "answer_sentences_max": max(sentences) if sentences else None,
