@@ -3,8 +3,8 @@
 Everything is inside the page (plots as PNG, the questions and the spoken answers as Ogg/Opus
 data URIs, a little script), so it opens from disk with no network. Above: the summary table,
 each figure's definition and the plots. Below: one row per item with the question's player and
-reference, and for each condition what it heard, its answer (text and player), its latencies
-and scores. Columns sort by a click on their header; checkboxes show or hide conditions, and a
+reference, then for each condition what it heard and its answer (text and player), side by side,
+then each latency and score, the conditions side by side (a figure no condition has is left out). Columns sort by a click on their header; checkboxes show or hide conditions, and a
 box filters the items by text; a view can be linked (`report.html#sort=<column>&dir=down&filter=<text>`). Every text from users or models is HTML-escaped.
 """
 
@@ -84,7 +84,7 @@ th, td { border: 1px solid #ccc; padding: 4px 6px; vertical-align: top; }
 th.sort { cursor: pointer; background: #f3f3f3; }
 #items thead th { position: sticky; top: 0; background: #f3f3f3; }
 th[data-dir=up]::after { content: ' \\25B2'; } th[data-dir=down]::after { content: ' \\25BC'; }
-td.text { max-width: 26em; } td.num { text-align: right; white-space: nowrap; }
+td.text { min-width: 14em; max-width: 26em; } td.num { text-align: right; white-space: nowrap; }
 audio { width: 13em; height: 2em; }
 dt { font-weight: bold; } dd { margin: 0 0 0.4em 1.2em; }
 .err { color: #b00; } .muted { color: #777; }
@@ -140,6 +140,18 @@ def render(summary: dict, rows: list[dict], out: Path, plots: list[str], definit
         png = (out / name).read_bytes()
         parts.append(f'<img alt="{_esc(Path(name).stem)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
 
+    # the answers side by side first, then each figure side by side; a figure no condition has is left out
+    metrics_of: dict[tuple[str, str], dict] = {}
+    for item_id, mine in by_item.items():
+        cascade_text = (mine.get("cascade") or {}).get("text")
+        for c, r in mine.items():
+            metrics = dict(r.get("metrics") or {})
+            if r.get("mode") != "cascade" and cascade_text and r.get("text") and not r.get("error"):
+                metrics["chrf_vs_cascade"] = chrf.sentence_score(r["text"], [cascade_text]).score
+            metrics_of[(item_id, c)] = metrics
+    figures = [(key, label, scale, digits, c) for key, label, scale, digits in ITEM_FIGURES for c in conditions
+               if any(m.get(key) is not None for (_, cond), m in metrics_of.items() if cond == c)]
+
     parts.append("<h2>Items</h2><p>")
     parts += [f'<label><input type="checkbox" class="condition" value="{_esc(c)}" checked> {_esc(c)}</label> '
               for c in conditions]
@@ -148,7 +160,7 @@ def render(summary: dict, rows: list[dict], out: Path, plots: list[str], definit
     for c in conditions:
         attr = f'data-condition="{_esc(c)}"'
         parts.append(f"<th {attr}>{_esc(c)}: heard</th><th {attr}>{_esc(c)}: answer</th>")
-        parts += [f'<th class="sort" {attr}>{_esc(c)}: {_esc(label)}</th>' for _, label, _, _ in ITEM_FIGURES]
+    parts += [f'<th class="sort" data-condition="{_esc(c)}">{_esc(c)}: {_esc(label)}</th>' for _, label, _, _, c in figures]
     parts.append("</tr></thead><tbody>")
     question_uris: dict[str, str | None] = {}
     for item_id, mine in by_item.items():
@@ -157,27 +169,25 @@ def render(summary: dict, rows: list[dict], out: Path, plots: list[str], definit
         if audio not in question_uris:
             question_uris[audio] = _audio_uri(Path(audio)) if audio else None
         reference = first.get("reference")
-        cells = [f"<td>{_esc(item_id)}</td>",
+        cells = [f'<td title="{_esc(item_id)}">{_esc(Path(item_id).name or item_id)}'
+                 f'<span hidden>{_esc(item_id)}</span></td>',
                  f"<td>{_player(question_uris[audio])}"
                  + (f"<br><span class=\"muted\">{_esc(reference)}</span>" if reference else "") + "</td>"]
-        cascade_text = (mine.get("cascade") or {}).get("text")
         for c in conditions:
             attr = f'data-condition="{_esc(c)}"'
             r = mine.get(c)
             if r is None or r.get("error"):
                 message = "not run" if r is None else r["error"]
                 cells.append(f'<td {attr} class="text err">{_esc(message)}</td><td {attr}></td>')
-                cells += [f'<td {attr} class="num" data-v="">-</td>'] * len(ITEM_FIGURES)  # one cell per column: sorting counts them
                 continue
             kept = r.get("answer_audio")
             uri = _audio_uri(out / kept) if kept else None
-            metrics = dict(r.get("metrics") or {})
-            if r["mode"] != "cascade" and cascade_text and r.get("text"):
-                metrics["chrf_vs_cascade"] = chrf.sentence_score(r["text"], [cascade_text]).score
             cells.append(f'<td {attr} class="text">{_esc(r.get("transcript"))}</td>')
             cells.append(f'<td {attr} class="text">{_esc(r.get("text"))}<br>{_player(uri)}</td>')
-            cells += [_num(metrics.get(key), scale, digits).replace("<td ", f"<td {attr} ", 1)
-                      for key, _, scale, digits in ITEM_FIGURES]
+        for key, _, scale, digits, c in figures:  # one cell per column, failed ones too: sorting counts them
+            r = mine.get(c)
+            value = None if r is None or r.get("error") else metrics_of[(item_id, c)].get(key)
+            cells.append(_num(value, scale, digits).replace("<td ", f'<td data-condition="{_esc(c)}" data-figure="{key}" ', 1))
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</tbody></table></body></html>")
     return "\n".join(parts) + "\n"

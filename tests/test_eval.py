@@ -472,11 +472,17 @@ def test_html_report_plays_every_answer_in_a_real_browser(tiny_config, tiny_eval
     dom = _chromium_dom(page, "#sort=cascade%3A%20words&dir=down")
     assert 'data-sorted="cascade: words"' in dom
     body_rows = dom.split("<tbody>")[-1].split("</tr>")[:-1]
-    words = [re.findall(r'<td data-condition="cascade" class="num" data-v="([^"]*)"', r)[4] for r in body_rows]
+    words = [re.search(r'<td data-condition="cascade" data-figure="answer_words" class="num" data-v="([^"]*)"', r).group(1)
+             for r in body_rows]
     assert len(words) == 4 and words[2:] == ["", ""]  # the failed items last
     assert float(words[0]) >= float(words[1]) and words[:2] != ["", ""]
     dom = _chromium_dom(page, "#filter=stars")
     assert 'data-shown="1"' in dom
+    header = dom.split("<thead>")[-1].split("</thead>")[0]
+    columns = re.findall(r"<th[^>]*>([^<]*)</th>", header)
+    assert columns[:4] == ["item", "question", "cascade: heard", "cascade: answer"]  # the answers side by side, then
+    assert columns[columns.index("cascade: words") + 1] == "e2e@10: words"  # each figure side by side
+    assert "cascade: chrF" not in columns and "e2e@10: chrF" in columns  # no column that no row has
 
 
 def test_judge_scores_parse_and_join_the_summary(tiny_config, tiny_evaluator, corpus, tmp_path):
