@@ -79,6 +79,16 @@ def models_table(rows: Iterable[dict]) -> Table:
     return table
 
 
+TABLE_TEXT_CHARS = 300  # a transcript's share of the summary table (the whole text goes to stdout or --out)
+
+
+def shortened(text: str, limit: int) -> str:
+    """`text`, or its first words up to `limit` characters and an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return (text[:limit].rsplit(" ", 1)[0] or text[:limit]) + " …"
+
+
 def transcribe_table(results, corpus_wer: float | None) -> Table:
     table = Table(show_header=True, header_style="bold", title="transcription", title_justify="left")
     table.add_column("file", overflow="fold")
@@ -91,7 +101,7 @@ def transcribe_table(results, corpus_wer: float | None) -> Table:
             table.add_row(path, "-", "-", Text(f"failed: {r.error}", style="red"))
         else:
             wer = "-" if r.wer is None else f"{100 * r.wer:.1f}%"
-            table.add_row(path, f"{r.duration_s:.1f}", wer, Text(r.text or ""))
+            table.add_row(path, f"{r.duration_s:.1f}", wer, Text(shortened(r.text or "", TABLE_TEXT_CHARS)))
     if corpus_wer is not None:
         table.add_section()
         table.add_row("[bold]corpus[/]", "", f"[bold]{100 * corpus_wer:.1f}%[/]", "")

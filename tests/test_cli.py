@@ -312,3 +312,23 @@ def test_sigterm_keeps_what_ctrl_c_keeps(tmp_path):
     assert proc.returncode == 130
     done = json.loads(out)
     assert 1 <= len(done) < 300 and all("moon" in r["text"].lower() for r in done)
+
+
+def test_a_long_transcript_is_shortened_in_the_table_only():
+    """A 2-hour file's transcript would flood the summary table: the table shows its beginning,
+    the data (stdout, --out) the whole text."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from omni_cli.render import TABLE_TEXT_CHARS, transcribe_table
+    from omni_cli.transcribe import FileResult
+
+    text = " ".join(f"word{n}" for n in range(2000))
+    result = FileResult(Path("long.wav"), text=text, duration_s=7200.0, reference=text, errors=0, ref_words=2000)
+    console = Console(width=400, record=True, file=__import__("io").StringIO())
+    console.print(transcribe_table([result], 0.0))
+    shown = console.export_text()
+    assert "word0 word1" in shown and "word1999" not in shown and "…" in shown
+    assert len(shown) < 3 * TABLE_TEXT_CHARS + 2000
+    assert result.to_json()["text"] == text
