@@ -611,7 +611,21 @@ def summarize(rows: list[dict]) -> dict:
             "failed": len(mine) - len(ok), **corpus, **answer_chrf(rows, condition), "metrics": metrics,
             "failures": [{"id": r["id"], "error": r["error"]} for r in mine if r.get("error")],
         }
-    return {"items": len({r["id"] for r in rows}), "rows": len(rows), "conditions": conditions}
+    judges = sorted({r["judge"] for r in rows if r.get("judge")})
+    judged = sum(1 for r in rows if (r.get("metrics") or {}).get("judge_score") is not None)
+    return {"items": len({r["id"] for r in rows}), "rows": len(rows), "conditions": conditions,
+            "judges": judges, "judged": judged}
+
+
+def run_intro(summary: dict) -> str:
+    """The reports' first sentences: the run's size, how to read a cell, and the judge if any."""
+    text = (f"{summary['items']} items, {summary['rows']} runs. Latencies in seconds from the end of the question; "
+            "each summary cell is median / p90 / mean over the items that finished.")
+    if summary.get("judges"):
+        ok = sum(c["ok"] for c in summary["conditions"].values())
+        text += (f" Answers graded 1-5 by the judge {', '.join(summary['judges'])}: {summary['judged']} of {ok} "
+                 "finished answers got a score.")
+    return text
 
 
 def table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
@@ -697,15 +711,13 @@ def write_reports(out: Path) -> dict:
     from omni_cli.report_html import render
 
     with atomic_file(out / "report.html") as tmp:
-        tmp.write_text(render(summary, rows, out, plots, DEFINITIONS, table_rows(summary)), encoding="utf-8")
+        tmp.write_text(render(summary, rows, out, plots, DEFINITIONS, table_rows(summary), run_intro(summary)), encoding="utf-8")
     return summary
 
 
 def report_markdown(summary: dict, plots: list[str] = ()) -> str:
     header, rows = table_rows(summary)
-    lines = ["# omni eval", "",
-             (f"{summary['items']} items, {summary['rows']} runs. Latencies in seconds from the end of the input speech; "
-              "each cell is median / p90 / mean over the items that finished."), "",
+    lines = ["# omni eval", "", run_intro(summary), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += [""] + [f"![{Path(p).stem}]({p})" for p in plots]

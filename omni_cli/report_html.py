@@ -117,7 +117,7 @@ def _num(value, scale: float, digits: int) -> str:
 
 
 def render(summary: dict, rows: list[dict], out: Path, plots: list[str], definitions: dict[str, str],
-           table: tuple[list[str], list[list[str]]]) -> str:
+           table: tuple[list[str], list[list[str]]], intro: str) -> str:
     from sacrebleu.metrics import CHRF
 
     conditions = list(summary["conditions"])
@@ -127,8 +127,7 @@ def render(summary: dict, rows: list[dict], out: Path, plots: list[str], definit
     chrf = CHRF()
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', "<title>omni eval</title>",
              f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>", "<h1>omni eval</h1>",
-             f"<p>{summary['items']} items, {summary['rows']} runs. Latencies in seconds from the end of the question; "
-             "each summary cell is median / p90 / mean over the items that finished.</p>"]
+             f"<p>{_esc(intro)}</p>"]
     header, body = table
     parts.append("<table id=\"summary\"><thead><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in header) + "</tr></thead><tbody>")
     parts += ["<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in body]

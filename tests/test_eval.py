@@ -537,6 +537,9 @@ def test_judge_scores_parse_and_join_the_summary(tiny_config, tiny_evaluator, co
             mine = [v for (i, cond), v in expected.items() if cond == name]
             assert c["metrics"]["judge_score"]["mean"] == pytest.approx(np.mean(mine))
         assert "judge score (1-5)" in (out / "report.md").read_text()
+        assert summary["judges"] == [judge.name] and summary["judged"] == 6
+        named = f"graded 1-5 by the judge {judge.name}: 6 of 6 finished answers got a score"
+        assert named in (out / "report.md").read_text() and named in (out / "report.html").read_text()
         comparison = ev.compare_runs(out, out)
         assert comparison["conditions"]["cascade"]["figures"]["judge_score"]["delta"] == 0
     finally:
