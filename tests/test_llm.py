@@ -160,6 +160,27 @@ def test_the_buffered_kv_cache_equals_one_pass_without_a_cache():
         assert cache.get_seq_length() == 70
 
 
+def test_a_bfloat16_llm_keeps_its_kv_cache_in_float32_on_a_cpu():
+    """A bfloat16 LLM on a CPU keeps keys and values in float32 and attends in float32 (fast
+    there over long contexts); the answer is the one of a pass with no cache, and a prompt
+    computed in two parts (a kept beginning, then the rest) is masked as one."""
+    from omni_cli.llm import CPU_ATTENTION
+    from tests.conftest import make_tiny_llm
+
+    llm = make_tiny_llm(init_range=0.3)
+    llm.model.to(torch.bfloat16)
+    assert llm.model.config._attn_implementation == CPU_ATTENTION
+    ids = torch.randint(0, 200, (1, 60))
+    with torch.inference_mode():
+        whole = llm.model(input_ids=ids).logits[0].float()
+        cache = llm.prefix_cache(ids[0, :40].tolist())
+        assert cache.layers[0].keys.dtype == torch.float32
+        rest = llm.model(input_ids=ids[:, 40:], cache=cache, use_cache=True,
+                         position_ids=torch.arange(40, 60).unsqueeze(0)).logits[0].float()
+    torch.testing.assert_close(rest, whole[40:], atol=0.1, rtol=0.05)  # bfloat16 weights either way
+    assert (rest.argmax(-1) == whole[40:].argmax(-1)).float().mean() >= 0.9
+
+
 def test_inference_dtype_follows_the_cpu_and_the_override(monkeypatch):
     from omni_cli.llm import inference_dtype
 
