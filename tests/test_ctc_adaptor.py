@@ -423,6 +423,28 @@ def test_augmentation_changes_speed_and_masks_the_mel(ctc_omni):
     assert masked.shape == plain.shape and (masked == 0).all(dim=1).sum() >= 1 and not torch.equal(masked, plain)
 
 
+def test_noise_and_vocal_tract_warp():
+    """White noise lands at the SNR asked for; the frequency warp moves a formant up the mel
+    bins by its factor (a shorter vocal tract) and leaves the frames as they are."""
+    import random
+
+    from omni_cli.e2e.train import Augment, add_noise, augmented_mels, warp_frequencies
+
+    audio = torch.sin(torch.arange(16000) / 10.0)
+    noisy = add_noise(audio, 20.0, torch.Generator().manual_seed(0))
+    snr = 10 * torch.log10(audio.pow(2).mean() / (noisy - audio).pow(2).mean())
+    assert abs(float(snr) - 20.0) < 0.5
+    mel = torch.zeros(80, 10)
+    mel[30] = 1.0
+    up = warp_frequencies(mel, 1.2)
+    assert up.shape == mel.shape and int(up[:, 0].argmax()) == 36
+    assert torch.equal(warp_frequencies(mel, 1.0), mel)
+    both = Augment(speed=(1.0, 1.0), freq_masks=0, time_masks=0, warp=(1.1, 1.1), noise_snr=(10, 10), noise_p=1.0)
+    plain = augmented_mels([audio], 80, None, None)[0]
+    changed = augmented_mels([audio], 80, both, random.Random(0))[0]
+    assert changed.shape == plain.shape and not torch.allclose(changed, plain, atol=0.05)
+
+
 def test_ctc_stage_learns_from_augmented_audio(ctc_omni, tmp_path):
     """Training from audio (the encoder run on every batch, augmented) learns and leaves the
     encoder and the LLM as they were."""

@@ -363,14 +363,38 @@ def _time_masks(x: torch.Tensor, lengths: torch.Tensor, seeds: list[int], n: int
 class Augment:
     """Augmentation for training from audio (the encoder run on every step, not cached):
     the whole batch's speed changed by one factor drawn from `speed` (tempo and pitch, by
-    resampling), then SpecAugment on each log-mel: `freq_masks` bands of up to `freq_width`
-    mel bins and `time_masks` spans of up to `time_width` frames (10 ms each)."""
+    resampling); optionally white noise at an SNR drawn from `noise_snr` (dB) on a share
+    `noise_p` of the items, and each log-mel's frequency axis stretched by a factor drawn from
+    `warp` (vocal tract length perturbation: another speaker's formants); then SpecAugment on
+    each log-mel: `freq_masks` bands of up to `freq_width` mel bins and `time_masks` spans of
+    up to `time_width` frames (10 ms each)."""
 
     speed: tuple[float, float] = (0.9, 1.1)
     freq_masks: int = 2
     freq_width: int = 12
     time_masks: int = 2
     time_width: int = 20
+    warp: tuple[float, float] | None = None
+    noise_snr: tuple[float, float] | None = None
+    noise_p: float = 0.5
+
+
+def add_noise(audio: torch.Tensor, snr_db: float, gen: torch.Generator) -> torch.Tensor:
+    """`audio` with white noise `snr_db` below its power."""
+    power = audio.pow(2).mean().clamp_min(1e-10)
+    noise = torch.randn(audio.shape, generator=gen).to(audio)
+    return audio + noise * torch.sqrt(power / 10 ** (snr_db / 10))
+
+
+def warp_frequencies(mel: torch.Tensor, factor: float) -> torch.Tensor:
+    """A log-mel (n_mels, frames) with its frequency axis stretched by `factor` (> 1: formants
+    move up, as from a shorter vocal tract); the top bins repeat the last one read."""
+    n = mel.shape[0]
+    src = (torch.arange(n, dtype=torch.float32, device=mel.device) / factor).clamp(max=n - 1)
+    low = src.floor().long()
+    high = (low + 1).clamp(max=n - 1)
+    frac = (src - low).unsqueeze(1).to(mel.dtype)
+    return mel[low] * (1 - frac) + mel[high] * frac
 
 
 def speed_perturb(audio: torch.Tensor, factor: float) -> torch.Tensor:
@@ -388,11 +412,15 @@ def augmented_mels(audios: list[torch.Tensor], n_mels: int, augment: Augment | N
     from omni_cli.e2e.speech_encoder import real_length_mel
 
     factor = rng.uniform(*augment.speed) if augment else 1.0
+    gen = torch.Generator().manual_seed(rng.randrange(2**31)) if augment and augment.noise_snr else None
     mels = []
     for audio in audios:
-        mel = real_length_mel(speed_perturb(audio.float(), factor), n_mels, n_ctx)
+        audio = speed_perturb(audio.float(), factor)
+        if augment and augment.noise_snr and rng.random() < augment.noise_p:
+            audio = add_noise(audio, rng.uniform(*augment.noise_snr), gen)
+        mel = real_length_mel(audio, n_mels, n_ctx)
         if augment:
-            mel = mel.clone()
+            mel = warp_frequencies(mel, rng.uniform(*augment.warp)) if augment.warp else mel.clone()
             for count, width, axis in ((augment.freq_masks, augment.freq_width, 0), (augment.time_masks, augment.time_width, 1)):
                 size = mel.shape[axis]
                 for _ in range(count):
