@@ -241,6 +241,8 @@ class ChatLLM:
         with self._kv_lock:
             cache, held = self._kv, self._kv_ids
             self._kv, self._kv_ids = None, ()
+        if cache is not None and cache.layers and cache.layers[0].is_initialized and cache.layers[0].keys.device != self.device:
+            cache = None  # the model moved since
         if cache is None:
             cache, held = new_kv_cache(self._float32_cache()), ()
         ids = [int(i) for i in ids]
