@@ -142,7 +142,9 @@ def run(args) -> None:
     train_audio = [audio[r["id"]].astype(np.float32) / 32768 for r in train]
     held_audio = [audio[r["id"]] for r in held]
     refs = [r["instruction"] for r in held]
-    augment = None if args.no_augment else Augment()
+    augment = None if args.no_augment else Augment(
+        warp=(1 - args.warp, 1 + args.warp) if args.warp else None,
+        noise_snr=tuple(float(x) for x in args.noise_snr.split(",")) if args.noise_snr else None)
     log = {"args": {k: str(v) for k, v in vars(args).items()}, "evals": [], "losses": []}
 
     def evaluate(step: int) -> float:
@@ -202,6 +204,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-augment", action="store_true")
+    ap.add_argument("--warp", type=float, default=0.0, help="vocal tract length perturbation: warp the log-mel by 1 +- this (e.g. 0.12)")
+    ap.add_argument("--noise-snr", help="white noise on half the items at an SNR in this range, dB (e.g. 5,25)")
     args = ap.parse_args()
     if args.make_kit:
         make_kit(args.make_kit)
