@@ -455,18 +455,21 @@ class Conversation:
             dropped += 1
         return history, dropped
 
+    def _model_threads(self) -> list[threading.Thread]:
+        """The threads that may be using the models: the last run and the preparation of a turn."""
+        return [t for t in (self._last_run.thread if self._last_run else None, self._preparing) if t is not None]
+
     def _join_models(self) -> None:
-        """Wait until nothing else uses the models (the last run, the preparation of this turn)."""
-        for thread in (self._last_run.thread if self._last_run else None, self._preparing):
-            if thread is not None:
-                thread.join()
+        """Wait until nothing else uses the models."""
+        for thread in self._model_threads():
+            thread.join()
 
     def _prepare_next(self) -> None:
         """While the user listens and speaks: compute the next turn's fixed beginning (system
         prompt and the history as that turn will fit it to its budget), so that the turn computes
         only the request, however long the conversation (its latency stays flat)."""
         history, _ = self._fitted(list(self.history))  # as the next turn will fit it
-        busy = [t for t in (self._last_run.thread if self._last_run else None, self._preparing) if t is not None]
+        busy = self._model_threads()
 
         def work() -> None:
             for thread in busy:
