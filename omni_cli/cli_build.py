@@ -6,6 +6,7 @@ registers them.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Annotated
@@ -212,9 +213,7 @@ def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume
         return
     with ui.progress() as bar:
         task_id = bar.add_task(f"{stage}", total=options.steps, completed=(first.step - 1) if first else options.steps)
-        for p in ([first] if first else []):
-            bar.update(task_id, completed=p.step, description=f"{stage} loss {p.loss:.3f}")
-        for p in steps:
+        for p in itertools.chain([first] if first else [], steps):
             bar.update(task_id, completed=p.step, description=f"{stage} loss {p.loss:.3f}")
     ui.note(f"model: {out / 'model'}  loss curve: {out / 'loss.png'}")
 

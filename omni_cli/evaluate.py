@@ -254,7 +254,6 @@ class Evaluator:
                 rows.append({**row, "error": f"internal error: {type(exc).__name__}: {exc}"})
         return rows
 
-
     def _keep_answer(self, item_id: str, condition: str, response: Response) -> str | None:
         """The spoken answer as Ogg/Opus under answers_dir; its path relative to the results folder."""
         if self.answers_dir is None or not response.audio.size:

@@ -110,10 +110,11 @@ def _player(uri: str | None) -> str:
     return f'<audio controls preload="metadata" src="{uri}"></audio>' if uri else '<span class="muted">no audio</span>'
 
 
-def _num(value, scale: float, digits: int) -> str:
+def _num(value, scale: float, digits: int, attrs: str) -> str:
+    """A numeric cell (`attrs` first, then its class and sort value)."""
     if value is None:
-        return '<td class="num" data-v="">-</td>'
-    return f'<td class="num" data-v="{value * scale:.6g}">{value * scale:.{digits}f}</td>'
+        return f'<td {attrs} class="num" data-v="">-</td>'
+    return f'<td {attrs} class="num" data-v="{value * scale:.6g}">{value * scale:.{digits}f}</td>'
 
 
 def render(summary: dict, rows: list[dict], out: Path, plots: list[str], definitions: dict[str, str],
@@ -186,7 +187,7 @@ def render(summary: dict, rows: list[dict], out: Path, plots: list[str], definit
         for key, _, scale, digits, c in figures:  # one cell per column, failed ones too: sorting counts them
             r = mine.get(c)
             value = None if r is None or r.get("error") else metrics_of[(item_id, c)].get(key)
-            cells.append(_num(value, scale, digits).replace("<td ", f'<td data-condition="{_esc(c)}" data-figure="{key}" ', 1))
+            cells.append(_num(value, scale, digits, f'data-condition="{_esc(c)}" data-figure="{key}"'))
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</tbody></table></body></html>")
     return "\n".join(parts) + "\n"
