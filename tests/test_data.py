@@ -82,6 +82,20 @@ def test_dpr_rows_with_doubled_quotes_and_quoted_answer_lists():
     assert data._literal_list("not a list") == ["not a list"]
 
 
+def test_chitchat_turns_pair_every_reply_with_the_message_before(tmp_path):
+    def message(*texts):
+        return [{"text": t, "sender": "x"} for t in texts]
+
+    conversations = {"c1": {"messages": [message("Hello", "How are you?"), message("Fine,", "thanks."), message(""), message("Bye")]},
+                     "c2": {"messages": [message("Only one")]}}
+    wheel = tmp_path / "chitchat.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("chitchat_dataset/dataset.json", json.dumps(conversations))
+    turns = list(data._chitchat_turns(wheel, tmp_path))
+    assert [(t["instruction"], t["answer"]) for t in turns] == [("Hello How are you?", "Fine, thanks.")]
+    assert data.DATASETS["chitchat-turns"].sha256 == data.DATASETS["chitchat"].sha256  # the same package
+
+
 def test_cli_list_and_fetch(fake_mt_bench):
     runner = CliRunner()
     fetched = runner.invoke(app, ["data", "fetch", "mt-bench"])

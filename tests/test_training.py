@@ -177,8 +177,59 @@ def test_stage2_reads_back_unanswered_instructions(peaked_omni, rows, tmp_path, 
     assert spoken == ["read this back 0", "read this back 1"] and len(progress) == 4
     assert all(np.isfinite(p.loss) for p in progress)
     monkeypatch.setattr(uv, "load_unit_vocoder", lambda spec: type("HuBERT", (), {"label": "hubert"})())
-    with pytest.raises(ConfigError, match="--read-back needs units computed from text"):
+    with pytest.raises(ConfigError, match="need units computed from text"):
         next(train_speech_decoder(load_omni(peaked_omni, TEST_DEVICE), rows + unanswered, tmp_path / "s3", opts, from_text=True, read_back=1))
+
+
+def test_decoder_texts_pair_answers_quiz_the_questions_and_leave_held_out_items_out():
+    from omni_cli.e2e.build_data import QUIZ_PROMPT, decoder_texts
+
+    chat = [{"source": "chitchat-turns", "instruction": f"how was day {i}?", "answer": f"It was a long and quiet day number {i}."}
+            for i in range(6)]
+    chat += [{"source": "chitchat-turns", "instruction": "hi", "answer": "lol ok"},  # too short: no answer, no question
+             {"source": "chitchat-turns", "instruction": "again", "answer": "It was a long and quiet day number 0."}]  # duplicate
+    questions = [{"source": "dpr-questions", "instruction": f"who painted picture {i}", "answer": "X"} for i in range(7)]
+    texts = decoder_texts(chat + questions, 100, exclude={"who painted picture 6?", "how was day 5?"})
+    answers = sorted(t["response"] for t in texts if t["instruction"] != QUIZ_PROMPT)
+    assert answers == [f"It was a long and quiet day number {i}." for i in range(5)]
+    quiz = [t["response"] for t in texts if t["instruction"] == QUIZ_PROMPT]
+    assert len(quiz) == 2 and all(q.count("?") == 3 for q in quiz)  # six questions, three at a time; the held-out one left out
+    assert not any("picture 6" in q for q in quiz)
+    assert decoder_texts(chat + questions, 100, seed=3) == decoder_texts(chat + questions, 100, seed=3)
+    few = decoder_texts(chat + questions, 4)
+    assert len(few) == 4 and sum(t["instruction"] == QUIZ_PROMPT for t in few) == 2  # drawn in turn from each source
+
+
+def test_stage2_learns_extra_texts_and_a_resume_reuses_the_llm_states(peaked_omni, rows, tmp_path, monkeypatch):
+    import omni_cli.e2e.train as train
+    import omni_cli.e2e.unit_vocoder as uv
+
+    class Letters:
+        label = "letters"
+
+        def text_to_units(self, text):
+            return [1 + ord(c) % 20 for c in text if c.isalpha()]
+
+    monkeypatch.setattr(uv, "load_unit_vocoder", lambda spec: Letters())
+    texts = [{"instruction": "say something", "response": f"something new number {i}"} for i in range(3)]
+    opts = TrainOptions(steps=4, batch_size=4, warmup=1, save_every=2)
+    with pytest.raises(ConfigError, match="with --from-text"):
+        next(train_speech_decoder(load_omni(peaked_omni, TEST_DEVICE), rows, tmp_path / "s0", opts, texts=texts))
+    calls = []
+    real = train.emitting_states_batch
+    monkeypatch.setattr(train, "emitting_states_batch", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    first = list(train_speech_decoder(load_omni(peaked_omni, TEST_DEVICE), rows, tmp_path / "s2",
+                                      TrainOptions(steps=2, batch_size=4, warmup=1, save_every=2), from_text=True, texts=texts))
+    assert calls == [len([r for r in rows if r.get("units")]) + 3] and len(first) == 2
+    assert (tmp_path / "s2" / "decoder-states.pt").is_file()
+    resumed = list(train_speech_decoder(load_omni(tmp_path / "s2" / "model", TEST_DEVICE), rows, tmp_path / "s2", opts,
+                                        resume=True, from_text=True, texts=texts))
+    assert [p.step for p in resumed] == [3, 4] and len(calls) == 1  # the states came from the run's file
+    other = [{"instruction": "say something", "response": "a different text"}]
+    list(train_speech_decoder(load_omni(tmp_path / "s2" / "model", TEST_DEVICE), rows, tmp_path / "s2", opts,
+                              resume=True, from_text=True, texts=other))
+    assert len(calls) == 2  # other items: computed again
+    assert all(np.isfinite(p.loss) for p in first + resumed)
 
 
 def test_cli_data_build_refuses_the_evaluation_set(tmp_path):

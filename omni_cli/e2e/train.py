@@ -24,9 +24,10 @@ outputs are also cached on disk beside the set (`features/`), shared by the stag
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -586,9 +587,11 @@ def emitting_states(model: SpeechLLM, response: str, encoded: torch.Tensor | Non
 
 @torch.no_grad()
 def emitting_states_batch(model: SpeechLLM, responses: list[str], encoded: list[torch.Tensor] | None = None,
-                          instructions: list[str] | None = None, batch: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                          instructions: list[str] | None = None, batch: int = 16, dtype: torch.dtype = torch.float32,
+                          embeddings: bool = True) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """`emitting_states` of many items, the LLM run on right-padded batches (bfloat16 autocast
-    where the hardware has it), in length order; results on the CPU, in the items' order."""
+    where the hardware has it), in length order; results on the CPU as `dtype`, in the items'
+    order (without `embeddings`, (states, None): tens of thousands of items fit in memory)."""
     embed = model.llm.model.get_input_embeddings()
     dev = model.device
     if encoded is not None:
@@ -609,57 +612,74 @@ def emitting_states_batch(model: SpeechLLM, responses: list[str], encoded: list[
             hidden = model.llm.model(inputs_embeds=x, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
         for row, i in enumerate(part):
             start = len(prompts[i]) - 1
-            out[i] = (hidden[row, start : start + len(answers[i])].float().cpu(), embed(answers[i]).float().cpu())
+            out[i] = (hidden[row, start : start + len(answers[i])].to(dtype).cpu().clone(),
+                      embed(answers[i]).to(dtype).cpu() if embeddings else None)
     return out
 
 
 def train_speech_decoder(
     model: SpeechLLM, rows: list[dict], out: Path, options: TrainOptions = TrainOptions(), resume: bool = False,
-    from_text: bool = False, read_back: int = 0,
+    from_text: bool = False, read_back: int = 0, texts: Sequence[dict] = (),
 ) -> Iterator[Progress]:
     """Stage 2. rows: manifest rows with `response`, `units`, and `audio` (or, `from_text`, the
     typed `instruction` takes the speech's place: no audio needed). A batch at a time, padded.
 
-    `read_back`: that many more rows without an answer join, their instruction read back as the
-    answer (units from the model's unit vocoder): more text for the decoder, no LLM answers needed.
-    """
+    More answer text, no LLM answers needed, units from the model's unit vocoder: `read_back`
+    more rows without an answer, their instruction read back as the answer; `texts`,
+    {instruction, response} pairs without audio (`decoder_texts`; needs `from_text`).
+    The LLM's states are computed once and kept in `out/decoder-states.pt` (bfloat16), so a
+    resumed run of the same items skips that pass."""
     torch.manual_seed(options.seed)
     out.mkdir(parents=True, exist_ok=True)
     for p in model.parameters():
         p.requires_grad_(False)
     gen = model.speech_generator
-    for p in gen.parameters():
-        p.requires_grad_(True)
-    extra = [r for r in rows if not r.get("units")][:read_back]
+    if texts and not from_text:
+        raise ConfigError("extra texts have no audio: train them with --from-text")
+    extra = [{**r, "response": r["instruction"]} for r in rows if not r.get("units")][:read_back]
+    extra += [{"instruction": t["instruction"], "response": t["response"]} for t in texts]
     rows = [r for r in rows if r.get("units")]
     if extra:
         from omni_cli.e2e.unit_vocoder import load_unit_vocoder
 
         vocoder = load_unit_vocoder(model.config.vocoder)
         if not hasattr(vocoder, "text_to_units"):
-            raise ConfigError(f"--read-back needs units computed from text; {vocoder.label} cannot")
-        extra = [{**r, "response": r["instruction"], "units": vocoder.text_to_units(r["instruction"])} for r in extra]
+            raise ConfigError(f"--read-back and --extra-texts need units computed from text; {vocoder.label} cannot")
+        extra = [{**r, "units": vocoder.text_to_units(r["response"])} for r in extra]
         rows += [r for r in extra if r["units"]]
     responses = [r["response"] for r in rows]
-    if from_text:
-        pairs = emitting_states_batch(model, responses, instructions=[r["instruction"] for r in rows])
+    key = hashlib.sha256(json.dumps([model.config.llm_source, from_text,
+                                     [[r["instruction"] if from_text else r["audio"], r["response"]] for r in rows]]).encode()).hexdigest()
+    cache = out / "decoder-states.pt"
+    saved = torch.load(cache, weights_only=True) if resume and cache.is_file() else None
+    if saved is not None and saved["key"] == key:
+        states = saved["states"]
     else:
-        pairs = emitting_states_batch(model, responses, encoded=encode_rows(model, rows))
+        encoded = None if from_text else encode_rows(model, rows)
+        pairs = emitting_states_batch(model, responses, encoded=encoded, instructions=[r["instruction"] for r in rows] if from_text else None,
+                                      dtype=torch.bfloat16, embeddings=False)
+        states = [h for h, _ in pairs]
+        if world()[0] == 0:
+            torch.save({"key": key, "states": states}, cache)
+    ids = [torch.tensor(_answer_ids(model, r)) for r in responses]
     units = [torch.tensor(r["units"]) for r in rows]
     pad = torch.nn.utils.rnn.pad_sequence
     dev = model.device
+    embed = model.llm.model.get_input_embeddings()
+    for p in gen.parameters():
+        p.requires_grad_(True)
 
     def batch_loss(indices: list[int], step: int) -> torch.Tensor:
-        hidden = pad([pairs[i][0] for i in indices], batch_first=True).to(dev)
-        tokens = pad([pairs[i][1] for i in indices], batch_first=True).to(dev) if gen.config.token_input else None
+        hidden = pad([states[i] for i in indices], batch_first=True).to(dev).float()
+        tokens = embed(pad([ids[i] for i in indices], batch_first=True).to(dev)).float() if gen.config.token_input else None
         with autocast(dev):
-            return gen.ctc_loss(hidden, torch.tensor([len(pairs[i][0]) for i in indices], device=dev),
+            return gen.ctc_loss(hidden, torch.tensor([len(states[i]) for i in indices], device=dev),
                                 pad([units[i] for i in indices], batch_first=True).to(dev),
                                 torch.tensor([len(units[i]) for i in indices], device=dev), tokens)
 
     gen.train()
     yield from _loop(list(gen.parameters()), batched(batch_loss), len(rows), options, out, lambda: save_omni(model, out / "model"), resume,
-                     lengths=[len(h) for h, _ in pairs], title="stage 2: CTC speech decoder")
+                     lengths=[len(h) for h in states], title="stage 2: CTC speech decoder")
     gen.eval()
 
 
@@ -670,14 +690,16 @@ def start_stage(
     stage: str, data_dir: Path, out: Path, start: Path | None = None, resume: bool = False,
     options: TrainOptions = TrainOptions(), task: str = "ctc", units: str = "tokens", augment: bool = False,
     lora: LoraConfig = LoraConfig(), answer_share: float = 0.5, from_text: bool = False, read_back: int = 0,
-    device: str = "cpu",
+    extra_texts: int = 0, text_sources: Sequence[str] = (), device: str = "cpu",
 ) -> tuple[list[dict], Iterator[Progress]]:
     """A training stage ready to run on the train split of a set made by `build`: its rows, and
     the stage's steps (not started: the first step also prepares the items, the frozen encoder
     and LLM passes). The model is the run's own (`out/model`) when resuming one, else `start`,
     else a fresh default (a ctc adaptor, or a linear one for the adaptor tasks answer, asr and
     align), on the training device. `stage`: adaptor (with `task`, `units` of a fresh ctc adaptor
-    and `augment`), llm (`lora`, `answer_share`) or speech-decoder (`from_text`, `read_back`)."""
+    and `augment`), llm (`lora`, `answer_share`) or speech-decoder (`from_text`, `read_back`, and
+    `extra_texts` pairs drawn from the registry sets `text_sources` by `decoder_texts`, none of
+    the set's held-out instructions among them)."""
     from omni_cli.e2e.build_data import read_manifest
 
     if stage not in STAGES:
@@ -709,5 +731,18 @@ def start_stage(
     elif stage == "llm":
         steps = train_llm(model, rows, out, options, resume=resume, lora=lora, answer_share=answer_share)
     else:
-        steps = train_speech_decoder(model, rows, out, options, resume=resume, from_text=from_text, read_back=read_back)
+        texts: list[dict] = []
+        if extra_texts:
+            from omni_cli import data
+            from omni_cli.e2e.build_data import DECODER_TEXT_SOURCES, decoder_texts
+
+            names = tuple(text_sources) or DECODER_TEXT_SOURCES
+            for name in names:
+                if data.lookup(name).eval_only:
+                    raise ConfigError(f"'{name}' is an evaluation set: it must never be used for training")
+            heldout = {r["instruction"].lower() for r in read_manifest(data_dir, split="heldout")}
+            texts = decoder_texts([item for name in names for item in data.load(name)], extra_texts, seed=options.seed,
+                                  exclude=heldout)
+        steps = train_speech_decoder(model, rows, out, options, resume=resume, from_text=from_text, read_back=read_back,
+                                     texts=texts)
     return rows, steps
