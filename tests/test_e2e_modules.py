@@ -70,15 +70,18 @@ def test_ctc_collapse_rules(blank_previous):
     assert ctc_collapse([9, 3], blank, previous=3) == [3]
 
 
-def decoder(seed=0, upsample=4):
+def decoder(seed=0, upsample=4, sub_positions=False):
     torch.manual_seed(seed)
-    return SpeechGenerator(SpeechDecoderConfig(llm_width=16, width=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn=64,
-                                               num_units=7, upsample=upsample)).eval()
+    gen = SpeechGenerator(SpeechDecoderConfig(llm_width=16, width=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn=64,
+                                              num_units=7, upsample=upsample, sub_positions=sub_positions)).eval()
+    if sub_positions:
+        torch.nn.init.normal_(gen.sub_position, std=3.0)
+    return gen
 
 
-@pytest.mark.parametrize("length", [1, 5, 37])
-def test_incremental_decoding_equals_the_full_pass(length):
-    gen = decoder(seed=length)
+@pytest.mark.parametrize("length,sub_positions", [(1, False), (5, False), (37, False), (1, True), (37, True)])
+def test_incremental_decoding_equals_the_full_pass(length, sub_positions):
+    gen = decoder(seed=length, sub_positions=sub_positions)
     hidden = torch.randn(length, 16) * 3
     stream = SpeechDecoderStream(gen)
     units = [u for h in hidden for u in stream.push(h)]
@@ -93,6 +96,17 @@ def test_incremental_decoding_equals_the_full_pass(length):
             parts.append(gen.logits(up, past=s.past, cache=s.cache)[0])
             s.past += up.shape[1]
     torch.testing.assert_close(torch.cat(parts), full, atol=1e-5, rtol=1e-4)
+
+
+def test_sub_positions_let_the_first_tokens_copies_say_different_units():
+    """Without them the lambda copies of the first state see identical inputs at every position,
+    so all predict the same unit (a word keeps one phoneme); with them the copies differ."""
+    h = torch.randn(1, 1, 16)
+    for sub_positions, distinct in ((False, 1), (True, 4)):
+        gen = decoder(sub_positions=sub_positions)
+        with torch.no_grad():
+            logits = gen.logits(gen.project(h))[0]
+        assert len({tuple(row.round(decimals=4).tolist()) for row in logits}) == distinct
 
 
 def test_decoder_is_causal():

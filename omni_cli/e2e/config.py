@@ -68,6 +68,9 @@ class SpeechDecoderConfig:
     # (None: the whole prefix, as published; a window keeps the work per text token constant)
     token_input: bool = False  # also read the emitted token's LLM input embedding (token_proj), added to
     # input_proj of the hidden state (LLaMA-Omni2 feeds the token beside the state; the published model does not)
+    sub_positions: bool = False  # add a learned vector per copy (0 .. lambda - 1) to the upsampled inputs: without
+    # it the first token's lambda copies are identical and attend to identical positions, so they all predict the same
+    # unit and its word loses all but one phoneme (the published model does not)
 
 
 @dataclass(frozen=True)

@@ -69,14 +69,19 @@ class SpeechGenerator(nn.Module):
         lcfg = llama_config(config)
         self.input_proj = nn.Linear(config.llm_width, config.width)
         self.token_proj = nn.Linear(config.llm_width, config.width, bias=False) if config.token_input else None
+        self.sub_position = nn.Parameter(torch.zeros(config.upsample, config.width)) if config.sub_positions else None
         self.layers = nn.ModuleList([LlamaDecoderLayer(lcfg, i) for i in range(config.n_layers)])
         self.output_proj = nn.Linear(config.width, config.num_units + 1)
         self.rotary = LlamaRotaryEmbedding(lcfg)
         self.llama_config = lcfg
 
     def upsample(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(batch, M, width) -> (batch, M * lambda, width), each state repeated lambda times."""
-        return hidden.repeat_interleave(self.config.upsample, dim=1)
+        """(batch, M, width) -> (batch, M * lambda, width), each state repeated lambda times (with
+        `sub_positions`, copy j of every state plus the learned vector j)."""
+        x = hidden.repeat_interleave(self.config.upsample, dim=1)
+        if self.sub_position is not None:
+            x = x + self.sub_position.to(x.dtype).repeat(hidden.shape[1], 1)
+        return x
 
     def project(self, hidden: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, M, llm_width) states (and, with token_input, the (batch, M, llm_width) input
