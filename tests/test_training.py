@@ -375,6 +375,10 @@ def test_start_stage_refuses_what_cannot_be_trained_before_loading_a_model(rows,
         start_stage("adaptor", heldout_only, tmp_path / "out", task="answers")
     with pytest.raises(ConfigError, match="--augment trains the ctc adaptor"):
         start_stage("adaptor", heldout_only, tmp_path / "out", task="asr", augment=True)
+    with pytest.raises(ConfigError, match="with --from-text"):
+        start_stage("speech-decoder", heldout_only, tmp_path / "out", extra_texts=10)
+    with pytest.raises(ConfigError, match="'alpaca-eval' is an evaluation set"):
+        start_stage("speech-decoder", heldout_only, tmp_path / "out", from_text=True, extra_texts=10, text_sources=("alpaca-eval",))
     assert not (tmp_path / "out").exists()
 
 

@@ -710,6 +710,16 @@ def start_stage(
         raise ConfigError(f"--units is 'tokens' or 'chars', not {units!r}")
     if augment and task != "ctc":
         raise ConfigError("--augment trains the ctc adaptor (--task ctc)")
+    if extra_texts and not from_text:
+        raise ConfigError("extra texts have no audio: train them with --from-text")
+    if extra_texts:
+        from omni_cli import data
+        from omni_cli.e2e.build_data import DECODER_TEXT_SOURCES
+
+        text_sources = tuple(text_sources) or DECODER_TEXT_SOURCES
+        for name in text_sources:
+            if data.lookup(name).eval_only:
+                raise ConfigError(f"'{name}' is an evaluation set: it must never be used for training")
     if not (data_dir / "manifest.jsonl").is_file():
         raise ConfigError(f"{data_dir}: no manifest.jsonl (build one with `omni data build --out {data_dir}`)")
     rows = read_manifest(data_dir, split="train")
@@ -733,15 +743,10 @@ def start_stage(
     else:
         texts: list[dict] = []
         if extra_texts:
-            from omni_cli import data
-            from omni_cli.e2e.build_data import DECODER_TEXT_SOURCES, decoder_texts
+            from omni_cli.e2e.build_data import decoder_texts
 
-            names = tuple(text_sources) or DECODER_TEXT_SOURCES
-            for name in names:
-                if data.lookup(name).eval_only:
-                    raise ConfigError(f"'{name}' is an evaluation set: it must never be used for training")
             heldout = {r["instruction"].lower() for r in read_manifest(data_dir, split="heldout")}
-            texts = decoder_texts([item for name in names for item in data.load(name)], extra_texts, seed=options.seed,
+            texts = decoder_texts([item for name in text_sources for item in data.load(name)], extra_texts, seed=options.seed,
                                   exclude=heldout)
         steps = train_speech_decoder(model, rows, out, options, resume=resume, from_text=from_text, read_back=read_back,
                                      texts=texts)
