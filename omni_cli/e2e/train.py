@@ -713,13 +713,9 @@ def start_stage(
     if extra_texts and not from_text:
         raise ConfigError("extra texts have no audio: train them with --from-text")
     if extra_texts:
-        from omni_cli import data
-        from omni_cli.e2e.build_data import DECODER_TEXT_SOURCES
+        from omni_cli.e2e.build_data import DECODER_TEXT_SOURCES, training_sources
 
-        text_sources = tuple(text_sources) or DECODER_TEXT_SOURCES
-        for name in text_sources:
-            if data.lookup(name).eval_only:
-                raise ConfigError(f"'{name}' is an evaluation set: it must never be used for training")
+        text_sources = training_sources(text_sources or DECODER_TEXT_SOURCES)
     if not (data_dir / "manifest.jsonl").is_file():
         raise ConfigError(f"{data_dir}: no manifest.jsonl (build one with `omni data build --out {data_dir}`)")
     rows = read_manifest(data_dir, split="train")
@@ -743,6 +739,7 @@ def start_stage(
     else:
         texts: list[dict] = []
         if extra_texts:
+            from omni_cli import data
             from omni_cli.e2e.build_data import decoder_texts
 
             heldout = {r["instruction"].lower() for r in read_manifest(data_dir, split="heldout")}
