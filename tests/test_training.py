@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from omni_cli.e2e.build_data import BuildOptions, BuildProgress, build, build_set, read_manifest, select_instructions, speakable
 from omni_cli.e2e.checkpoint import load_omni
@@ -200,7 +201,7 @@ def test_decoder_texts_pair_answers_quiz_the_questions_and_leave_held_out_items_
     assert len(few) == 4 and sum(t["instruction"] == QUIZ_PROMPT for t in few) == 2  # drawn in turn from each source
 
 
-def test_stage2_learns_extra_texts_and_a_resume_reuses_the_llm_states(peaked_omni, rows, tmp_path, monkeypatch):
+def test_stage2_learns_extra_texts_and_reuses_the_llm_states_it_has(peaked_omni, rows, tmp_path, monkeypatch):
     import omni_cli.e2e.train as train
     import omni_cli.e2e.unit_vocoder as uv
 
@@ -228,7 +229,12 @@ def test_stage2_learns_extra_texts_and_a_resume_reuses_the_llm_states(peaked_omn
     other = [{"instruction": "say something", "response": "a different text"}]
     list(train_speech_decoder(load_omni(tmp_path / "s2" / "model", TEST_DEVICE), rows, tmp_path / "s2", opts,
                               resume=True, from_text=True, texts=other))
-    assert len(calls) == 2  # other items: computed again
+    assert calls[1:] == [1]  # one new item: only it computed, the others from the file
+    changed = load_omni(tmp_path / "s2" / "model", TEST_DEVICE)
+    with torch.no_grad():
+        next(changed.llm.model.parameters()).add_(0.01)
+    list(train_speech_decoder(changed, rows, tmp_path / "s2", opts, resume=True, from_text=True, texts=other))
+    assert calls[2:] == [len([r for r in rows if r.get("units")]) + 1]  # other LLM weights: all computed again
     assert all(np.isfinite(p.loss) for p in first + resumed)
 
 

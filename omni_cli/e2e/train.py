@@ -617,6 +617,38 @@ def emitting_states_batch(model: SpeechLLM, responses: list[str], encoded: list[
     return out
 
 
+def _llm_fingerprint(model: SpeechLLM) -> str:
+    """A hash of the LLM's weights (LoRA merged): states computed under other weights differ."""
+    h = hashlib.sha256(model.config.llm_source.encode())
+    for name, p in model.llm.model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _cached_states(model: SpeechLLM, rows: list[dict], cache: Path, from_text: bool) -> list[torch.Tensor]:
+    """The LLM's emitting states of each row (bfloat16), from `cache` where it has them for this
+    LLM's weights, the others computed and added to it."""
+    llm = _llm_fingerprint(model)
+    keys = [hashlib.sha256(json.dumps([from_text, r["instruction"] if from_text else r["audio"], r["response"]]).encode()).hexdigest()[:24]
+            for r in rows]
+    saved = torch.load(cache, weights_only=True) if cache.is_file() else {}
+    known: dict[str, torch.Tensor] = saved.get("items", {}) if saved.get("llm") == llm else {}
+    todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.values())
+    if todo:
+        part = [rows[i] for i in todo]
+        encoded = None if from_text else encode_rows(model, part)
+        pairs = emitting_states_batch(model, [r["response"] for r in part], encoded=encoded,
+                                      instructions=[r["instruction"] for r in part] if from_text else None,
+                                      dtype=torch.bfloat16, embeddings=False)
+        known.update((keys[i], h) for i, (h, _) in zip(todo, pairs))
+        if world()[0] == 0:
+            tmp = cache.with_suffix(".tmp")
+            torch.save({"llm": llm, "items": known}, tmp)
+            tmp.replace(cache)
+    return [known[k] for k in keys]
+
+
 def train_speech_decoder(
     model: SpeechLLM, rows: list[dict], out: Path, options: TrainOptions = TrainOptions(), resume: bool = False,
     from_text: bool = False, read_back: int = 0, texts: Sequence[dict] = (),
@@ -627,8 +659,8 @@ def train_speech_decoder(
     More answer text, no LLM answers needed, units from the model's unit vocoder: `read_back`
     more rows without an answer, their instruction read back as the answer; `texts`,
     {instruction, response} pairs without audio (`decoder_texts`; needs `from_text`).
-    The LLM's states are computed once and kept in `out/decoder-states.pt` (bfloat16), so a
-    resumed run of the same items skips that pass."""
+    The LLM's states are computed once and kept in `out/decoder-states.pt` (bfloat16, by item,
+    for this LLM's weights): a resumed run, or one with more items, computes only the new ones."""
     torch.manual_seed(options.seed)
     out.mkdir(parents=True, exist_ok=True)
     for p in model.parameters():
@@ -648,19 +680,7 @@ def train_speech_decoder(
         extra = [{**r, "units": vocoder.text_to_units(r["response"])} for r in extra]
         rows += [r for r in extra if r["units"]]
     responses = [r["response"] for r in rows]
-    key = hashlib.sha256(json.dumps([model.config.llm_source, from_text,
-                                     [[r["instruction"] if from_text else r["audio"], r["response"]] for r in rows]]).encode()).hexdigest()
-    cache = out / "decoder-states.pt"
-    saved = torch.load(cache, weights_only=True) if resume and cache.is_file() else None
-    if saved is not None and saved["key"] == key:
-        states = saved["states"]
-    else:
-        encoded = None if from_text else encode_rows(model, rows)
-        pairs = emitting_states_batch(model, responses, encoded=encoded, instructions=[r["instruction"] for r in rows] if from_text else None,
-                                      dtype=torch.bfloat16, embeddings=False)
-        states = [h for h, _ in pairs]
-        if world()[0] == 0:
-            torch.save({"key": key, "states": states}, cache)
+    states = _cached_states(model, rows, out / "decoder-states.pt", from_text)
     ids = [torch.tensor(_answer_ids(model, r)) for r in responses]
     units = [torch.tensor(r["units"]) for r in rows]
     pad = torch.nn.utils.rnn.pad_sequence
