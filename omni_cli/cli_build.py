@@ -201,12 +201,18 @@ def _train() -> None:
 def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume: bool, options, **stage_options) -> None:
     """Run a training stage (`start_stage`) with a progress bar; in a distributed run only the
     first process reports."""
-    from omni_cli.e2e.train import start_stage, world
+    from omni_cli.e2e.train import preparation_progress, start_stage, world
 
     with ui.err.status("loading the model ..."):
         rows, steps = start_stage(stage, data_dir, out, start, resume, options, **stage_options)
-    with ui.err.status(f"preparing {len(rows)} items (frozen encoder and LLM passes) ..."):
+    if world()[0] != 0:
         first = next(steps, None)
+    else:
+        with ui.progress() as bar:
+            task_id = bar.add_task(f"preparing {len(rows)} items", total=None)
+            report = lambda what, done, total: bar.update(task_id, description=f"preparing: {what}", completed=done, total=total)  # noqa: E731
+            with preparation_progress(report):
+                first = next(steps, None)
     if world()[0] != 0:  # another process of a distributed run: the first one reports
         for _ in steps:
             pass

@@ -219,9 +219,13 @@ def test_stage2_learns_extra_texts_and_reuses_the_llm_states_it_has(peaked_omni,
     calls = []
     real = train.emitting_states_batch
     monkeypatch.setattr(train, "emitting_states_batch", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
-    first = list(train_speech_decoder(load_omni(peaked_omni, TEST_DEVICE), rows, tmp_path / "s2",
-                                      TrainOptions(steps=2, batch_size=4, warmup=1, save_every=2), from_text=True, texts=texts))
-    assert calls == [len([r for r in rows if r.get("units")]) + 3] and len(first) == 2
+    reports = []
+    with train.preparation_progress(lambda *a: reports.append(a)):
+        first = list(train_speech_decoder(load_omni(peaked_omni, TEST_DEVICE), rows, tmp_path / "s2",
+                                          TrainOptions(steps=2, batch_size=4, warmup=1, save_every=2), from_text=True, texts=texts))
+    n = len([r for r in rows if r.get("units")]) + 3
+    assert calls == [n] and len(first) == 2
+    assert reports[-1] == ("LLM states", n, n) and all(0 < done <= total == n for _, done, total in reports)  # the pass showed its progress
     assert (tmp_path / "s2" / "decoder-states.pt").is_file()
     resumed = list(train_speech_decoder(load_omni(tmp_path / "s2" / "model", TEST_DEVICE), rows, tmp_path / "s2", opts,
                                         resume=True, from_text=True, texts=texts))
@@ -279,6 +283,7 @@ def test_cli_train_both_stages_from_a_model_folder(peaked_omni, rows, tmp_path):
     s2 = runner.invoke(app, ["train", "speech-decoder", "--data", str(data_dir), "--out", str(tmp_path / "s2"),
                              "--from", str(tmp_path / "s1" / "model"), "--steps", "3", "--batch-size", "2", "--device", TEST_DEVICE])
     assert s2.exit_code == 0, s2.stderr
+    assert "preparing: LLM states" in s2.stderr  # the frozen passes before the first step show their progress
     missing = runner.invoke(app, ["train", "speech-decoder", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "s3")])
     assert missing.exit_code == 2 and "omni data build" in missing.stderr
 

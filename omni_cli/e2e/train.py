@@ -23,6 +23,7 @@ outputs are also cached on disk beside the set (`features/`), shared by the stag
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -237,6 +238,25 @@ def _loop(
         plot_losses(losses, out / "loss.png", title)
 
 
+_preparing: list[Callable[[str, int, int], None]] = []
+
+
+@contextlib.contextmanager
+def preparation_progress(report: Callable[[str, int, int], None]) -> Iterator[None]:
+    """Within it, the frozen passes that prepare a stage's items (encoder outputs, LLM states)
+    call `report(what, done, total)` as they go (the first step of a stage can take an hour)."""
+    _preparing.append(report)
+    try:
+        yield
+    finally:
+        _preparing.remove(report)
+
+
+def _prepared(what: str, done: int, total: int) -> None:
+    for report in _preparing:
+        report(what, done, total)
+
+
 def encode_rows(model: SpeechLLM, rows: list[dict]) -> list[torch.Tensor]:
     """The frozen encoder's outputs for each row's audio (float16, as cached), cached on disk
     beside the audio folder (`features/<encoder>/<name>.pt`) so later stages and runs reuse them."""
@@ -245,7 +265,9 @@ def encode_rows(model: SpeechLLM, rows: list[dict]) -> list[torch.Tensor]:
     cfg = model.config
     key = re.sub(r"[^\w.-]+", "_", f"{Path(cfg.encoder_source).name or 'encoder'}-{cfg.encoder.width}-{'pad' if cfg.encoder.padded else 'real'}")
     out = []
-    for r in rows:
+    for n, r in enumerate(rows):
+        if n % 50 == 0:
+            _prepared("encoder outputs", n, len(rows))
         audio = Path(r["audio"])
         cached = audio.parent.parent / "features" / key / f"{audio.stem}.pt"
         if cached.is_file():
@@ -256,6 +278,7 @@ def encode_rows(model: SpeechLLM, rows: list[dict]) -> list[torch.Tensor]:
         cached.parent.mkdir(parents=True, exist_ok=True)
         torch.save(states.half().clone(), cached)
         out.append(states.half())
+    _prepared("encoder outputs", len(rows), len(rows))
     return out
 
 
@@ -614,6 +637,7 @@ def emitting_states_batch(model: SpeechLLM, responses: list[str], encoded: list[
             start = len(prompts[i]) - 1
             out[i] = (hidden[row, start : start + len(answers[i])].to(dtype).cpu().clone(),
                       embed(answers[i]).to(dtype).cpu() if embeddings else None)
+        _prepared("LLM states", min(b + batch, len(order)), len(order))
     return out
 
 
