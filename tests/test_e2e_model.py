@@ -1,6 +1,7 @@
 """The end-to-end model as a whole: save -> load, the published checkpoint format, and the
 streaming pipeline's events."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -219,6 +220,26 @@ def test_pipeline_streams_units_and_audio(tiny_e2e_parts, question_audio, piper_
     response = collect(iter(events), pipe.sample_rate)
     if audio_chunks:
         np.testing.assert_array_equal(response.audio, np.concatenate([c.samples for c in audio_chunks]))
+
+
+def test_pipeline_speaks_a_lookahead_decoders_last_token(tiny_e2e_parts, question_audio, piper_units):
+    """A decoder with lookahead holds each token back until the next one: the pipeline flushes
+    the last, so the streamed units are still exactly the full pass's."""
+    from omni_cli.e2e.speech_generator import SpeechGenerator
+    from omni_cli.e2e.speech_llm import SpeechLLM
+
+    base = tiny_e2e_parts["model"]
+    cfg = dataclasses.replace(base.config.speech_decoder, token_input=True, lookahead=True, sub_positions=True)
+    torch.manual_seed(5)
+    gen = SpeechGenerator(cfg).eval()
+    with torch.no_grad():
+        gen.output_proj.bias[gen.blank] = -30.0  # never blank: every token, the last too, says units
+    model = SpeechLLM(dataclasses.replace(base.config, speech_decoder=cfg), base.speech_encoder, base.speech_projector, base.llm, gen).eval()
+    events = list(E2EPipeline(model, RecordingVocoder(piper_units), E2EOptions(omega=10, generation=OPTS)).run(question_audio))
+    steps = list(model.stream(question_audio, OPTS))
+    full = gen.predict(torch.stack([s.hidden for s in steps]), torch.stack([model.token_embedding(s.token_id) for s in steps]))
+    streamed = [u for e in events if isinstance(e, UnitChunk) for u in e.units]
+    assert streamed == full and len(full) >= len(steps)
 
 
 def test_vocoder_unit_count_must_match(tiny_e2e_parts):

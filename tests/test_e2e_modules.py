@@ -10,6 +10,7 @@ from omni_cli.e2e.speech_encoder import SpeechEncoder
 from omni_cli.e2e.speech_generator import SpeechDecoderStream, SpeechGenerator, ctc_collapse
 from omni_cli.e2e.speech_projector import SpeechProjector
 from omni_cli.e2e.unit_vocoder import UnitChunker
+from omni_cli.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,49 @@ def test_incremental_decoding_equals_the_full_pass(length, sub_positions):
             parts.append(gen.logits(up, past=s.past, cache=s.cache)[0])
             s.past += up.shape[1]
     torch.testing.assert_close(torch.cat(parts), full, atol=1e-5, rtol=1e-4)
+
+
+def lookahead_decoder(seed=0):
+    torch.manual_seed(seed)
+    gen = SpeechGenerator(SpeechDecoderConfig(llm_width=16, width=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn=64, num_units=7,
+                                              upsample=4, sub_positions=True, token_input=True, lookahead=True)).eval()
+    torch.nn.init.normal_(gen.next_proj.weight, std=1.0)
+    return gen
+
+
+@pytest.mark.parametrize("length", [1, 2, 23])
+def test_lookahead_decoder_streams_exactly_one_token_behind(length):
+    """Each token's units wait for the next token (the last one's for flush), and the stream
+    equals the full pass, in which the last token sees zeros for its next."""
+    gen = lookahead_decoder(seed=length)
+    hidden, tokens = torch.randn(length, 16) * 3, torch.randn(length, 16) * 3
+    stream = SpeechDecoderStream(gen)
+    pushed = [stream.push(h, t) for h, t in zip(hidden, tokens)]
+    assert pushed[0] == []  # the first token is held back until the second arrives
+    units = [u for part in pushed for u in part] + stream.flush()
+    assert units == gen.predict(hidden, tokens) and stream.flush() == []
+    if length > 1:  # a token's logits change with the token after it
+        other = tokens.clone()
+        other[1] = torch.randn(16) * 3
+        with torch.no_grad():
+            a = gen.logits(gen.project(hidden[None], tokens[None], gen.following(tokens[None])))[0]
+            b = gen.logits(gen.project(hidden[None], other[None], gen.following(other[None])))[0]
+        assert not torch.allclose(a[:4], b[:4])
+
+
+def test_lookahead_needs_the_token_input_and_keeps_padding_out():
+    with pytest.raises(ConfigError, match="token_input"):
+        SpeechGenerator(SpeechDecoderConfig(llm_width=16, width=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn=64, num_units=7,
+                                            upsample=4, lookahead=True))
+    gen = lookahead_decoder()
+    hidden, tokens = torch.randn(2, 6, 16), torch.randn(2, 6, 16)
+    targets = torch.tensor([[1, 2, 3, 4, 0], [5, 6, 1, 0, 0]])
+    with torch.no_grad():
+        both = gen.ctc_loss(hidden, torch.tensor([6, 4]), targets, torch.tensor([5, 3]), tokens)
+        alone = [gen.ctc_loss(hidden[i : i + 1, :n], torch.tensor([n]), targets[i : i + 1, :m], torch.tensor([m]), tokens[i : i + 1, :n])
+                 for i, (n, m) in enumerate([(6, 5), (4, 3)])]
+    # the loss is a sum over items / total target length: the padded item's last token saw zeros, not padding
+    torch.testing.assert_close(both, (alone[0] * 5 + alone[1] * 3) / 8)
 
 
 def test_sub_positions_let_the_first_tokens_copies_say_different_units():

@@ -71,6 +71,9 @@ class SpeechDecoderConfig:
     sub_positions: bool = False  # add a learned vector per copy (0 .. lambda - 1) to the upsampled inputs: without
     # it the first token's lambda copies are identical and attend to identical positions, so they all predict the same
     # unit and its word loses all but one phoneme (the published model does not)
+    lookahead: bool = False  # with token_input, also read the next token's input embedding (next_proj; zeros after the
+    # last): a token's units wait one LLM step for the token after it, so a word split into pieces ("Tok" "yo") is
+    # pronounced knowing how it goes on
 
 
 @dataclass(frozen=True)

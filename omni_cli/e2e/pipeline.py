@@ -80,7 +80,7 @@ class E2EPipeline:
             for chunk in chunker.push(units):
                 yield from self._vocode(chunk, n_chunks)
                 n_chunks += 1
-        for chunk in chunker.flush():
+        for chunk in [*chunker.push(decoder.flush()), *chunker.flush()]:
             yield from self._vocode(chunk, n_chunks)
             n_chunks += 1
         yield Done(text="".join(text).strip(), transcript=heard)
@@ -114,4 +114,5 @@ class E2EPipeline:
             features = self.model.speech_features(noise)
             for step in self.model.stream_features(features, GenerationOptions(max_new_tokens=3)):
                 units += decoder.push(step.hidden, self.model.token_embedding(step.token_id))
+            units += decoder.flush()
         self.vocoder.units_to_audio(units[:20] or [0] * 5)

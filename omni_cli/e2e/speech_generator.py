@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from omni_cli.e2e.config import SpeechDecoderConfig
+from omni_cli.errors import ConfigError
 
 
 def llama_config(config: SpeechDecoderConfig):
@@ -69,6 +70,9 @@ class SpeechGenerator(nn.Module):
         lcfg = llama_config(config)
         self.input_proj = nn.Linear(config.llm_width, config.width)
         self.token_proj = nn.Linear(config.llm_width, config.width, bias=False) if config.token_input else None
+        if config.lookahead and not config.token_input:
+            raise ConfigError("a speech decoder with lookahead reads the tokens' embeddings: it needs token_input")
+        self.next_proj = nn.Linear(config.llm_width, config.width, bias=False) if config.lookahead else None
         self.sub_position = nn.Parameter(torch.zeros(config.upsample, config.width)) if config.sub_positions else None
         self.layers = nn.ModuleList([LlamaDecoderLayer(lcfg, i) for i in range(config.n_layers)])
         self.output_proj = nn.Linear(config.width, config.num_units + 1)
@@ -83,15 +87,31 @@ class SpeechGenerator(nn.Module):
             x = x + self.sub_position.to(x.dtype).repeat(hidden.shape[1], 1)
         return x
 
-    def project(self, hidden: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    def project(self, hidden: torch.Tensor, tokens: torch.Tensor | None = None, following: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, M, llm_width) states (and, with token_input, the (batch, M, llm_width) input
-        embeddings of the tokens they emitted) -> (batch, M * lambda, width) decoder inputs."""
+        embeddings of the tokens they emitted; with lookahead, `following`: each one's next
+        token's, zeros after the last) -> (batch, M * lambda, width) decoder inputs."""
         x = self.input_proj(hidden)
         if self.token_proj is not None:
             if tokens is None:
                 raise ValueError("this speech decoder reads the emitted tokens' embeddings beside the hidden states")
             x = x + self.token_proj(tokens.to(x.dtype))
+        if self.next_proj is not None:
+            if following is None:
+                raise ValueError("this speech decoder reads each token's next token's embedding (lookahead)")
+            x = x + self.next_proj(following.to(x.dtype))
         return self.upsample(x)
+
+    def following(self, tokens: torch.Tensor | None, lengths: torch.Tensor | None = None) -> torch.Tensor | None:
+        """With lookahead, the next tokens' embeddings for (batch, M, llm_width) `tokens`, zeros
+        after each item's last (`lengths` valid tokens each; default all M); else None."""
+        if self.next_proj is None or tokens is None:
+            return None
+        nxt = torch.cat([tokens[:, 1:], torch.zeros_like(tokens[:, :1])], dim=1)
+        if lengths is not None:
+            keep = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < (lengths[:, None] - 1)
+            nxt = nxt * keep[..., None].to(nxt.dtype)
+        return nxt
 
     def new_cache(self):
         from transformers import DynamicCache
@@ -126,7 +146,8 @@ class SpeechGenerator(nn.Module):
     def predict(self, hidden: torch.Tensor, tokens: torch.Tensor | None = None) -> list[int]:
         """Full pass: (M, llm_width) hidden states (and their tokens' embeddings) -> collapsed unit sequence."""
         dtype = self.input_proj.weight.dtype
-        x = self.project(hidden.unsqueeze(0).to(dtype), None if tokens is None else tokens.unsqueeze(0).to(dtype))
+        tokens = None if tokens is None else tokens.unsqueeze(0).to(dtype)
+        x = self.project(hidden.unsqueeze(0).to(dtype), tokens, self.following(tokens))
         raw = self.logits(x)[0].argmax(-1).tolist()
         return ctc_collapse(raw, self.blank)
 
@@ -137,7 +158,7 @@ class SpeechGenerator(nn.Module):
         hidden (B, M, llm_width) padded; lengths (B,) valid states; targets (B, U) padded
         deduplicated units; target_lengths (B,); tokens (B, M, llm_width) with token_input.
         Padding positions come after each item's valid ones, so causal attention keeps them out."""
-        logp = torch.log_softmax(self.logits(self.project(hidden, tokens)).float(), dim=-1)
+        logp = torch.log_softmax(self.logits(self.project(hidden, tokens, self.following(tokens, lengths))).float(), dim=-1)
         loss = nn.functional.ctc_loss(
             logp.transpose(0, 1), targets, lengths * self.config.upsample, target_lengths,
             blank=self.blank, reduction="sum", zero_infinity=True,
@@ -146,21 +167,40 @@ class SpeechGenerator(nn.Module):
 
 
 class SpeechDecoderStream:
-    """Incremental decoding state: feed one hidden state per text token, get its new units."""
+    """Incremental decoding state: feed one hidden state per text token, get its new units;
+    `flush` after the last (a decoder with lookahead holds each token back until the next)."""
 
     def __init__(self, generator: SpeechGenerator):
         self.generator = generator
         self.cache = generator.new_cache()
         self.past = 0
         self.last_raw: int | None = None
+        self.held: tuple[torch.Tensor, torch.Tensor | None] | None = None  # lookahead: the token waiting for its next
 
     @torch.inference_mode()
     def push(self, hidden: torch.Tensor, token: torch.Tensor | None = None) -> list[int]:
         """(llm_width,) state that emitted one text token (and, with token_input, that token's
-        (llm_width,) input embedding) -> the units it adds (collapsed)."""
+        (llm_width,) input embedding) -> the units it adds (collapsed); with lookahead, the
+        units of the token before it."""
+        if self.generator.next_proj is None:
+            return self._decode(hidden, token, None)
+        held, self.held = self.held, (hidden, token)
+        return [] if held is None else self._decode(*held, token)
+
+    @torch.inference_mode()
+    def flush(self) -> list[int]:
+        """The units still held back (lookahead: the last token's, with no token after it)."""
+        held, self.held = self.held, None
+        return [] if held is None else self._decode(*held, torch.zeros_like(held[1]))
+
+    def _decode(self, hidden: torch.Tensor, token: torch.Tensor | None, following: torch.Tensor | None) -> list[int]:
         g = self.generator
         dtype = g.input_proj.weight.dtype
-        x = g.project(hidden.reshape(1, 1, -1).to(dtype), None if token is None else token.reshape(1, 1, -1).to(dtype))
+
+        def row(v):
+            return None if v is None else v.reshape(1, 1, -1).to(dtype)
+
+        x = g.project(row(hidden), row(token), row(following))
         raw = g.logits(x, past=self.past, cache=self.cache)[0].argmax(-1).tolist()
         self.past += len(raw)
         units = ctc_collapse(raw, g.blank, self.last_raw)
