@@ -106,13 +106,12 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
 def median_asr_wer(answered: list[dict]) -> dict:
     """The per-item median ASR-WER of the e2e and the cascade answers: unlike the corpus figure,
     not swayed by the one item whose Whisper transcript loops ("be-be-be-..." is WER 590 %)."""
-    import numpy as np
-
-    from omni_cli.metrics import wer_counts
+    from omni_cli.metrics import median_wer
 
     def median(pairs):
-        rates = [e / n for e, n in (wer_counts(a, b) for a, b in pairs) if n]
-        return round(100 * float(np.median(rates)), 2) if rates else None
+        pairs = list(pairs)
+        m = median_wer([a for a, _ in pairs], [b for _, b in pairs])
+        return None if m is None else round(100 * m, 2)
 
     return {"asr_wer_median": median((r["answer"], r["heard"]) for r in answered),
             "cascade_asr_wer_median": median((r["text_answer"], r["cascade_heard"]) for r in answered)}

@@ -11,7 +11,7 @@ sequence, the way WER counts words. Deterministic and fast (no answer generation
 no Whisper), so stage-2 changes can be told apart where ASR-WER on 40 spoken answers cannot
 (its noise is about 10 points). With `--speak N`, the first N items are also vocoded from the
 predicted and from the true units, and the Whisper judge's transcripts scored against the
-answer text: how a UER turns into intelligibility.
+answer text (corpus and per-item median): how a UER turns into intelligibility.
 """
 
 from __future__ import annotations
@@ -39,6 +39,13 @@ def predicted_units(model, instructions: list[str], answers: list[str]) -> list[
     gen = model.speech_generator
     pairs = emitting_states_batch(model, answers, instructions=instructions)
     return [gen.predict(h.to(model.device), e.to(model.device) if gen.config.token_input else None) for h, e in pairs]
+
+
+def median_wer(references: list[str], hypotheses: list[str]) -> float | None:
+    from omni_cli.metrics import median_wer as median
+
+    m = median(references, hypotheses)
+    return None if m is None else round(100 * m, 2)
 
 
 def main() -> None:
@@ -92,8 +99,12 @@ def main() -> None:
             if judge is not None:
                 k = min(args.speak, len(items))
                 answers = [a for _, a in items[:k]]
-                scores[name]["asr_wer_predicted_units"] = round(100 * wer(answers, [heard(u) for u in pred[:k]]), 2)
-                scores[name]["asr_wer_true_units"] = round(100 * wer(answers, [heard(u) for u in truth[name][:k]]), 2)
+                spoken = [heard(u) for u in pred[:k]]
+                scores[name]["asr_wer_predicted_units"] = round(100 * wer(answers, spoken), 2)
+                scores[name]["asr_wer_predicted_units_median"] = median_wer(answers, spoken)
+                spoken = [heard(u) for u in truth[name][:k]]
+                scores[name]["asr_wer_true_units"] = round(100 * wer(answers, spoken), 2)
+                scores[name]["asr_wer_true_units_median"] = median_wer(answers, spoken)
         result[str(folder)] = scores
         print(folder, json.dumps(scores), flush=True)
     emit(result, args.json)

@@ -43,3 +43,12 @@ def wer_counts(reference: str, hypothesis: str) -> tuple[int, int]:
         return (len(hyp.split()), 0)
     out = jiwer.process_words(ref, hyp)
     return (out.substitutions + out.deletions + out.insertions, len(ref.split()))
+
+
+def median_wer(references: list[str], hypotheses: list[str]) -> float | None:
+    """The per-item median WER (a fraction; None without a non-empty reference): unlike the
+    corpus WER, not swayed by one hypothesis that loops ("be-be-be-..." is a WER of 590 %)."""
+    import numpy as np
+
+    rates = [e / n for e, n in (wer_counts(r, h) for r, h in zip(references, hypotheses, strict=True)) if n]
+    return float(np.median(rates)) if rates else None

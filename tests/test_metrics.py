@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from omni_cli.events import AudioChunk, Done, SpeechEnded, StageTiming, TextDelta, Transcript, latency_metrics
-from omni_cli.metrics import normalize, wer, wer_counts
+from omni_cli.metrics import median_wer, normalize, wer, wer_counts
 
 
 def test_wer_uses_whisper_normalizer_on_both_sides():
@@ -15,6 +15,14 @@ def test_wer_counts_edits_against_reference_words():
     assert wer_counts("the cat sat", "a cat") == (2, 3)
     # corpus WER is total edits over total words, not a mean of per-file rates
     assert wer(["a b c d", "e"], ["a b c d", "x"]) == pytest.approx(1 / 5)
+
+
+def test_median_wer_is_not_swayed_by_one_looping_transcript():
+    refs = ["the cat sat", "a dog ran", "hello there friend"]
+    hyps = ["the cat sat", "a dog ran fast", "hello " + "be " * 60]
+    assert wer(refs, hyps) > 6  # the corpus figure: one loop decides it
+    assert median_wer(refs, hyps) == pytest.approx(1 / 3)
+    assert median_wer([""], ["words"]) is None
 
 
 def test_wer_needs_a_reference():
