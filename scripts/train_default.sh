@@ -15,7 +15,7 @@ SIZE=${SIZE:-20000}         # spoken instructions
 ANSWERED=${ANSWERED:-4000}  # of which answered by the LLM (stages 1b and 2)
 STEPS1B=${STEPS1B:-600}
 STEPS2=${STEPS2:-8000}
-EXTRA_TEXTS=${EXTRA_TEXTS:-16000}  # registry prompt + reply texts for stage 2 (chit-chat replies, quiz questions)
+EXTRA_TEXTS=${EXTRA_TEXTS:-40000}  # registry prompt + reply texts for stage 2 (chit-chat replies, quiz questions)
 SEED=${SEED:-0}
 DEVICE=${DEVICE:-cpu}
 # stage 1 from augmented audio (the encoder run on every batch), as v3's adaptor was trained on

@@ -44,7 +44,7 @@ def default_config(encoder_dims, llm_width: int, num_units: int, rope_theta: flo
         speech_decoder=SpeechDecoderConfig(llm_width=llm_width, width=384, n_layers=2, n_heads=6, n_kv_heads=6, ffn=1024,
                                            num_units=num_units, upsample=UPSAMPLE, rms_norm_eps=rms_norm_eps,
                                            rope_theta=rope_theta, attention_window=16 * UPSAMPLE, token_input=True,
-                                           sub_positions=True),
+                                           sub_positions=True, lookahead=True),
         prompt=default_prompt(),
         encoder_source="whisper-tiny.en",
         llm_source="smollm2-135m-instruct",
