@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from evals.report import emit
+from evals.report import emit, median_wer_percent
 
 
 def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_tokens: int, sets: tuple[str, ...]) -> dict:
@@ -106,15 +106,9 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
 def median_asr_wer(answered: list[dict]) -> dict:
     """The per-item median ASR-WER of the e2e and the cascade answers: unlike the corpus figure,
     not swayed by the one item whose Whisper transcript loops ("be-be-be-..." is WER 590 %)."""
-    from omni_cli.metrics import median_wer
-
-    def median(pairs):
-        pairs = list(pairs)
-        m = median_wer([a for a, _ in pairs], [b for _, b in pairs])
-        return None if m is None else round(100 * m, 2)
-
-    return {"asr_wer_median": median((r["answer"], r["heard"]) for r in answered),
-            "cascade_asr_wer_median": median((r["text_answer"], r["cascade_heard"]) for r in answered)}
+    return {"asr_wer_median": median_wer_percent([r["answer"] for r in answered], [r["heard"] for r in answered]),
+            "cascade_asr_wer_median": median_wer_percent([r["text_answer"] for r in answered],
+                                                         [r["cascade_heard"] for r in answered])}
 
 
 SETS = ("heldout-voices", "real-speech", "alpacaeval")

@@ -11,3 +11,11 @@ def emit(results: dict, path: Path | None) -> None:
     print(text)
     if path is not None:
         path.write_text(text + "\n")
+
+
+def median_wer_percent(references: list[str], hypotheses: list[str]) -> float | None:
+    """`metrics.median_wer` in %, rounded as the reports print it (None without a reference)."""
+    from omni_cli.metrics import median_wer
+
+    m = median_wer(references, hypotheses)
+    return None if m is None else round(100 * m, 2)

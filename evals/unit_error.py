@@ -23,7 +23,7 @@ from pathlib import Path
 import jiwer
 import torch
 
-from evals.report import emit
+from evals.report import emit, median_wer_percent
 
 
 def unit_error_rate(references: list[list[int]], predictions: list[list[int]]) -> float:
@@ -39,13 +39,6 @@ def predicted_units(model, instructions: list[str], answers: list[str]) -> list[
     gen = model.speech_generator
     pairs = emitting_states_batch(model, answers, instructions=instructions)
     return [gen.predict(h.to(model.device), e.to(model.device) if gen.config.token_input else None) for h, e in pairs]
-
-
-def median_wer(references: list[str], hypotheses: list[str]) -> float | None:
-    from omni_cli.metrics import median_wer as median
-
-    m = median(references, hypotheses)
-    return None if m is None else round(100 * m, 2)
 
 
 def main() -> None:
@@ -101,10 +94,10 @@ def main() -> None:
                 answers = [a for _, a in items[:k]]
                 spoken = [heard(u) for u in pred[:k]]
                 scores[name]["asr_wer_predicted_units"] = round(100 * wer(answers, spoken), 2)
-                scores[name]["asr_wer_predicted_units_median"] = median_wer(answers, spoken)
+                scores[name]["asr_wer_predicted_units_median"] = median_wer_percent(answers, spoken)
                 spoken = [heard(u) for u in truth[name][:k]]
                 scores[name]["asr_wer_true_units"] = round(100 * wer(answers, spoken), 2)
-                scores[name]["asr_wer_true_units_median"] = median_wer(answers, spoken)
+                scores[name]["asr_wer_true_units_median"] = median_wer_percent(answers, spoken)
         result[str(folder)] = scores
         print(folder, json.dumps(scores), flush=True)
     emit(result, args.json)

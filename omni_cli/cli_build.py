@@ -205,18 +205,15 @@ def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume
 
     with ui.err.status("loading the model ..."):
         rows, steps = start_stage(stage, data_dir, out, start, resume, options, **stage_options)
-    if world()[0] != 0:
-        first = next(steps, None)
-    else:
-        with ui.progress() as bar:
-            task_id = bar.add_task(f"preparing {len(rows)} items", total=None)
-            report = lambda what, done, total: bar.update(task_id, description=f"preparing: {what}", completed=done, total=total)  # noqa: E731
-            with preparation_progress(report):
-                first = next(steps, None)
     if world()[0] != 0:  # another process of a distributed run: the first one reports
         for _ in steps:
             pass
         return
+    with ui.progress() as bar:
+        task_id = bar.add_task(f"preparing {len(rows)} items", total=None)
+        report = lambda what, done, total: bar.update(task_id, description=f"preparing: {what}", completed=done, total=total)  # noqa: E731
+        with preparation_progress(report):
+            first = next(steps, None)
     with ui.progress() as bar:
         task_id = bar.add_task(f"{stage}", total=options.steps, completed=(first.step - 1) if first else options.steps)
         for p in itertools.chain([first] if first else [], steps):
