@@ -123,6 +123,39 @@ def test_ctc_stage_learns_saves_and_resumes(ctc_omni, tmp_path):
     assert [p.step for p in resumed] == [41, 42, 43, 44, 45]
 
 
+def test_a_trained_adaptor_learns_the_new_tokens_of_new_transcripts(ctc_omni, tmp_path):
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.train import TrainOptions, train_adaptor
+
+    model = load_omni(ctc_omni, TEST_DEVICE)
+    proj = model.speech_projector
+    old_ids, old_vocab = proj.token_ids.clone(), proj.config.vocab
+    states = torch.randn(1, 64, 64)
+    with torch.no_grad():
+        before = proj.logits(states)
+    rows = _spoken_rows(tmp_path)
+    rows[1]["instruction"] = "Zebras graze quietly."  # words the head has no tokens for
+    tokens = model.llm.tokenizer(rows[1]["instruction"], add_special_tokens=False).input_ids
+    new = [t for t in tokens if t not in set(old_ids.tolist())]
+    assert new and len(proj.targets(rows[1]["instruction"])) == len(tokens) - len(new)  # the head cannot spell them yet
+    opts = TrainOptions(steps=2, batch_size=2, lr=1e-3, warmup=1, save_every=2)
+    list(train_adaptor(model, rows, tmp_path / "grow", opts, task="ctc"))
+    grown = load_omni(tmp_path / "grow" / "model", TEST_DEVICE)
+    gp = grown.speech_projector
+    assert grown.config.projector.vocab == gp.config.vocab == old_vocab + len(set(new))
+    assert gp.token_ids[:old_vocab].tolist() == old_ids.tolist() and set(gp.token_ids[old_vocab:].tolist()) == set(new)
+    assert gp.blank == gp.config.vocab and gp.bias.shape[0] == gp.config.vocab + 1
+    assert len(gp.targets(rows[1]["instruction"])) == len(tokens)
+    # before training, growing changes no old class's score (blank included) and scores the new ones
+    fresh = load_omni(ctc_omni, TEST_DEVICE).speech_projector
+    fresh.extend(new)
+    with torch.no_grad():
+        after = fresh.logits(states)
+    torch.testing.assert_close(after[..., :old_vocab], before[..., :old_vocab])
+    torch.testing.assert_close(after[..., -1], before[..., -1])
+    assert after.shape[-1] == old_vocab + len(set(new)) + 1 and torch.isfinite(after).all()
+
+
 def test_lora_merged_at_load_gives_the_outputs_of_the_trained_adapters(ctc_omni, tmp_path):
     from omni_cli.e2e.checkpoint import load_omni, save_omni
     from omni_cli.e2e.lora import LoraConfig, add_lora

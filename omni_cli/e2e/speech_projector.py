@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -99,6 +100,23 @@ class CTCSpeechProjector(nn.Module):
         if not self._llm:
             raise RuntimeError("the ctc speech_projector is not bound to an LLM (call bind)")
         return self._llm[0].weight
+
+    def extend(self, token_ids: list[int]) -> ProjectorConfig:
+        """Let the head emit these LLM tokens too (those it has are skipped), so a trained adaptor
+        can go on learning from transcripts with words it never saw. A class is the token's frozen
+        LLM embedding, so a new one is scored from the start; its bias starts at the median of
+        the others'. Returns the config with the new `vocab` (the caller's model config takes it)."""
+        have = set(self.token_ids.tolist())
+        new = [t for t in dict.fromkeys(token_ids) if t not in have]
+        if new:
+            with torch.no_grad():
+                bias = self.bias.detach()
+                grown = torch.cat([bias[:-1], bias[:-1].median().expand(len(new)), bias[-1:]])
+            self.token_ids = torch.cat([self.token_ids, torch.tensor(new, dtype=torch.long, device=self.token_ids.device)])
+            self.bias = nn.Parameter(grown)
+            self.config = dataclasses.replace(self.config, vocab=len(self.token_ids))
+            self._kept_classes = None
+        return self.config
 
     def targets(self, text: str) -> list[int]:
         """The class sequence the head learns for a transcript (tokens outside its vocabulary left out)."""

@@ -481,6 +481,11 @@ def train_ctc_adaptor(
     proj, encoder = model.speech_projector, model.speech_encoder
     torch.manual_seed(options.seed)
     out.mkdir(parents=True, exist_ok=True)
+    if proj.config.units == "tokens":  # a trained adaptor going on with new transcripts learns their new tokens too
+        from omni_cli.e2e.speech_projector import ctc_vocabulary
+
+        vocab = ctc_vocabulary(model.llm.tokenizer, [r["instruction"] for r in rows])
+        model.config = dataclasses.replace(model.config, projector=proj.extend(vocab))
     for p in model.parameters():
         p.requires_grad_(False)
     for p in proj.parameters():
