@@ -1,5 +1,6 @@
 """What the ctc adaptor hears, alone (no LLM pass): the greedy CTC transcript of its token head
-against the reference, corpus WER, on held-out voices of a built set and on the real-speech bench.
+against the reference, corpus WER, on held-out voices of a built set and on the real-speech bench
+(and, with --alpaca N, on AlpacaEval instructions spoken by a held-out voice).
 Fast (a few minutes on a CPU), so adaptors can be compared before the slower stages run.
 
     python -m evals.adaptor_wer --models omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 runs/v3/a/model --data runs/v2/data
@@ -26,6 +27,7 @@ def main() -> None:
     ap.add_argument("--models", type=Path, nargs="+", required=True)
     ap.add_argument("--data", type=Path, required=True, help="a built set (omni data build): its held-out items")
     ap.add_argument("--heldout", type=int, default=300)
+    ap.add_argument("--alpaca", type=int, default=0, help="also the first N AlpacaEval instructions of the instructs2s-eval bench")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     rows = [json.loads(line) for line in (args.data / "manifest.jsonl").open(encoding="utf-8")]
@@ -33,6 +35,8 @@ def main() -> None:
         "heldout-voices": [(args.data / r["audio"], r["instruction"]) for r in rows if r["split"] != "train"][: args.heldout],
         "real-speech": [(Path(i.audio), i.reference) for i in load_bench("real-speech")],
     }
+    if args.alpaca:  # new kinds of text (instructions), spoken by a held-out voice
+        sets["alpacaeval"] = [(Path(i.audio), i.reference) for i in load_bench("instructs2s-eval")[: args.alpaca]]
     audio = {name: [load_audio(path) for path, _ in items] for name, items in sets.items()}
     result = {}
     for folder in args.models:
