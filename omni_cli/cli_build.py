@@ -179,6 +179,8 @@ def data_build(
             for p in steps:
                 bar.update(task, completed=p.done)
         ui.note(f"{p.items} items, {p.answered} answered, in {out}")
+        if p.failed:
+            ui.failed(f"{p.failed} of them could not be spoken (the synthesizer failed on their text): left out, listed in {out / 'failed.jsonl'}")
 
 
 # -- omni train -----------------------------------------------------------------------------

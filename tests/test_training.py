@@ -77,6 +77,36 @@ def test_build_speaks_answers_resumes_and_holds_a_voice_family_out(tmp_path):
     assert read_manifest(tmp_path / "again") == [{**r, "audio": r["audio"].replace("/set/", "/again/")} for r in manifest]
 
 
+def test_an_item_the_synthesizer_crashes_on_is_recorded_and_the_build_goes_on(tmp_path):
+    import subprocess
+
+    from omni_cli.e2e.build_data import Speaker
+
+    chosen = select_instructions(INSTRUCTIONS, BuildOptions(size=4))
+    bad = chosen[1]["instruction"]
+    spoken = []
+
+    class Crashing(Speaker):  # a voice that segfaults on one text, as Festival's kal voice did on a real one
+        def speak(self, text, voice):
+            spoken.append(text)
+            if text == bad:
+                subprocess.run(["sh", "-c", "kill -SEGV $$"], check=True)
+            return super().speak(text, voice)
+
+    options = BuildOptions(size=4, seed=3)
+    rows = list(build(chosen, tmp_path / "set", lambda texts: ["Yes." for _ in texts], lambda t: [1], options, speaker=Crashing()))
+    failed = [r for r in rows if "failed" in r]
+    assert [r["instruction"] for r in failed] == [bad] and "signal 11" in failed[0]["failed"]
+    manifest = read_manifest(tmp_path / "set")
+    assert len(manifest) == 3 and bad not in {r["instruction"] for r in manifest}
+    assert all(r["response"] == "Yes." for r in manifest)  # the three spoken ones answered; none for the failed one
+    assert len((tmp_path / "set" / "answers.jsonl").read_text().splitlines()) == 3
+    assert [json.loads(line)["instruction"] for line in (tmp_path / "set" / "failed.jsonl").read_text().splitlines()] == [bad]
+    spoken.clear()
+    assert list(build(chosen, tmp_path / "set", lambda texts: ["Yes." for _ in texts], lambda t: [1], options, speaker=Crashing())) == []
+    assert spoken == []  # resumed: nothing left to do, the failed item is not retried
+
+
 def test_build_answers_only_the_first_items_when_asked(tmp_path):
     chosen = select_instructions(INSTRUCTIONS, BuildOptions(size=4))
     options = BuildOptions(size=4, answered=1, seed=3)

