@@ -107,6 +107,18 @@ def test_an_item_the_synthesizer_crashes_on_is_recorded_and_the_build_goes_on(tm
     assert spoken == []  # resumed: nothing left to do, the failed item is not retried
 
 
+def test_a_synthesizer_that_writes_no_audio_fails_only_its_item(tmp_path, monkeypatch):
+    import subprocess
+
+    from omni_cli.e2e import build_data
+
+    item = select_instructions(INSTRUCTIONS, BuildOptions(size=1))[0]
+    run = subprocess.run
+    monkeypatch.setattr(build_data.subprocess, "run", lambda cmd, **kw: run(["true"], **kw))  # exits 0, writes nothing
+    row = build_data.speak_or_fail(item, tmp_path, BuildOptions(seed=3, heldout_fraction=0.9))  # an eSpeak voice
+    assert row["failed"] == "espeak-ng: no audio written" and row["instruction"] == item["instruction"]
+
+
 def test_build_answers_only_the_first_items_when_asked(tmp_path):
     chosen = select_instructions(INSTRUCTIONS, BuildOptions(size=4))
     options = BuildOptions(size=4, answered=1, seed=3)

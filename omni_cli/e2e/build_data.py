@@ -201,6 +201,10 @@ def pick_voice(rng: random.Random, heldout: bool) -> Voice:
     return Voice("espeak", rng.choice(ESPEAK_TRAIN_VOICES), {"rate": rng.randint(130, 200), "pitch": rng.randint(30, 70)})
 
 
+class SynthesisError(RuntimeError):
+    """A synthesizer that ran but made no audio of a text."""
+
+
 class Speaker:
     """Speaks text with a `Voice` into 16 kHz mono audio."""
 
@@ -232,6 +236,8 @@ class Speaker:
                 subprocess.run(cmd, check=True, capture_output=True, timeout=120)
             except FileNotFoundError as exc:
                 raise ConfigError(f"{cmd[0]} is not installed (scripts/setup.sh installs it)") from exc
+            if not Path(wav).is_file():
+                raise SynthesisError(f"{cmd[0]}: no audio written")
             return load_audio(wav)
 
 
@@ -281,6 +287,8 @@ def speak_or_fail(item: dict, out: Path, options: BuildOptions, speaker: Speaker
     row saying so: {"id", "instruction", "failed"}; the build records it and goes on."""
     try:
         return speak_item(item, out, options, speaker)
+    except SynthesisError as exc:
+        return {"id": item_id(item), "instruction": item["instruction"], "failed": str(exc)}
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         what = f"exit {exc.returncode}" if isinstance(exc, subprocess.CalledProcessError) else "timed out"
         if isinstance(exc, subprocess.CalledProcessError) and exc.returncode < 0:
