@@ -509,6 +509,9 @@ def test_build_set_answers_with_the_llm_and_counts_what_is_already_built(tiny_ll
     assert list(build_set(out, options, ["mt-bench"])) == [BuildProgress(4, 4, 3, 1)]  # all done already
     more = list(build_set(out, BuildOptions(size=3, answered=2, seed=3), ["mt-bench"]))
     assert [p.done for p in more] == [4, 5] and more[-1].total == 5
+    # grown without answers (--answered 0): the answers it has are not counted against a total without them
+    grown = list(build_set(out, BuildOptions(size=4, answered=0, seed=3), ["mt-bench"]))
+    assert [(p.done, p.total) for p in grown] == [(3, 4), (4, 4)]
 
 
 def test_the_cli_builds_from_the_librarys_default_sources():

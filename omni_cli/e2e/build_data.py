@@ -429,8 +429,9 @@ def build_set(out: Path, options: BuildOptions = BuildOptions(), sources: Sequen
         return answer_texts(chat, texts, gen, batch=len(texts))  # the build hands over a batch
 
     n_answers = len(chosen) if options.answered is None else min(options.answered, len(chosen))
-    done = sum(_count_lines(out / name) for name in ("manifest.jsonl", ANSWERS, FAILED))
     failed = _count_lines(out / FAILED)
+    # answers beyond the `answered` asked for now (a set grown with --answered 0) are not part of this build's total
+    done = _count_lines(out / "manifest.jsonl") + failed + min(_count_lines(out / ANSWERS), n_answers)
     yield BuildProgress(done, len(chosen) + n_answers, len(chosen), n_answers, failed)
     for row in build(chosen, out, answer, units.text_to_units, options, workers=workers):
         done += 1
