@@ -27,6 +27,8 @@ def normalize(text: str) -> str:
 
 def wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
     """Corpus WER (total edits / total reference words) after normalization, in [0, inf)."""
+    if isinstance(references, str) or isinstance(hypotheses, str):  # a string is a sequence: of characters
+        raise TypeError("wer takes lists of references and hypotheses, not strings (use wer([ref], [hyp]))")
     refs = [normalize(r) for r in references]
     hyps = [normalize(h) for h in hypotheses]
     keep = [(r, h) for r, h in zip(refs, hyps, strict=True) if r]

@@ -25,6 +25,11 @@ def test_median_wer_is_not_swayed_by_one_looping_transcript():
     assert median_wer([""], ["words"]) is None
 
 
+def test_wer_refuses_strings_which_would_be_scored_character_by_character():
+    with pytest.raises(TypeError, match="lists"):
+        wer("Tell me about the moon.", "Tell me about the movie")
+
+
 def test_wer_needs_a_reference():
     with pytest.raises(ValueError):
         wer([""], ["anything"])
