@@ -387,7 +387,7 @@ def test_talk_hears_the_microphone_and_answers_through_the_speakers(pulse, tmp_p
 
     from omni_cli.asr import load_judge
     from omni_cli.audio import load_audio
-    from omni_cli.metrics import wer
+    from omni_cli.metrics import normalize
 
     heard_wav = tmp_path / "speakers.wav"
     recorder = subprocess.Popen(["parecord", "--device=speaker.monitor", "--rate=16000", "--channels=1", "--file-format=wav",
@@ -449,7 +449,13 @@ def test_talk_hears_the_microphone_and_answers_through_the_speakers(pulse, tmp_p
     played = load_audio(heard_wav)
     assert np.sqrt(np.mean(played**2)) > 0.01 and len(played) / SAMPLE_RATE > 1.0  # sound arrived, not silence
     spoken = load_judge().transcribe(played).text
-    assert wer([turns[0]["text"]], [spoken]) < 0.35, (turns[0]["text"], spoken)
+    # the answer's words that did not arrive (substituted or missing): Whisper tiny sometimes loops on
+    # a recording ("... a beautiful sight, and the Moon is a beautiful sight, ..."), insertions that say
+    # nothing about what the speakers played
+    import jiwer
+
+    missed = jiwer.process_words(normalize(turns[0]["text"]), normalize(spoken))
+    assert (missed.substitutions + missed.deletions) / len(normalize(turns[0]["text"]).split()) < 0.35, (turns[0]["text"], spoken)
     assert "ALSA lib" not in "".join(lines)  # alsa-lib's own prints are kept out of the view
 
 
