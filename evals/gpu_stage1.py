@@ -156,8 +156,9 @@ def run(args) -> None:
         return score
 
     def steps(options):
+        # the kit holds only the LLM's embedding rows of the base's tokens: the head cannot grow here
         return train_ctc_adaptor(model, train, args.work, options, augment=augment, audios=train_audio,
-                                 save=lambda: None)
+                                 save=lambda: None, grow_vocab=False)
 
     # fit the step count to the time budget from a short run's speed (its weights are discarded)
     probe = TrainOptions(steps=12, batch_size=args.batch_size, lr=args.lr, warmup=50, save_every=10**9)

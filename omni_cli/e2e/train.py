@@ -473,15 +473,18 @@ def ctc_adaptor_loss(proj, x: torch.Tensor, lengths: torch.Tensor, targets: list
 def train_ctc_adaptor(
     model: SpeechLLM, rows: list[dict], out: Path, options: TrainOptions = TrainOptions(), resume: bool = False,
     augment: Augment | None = None, audios: list[np.ndarray] | None = None, save: Callable[[], None] | None = None,
+    grow_vocab: bool = True,
 ) -> Iterator[Progress]:
     """Stage 1 for the "ctc" adaptor: CTC of its token posteriors against each transcript's LLM
     tokens (no LLM pass), a batch at a time as one padded tensor. Without `augment`, from the
     cached encoder outputs, with time masking; with it, the frozen encoder runs on every batch
-    of augmented audio (`audios`, 16 kHz, or each row's file), which is what a GPU is for."""
+    of augmented audio (`audios`, 16 kHz, or each row's file), which is what a GPU is for.
+    With `grow_vocab` (a tokens head), the head first learns the transcripts' tokens it lacks
+    (`CTCSpeechProjector.extend`); without, they are left out of the targets."""
     proj, encoder = model.speech_projector, model.speech_encoder
     torch.manual_seed(options.seed)
     out.mkdir(parents=True, exist_ok=True)
-    if proj.config.units == "tokens":  # a trained adaptor going on with new transcripts learns their new tokens too
+    if grow_vocab and proj.config.units == "tokens":  # a trained adaptor going on with new transcripts learns their new tokens too
         from omni_cli.e2e.speech_projector import ctc_vocabulary
 
         vocab = ctc_vocabulary(model.llm.tokenizer, [r["instruction"] for r in rows])
