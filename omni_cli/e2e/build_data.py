@@ -288,12 +288,13 @@ def speak_or_fail(item: dict, out: Path, options: BuildOptions, speaker: Speaker
     try:
         return speak_item(item, out, options, speaker)
     except SynthesisError as exc:
-        return {"id": item_id(item), "instruction": item["instruction"], "failed": str(exc)}
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        what = f"exit {exc.returncode}" if isinstance(exc, subprocess.CalledProcessError) else "timed out"
-        if isinstance(exc, subprocess.CalledProcessError) and exc.returncode < 0:
-            what = f"killed by signal {-exc.returncode}"
-        return {"id": item_id(item), "instruction": item["instruction"], "failed": f"{Path(str(exc.cmd[0])).name}: {what}"}
+        why = str(exc)
+    except subprocess.TimeoutExpired as exc:
+        why = f"{Path(str(exc.cmd[0])).name}: timed out"
+    except subprocess.CalledProcessError as exc:
+        code = exc.returncode
+        why = f"{Path(str(exc.cmd[0])).name}: " + (f"killed by signal {-code}" if code < 0 else f"exit {code}")
+    return {"id": item_id(item), "instruction": item["instruction"], "failed": why}
 
 
 def _speak_job(job: tuple[dict, Path, BuildOptions]) -> dict:
@@ -357,11 +358,12 @@ def build(
     try:
         with open(manifest, "a", encoding="utf-8") as f, open(out / FAILED, "a", encoding="utf-8") as bad:
             for row in spoken:
-                to = bad if "failed" in row else f
+                to = f
+                if "failed" in row:
+                    to = bad
+                    failed.add(row["id"])
                 to.write(json.dumps(row, ensure_ascii=False) + "\n")
                 to.flush()
-                if "failed" in row:
-                    failed.add(row["id"])
                 yield row
     finally:
         if pool is not None:
