@@ -3,6 +3,7 @@
 #   data (spoken instructions, LLM answers) -> stage 1 (the ctc adaptor's CTC head over the LLM's
 #   tokens) -> stage 1b (LoRA on the LLM: repeat what was said, answer as it answers typed text)
 #   -> stage 2 (the CTC speech decoder on the LLM's states over its own answers and registry texts, typed: no audio)
+#   -> stage 2 continued at half the rate (v3.5)
 #   -> stage 1 continued on the set grown to every speakable instruction (v3.4; the LLM reads the
 #      adaptor's text, so the later stages need no retraining) -> export (float16)
 # into omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2. Sizes can be set from the environment;
@@ -16,6 +17,7 @@ SIZE=${SIZE:-20000}         # spoken instructions
 ANSWERED=${ANSWERED:-4000}  # of which answered by the LLM (stages 1b and 2)
 STEPS1B=${STEPS1B:-600}
 STEPS2=${STEPS2:-8000}
+STEPS2B=${STEPS2B:-8000}      # stage 2 continued (v3.5)
 GROWN=${GROWN:-49747}        # the set grown for stage 1's continuation (every speakable instruction), unanswered
 STEPS1C=${STEPS1C:-2400}
 EXTRA_TEXTS=${EXTRA_TEXTS:-40000}  # registry prompt + reply texts for stage 2 (chit-chat replies, quiz questions)
@@ -39,13 +41,21 @@ $OMNI train llm --data "$RUNS/data" --out "$RUNS/stage1b" --from "$RUNS/stage1/m
   --lr 5e-4 --lora-rank 8 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage1b")
 $OMNI train speech-decoder --from-text --extra-texts "$EXTRA_TEXTS" --data "$RUNS/data" --out "$RUNS/stage2" --from "$RUNS/stage1b/model" \
   --steps "$STEPS2" --batch-size 16 --lr 1e-3 --save-every 500 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage2")
+# the LLM's states of stage 2's texts are the same: the continuation reuses them (a hard link)
+mkdir -p "$RUNS/stage2b"
+[ -f "$RUNS/stage2b/decoder-states.pt" ] || ln "$RUNS/stage2/decoder-states.pt" "$RUNS/stage2b/decoder-states.pt" 2>/dev/null || true
+$OMNI train speech-decoder --from-text --extra-texts "$EXTRA_TEXTS" --data "$RUNS/data" --out "$RUNS/stage2b" --from "$RUNS/stage2/model" \
+  --steps "$STEPS2B" --batch-size 16 --lr 5e-4 --save-every 500 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage2b")
 # stage 1 again, on more text spoken by the same voices, from the whole model (its head grows by the new tokens);
 # the grown set is a copy (audio and cached features hard-linked), so the stages above keep theirs
 if [ ! -f "$RUNS/grown/manifest.jsonl" ]; then
   rm -rf "$RUNS/grown" && cp -al "$RUNS/data" "$RUNS/grown"
-  for f in manifest.jsonl answers.jsonl build.json; do rm -f "$RUNS/grown/$f"; cp "$RUNS/data/$f" "$RUNS/grown/$f"; done
+  # files the build appends to or rewrites are copies, not links (the data set's own stay as they are)
+  for f in manifest.jsonl answers.jsonl failed.jsonl build.json; do
+    rm -f "$RUNS/grown/$f"; if [ -f "$RUNS/data/$f" ]; then cp "$RUNS/data/$f" "$RUNS/grown/$f"; fi
+  done
 fi
 $OMNI data build --out "$RUNS/grown" --size "$GROWN" --answered 0 --heldout-fraction 0.05 --seed "$SEED" --workers 2
-$OMNI train adaptor --task ctc --data "$RUNS/grown" --out "$RUNS/stage1c" --from "$RUNS/stage2/model" --steps "$STEPS1C" \
+$OMNI train adaptor --task ctc --data "$RUNS/grown" --out "$RUNS/stage1c" --from "$RUNS/stage2b/model" --steps "$STEPS1C" \
   --batch-size 32 --lr 5e-4 --save-every 300 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage1c")
 $OMNI train export "$RUNS/stage1c/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2
