@@ -265,11 +265,12 @@ def train_llm_cmd(
     seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
     rank: Annotated[int, typer.Option("--lora-rank", min=1, help="Rank of the LoRA adapters.")] = 8,
     answer_share: Annotated[float, typer.Option("--answer-share", min=0.0, max=1.0, help="Share of items that answer (the rest repeat what was said).")] = 0.5,
+    lora_tasks: Annotated[str | None, typer.Option("--lora-tasks", help="What the adapters serve: 'answer,repeat' (merged into the LLM), or 'repeat' (the ASR task only; answers by the base LLM, as typed text gets). Default: the --from model's.")] = None,
     device: TrainDevice = "cpu",
 ) -> None:
     """Stage 1b: LoRA adapters on the LLM, reading speech through the trained adaptor: repeat it, and answer it as the LLM answers it typed.
 
-    [bold]Example:[/] omni train llm --data runs/data --out runs/stage1b --from runs/stage1/model --steps 600
+    [bold]Example:[/] omni train llm --data runs/data --out runs/stage1b --from runs/stage1/model --steps 600 --lora-tasks repeat
     """
     from omni_cli.e2e.lora import LoraConfig
     from omni_cli.e2e.train import TrainOptions
@@ -277,7 +278,8 @@ def train_llm_cmd(
     with user_errors():
         _train_run("llm", data_dir, out, start, resume,
                    TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed, warmup=20),
-                   lora=LoraConfig(rank=rank, alpha=2.0 * rank), answer_share=answer_share, device=device)
+                   lora=LoraConfig(rank=rank, alpha=2.0 * rank), answer_share=answer_share,
+                   lora_tasks=lora_tasks.split(",") if lora_tasks else None, device=device)
 
 
 @train_app.command("speech-decoder")

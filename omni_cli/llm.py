@@ -267,6 +267,11 @@ class ChatLLM:
         with self._kv_lock:
             self._kv, self._kv_ids = cache, tuple(int(i) for i in ids)
 
+    def forget(self) -> None:
+        """Drop the kept KV cache (the weights it was computed with are about to change)."""
+        with self._kv_lock:
+            self._kv, self._kv_ids = None, ()
+
     def prepare(self, ids: Sequence[int]) -> None:
         """Compute the KV cache of a coming prompt's beginning now (while the user speaks), so
         that the prompt computes only what follows it."""

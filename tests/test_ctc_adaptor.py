@@ -182,6 +182,44 @@ def test_lora_merged_at_load_gives_the_outputs_of_the_trained_adapters(ctc_omni,
     torch.testing.assert_close(load_omni(tmp_path / "again").llm.model(input_ids=ids).logits, trained, atol=1e-5, rtol=1e-4)
 
 
+def test_repeat_only_lora_leaves_answers_to_the_base_llm_and_repeats_as_merged(ctc_omni, tmp_path):
+    from omni_cli.audio import load_audio
+    from omni_cli.e2e.checkpoint import load_omni, save_omni
+    from omni_cli.e2e.lora import LoraConfig, add_lora
+    from omni_cli.llm import GenerationOptions
+
+    model = load_omni(ctc_omni)
+    params = add_lora(model.llm.model, LoraConfig(rank=4, alpha=8.0))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p) * 0.3)
+    lora = {"rank": 4, "alpha": 8.0, "targets": list(LoraConfig().targets)}
+    model.config = dataclasses.replace(model.config, llm_lora=lora)
+    save_omni(model, tmp_path / "both")
+    model.config = dataclasses.replace(model.config, lora_tasks=("repeat",))
+    save_omni(model, tmp_path / "repeat")
+    both, apart, plain = (load_omni(tmp_path / "both"), load_omni(tmp_path / "repeat"), load_omni(ctc_omni))
+    assert apart.config.lora_tasks == ("repeat",) and apart.loaded_lora and not apart.lora_merged
+    ids = torch.tensor([[5, 9, 30, 41, 7]])
+    weights = {k: v.clone() for k, v in apart.llm.model.state_dict().items()}
+    with torch.no_grad():
+        assert torch.equal(apart.llm.model(input_ids=ids).logits, plain.llm.model(input_ids=ids).logits)
+        with apart.task_weights("repeat"):
+            torch.testing.assert_close(apart.llm.model(input_ids=ids).logits, both.llm.model(input_ids=ids).logits)
+    assert all(torch.equal(v, apart.llm.model.state_dict()[k]) for k, v in weights.items())  # exactly as it was after
+
+    audio = load_audio(EXAMPLE_QUESTION)
+    options = GenerationOptions(max_new_tokens=12)
+    answer = lambda m: [s.token_id for s in m.stream(audio, options)]  # noqa: E731
+    assert answer(apart) == answer(plain) and answer(both) != answer(plain)  # answers: the base LLM's
+    assert apart.transcribe(audio) == both.transcribe(audio) != plain.transcribe(audio)  # repeating: with the adapters
+    assert answer(apart) == answer(plain)  # the prompt cache kept from the repeat task is not reused
+    save_omni(apart, tmp_path / "again")  # adapters kept apart are saved back as they were
+    assert load_omni(tmp_path / "again").config.lora_tasks == ("repeat",)
+    assert apart.transcribe(audio) == load_omni(tmp_path / "again").transcribe(audio)
+
+
 def test_llm_stage_trains_only_adapters_and_learns_to_repeat(ctc_omni, tmp_path):
     from omni_cli.e2e.checkpoint import load_omni
     from omni_cli.e2e.lora import LoraConfig
@@ -200,7 +238,7 @@ def test_llm_stage_trains_only_adapters_and_learns_to_repeat(ctc_omni, tmp_path)
     base = {k.replace(".base_layer", ""): v for k, v in model.llm.model.state_dict().items() if ".lora_" not in k}
     assert all(torch.equal(v, base[k]) for k, v in before.items())  # only the adapters moved
     loaded = load_omni(tmp_path / "llm" / "model", TEST_DEVICE)
-    assert loaded.config.llm_lora["rank"] == 4 and loaded.merged_lora
+    assert loaded.config.llm_lora["rank"] == 4 and loaded.loaded_lora and loaded.lora_merged
     resumed = list(train_llm(loaded, rows, tmp_path / "llm", dataclasses.replace(opts, steps=42), resume=True,
                              lora=LoraConfig(rank=4, alpha=8.0)))
     assert [p.step for p in resumed] == [41, 42]

@@ -28,7 +28,7 @@ from omni_cli.e2e.config import (
     PromptConfig,
     SpeechDecoderConfig,
 )
-from omni_cli.e2e.lora import LoraConfig, merge_lora
+from omni_cli.e2e.lora import LoraConfig, lora_applied, merge_lora
 from omni_cli.e2e.speech_encoder import SpeechEncoder
 from omni_cli.e2e.speech_generator import SpeechGenerator
 from omni_cli.e2e.speech_llm import SpeechLLM
@@ -129,10 +129,15 @@ def load_omni(folder: Path, device: str = "cpu"):
     if config.llm_lora:
         if not lora:
             raise CheckpointError(f"{folder / OMNI_WEIGHTS}: the config names LoRA adapters but there are no llm_lora.* weights")
-        merge_lora(llm.model, lora, LoraConfig(**{**config.llm_lora, "targets": tuple(config.llm_lora["targets"])}))
+        lora_config = LoraConfig.from_dict(config.llm_lora)
+        if "answer" in config.lora_tasks:
+            merge_lora(llm.model, lora, lora_config)
+        else:  # for the repeat task alone: checked against the LLM now, merged while it runs
+            with lora_applied(llm.model, lora, lora_config):
+                pass
     encoder = build_encoder(config.encoder, config.encoder_source, device)
     model = SpeechLLM(config, encoder, projector.to(device), llm, generator.to(device)).eval()
-    model.merged_lora = lora
+    model.loaded_lora = lora
     return model
 
 

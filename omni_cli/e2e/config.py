@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from omni_cli.errors import ConfigError
+
 PUBLISHED_SYSTEM_PROMPT = (
     "You are a helpful language and speech assistant. You are able to understand the speech content "
     "that the user provides, and assist the user with a variety of tasks using natural language."
@@ -85,6 +87,17 @@ class PromptConfig:
     # model to say what it heard: the ASR task, used as a transcription backend
 
 
+LORA_TASKS = ("answer", "repeat")  # the LLM's tasks: answer what was said; repeat it (the ASR task)
+
+
+def lora_tasks(names) -> tuple[str, ...]:
+    """The tasks LoRA adapters serve, checked: both, or only 'repeat' (answers by the base LLM)."""
+    tasks = tuple(sorted({str(n).strip() for n in names if str(n).strip()}))
+    if tasks not in (LORA_TASKS, ("repeat",)):
+        raise ConfigError(f"lora_tasks is 'answer,repeat' or 'repeat', not {','.join(tasks) or 'nothing'!r}")
+    return tasks
+
+
 @dataclass(frozen=True)
 class OmniConfig:
     encoder: EncoderConfig
@@ -95,7 +108,10 @@ class OmniConfig:
     llm_source: str = ""  # registry name, path or hub id of the LLM
     vocoder: str = ""  # registry name or path of the unit vocoder
     llm_lora: dict | None = None  # our models: LoRA adapters trained on the LLM (lora.LoraConfig fields),
-    # stored with the checkpoint and merged into the LLM at load
+    # stored with the checkpoint
+    lora_tasks: tuple[str, ...] = LORA_TASKS  # what the adapters serve: both tasks (merged into the LLM at
+    # load), or ("repeat",) only: merged for the repeat task (ASR) alone, so the answers are the base LLM's,
+    # as it answers typed text
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,4 +127,5 @@ class OmniConfig:
             llm_source=d.get("llm_source", ""),
             vocoder=d.get("vocoder", ""),
             llm_lora=d.get("llm_lora"),
+            lora_tasks=lora_tasks(d.get("lora_tasks", LORA_TASKS)),
         )

@@ -4,11 +4,14 @@ Training injects peft's LoRA layers into the LLM (`add_lora`); a checkpoint stor
 adapters' A and B matrices (`lora_state`, keys as peft names them, e.g.
 `model.layers.0.self_attn.q_proj.lora_A.weight`). Loading merges them into the LLM's
 weights (`merge_lora`: W += alpha / rank * B @ A), so inference runs the plain model at its
-usual cost. Knows nothing about speech.
+usual cost; or, for adapters that serve one task only, merges them for the duration of that
+task (`lora_applied`) and leaves the LLM exactly as it was otherwise. Knows nothing about speech.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +29,11 @@ class LoraConfig:
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoraConfig:
+        """From a model config's `llm_lora` (its targets a JSON list)."""
+        return cls(**{**d, "targets": tuple(d["targets"])})
 
 
 def add_lora(model: nn.Module, config: LoraConfig) -> list[nn.Parameter]:
@@ -52,10 +60,8 @@ def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in get_peft_model_state_dict(model).items()}
 
 
-@torch.no_grad()
-def merge_lora(model: nn.Module, state: dict[str, torch.Tensor], config: LoraConfig, sign: float = 1.0) -> None:
-    """Add each adapter's alpha / rank * B @ A to the weight of the layer it belongs to (with
-    `sign` -1, take it back out)."""
+def _adapted_layers(model: nn.Module, state: dict[str, torch.Tensor], config: LoraConfig) -> Iterator[tuple[nn.Linear, torch.Tensor]]:
+    """Each layer an adapter of `state` belongs to, with its float32 alpha / rank * B @ A."""
     prefixes = sorted({k.rsplit(".lora_", 1)[0] for k in state})
     for prefix in prefixes:
         a, b = state.get(f"{prefix}.lora_A.weight"), state.get(f"{prefix}.lora_B.weight")
@@ -65,5 +71,32 @@ def merge_lora(model: nn.Module, state: dict[str, torch.Tensor], config: LoraCon
             layer = None
         if a is None or b is None or not isinstance(layer, nn.Linear) or tuple(layer.weight.shape) != (b.shape[0], a.shape[1]):
             raise CheckpointError(f"LoRA adapter '{prefix}' does not fit the LLM")
-        w = layer.weight
-        w += (sign * config.scale * b.to(w.device).float() @ a.to(w.device).float()).to(w.dtype)
+        dev = layer.weight.device
+        yield layer, config.scale * b.to(dev).float() @ a.to(dev).float()
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module, state: dict[str, torch.Tensor], config: LoraConfig, sign: float = 1.0) -> None:
+    """Add each adapter's alpha / rank * B @ A to the weight of the layer it belongs to (with
+    `sign` -1, take it back out)."""
+    for layer, delta in _adapted_layers(model, state, config):
+        layer.weight += (sign * delta).to(layer.weight.dtype)
+
+
+@contextmanager
+def lora_applied(model: nn.Module, state: dict[str, torch.Tensor], config: LoraConfig) -> Iterator[None]:
+    """`model` with the adapters merged, for the duration: each adapted layer gets a new weight
+    (its own plus alpha / rank * B @ A, summed in float32), and its own weight object back after,
+    so the model is exactly as it was (no rounding left behind). Costs one merged copy of the
+    adapted weights while it lasts."""
+    own: list[tuple[nn.Linear, nn.Parameter]] = []
+    try:
+        with torch.no_grad():
+            for layer, delta in _adapted_layers(model, state, config):
+                w = layer.weight
+                own.append((layer, w))
+                layer.weight = nn.Parameter((w.float() + delta).to(w.dtype), requires_grad=False)
+        yield
+    finally:
+        for layer, w in own:
+            layer.weight = w

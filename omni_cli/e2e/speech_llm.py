@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -33,13 +34,39 @@ class SpeechLLM(nn.Module):
         self.llm_model = llm.model  # registered, so .to()/.eval() reach it
         self.llm = llm
         self.speech_generator = generator
-        self.merged_lora: dict[str, torch.Tensor] = {}  # LoRA adapters already merged into the LLM (at load)
+        # LoRA adapters loaded with the model: merged into the LLM at load, or, where they serve the
+        # repeat task alone (config.lora_tasks), kept apart and merged while it runs (`task_weights`)
+        self.loaded_lora: dict[str, torch.Tensor] = {}
 
     def lora_weights(self) -> dict[str, torch.Tensor]:
-        """The LLM's LoRA adapters: those being trained (injected), else those merged at load."""
+        """The LLM's LoRA adapters: those being trained (injected), else those loaded with the model."""
         from omni_cli.e2e.lora import lora_state
 
-        return lora_state(self.llm.model) or self.merged_lora
+        return lora_state(self.llm.model) or self.loaded_lora
+
+    @property
+    def lora_merged(self) -> bool:
+        """Whether the loaded adapters are in the LLM's weights (they serve answers too)."""
+        return bool(self.loaded_lora) and "answer" in self.config.lora_tasks
+
+    @contextmanager
+    def task_weights(self, task: str) -> Iterator[None]:
+        """The LLM as `task` ("answer" or "repeat") runs it: with adapters that serve only the
+        repeat task merged for its duration, else as it is. The LLM's kept prompt cache was computed
+        with other weights, so it is dropped on the way in and out."""
+        if task != "repeat" or not self.loaded_lora or self.lora_merged:
+            yield
+            return
+        from omni_cli.e2e.lora import LoraConfig, lora_applied
+
+        assert self.config.llm_lora is not None
+        lora = LoraConfig.from_dict(self.config.llm_lora)
+        self.llm.forget()
+        try:
+            with lora_applied(self.llm.model, self.loaded_lora, lora):
+                yield
+        finally:
+            self.llm.forget()
 
     @property
     def device(self) -> torch.device:
@@ -126,8 +153,9 @@ class SpeechLLM(nn.Module):
         penalty, since a transcript may repeat words); at most about 6 tokens a second."""
         limit = max_new_tokens or max(16, int(len(audio) / 16000 * 6) + 8)
         options = GenerationOptions(max_new_tokens=limit, repetition_penalty=1.0)
-        steps = self.stream_features(self.speech_features(audio), options, prompt=self.repeat_prompt())
-        return "".join(step.text for step in steps).strip()
+        features = self.speech_features(audio)
+        with self.task_weights("repeat"):
+            return "".join(step.text for step in self.stream_features(features, options, prompt=self.repeat_prompt())).strip()
 
     @torch.inference_mode()
     def stream(

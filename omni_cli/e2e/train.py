@@ -38,6 +38,7 @@ import torch
 from omni_cli.audio import load_audio
 from omni_cli.errors import ConfigError
 from omni_cli.e2e.checkpoint import load_omni, save_omni
+from omni_cli.e2e.config import lora_tasks as checked_lora_tasks
 from omni_cli.e2e.lora import LoraConfig
 from omni_cli.e2e.speech_llm import SpeechLLM
 
@@ -544,13 +545,15 @@ def speech_features_of(model: SpeechLLM, encoded: list[torch.Tensor], batch: int
 
 def train_llm(
     model: SpeechLLM, rows: list[dict], out: Path, options: TrainOptions = TrainOptions(), resume: bool = False,
-    lora: LoraConfig = LoraConfig(), answer_share: float = 0.5,
+    lora: LoraConfig = LoraConfig(), answer_share: float = 0.5, lora_tasks: Sequence[str] | None = None,
 ) -> Iterator[Progress]:
     """Stage 1b: LoRA adapters on the LLM (encoder and adaptor frozen), on a mix of two tasks
     read from speech through the trained adaptor: repeat what was said (the transcript;
     the model's ASR task), and answer it as the LLM answers the typed instruction (its own
     text answer: self-distillation, which keeps the LLM's answers its own). `answer_share`
-    of each batch answers; a batch is one padded tensor."""
+    of each batch answers; a batch is one padded tensor. `lora_tasks` (saved in the config;
+    None: the model's own): the tasks the trained adapters serve; ("repeat",) leaves answering to
+    the base LLM."""
     from omni_cli.e2e.lora import add_lora, merge_lora
 
     torch.manual_seed(options.seed)
@@ -558,15 +561,17 @@ def train_llm(
     for p in model.parameters():
         p.requires_grad_(False)
     llm = model.llm.model
-    if model.merged_lora:  # continuing from adapters merged at load: take them out, train them on
-        merge_lora(llm, model.merged_lora, lora, sign=-1.0)
+    loaded = model.loaded_lora
+    if model.lora_merged:  # continuing from adapters merged at load: take them out, train them on
+        merge_lora(llm, loaded, lora, sign=-1.0)
     params = add_lora(llm, lora)
-    if model.merged_lora:
+    if loaded:
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(llm, model.merged_lora)
-        model.merged_lora = {}
-    model.config = dataclasses.replace(model.config, llm_lora={**dataclasses.asdict(lora), "targets": list(lora.targets)})
+        set_peft_model_state_dict(llm, loaded)
+        model.loaded_lora = {}
+    model.config = dataclasses.replace(model.config, llm_lora={**dataclasses.asdict(lora), "targets": list(lora.targets)},
+                                       lora_tasks=checked_lora_tasks(lora_tasks or model.config.lora_tasks))
     features = speech_features_of(model, encode_rows(model, rows))
     embed = llm.get_input_embeddings()
     prompts = {}
@@ -741,15 +746,15 @@ STAGES = ("adaptor", "llm", "speech-decoder")
 def start_stage(
     stage: str, data_dir: Path, out: Path, start: Path | None = None, resume: bool = False,
     options: TrainOptions = TrainOptions(), task: str = "ctc", units: str = "tokens", augment: bool = False,
-    lora: LoraConfig = LoraConfig(), answer_share: float = 0.5, from_text: bool = False, read_back: int = 0,
-    extra_texts: int = 0, text_sources: Sequence[str] = (), device: str = "cpu",
+    lora: LoraConfig = LoraConfig(), answer_share: float = 0.5, lora_tasks: Sequence[str] | None = None,
+    from_text: bool = False, read_back: int = 0, extra_texts: int = 0, text_sources: Sequence[str] = (), device: str = "cpu",
 ) -> tuple[list[dict], Iterator[Progress]]:
     """A training stage ready to run on the train split of a set made by `build`: its rows, and
     the stage's steps (not started: the first step also prepares the items, the frozen encoder
     and LLM passes). The model is the run's own (`out/model`) when resuming one, else `start`,
     else a fresh default (a ctc adaptor, or a linear one for the adaptor tasks answer, asr and
     align), on the training device. `stage`: adaptor (with `task`, `units` of a fresh ctc adaptor
-    and `augment`), llm (`lora`, `answer_share`) or speech-decoder (`from_text`, `read_back`, and
+    and `augment`), llm (`lora`, `answer_share`, `lora_tasks`) or speech-decoder (`from_text`, `read_back`, and
     `extra_texts` pairs drawn from the registry sets `text_sources` by `decoder_texts`, none of
     the set's held-out instructions among them)."""
     from omni_cli.e2e.build_data import read_manifest
@@ -764,6 +769,8 @@ def start_stage(
         raise ConfigError("--augment trains the ctc adaptor (--task ctc)")
     if extra_texts and not from_text:
         raise ConfigError("extra texts have no audio: train them with --from-text")
+    if lora_tasks is not None:
+        lora_tasks = checked_lora_tasks(lora_tasks)
     if extra_texts:
         from omni_cli.e2e.build_data import DECODER_TEXT_SOURCES, training_sources
 
@@ -787,7 +794,7 @@ def start_stage(
     if stage == "adaptor":
         steps = train_adaptor(model, rows, out, options, task=task, resume=resume, augment=augment)
     elif stage == "llm":
-        steps = train_llm(model, rows, out, options, resume=resume, lora=lora, answer_share=answer_share)
+        steps = train_llm(model, rows, out, options, resume=resume, lora=lora, answer_share=answer_share, lora_tasks=lora_tasks)
     else:
         texts: list[dict] = []
         if extra_texts:
