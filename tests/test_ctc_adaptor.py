@@ -156,17 +156,25 @@ def test_a_trained_adaptor_learns_the_new_tokens_of_new_transcripts(ctc_omni, tm
     assert after.shape[-1] == old_vocab + len(set(new)) + 1 and torch.isfinite(after).all()
 
 
-def test_lora_merged_at_load_gives_the_outputs_of_the_trained_adapters(ctc_omni, tmp_path):
-    from omni_cli.e2e.checkpoint import load_omni, save_omni
+def with_random_lora(folder):
+    """The model in `folder` with LoRA adapters (rank 4) of random weights injected, named in its config."""
+    from omni_cli.e2e.checkpoint import load_omni
     from omni_cli.e2e.lora import LoraConfig, add_lora
 
-    model = load_omni(ctc_omni)
+    model = load_omni(folder)
     params = add_lora(model.llm.model, LoraConfig(rank=4, alpha=8.0))
     torch.manual_seed(1)
     with torch.no_grad():
         for p in params:
             p.add_(torch.randn_like(p) * 0.3)
     model.config = dataclasses.replace(model.config, llm_lora={"rank": 4, "alpha": 8.0, "targets": list(LoraConfig().targets)})
+    return model
+
+
+def test_lora_merged_at_load_gives_the_outputs_of_the_trained_adapters(ctc_omni, tmp_path):
+    from omni_cli.e2e.checkpoint import load_omni, save_omni
+
+    model = with_random_lora(ctc_omni)
     ids = torch.tensor([[5, 9, 30, 41, 7]])
     with torch.no_grad():
         trained = model.llm.model(input_ids=ids).logits
@@ -185,17 +193,9 @@ def test_lora_merged_at_load_gives_the_outputs_of_the_trained_adapters(ctc_omni,
 def test_repeat_only_lora_leaves_answers_to_the_base_llm_and_repeats_as_merged(ctc_omni, tmp_path):
     from omni_cli.audio import load_audio
     from omni_cli.e2e.checkpoint import load_omni, save_omni
-    from omni_cli.e2e.lora import LoraConfig, add_lora
     from omni_cli.llm import GenerationOptions
 
-    model = load_omni(ctc_omni)
-    params = add_lora(model.llm.model, LoraConfig(rank=4, alpha=8.0))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in params:
-            p.add_(torch.randn_like(p) * 0.3)
-    lora = {"rank": 4, "alpha": 8.0, "targets": list(LoraConfig().targets)}
-    model.config = dataclasses.replace(model.config, llm_lora=lora)
+    model = with_random_lora(ctc_omni)
     save_omni(model, tmp_path / "both")
     model.config = dataclasses.replace(model.config, lora_tasks=("repeat",))
     save_omni(model, tmp_path / "repeat")
