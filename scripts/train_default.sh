@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Trains the offline end-to-end default from scratch, in one command:
 #   data (spoken instructions, LLM answers) -> stage 1 (the ctc adaptor's CTC head over the LLM's
-#   tokens) -> stage 1b (LoRA on the LLM: repeat what was said, answer as it answers typed text)
+#   tokens) -> stage 1b (LoRA on the LLM: repeat what was said, answer as it answers typed text; the
+#      adapters serve the repeat task alone, so answers are the base LLM's)
 #   -> stage 2 (the CTC speech decoder on the LLM's states over its own answers and registry texts, typed: no audio)
 #   -> stage 2 continued at half the rate (v3.5)
 #   -> stage 1 continued on the set grown to every speakable instruction (v3.4; the LLM reads the
-#      adaptor's text, so the later stages need no retraining) -> export (float16)
+#      adaptor's text, so the later stages need no retraining)
+#   -> stage 1 continued once more with chit-chat turns (statements, casual speech) beside the questions (v3.6)
+#   -> export (float16)
 # into omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2. Sizes can be set from the environment;
 # every step resumes where it stopped. The defaults are the shipped model's (see its MODEL_CARD.md).
 # DEVICE=cuda trains on a GPU; on a CPU, THREADS (default: all cores) sets torch's threads.
@@ -20,6 +23,8 @@ STEPS2=${STEPS2:-8000}
 STEPS2B=${STEPS2B:-8000}      # stage 2 continued (v3.5)
 GROWN=${GROWN:-49747}        # the set grown for stage 1's continuation (every speakable instruction), unanswered
 STEPS1C=${STEPS1C:-2400}
+CHAT=${CHAT:-15000}          # chit-chat turns spoken for stage 1d
+STEPS1D=${STEPS1D:-2800}
 EXTRA_TEXTS=${EXTRA_TEXTS:-40000}  # registry prompt + reply texts for stage 2 (chit-chat replies, quiz questions)
 SEED=${SEED:-0}
 DEVICE=${DEVICE:-cpu}
@@ -38,7 +43,7 @@ resume() { [ -f "$1/train_state.pt" ] && echo --resume || true; }
 $OMNI train adaptor --task ctc --data "$RUNS/data" --out "$RUNS/stage1" --steps "$STEPS1" --batch-size "$BATCH1" --lr 1e-3 \
   --save-every 250 --seed "$SEED" --device "$DEVICE" "${STAGE1_EXTRA[@]}" $(resume "$RUNS/stage1")
 $OMNI train llm --data "$RUNS/data" --out "$RUNS/stage1b" --from "$RUNS/stage1/model" --steps "$STEPS1B" --batch-size 8 \
-  --lr 5e-4 --lora-rank 8 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage1b")
+  --lr 5e-4 --lora-rank 8 --lora-tasks repeat --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage1b")
 $OMNI train speech-decoder --from-text --extra-texts "$EXTRA_TEXTS" --data "$RUNS/data" --out "$RUNS/stage2" --from "$RUNS/stage1b/model" \
   --steps "$STEPS2" --batch-size 16 --lr 1e-3 --save-every 500 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage2")
 # the LLM's states of stage 2's texts are the same: the continuation reuses them (a hard link)
@@ -46,16 +51,24 @@ mkdir -p "$RUNS/stage2b"
 [ -f "$RUNS/stage2b/decoder-states.pt" ] || ln "$RUNS/stage2/decoder-states.pt" "$RUNS/stage2b/decoder-states.pt" 2>/dev/null || true
 $OMNI train speech-decoder --from-text --extra-texts "$EXTRA_TEXTS" --data "$RUNS/data" --out "$RUNS/stage2b" --from "$RUNS/stage2/model" \
   --steps "$STEPS2B" --batch-size 16 --lr 5e-4 --save-every 500 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage2b")
-# stage 1 again, on more text spoken by the same voices, from the whole model (its head grows by the new tokens);
-# the grown set is a copy (audio and cached features hard-linked), so the stages above keep theirs
-if [ ! -f "$RUNS/grown/manifest.jsonl" ]; then
-  rm -rf "$RUNS/grown" && cp -al "$RUNS/data" "$RUNS/grown"
-  # files the build appends to or rewrites are copies, not links (the data set's own stay as they are)
-  for f in manifest.jsonl answers.jsonl failed.jsonl build.json; do
-    rm -f "$RUNS/grown/$f"; if [ -f "$RUNS/data/$f" ]; then cp "$RUNS/data/$f" "$RUNS/grown/$f"; fi
-  done
-fi
+# a set grown from a copy of another (audio and cached features hard-linked), so the stages before keep theirs
+copy_set() {
+  if [ ! -f "$2/manifest.jsonl" ]; then
+    rm -rf "$2" && cp -al "$1" "$2"
+    # files the build appends to or rewrites are copies, not links (the first set's own stay as they are)
+    for f in manifest.jsonl answers.jsonl failed.jsonl build.json; do
+      rm -f "$2/$f"; if [ -f "$1/$f" ]; then cp "$1/$f" "$2/$f"; fi
+    done
+  fi
+}
+# stage 1 again, on more text spoken by the same voices, from the whole model (its head grows by the new tokens)
+copy_set "$RUNS/data" "$RUNS/grown"
 $OMNI data build --out "$RUNS/grown" --size "$GROWN" --answered 0 --heldout-fraction 0.05 --seed "$SEED" --workers 2
 $OMNI train adaptor --task ctc --data "$RUNS/grown" --out "$RUNS/stage1c" --from "$RUNS/stage2b/model" --steps "$STEPS1C" \
   --batch-size 32 --lr 5e-4 --save-every 300 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage1c")
-$OMNI train export "$RUNS/stage1c/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2
+# and once more with chit-chat turns spoken by the same voices: statements and casual speech, not only questions
+copy_set "$RUNS/grown" "$RUNS/chat"
+$OMNI data build --out "$RUNS/chat" --size "$CHAT" --answered 0 --sources chitchat-turns --heldout-fraction 0.05 --seed $((SEED + 1)) --workers 2
+$OMNI train adaptor --task ctc --data "$RUNS/chat" --out "$RUNS/stage1d" --from "$RUNS/stage1c/model" --steps "$STEPS1D" \
+  --batch-size 32 --lr 4e-4 --save-every 100 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage1d")
+$OMNI train export "$RUNS/stage1d/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2
