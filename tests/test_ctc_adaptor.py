@@ -220,6 +220,24 @@ def test_repeat_only_lora_leaves_answers_to_the_base_llm_and_repeats_as_merged(c
     assert apart.transcribe(audio) == load_omni(tmp_path / "again").transcribe(audio)
 
 
+@pytest.mark.parametrize("tasks", [("answer", "repeat"), ("repeat",)])
+def test_an_adapter_that_does_not_fit_the_llm_is_refused_at_load(ctc_omni, tmp_path, tasks):
+    from safetensors.torch import load_file, save_file
+
+    from omni_cli.e2e.checkpoint import OMNI_WEIGHTS, load_omni, save_omni
+    from omni_cli.e2e.state import CheckpointError
+
+    model = with_random_lora(ctc_omni)
+    model.config = dataclasses.replace(model.config, lora_tasks=tasks)
+    save_omni(model, tmp_path / "m")
+    state = load_file(tmp_path / "m" / OMNI_WEIGHTS)
+    key = next(k for k in state if k.endswith("q_proj.lora_A.weight"))
+    state[key] = state[key][:, :-1].contiguous()  # one input column short
+    save_file(state, tmp_path / "m" / OMNI_WEIGHTS)
+    with pytest.raises(CheckpointError, match="does not fit the LLM"):
+        load_omni(tmp_path / "m")
+
+
 def test_llm_stage_trains_only_adapters_and_learns_to_repeat(ctc_omni, tmp_path):
     from omni_cli.e2e.checkpoint import load_omni
     from omni_cli.e2e.lora import LoraConfig

@@ -28,7 +28,7 @@ from omni_cli.e2e.config import (
     PromptConfig,
     SpeechDecoderConfig,
 )
-from omni_cli.e2e.lora import LoraConfig, lora_applied, merge_lora
+from omni_cli.e2e.lora import LoraConfig, check_lora, merge_lora
 from omni_cli.e2e.speech_encoder import SpeechEncoder
 from omni_cli.e2e.speech_generator import SpeechGenerator
 from omni_cli.e2e.speech_llm import SpeechLLM
@@ -133,8 +133,7 @@ def load_omni(folder: Path, device: str = "cpu"):
         if "answer" in config.lora_tasks:
             merge_lora(llm.model, lora, lora_config)
         else:  # for the repeat task alone: checked against the LLM now, merged while it runs
-            with lora_applied(llm.model, lora, lora_config):
-                pass
+            check_lora(llm.model, lora)
     encoder = build_encoder(config.encoder, config.encoder_source, device)
     model = SpeechLLM(config, encoder, projector.to(device), llm, generator.to(device)).eval()
     model.loaded_lora = lora

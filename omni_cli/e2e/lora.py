@@ -60,10 +60,11 @@ def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in get_peft_model_state_dict(model).items()}
 
 
-def _adapted_layers(model: nn.Module, state: dict[str, torch.Tensor], config: LoraConfig) -> Iterator[tuple[nn.Linear, torch.Tensor]]:
-    """Each layer an adapter of `state` belongs to, with its float32 alpha / rank * B @ A."""
-    prefixes = sorted({k.rsplit(".lora_", 1)[0] for k in state})
-    for prefix in prefixes:
+def check_lora(model: nn.Module, state: dict[str, torch.Tensor]) -> list[tuple[nn.Linear, torch.Tensor, torch.Tensor]]:
+    """Each layer an adapter of `state` belongs to, with its A and B; a CheckpointError names
+    an adapter that has no such layer or does not fit it."""
+    out = []
+    for prefix in sorted({k.rsplit(".lora_", 1)[0] for k in state}):
         a, b = state.get(f"{prefix}.lora_A.weight"), state.get(f"{prefix}.lora_B.weight")
         try:
             layer = model.get_submodule(prefix)
@@ -71,16 +72,22 @@ def _adapted_layers(model: nn.Module, state: dict[str, torch.Tensor], config: Lo
             layer = None
         if a is None or b is None or not isinstance(layer, nn.Linear) or tuple(layer.weight.shape) != (b.shape[0], a.shape[1]):
             raise CheckpointError(f"LoRA adapter '{prefix}' does not fit the LLM")
-        dev = layer.weight.device
-        yield layer, config.scale * b.to(dev).float() @ a.to(dev).float()
+        out.append((layer, a, b))
+    return out
+
+
+def _delta(layer: nn.Linear, a: torch.Tensor, b: torch.Tensor, config: LoraConfig) -> torch.Tensor:
+    """alpha / rank * B @ A, in float32, on the layer's device."""
+    dev = layer.weight.device
+    return config.scale * b.to(dev).float() @ a.to(dev).float()
 
 
 @torch.no_grad()
 def merge_lora(model: nn.Module, state: dict[str, torch.Tensor], config: LoraConfig, sign: float = 1.0) -> None:
     """Add each adapter's alpha / rank * B @ A to the weight of the layer it belongs to (with
     `sign` -1, take it back out)."""
-    for layer, delta in _adapted_layers(model, state, config):
-        layer.weight += (sign * delta).to(layer.weight.dtype)
+    for layer, a, b in check_lora(model, state):
+        layer.weight += (sign * _delta(layer, a, b, config)).to(layer.weight.dtype)
 
 
 @contextmanager
@@ -92,10 +99,10 @@ def lora_applied(model: nn.Module, state: dict[str, torch.Tensor], config: LoraC
     own: list[tuple[nn.Linear, nn.Parameter]] = []
     try:
         with torch.no_grad():
-            for layer, delta in _adapted_layers(model, state, config):
+            for layer, a, b in check_lora(model, state):
                 w = layer.weight
                 own.append((layer, w))
-                layer.weight = nn.Parameter((w.float() + delta).to(w.dtype), requires_grad=False)
+                layer.weight = nn.Parameter((w.float() + _delta(layer, a, b, config)).to(w.dtype), requires_grad=False)
         yield
     finally:
         for layer, w in own:
