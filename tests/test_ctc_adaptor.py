@@ -205,7 +205,7 @@ def test_repeat_only_lora_leaves_answers_to_the_base_llm_and_repeats_as_merged(c
     weights = {k: v.clone() for k, v in apart.llm.model.state_dict().items()}
     with torch.no_grad():
         assert torch.equal(apart.llm.model(input_ids=ids).logits, plain.llm.model(input_ids=ids).logits)
-        with apart.task_weights("repeat"):
+        with apart.repeating():
             torch.testing.assert_close(apart.llm.model(input_ids=ids).logits, both.llm.model(input_ids=ids).logits)
     assert all(torch.equal(v, apart.llm.model.state_dict()[k]) for k, v in weights.items())  # exactly as it was after
 

@@ -35,7 +35,7 @@ class SpeechLLM(nn.Module):
         self.llm = llm
         self.speech_generator = generator
         # LoRA adapters loaded with the model: merged into the LLM at load, or, where they serve the
-        # repeat task alone (config.lora_tasks), kept apart and merged while it runs (`task_weights`)
+        # repeat task alone (config.lora_tasks), kept apart and merged while it runs (`repeating`)
         self.loaded_lora: dict[str, torch.Tensor] = {}
 
     def lora_weights(self) -> dict[str, torch.Tensor]:
@@ -50,11 +50,11 @@ class SpeechLLM(nn.Module):
         return bool(self.loaded_lora) and "answer" in self.config.lora_tasks
 
     @contextmanager
-    def task_weights(self, task: str) -> Iterator[None]:
-        """The LLM as `task` ("answer" or "repeat") runs it: with adapters that serve only the
-        repeat task merged for its duration, else as it is. The LLM's kept prompt cache was computed
-        with other weights, so it is dropped on the way in and out."""
-        if task != "repeat" or not self.loaded_lora or self.lora_merged:
+    def repeating(self) -> Iterator[None]:
+        """The LLM as the repeat task runs it: adapters that serve only that task merged for its
+        duration (answers run on the LLM as it is). The LLM's kept prompt cache was computed with
+        other weights, so it is dropped on the way in and out."""
+        if not self.loaded_lora or self.lora_merged:
             yield
             return
         from omni_cli.e2e.lora import LoraConfig, lora_applied
@@ -154,7 +154,7 @@ class SpeechLLM(nn.Module):
         limit = max_new_tokens or max(16, int(len(audio) / 16000 * 6) + 8)
         options = GenerationOptions(max_new_tokens=limit, repetition_penalty=1.0)
         features = self.speech_features(audio)
-        with self.task_weights("repeat"):
+        with self.repeating():
             return "".join(step.text for step in self.stream_features(features, options, prompt=self.repeat_prompt())).strip()
 
     @torch.inference_mode()
