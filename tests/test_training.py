@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from omni_cli.e2e.build_data import BuildOptions, BuildProgress, build, build_set, read_manifest, select_instructions, speakable
+from omni_cli.e2e.build_data import (BuildOptions, BuildProgress, build, build_set, heldout_texts, read_manifest,
+                                     select_instructions, speakable)
 from omni_cli.e2e.checkpoint import load_omni
 from omni_cli.e2e.train import TrainOptions, start_stage, train_adaptor, train_speech_decoder
 from omni_cli.errors import ConfigError
@@ -42,6 +43,20 @@ def test_selection_dedupes_filters_and_is_seeded():
     assert a == b and len(a) == 4  # one duplicate and one code request dropped
     assert {x["instruction"] for x in a} == {"What is the capital of France?", "Tell me a fun fact about cats.",
                                              "How do birds fly?", "Why is the sky blue?"}
+
+
+def test_a_new_set_leaves_out_what_another_set_holds_out(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    rows = [{"id": "a", "instruction": "Why is the sky blue?", "split": "heldout"},
+            {"id": "b", "instruction": "How do birds fly?", "split": "train"}]
+    (other / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held = heldout_texts([other])
+    assert held == {"why is the sky blue?"}
+    chosen = {x["instruction"] for x in select_instructions(INSTRUCTIONS, BuildOptions(size=10, seed=1), held)}
+    assert chosen == {"What is the capital of France?", "Tell me a fun fact about cats.", "How do birds fly?"}
+    with pytest.raises(ConfigError, match="not a built set"):
+        heldout_texts([tmp_path / "missing"])
 
 
 def test_build_speaks_answers_resumes_and_holds_a_voice_family_out(tmp_path):

