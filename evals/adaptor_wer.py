@@ -1,7 +1,10 @@
-"""What the ctc adaptor hears, alone (no LLM pass): the greedy CTC transcript of its token head
+"""What the ctc adaptor hears (`SpeechLLM.hear`: the greedy CTC transcript of its token head, or
+with a beam in its config the hypothesis the LLM finds most plausible; no answer generated)
 against the reference, corpus WER, on held-out voices of a built set and on the real-speech bench
 (and, with --alpaca N, on AlpacaEval instructions spoken by a held-out voice).
-Fast (a few minutes on a CPU), so adaptors can be compared before the slower stages run.
+Fast (a few minutes on a CPU), so adaptors can be compared before the slower stages run; the
+median time to hear an item (encoder, adaptor, beam and LLM scoring) is given beside, from the
+same run.
 
     python -m evals.adaptor_wer --models omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 runs/v3/a/model --data runs/v2/data
 """
@@ -10,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -41,12 +46,16 @@ def main() -> None:
     result = {}
     for folder in args.models:
         model = load_omni(folder)
-        proj, enc = model.speech_projector, model.speech_encoder
-        scores = {}
+        scores, seconds = {}, []
         for name, items in sets.items():
-            with torch.no_grad():
-                heard = [proj.heard(enc.encode(a).unsqueeze(0)) for a in audio[name]]
+            heard = []
+            for a in audio[name]:
+                start = time.perf_counter()
+                with torch.no_grad():
+                    heard.append(model.hear(a)[1])
+                seconds.append(time.perf_counter() - start)
             scores[name] = round(100 * wer([ref for _, ref in items], heard), 1)
+        scores["median ms to hear"] = round(1000 * statistics.median(seconds))
         result[str(folder)] = scores
         print(folder, scores, flush=True)
     emit(result, args.json)

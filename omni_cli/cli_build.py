@@ -315,11 +315,18 @@ def train_export_cmd(
     model_dir: Annotated[Path, typer.Argument(metavar="MODEL", help="A trained model folder (e.g. runs/stage2/model).")],
     dest: Annotated[Path, typer.Argument(metavar="DEST", help="Where to write the shippable copy.")],
     half: Annotated[bool, typer.Option("--half/--full", help="Store the weights as float16 (half the size; loaded back as float32).")] = True,
+    beam: Annotated[int | None, typer.Option("--beam", min=1, help="ctc adaptor: hypotheses of its CTC beam search (1: greedy; default: as trained).")] = None,
+    lm_weight: Annotated[float | None, typer.Option("--lm-weight", min=0.0, help="ctc adaptor, --beam > 1: weight of the LLM's log-probability in choosing among them.")] = None,
+    length_bonus: Annotated[float | None, typer.Option("--length-bonus", help="ctc adaptor, --beam > 1: added per token of a hypothesis.")] = None,
 ) -> None:
     """Copy a trained model for shipping or sharing: config + adaptor and speech decoder weights only.
 
-    [bold]Example:[/] omni train export runs/default/stage2/model omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2
+    [bold]Examples:[/]
+      omni train export runs/default/stage2/model omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2
+      omni train export runs/stage1/model runs/shipped --beam 8 --lm-weight 0.3 --length-bonus 0.5
     """
+    import dataclasses
+
     import torch
 
     from omni_cli.e2e.checkpoint import load_omni, save_omni
@@ -327,6 +334,13 @@ def train_export_cmd(
     with user_errors():
         with ui.err.status("loading the model ..."):
             model = load_omni(model_dir)
+        hearing = {k: v for k, v in (("beam", beam), ("lm_weight", lm_weight), ("length_bonus", length_bonus)) if v is not None}
+        if hearing:
+            if model.config.projector.type != "ctc":
+                raise ConfigError("--beam, --lm-weight and --length-bonus are for a ctc adaptor")
+            projector = dataclasses.replace(model.config.projector, **hearing)
+            model.config = dataclasses.replace(model.config, projector=projector)
+            model.speech_projector.config = projector
         save_omni(model, dest, dtype=torch.float16 if half else None)
         size = sum(f.stat().st_size for f in dest.iterdir()) / 1e6
         ui.note(f"exported {model_dir} to {dest} ({size:.1f} MB)")

@@ -548,3 +548,65 @@ def test_ctc_stage_learns_from_augmented_audio(ctc_omni, tmp_path):
     assert len(losses) == 40 and sum(losses[-5:]) < 0.7 * sum(losses[:5])
     assert all(torch.equal(v, model.speech_encoder.state_dict()[k]) for k, v in encoder.items())
     assert (tmp_path / "aug" / "model").is_dir()
+
+
+def test_ctc_prefix_beams_sum_every_alignment():
+    """Two frames, each 0.4 'a' and 0.6 blank: the greedy path says nothing (0.36), but 'a'
+    has three alignments (aa, a-, -a: 0.64) and comes first; repeats merge unless a blank
+    separates them; the width caps the hypotheses."""
+    import math
+
+    from omni_cli.e2e.speech_projector import ctc_prefix_beams
+
+    a, b, blank = 0, 1, 2
+    two = torch.tensor([[0.4, 1e-9, 0.6]] * 2).log()
+    found = ctc_prefix_beams(two, blank, width=4)
+    assert [h for h, _ in found][:2] == [[a], []]
+    assert math.isclose(math.exp(found[0][1]), 0.64, rel_tol=1e-4) and math.isclose(math.exp(found[1][1]), 0.36, rel_tol=1e-4)
+    sure = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0], [1.0, 0, 0], [0, 1.0, 0]]).clamp_min(1e-9).log()
+    assert ctc_prefix_beams(sure, blank, width=3)[0][0] == [a, a, b]
+    assert len(ctc_prefix_beams(torch.randn(30, 3).log_softmax(-1), blank, width=2)) == 2
+
+
+def test_beam_hearing_lets_the_llm_choose_among_hypotheses(ctc_omni, tmp_path):
+    """The LLM's scores of padded hypotheses in one batch are each one's alone; lm_weight 0 keeps
+    the CTC's best; the choice and the settings survive export and load."""
+    from typer.testing import CliRunner
+
+    from omni_cli.cli import app
+    from omni_cli.e2e.checkpoint import load_omni
+
+    out = tmp_path / "beamed"
+    result = CliRunner().invoke(app, ["train", "export", str(ctc_omni), str(out), "--beam", "4", "--lm-weight", "1",
+                                      "--length-bonus", "0"])
+    assert result.exit_code == 0, result.output
+    model = load_omni(out)
+    p = model.speech_projector.config
+    assert (p.beam, p.lm_weight, p.length_bonus) == (4, 1.0, 0.0) and model.config.projector == p
+    tok = model.llm.tokenizer
+    texts = ["The moon is bright.", "Paris is the capital of France.", "The moon"]
+    hyps = [(tok(t, add_special_tokens=False).input_ids, 0.0) for t in texts]
+    before, after = model.prompt_ids()
+    context, end = before[-4:], after[:1]
+
+    def alone(text):  # the LLM's log-probability of one hypothesis, no batch, no padding
+        seq = context + tok(text, add_special_tokens=False).input_ids + end
+        with torch.no_grad():
+            logp = model.llm.model(input_ids=torch.tensor([seq])).logits[0].float().log_softmax(-1)
+        return sum(logp[i - 1, seq[i]].item() for i in range(len(context), len(seq)))
+
+    lm = [alone(t) for t in texts]
+    scored = [(-1.0, 2.0, 0.5)[i] + 1.0 * lm[i] for i in range(3)]
+    got = model.plausibility([(ids, (-1.0, 2.0, 0.5)[i]) for i, (ids, _) in enumerate(hyps)])
+    assert got == pytest.approx(scored, abs=1e-3)
+    assert model.most_plausible(hyps) == hyps[max(range(3), key=lm.__getitem__)][0]
+    worst = min(range(3), key=lm.__getitem__)  # a CTC margin larger than the LLM's gap wins
+    boosted = [(ids, 2 * (max(lm) - min(lm)) + 1 if i == worst else 0.0) for i, (ids, _) in enumerate(hyps)]
+    assert model.most_plausible(boosted) == hyps[worst][0]
+    model.speech_projector.config = dataclasses.replace(p, lm_weight=0.0)
+    assert model.most_plausible(hyps[::-1]) == hyps[-1][0]
+    model.speech_projector.config = p
+    audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    with torch.no_grad():
+        embeds, heard = model.hear(audio)
+    assert embeds.shape[-1] == model.config.projector.llm_width and isinstance(heard, str)

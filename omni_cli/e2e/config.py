@@ -48,6 +48,14 @@ class ProjectorConfig:
     dropout: float = 0.0  # ctc: dropout inside the transformer layers (training only)
     units: str = "tokens"  # ctc: what the head spells: "tokens" (the LLM's tokens of the transcript) or
     # "chars" (lower-case characters, each one of the LLM's single-character tokens)
+    beam: int = 1  # ctc: hypotheses kept by the CTC prefix beam search (1: greedy, as trained)
+    lm_weight: float = 0.0  # ctc, beam > 1: weight of the LLM's log-probability of each hypothesis as the
+    # user's message, added to its CTC log-probability (the LLM picks the most plausible of what it may have heard)
+    length_bonus: float = 0.0  # ctc, beam > 1: added per LLM token of a hypothesis (offsets the LLM's bias to short ones)
+
+    def __post_init__(self) -> None:
+        if self.beam < 1 or self.lm_weight < 0:
+            raise ConfigError("projector beam must be >= 1 and lm_weight >= 0")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,10 @@ from omni_cli.errors import ConfigError
 from omni_cli.llm import ChatLLM, GenerationOptions, TokenStep, stream_generate
 
 
+RESCORE_MAX_TOKENS = 256  # longer hypotheses (minutes of speech) are taken as the CTC ranks them: the LLM's
+# logits over every position of every hypothesis would take gigabytes
+
+
 class SpeechLLM(nn.Module):
     def __init__(self, config: OmniConfig, encoder: SpeechEncoder, projector: nn.Module, llm: ChatLLM, generator: SpeechGenerator):
         super().__init__()
@@ -90,8 +94,47 @@ class SpeechLLM(nn.Module):
         dtype = next(p for p in self.speech_projector.parameters() if p.is_floating_point()).dtype
         x = states.unsqueeze(0).to(dtype)
         if self.config.projector.type == "ctc":
-            return self.speech_projector.read(x)
+            proj = self.speech_projector
+            if proj.config.beam > 1:
+                ids = self.most_plausible(proj.hypotheses(x, proj.config.beam))
+                return proj.embed_heard(ids), self.llm.tokenizer.decode(ids).strip()
+            return proj.read(x)
         return self.speech_projector(x)[0], None
+
+    def most_plausible(self, hypotheses: list[tuple[list[int], float]]) -> list[int]:
+        """Of a ctc adaptor's hypotheses (LLM token ids, CTC log-probability), best first, the
+        one `plausibility` scores highest: what the LLM finds most plausible among what it may
+        have heard (the first where `lm_weight` is 0 or one is over RESCORE_MAX_TOKENS long)."""
+        p = self.speech_projector.config
+        if len(hypotheses) < 2 or p.lm_weight == 0 or max(len(ids) for ids, _ in hypotheses) > RESCORE_MAX_TOKENS:
+            return hypotheses[0][0] if hypotheses else []
+        scores = self.plausibility(hypotheses)
+        return hypotheses[max(range(len(scores)), key=scores.__getitem__)][0]
+
+    def plausibility(self, hypotheses: list[tuple[list[int], float]]) -> list[float]:
+        """Each hypothesis's CTC log-probability + `lm_weight` x the LLM's log-probability of its
+        text as the user's message (from the user turn's opening, the prompt's last 4 tokens
+        before the speech, to the token after it) + `length_bonus` per token scored. One batched
+        forward pass of the LLM."""
+        p = self.speech_projector.config
+        tokenizer = self.llm.tokenizer
+        before, after = self.prompt_ids()
+        context, end = before[-4:], after[:1]  # e.g. "\n<|im_start|>user\n" ... "<|im_end|>"
+        seqs = [context + tokenizer(tokenizer.decode(ids).strip(), add_special_tokens=False).input_ids + end
+                for ids, _ in hypotheses]
+        ids = torch.zeros((len(seqs), max(map(len, seqs))), dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        for i, seq in enumerate(seqs):
+            ids[i, : len(seq)] = torch.tensor(seq)
+            mask[i, : len(seq)] = 1
+        with torch.no_grad():
+            logits = self.llm.model(input_ids=ids, attention_mask=mask).logits
+        scores = []
+        for i, ((_, ctc), seq) in enumerate(zip(hypotheses, seqs)):
+            steps = logits[i, len(context) - 1 : len(seq) - 1].float().log_softmax(-1)
+            lm = steps.gather(-1, ids[i, len(context) : len(seq), None]).sum().item()
+            scores.append(ctc + p.lm_weight * lm + p.length_bonus * (len(seq) - len(context)))
+        return scores
 
     def prompt_ids(
         self, history: list[dict[str, str]] | None = None, prompt: PromptConfig | None = None
