@@ -599,6 +599,9 @@ def test_beam_hearing_lets_the_llm_choose_among_hypotheses(ctc_omni, tmp_path):
     scored = [(-1.0, 2.0, 0.5)[i] + 1.0 * lm[i] for i in range(3)]
     got = model.plausibility([(ids, (-1.0, 2.0, 0.5)[i]) for i, (ids, _) in enumerate(hyps)])
     assert got == pytest.approx(scored, abs=1e-3)
+    alike = ["The moon is bright.", "The moon", "The moon is"]  # a shared beginning, run once
+    got = model.plausibility([(tok(t, add_special_tokens=False).input_ids, 0.0) for t in alike])
+    assert got == pytest.approx([alone(t) for t in alike], abs=1e-3)
     assert model.most_plausible(hyps) == hyps[max(range(3), key=lm.__getitem__)][0]
     worst = min(range(3), key=lm.__getitem__)  # a CTC margin larger than the LLM's gap wins
     boosted = [(ids, 2 * (max(lm) - min(lm)) + 1 if i == worst else 0.0) for i, (ids, _) in enumerate(hyps)]

@@ -114,26 +114,40 @@ class SpeechLLM(nn.Module):
     def plausibility(self, hypotheses: list[tuple[list[int], float]]) -> list[float]:
         """Each hypothesis's CTC log-probability + `lm_weight` x the LLM's log-probability of its
         text as the user's message (from the user turn's opening, the prompt's last 4 tokens
-        before the speech, to the token after it) + `length_bonus` per token scored. One batched
-        forward pass of the LLM."""
+        before the speech, to the token after it) + `length_bonus` per token scored. The LLM runs
+        once over what all of them begin with, then over their different ends as one batch
+        reading that KV cache."""
+        from transformers import DynamicCache
+
         p = self.speech_projector.config
         tokenizer = self.llm.tokenizer
         before, after = self.prompt_ids()
         context, end = before[-4:], after[:1]  # e.g. "\n<|im_start|>user\n" ... "<|im_end|>"
         seqs = [context + tokenizer(tokenizer.decode(ids).strip(), add_special_tokens=False).input_ids + end
                 for ids, _ in hypotheses]
-        ids = torch.zeros((len(seqs), max(map(len, seqs))), dtype=torch.long, device=self.device)
-        mask = torch.zeros_like(ids)
-        for i, seq in enumerate(seqs):
-            ids[i, : len(seq)] = torch.tensor(seq)
-            mask[i, : len(seq)] = 1
+        shared = len(context)  # every one begins with the context; how much more do they share?
+        while all(len(s) > shared + 1 for s in seqs) and len({s[shared] for s in seqs}) == 1:
+            shared += 1
+        dev = self.device
+        cache = DynamicCache()
         with torch.no_grad():
-            logits = self.llm.model(input_ids=ids, attention_mask=mask).logits
+            head = self.llm.model(input_ids=torch.tensor([seqs[0][:shared]], device=dev), cache=cache, use_cache=True)
+            head_logp = head.logits[0].float().log_softmax(-1)
+            common = sum(head_logp[i - 1, seqs[0][i]].item() for i in range(len(context), shared))
+            cache.batch_repeat_interleave(len(seqs))
+            ends = [s[shared:] for s in seqs]
+            ids = torch.zeros((len(ends), max(map(len, ends))), dtype=torch.long, device=dev)
+            mask = torch.zeros((len(ends), shared + ids.shape[1]), dtype=torch.long, device=dev)
+            mask[:, :shared] = 1
+            for i, e in enumerate(ends):
+                ids[i, : len(e)] = torch.tensor(e)
+                mask[i, shared : shared + len(e)] = 1
+            logits = self.llm.model(input_ids=ids, attention_mask=mask, cache=cache).logits
         scores = []
-        for i, ((_, ctc), seq) in enumerate(zip(hypotheses, seqs)):
-            steps = logits[i, len(context) - 1 : len(seq) - 1].float().log_softmax(-1)
-            lm = steps.gather(-1, ids[i, len(context) : len(seq), None]).sum().item()
-            scores.append(ctc + p.lm_weight * lm + p.length_bonus * (len(seq) - len(context)))
+        for i, ((_, ctc), e) in enumerate(zip(hypotheses, ends)):
+            steps = logits[i, : len(e) - 1].float().log_softmax(-1)
+            lm = common + head_logp[-1, e[0]].item() + steps.gather(-1, ids[i, 1 : len(e), None]).sum().item()
+            scores.append(ctc + p.lm_weight * lm + p.length_bonus * (len(seqs[i]) - len(context)))
         return scores
 
     def prompt_ids(
