@@ -156,10 +156,11 @@ class SpeechLLMASR:
 
     backend = "e2e"
 
-    def __init__(self, model=None, device: str = "cpu", window_s: float = 30.0, speech_llm=None):
+    def __init__(self, model=None, device: str = "cpu", window_s: float = 30.0, speech_llm=None, beam: int | None = None):
         from omni_cli.e2e.load import load_speech_llm
 
         self.model = speech_llm if speech_llm is not None else load_speech_llm(model, device)
+        self.model.hear_with(beam)
         self.label = f"e2e:{model or 'default'}"
         self.window = int(window_s * SAMPLE_RATE)
 
@@ -181,13 +182,15 @@ def load_judge(model: str | None = None, backend: str = "faster-whisper", beam_s
     return load_asr(model, backend, AsrOptions(beam_size=beam_size, temperatures=(0.0,), **extra), device)
 
 
-def load_asr(model: str | None = None, backend: str = "faster-whisper", options: AsrOptions = AsrOptions(), device: str = "cpu") -> ASR:
-    """`model`: a Whisper spec; for the e2e backend, an end-to-end model spec (None: the default)."""
+def load_asr(model: str | None = None, backend: str = "faster-whisper", options: AsrOptions = AsrOptions(), device: str = "cpu",
+             e2e_beam: int | None = None) -> ASR:
+    """`model`: a Whisper spec; for the e2e backend, an end-to-end model spec (None: the default)
+    and `e2e_beam` its hearing beam (None: the model's own)."""
     if backend == "faster-whisper":
         return FasterWhisperASR(model, options, device)
     if backend == "openai-whisper":
         return OpenAIWhisperASR(model, options, device)
     if backend == "e2e":
-        return SpeechLLMASR(model, device)
+        return SpeechLLMASR(model, device, beam=e2e_beam)
     raise ConfigError(f"unknown --asr-backend '{backend}': choose one of {', '.join(BACKENDS)}")
 

@@ -87,6 +87,7 @@ AsrModelOpt = Annotated[
 ]
 BackendOpt = Annotated[Backend, typer.Option("--asr-backend", help="Whisper implementation.")]
 BeamOpt = Annotated[int, typer.Option("--beam-size", min=1, help="Beam width for Whisper decoding (1 = greedy).")]
+E2EBeamOpt = Annotated[int | None, typer.Option("--e2e-beam", min=1, help="e2e with a ctc adaptor: transcripts its beam search keeps for the LLM to choose among; 1: the greedy one, fastest (default: the model's own; 8 for the offline default).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Where models run: cpu, or cuda / cuda:N with a GPU build of torch.")]
 MaxDurOpt = Annotated[float, typer.Option("--max-duration", min=1.0, help="Refuse audio longer than this many seconds.")]
 
@@ -103,6 +104,7 @@ def transcribe(
     device: DeviceOpt = "cpu",
     max_duration: MaxDurOpt = 1800.0,
     e2e_model: Annotated[str | None, typer.Option("--e2e-model", help="With --asr-backend e2e: the end-to-end model (default: the shipped offline one).")] = None,
+    e2e_beam: E2EBeamOpt = None,
 ) -> None:
     """Transcribe audio files and folders with Whisper (or an end-to-end model); with references, report per-file and corpus WER.
 
@@ -116,6 +118,7 @@ def transcribe(
       omni transcribe recordings/ --format json --ref refs.tsv > results.json
       omni transcribe lecture.mp3 --format srt --out subs/
       omni transcribe recordings/ --asr-backend e2e       # what the end-to-end model hears
+      omni transcribe recordings/ --asr-backend e2e --e2e-beam 1   # ... by its greedy transcript
     """
     from omni_cli.asr import AsrOptions, load_asr
     from omni_cli.audio import check_output_dir, shown
@@ -126,15 +129,16 @@ def transcribe(
         if len(paths) > 1 or any(p.is_dir() for p in paths):
             if fmt in (Format.srt, Format.vtt) and out_dir is None:
                 raise ConfigError(f"--format {fmt.value} with several files needs --out DIR (one subtitle file per input)")
-        if e2e_model is not None and backend != TranscribeBackend.e2e:
-            raise ConfigError("--e2e-model goes with --asr-backend e2e")
+        if (e2e_model is not None or e2e_beam is not None) and backend != TranscribeBackend.e2e:
+            raise ConfigError("--e2e-model and --e2e-beam go with --asr-backend e2e")
         if backend == TranscribeBackend.e2e and asr_model is not None:
             raise ConfigError("--asr names a Whisper model; with --asr-backend e2e, give the model with --e2e-model")
         if out_dir is not None:
             check_output_dir(out_dir, "--out")
         require_device(device)
         with ui.err.status("loading the end-to-end model ..." if backend == TranscribeBackend.e2e else "loading Whisper ..."):
-            asr = load_asr(e2e_model if backend == TranscribeBackend.e2e else asr_model, backend.value, AsrOptions(beam_size=beam_size), device)
+            asr = load_asr(e2e_model if backend == TranscribeBackend.e2e else asr_model, backend.value, AsrOptions(beam_size=beam_size), device,
+                           e2e_beam)
         pieces: dict = {}  # a long file's own bar, while it streams through
 
         def on_progress(path, done, seconds):
@@ -234,6 +238,7 @@ def respond(
     e2e_model: E2EModelOpt = None,
     vocoder: VocoderOpt = None,
     omega: OmegaOpt = "auto",
+    e2e_beam: E2EBeamOpt = None,
     max_new_tokens: MaxTokensOpt = 160,
     max_sentences: MaxSentencesOpt = 3,
     system_prompt: SystemPromptOpt = None,
@@ -252,6 +257,7 @@ def respond(
       omni respond question.wav --out answer.wav --json
       omni respond question.wav --mode both
       omni respond question.wav --mode e2e --e2e-model ./my-omni-model --omega 20
+      omni respond question.wav --mode e2e --e2e-beam 1       # hear by the greedy transcript: fastest
       omni respond question.mp3 --tts espeak --llm ./my-llm-folder
     """
     from omni_cli.audio import check_output_file, load_audio
@@ -263,7 +269,7 @@ def respond(
         audio = load_audio(audio_path, max_duration_s=max_duration)
         pipelines = {}
         config = _pipeline_config(modes, asr_model, backend.value, beam_size, llm, tts.value, voice, e2e_model, vocoder,
-                                  omega, max_new_tokens, system_prompt, device, max_sentences)
+                                  omega, max_new_tokens, system_prompt, device, max_sentences, e2e_beam)
         with ui.err.status("loading models ..."):
             for m in modes:
                 pipelines[m] = _load_pipeline(m, config)
@@ -361,6 +367,7 @@ def talk(
     e2e_model: E2EModelOpt = None,
     vocoder: VocoderOpt = None,
     omega: OmegaOpt = "auto",
+    e2e_beam: E2EBeamOpt = None,
     max_new_tokens: MaxTokensOpt = 160,
     max_sentences: MaxSentencesOpt = 3,
     system_prompt: SystemPromptOpt = None,
@@ -407,7 +414,7 @@ def talk(
         else:
             source = Microphone(device_spec(input_device))  # no device: an InputError that says how to use --input
         config = _pipeline_config([mode.value], asr_model, backend.value, beam_size, llm, tts.value, voice, e2e_model, vocoder,
-                                  omega, max_new_tokens, system_prompt, device, max_sentences)
+                                  omega, max_new_tokens, system_prompt, device, max_sentences, e2e_beam)
         with ui.err.status("loading models ..."):
             pipeline = _load_pipeline(mode.value, config)
         # opened once the models are loaded: a stream idle through the loading only underruns
@@ -444,7 +451,7 @@ def _load_pipeline(mode: str, config):
 
 
 def _pipeline_config(modes, asr_model, backend, beam_size, llm, tts, voice, e2e_model, vocoder, omega, max_new_tokens,
-                     system_prompt, device, max_sentences=3):
+                     system_prompt, device, max_sentences=3, e2e_beam=None):
     """The PipelineConfig of the options `respond` and `talk` share (omega resolved for e2e)."""
     from omni_cli.pipelines import PipelineConfig
 
@@ -456,7 +463,7 @@ def _pipeline_config(modes, asr_model, backend, beam_size, llm, tts, voice, e2e_
         omega = PipelineConfig.omega
     return PipelineConfig(asr_model=asr_model, asr_backend=backend, beam_size=beam_size, llm=llm, tts=tts, voice=voice,
                           system_prompt=system_prompt, e2e_model=e2e_model, vocoder=vocoder, omega=omega,
-                          max_new_tokens=max_new_tokens, max_sentences=max_sentences, device=device)
+                          max_new_tokens=max_new_tokens, max_sentences=max_sentences, device=device, e2e_beam=e2e_beam)
 
 
 def _talk_save(conversation, output: Path | None, save: Path | None, sample_rate: int) -> None:
@@ -505,6 +512,7 @@ def eval_cmd(
     voice: VoiceOpt = None,
     e2e_model: E2EModelOpt = None,
     vocoder: Annotated[str | None, typer.Option("--vocoder", help="Unit vocoder for e2e (default: the model's own).")] = None,
+    e2e_beam: E2EBeamOpt = None,
     max_new_tokens: MaxTokensOpt = 160,
     max_sentences: MaxSentencesOpt = 3,
     device: DeviceOpt = "cpu",
@@ -545,7 +553,7 @@ def eval_cmd(
     with user_errors():
         config = ev.EvalConfig(
             modes=ev.parse_modes(modes), omegas=ev.parse_omegas(omega, e2e_model, vocoder), asr_model=asr_model, asr_backend=backend.value,
-            beam_size=beam_size, llm=llm, tts=tts.value, voice=voice, e2e_model=e2e_model, vocoder=vocoder,
+            beam_size=beam_size, llm=llm, tts=tts.value, voice=voice, e2e_model=e2e_model, vocoder=vocoder, e2e_beam=e2e_beam,
             max_new_tokens=max_new_tokens, max_sentences=max_sentences, asr_wer=asr_wer, judge_asr=judge_asr, device=device, max_duration_s=max_duration,
             answers_dir=str(out / "answers") if out else None, naturalness=naturalness)
         if not paths and not bench and not (judge and resume):

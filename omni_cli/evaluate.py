@@ -135,6 +135,7 @@ class EvalConfig:
     voice: str | None = None
     e2e_model: str | None = None  # None: the offline default
     vocoder: str | None = None  # None: the e2e model's own
+    e2e_beam: int | None = None  # a ctc adaptor's hearing beam (None: the model's own)
     max_new_tokens: int = 160
     max_sentences: int = 3  # the same spoken-length budget for every mode (0: no limit)
     asr_wer: bool = True  # transcribe each spoken answer for ASR-WER
@@ -151,7 +152,7 @@ class EvalConfig:
     def pipeline_config(self) -> PipelineConfig:
         return PipelineConfig(asr_model=self.asr_model, asr_backend=self.asr_backend, beam_size=self.beam_size,
                               threads=self.threads, llm=self.llm, tts=self.tts, voice=self.voice, e2e_model=self.e2e_model,
-                              vocoder=self.vocoder, omega=self.omegas[0], max_new_tokens=self.max_new_tokens,
+                              vocoder=self.vocoder, e2e_beam=self.e2e_beam, omega=self.omegas[0], max_new_tokens=self.max_new_tokens,
                               max_sentences=self.max_sentences, device=self.device)
 
 

@@ -56,6 +56,7 @@ class PipelineConfig:
     system_prompt: str | None = None  # cascade (None: the spoken-style prompt)
     e2e_model: str | None = None  # None: the offline default
     vocoder: str | None = None  # None: the e2e model's own
+    e2e_beam: int | None = None  # a ctc adaptor's hearing beam (None: the model's own)
     omega: int | None = 40  # e2e units per vocoder chunk (None: vocode once, at the end)
     max_new_tokens: int = 160
     max_sentences: int = 3  # brief, for speech: stop at the sentence end that reaches 3 sentences or 60 words (0: no limit)
@@ -93,7 +94,7 @@ def _load(mode: str, config: PipelineConfig) -> Pipeline:
         from omni_cli.e2e.load import load_e2e_pipeline
         from omni_cli.e2e.pipeline import E2EOptions
 
-        return load_e2e_pipeline(config.e2e_model, config.vocoder, E2EOptions(omega=config.omega, generation=generation), config.device)
+        return load_e2e_pipeline(config.e2e_model, config.vocoder, E2EOptions(omega=config.omega, generation=generation, beam=config.e2e_beam), config.device)
     if mode == "cascade":
         from baselines.cascade import CascadeOptions, CascadePipeline
         from omni_cli.asr import AsrOptions

@@ -332,3 +332,11 @@ def test_a_long_transcript_is_shortened_in_the_table_only():
     assert "word0 word1" in shown and "word1999" not in shown and "…" in shown
     assert len(shown) < 3 * TABLE_TEXT_CHARS + 2000
     assert result.to_json()["text"] == text
+
+
+def test_respond_passes_e2e_beam_to_the_model(tiny_e2e_parts, tmp_path):
+    """--e2e-beam travels to the model: the tiny linear-adaptor model has no beam to set, and says so."""
+    result = invoke("respond", EXAMPLE_QUESTION, "--mode", "e2e", "--e2e-model", tiny_e2e_parts["omni"], "--e2e-beam", "2",
+                    "--out", tmp_path / "r.wav")
+    assert result.exit_code != 0 and "--e2e-beam is for a model with a ctc adaptor" in result.stderr
+    assert not (tmp_path / "r.wav").exists()

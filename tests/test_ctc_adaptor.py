@@ -613,3 +613,27 @@ def test_beam_hearing_lets_the_llm_choose_among_hypotheses(ctc_omni, tmp_path):
     with torch.no_grad():
         embeds, heard = model.hear(audio)
     assert embeds.shape[-1] == model.config.projector.llm_width and isinstance(heard, str)
+
+
+def test_e2e_beam_overrides_how_the_model_hears(ctc_omni, tiny_e2e_parts, tmp_path):
+    """--e2e-beam reaches the model through the pipeline and the e2e transcriber; a model whose
+    adaptor is not ctc refuses it; transcribe takes it only with the e2e backend."""
+    from typer.testing import CliRunner
+
+    from omni_cli.asr import load_asr
+    from omni_cli.audio import load_audio
+    from omni_cli.cli import app
+    from omni_cli.e2e.load import load_e2e_pipeline
+    from omni_cli.e2e.pipeline import E2EOptions
+    from omni_cli.errors import ConfigError
+    from omni_cli.llm import GenerationOptions
+
+    pipeline = load_e2e_pipeline(str(ctc_omni), None, E2EOptions(omega=5, generation=GenerationOptions(max_new_tokens=4), beam=3))
+    assert pipeline.model.speech_projector.config.beam == 3 and pipeline.model.config.projector.beam == 3
+    assert isinstance(pipeline.respond(load_audio(EXAMPLE_QUESTION)).text, str)
+    assert load_asr(str(ctc_omni), "e2e", e2e_beam=2).model.speech_projector.config.beam == 2
+    assert load_asr(str(ctc_omni), "e2e").model.speech_projector.config.beam == 1  # the model's own
+    with pytest.raises(ConfigError, match="ctc adaptor"):
+        load_e2e_pipeline(str(tiny_e2e_parts["omni"]), None, E2EOptions(beam=2))
+    bad = CliRunner().invoke(app, ["transcribe", str(EXAMPLE_QUESTION), "--e2e-beam", "2"])
+    assert bad.exit_code != 0 and "--asr-backend e2e" in bad.output

@@ -31,6 +31,7 @@ class E2EOptions:
     generation: GenerationOptions = field(default_factory=GenerationOptions)
     check_speech: bool = True  # refuse silence-only input before running models
     first_chunk: int | None = None  # units in the first chunk, doubling up to omega (None: the vocoder's default; 0: omega from the start)
+    beam: int | None = None  # a ctc adaptor's hearing beam (1: greedy; None: the model's own)
 
 
 class E2EPipeline:
@@ -40,6 +41,7 @@ class E2EPipeline:
         k = model.config.speech_decoder.num_units
         if vocoder.num_units != k:
             raise ConfigError(f"the speech decoder predicts {k} units but the vocoder takes {vocoder.num_units}")
+        model.hear_with(options.beam)
         self.model, self.vocoder, self.options = model, vocoder, options
 
     @property

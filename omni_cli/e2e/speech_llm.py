@@ -101,6 +101,19 @@ class SpeechLLM(nn.Module):
             return proj.read(x)
         return self.speech_projector(x)[0], None
 
+    def hear_with(self, beam: int | None) -> None:
+        """Override how a ctc adaptor hears: `beam` hypotheses for the LLM to choose among (1:
+        the greedy transcript, fastest); None keeps the model's own setting."""
+        if beam is None:
+            return
+        if self.config.projector.type != "ctc":
+            raise ConfigError("--e2e-beam is for a model with a ctc adaptor (this one's adaptor is "
+                              f"{self.config.projector.type!r})")
+        if beam < 1:
+            raise ConfigError("--e2e-beam must be >= 1")
+        self.speech_projector.config = dataclasses.replace(self.speech_projector.config, beam=beam)
+        self.config = dataclasses.replace(self.config, projector=self.speech_projector.config)
+
     def most_plausible(self, hypotheses: list[tuple[list[int], float]]) -> list[int]:
         """Of a ctc adaptor's hypotheses (LLM token ids, CTC log-probability), best first, the
         one `plausibility` scores highest: what the LLM finds most plausible among what it may
