@@ -637,3 +637,24 @@ def test_e2e_beam_overrides_how_the_model_hears(ctc_omni, tiny_e2e_parts, tmp_pa
         load_e2e_pipeline(str(tiny_e2e_parts["omni"]), None, E2EOptions(beam=2))
     bad = CliRunner().invoke(app, ["transcribe", str(EXAMPLE_QUESTION), "--e2e-beam", "2"])
     assert bad.exit_code != 0 and "--asr-backend e2e" in bad.output
+
+
+def test_warm_up_runs_the_llm_choice_of_a_beam(ctc_omni):
+    """Quiet noise is heard as nothing, so the warm-up runs the LLM's choice among hypotheses itself."""
+    from omni_cli.e2e.load import load_e2e_pipeline
+    from omni_cli.e2e.pipeline import E2EOptions
+    from omni_cli.llm import GenerationOptions
+
+    pipeline = load_e2e_pipeline(str(ctc_omni), None, E2EOptions(omega=5, generation=GenerationOptions(max_new_tokens=3), beam=4))
+    model = pipeline.model
+    model.speech_projector.config = dataclasses.replace(model.speech_projector.config, lm_weight=0.3)
+    scored = []
+    plausibility = model.plausibility
+    model.plausibility = lambda hyps: scored.append(len(hyps)) or plausibility(hyps)
+    model.warm_hearing()
+    assert scored == [4]
+    warmed = []
+    warm_hearing = model.warm_hearing
+    model.warm_hearing = lambda: warmed.append(1) or warm_hearing()
+    pipeline.warm_up()
+    assert warmed == [1] and scored[1] == 4

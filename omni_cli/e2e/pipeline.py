@@ -114,6 +114,7 @@ class E2EPipeline:
         units: list[int] = []
         with torch.inference_mode():
             features = self.model.speech_features(noise)
+            self.model.warm_hearing()  # quiet noise is heard as nothing: no hypotheses to choose among
             for step in self.model.stream_features(features, GenerationOptions(max_new_tokens=3)):
                 units += decoder.push(step.hidden, self.model.token_embedding(step.token_id))
             units += decoder.flush()

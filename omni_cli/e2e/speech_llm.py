@@ -114,6 +114,17 @@ class SpeechLLM(nn.Module):
         self.speech_projector.config = dataclasses.replace(self.speech_projector.config, beam=beam)
         self.config = dataclasses.replace(self.config, projector=self.speech_projector.config)
 
+    def warm_hearing(self) -> None:
+        """Run the LLM's choice among hypotheses once (a ctc adaptor hearing by beam search), on
+        as many made-up transcripts as the beam keeps, so the first question pays no first-call cost."""
+        if self.config.projector.type != "ctc":
+            return
+        p = self.speech_projector.config
+        if p.beam > 1 and p.lm_weight > 0:
+            tokenizer = self.llm.tokenizer
+            texts = ["Hello" + " there" * n + "?" for n in range(p.beam)]
+            self.plausibility([(tokenizer(t, add_special_tokens=False).input_ids, 0.0) for t in texts])
+
     def most_plausible(self, hypotheses: list[tuple[list[int], float]]) -> list[int]:
         """Of a ctc adaptor's hypotheses (LLM token ids, CTC log-probability), best first, the
         one `plausibility` scores highest: what the LLM finds most plausible among what it may
