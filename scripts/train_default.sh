@@ -4,11 +4,11 @@
 #   tokens) -> stage 1b (LoRA on the LLM: repeat what was said, answer as it answers typed text; the
 #      adapters serve the repeat task alone, so answers are the base LLM's)
 #   -> stage 2 (the CTC speech decoder on the LLM's states over its own answers and registry texts, typed: no audio)
-#   -> stage 2 continued at half the rate (v3.5)
+#   -> stage 2 continued at half the rate (v3.5), then at 3e-4 (v3.6)
 #   -> stage 1 continued on the set grown to every speakable instruction (v3.4; the LLM reads the
 #      adaptor's text, so the later stages need no retraining)
 #   -> stage 1 continued once more with chit-chat turns (statements, casual speech) beside the questions (v3.6)
-#   -> export (float16)
+#   -> export (float16), hearing by beam search with the LLM choosing among the hypotheses (v3.7)
 # into omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2. Sizes can be set from the environment;
 # every step resumes where it stopped. The defaults are the shipped model's (see its MODEL_CARD.md).
 # DEVICE=cuda trains on a GPU; on a CPU, THREADS (default: all cores) sets torch's threads.
@@ -21,6 +21,7 @@ ANSWERED=${ANSWERED:-4000}  # of which answered by the LLM (stages 1b and 2)
 STEPS1B=${STEPS1B:-600}
 STEPS2=${STEPS2:-8000}
 STEPS2B=${STEPS2B:-8000}      # stage 2 continued (v3.5)
+STEPS2C=${STEPS2C:-5000}      # and again (v3.6)
 GROWN=${GROWN:-49747}        # the set grown for stage 1's continuation (every speakable instruction), unanswered
 STEPS1C=${STEPS1C:-2400}
 CHAT=${CHAT:-15000}          # chit-chat turns spoken for stage 1d
@@ -51,6 +52,11 @@ mkdir -p "$RUNS/stage2b"
 [ -f "$RUNS/stage2b/decoder-states.pt" ] || ln "$RUNS/stage2/decoder-states.pt" "$RUNS/stage2b/decoder-states.pt" 2>/dev/null || true
 $OMNI train speech-decoder --from-text --extra-texts "$EXTRA_TEXTS" --data "$RUNS/data" --out "$RUNS/stage2b" --from "$RUNS/stage2/model" \
   --steps "$STEPS2B" --batch-size 16 --lr 5e-4 --save-every 500 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage2b")
+# and once more at a lower rate (v3.6's decoder), the same states again
+mkdir -p "$RUNS/stage2c"
+[ -f "$RUNS/stage2c/decoder-states.pt" ] || ln "$RUNS/stage2/decoder-states.pt" "$RUNS/stage2c/decoder-states.pt" 2>/dev/null || true
+$OMNI train speech-decoder --from-text --extra-texts "$EXTRA_TEXTS" --data "$RUNS/data" --out "$RUNS/stage2c" --from "$RUNS/stage2b/model" \
+  --steps "$STEPS2C" --batch-size 16 --lr 3e-4 --save-every 500 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage2c")
 # a set grown from a copy of another (audio and cached features hard-linked), so the stages before keep theirs
 copy_set() {
   if [ ! -f "$2/manifest.jsonl" ]; then
@@ -64,11 +70,12 @@ copy_set() {
 # stage 1 again, on more text spoken by the same voices, from the whole model (its head grows by the new tokens)
 copy_set "$RUNS/data" "$RUNS/grown"
 $OMNI data build --out "$RUNS/grown" --size "$GROWN" --answered 0 --heldout-fraction 0.05 --seed "$SEED" --workers 2
-$OMNI train adaptor --task ctc --data "$RUNS/grown" --out "$RUNS/stage1c" --from "$RUNS/stage2b/model" --steps "$STEPS1C" \
+$OMNI train adaptor --task ctc --data "$RUNS/grown" --out "$RUNS/stage1c" --from "$RUNS/stage2c/model" --steps "$STEPS1C" \
   --batch-size 32 --lr 5e-4 --save-every 300 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage1c")
 # and once more with chit-chat turns spoken by the same voices: statements and casual speech, not only questions
 copy_set "$RUNS/grown" "$RUNS/chat"
 $OMNI data build --out "$RUNS/chat" --size "$CHAT" --answered 0 --sources chitchat-turns --heldout-fraction 0.05 --seed $((SEED + 1)) --workers 2
 $OMNI train adaptor --task ctc --data "$RUNS/chat" --out "$RUNS/stage1d" --from "$RUNS/stage1c/model" --steps "$STEPS1D" \
   --batch-size 32 --lr 4e-4 --save-every 100 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage1d")
-$OMNI train export "$RUNS/stage1d/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2
+# it hears by a CTC beam search of 8, the LLM choosing among them (v3.7)
+$OMNI train export "$RUNS/stage1d/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 --beam 8 --lm-weight 0.3 --length-bonus 0.5
