@@ -325,8 +325,6 @@ def train_export_cmd(
       omni train export runs/default/stage2/model omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2
       omni train export runs/stage1/model runs/shipped --beam 8 --lm-weight 0.3 --length-bonus 0.5
     """
-    import dataclasses
-
     import torch
 
     from omni_cli.e2e.checkpoint import load_omni, save_omni
@@ -336,11 +334,7 @@ def train_export_cmd(
             model = load_omni(model_dir)
         hearing = {k: v for k, v in (("beam", beam), ("lm_weight", lm_weight), ("length_bonus", length_bonus)) if v is not None}
         if hearing:
-            if model.config.projector.type != "ctc":
-                raise ConfigError("--beam, --lm-weight and --length-bonus are for a ctc adaptor")
-            projector = dataclasses.replace(model.config.projector, **hearing)
-            model.config = dataclasses.replace(model.config, projector=projector)
-            model.speech_projector.config = projector
+            model.set_hearing("--beam / --lm-weight / --length-bonus", **hearing)
         save_omni(model, dest, dtype=torch.float16 if half else None)
         size = sum(f.stat().st_size for f in dest.iterdir()) / 1e6
         ui.note(f"exported {model_dir} to {dest} ({size:.1f} MB)")

@@ -104,14 +104,17 @@ class SpeechLLM(nn.Module):
     def hear_with(self, beam: int | None) -> None:
         """Override how a ctc adaptor hears: `beam` hypotheses for the LLM to choose among (1:
         the greedy transcript, fastest); None keeps the model's own setting."""
-        if beam is None:
-            return
+        if beam is not None:
+            self.set_hearing("--e2e-beam", beam=beam)
+
+    def set_hearing(self, option: str, **fields) -> None:
+        """Set how a ctc adaptor hears (its config's `beam`, `lm_weight`, `length_bonus`), in the
+        model's config and the adaptor's alike; `option` names what the user gave, for the error
+        a model with another adaptor gives."""
         if self.config.projector.type != "ctc":
-            raise ConfigError("--e2e-beam is for a model with a ctc adaptor (this one's adaptor is "
+            raise ConfigError(f"{option} is for a model with a ctc adaptor (this one's adaptor is "
                               f"{self.config.projector.type!r})")
-        if beam < 1:
-            raise ConfigError("--e2e-beam must be >= 1")
-        self.speech_projector.config = dataclasses.replace(self.speech_projector.config, beam=beam)
+        self.speech_projector.config = dataclasses.replace(self.speech_projector.config, **fields)
         self.config = dataclasses.replace(self.config, projector=self.speech_projector.config)
 
     def warm_hearing(self) -> None:
