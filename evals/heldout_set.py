@@ -7,36 +7,27 @@ voices and noise come from the seed, so the audio is the same).
 
     python -m evals.heldout_set [runs/v2/data]
 """
-import random
+
+from __future__ import annotations
+
 import sys
 from pathlib import Path
 
-from omni_cli import data
-from omni_cli.e2e import build_data as bd
-from omni_cli.e2e.unit_vocoder import PiperUnitVocoder
-from omni_cli.llm import ChatLLM, GenerationOptions, answer_texts
+from rich.progress import Progress
 
-def main():
+
+def main() -> None:
+    from omni_cli.e2e.build_data import BuildOptions, build_set
+
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/v2/data")
-    opts = bd.BuildOptions(size=20000, answered=4000, heldout_fraction=0.05, seed=0)
-    items = [it for name in bd.DEFAULT_SOURCES for it in data.load(name)]
-    chosen = bd.select_instructions(items, opts)
-    held, n_ans = [], 0
-    for i, it in enumerate(chosen):
-        if random.Random(f"{opts.seed}:{bd.item_id(it)}").random() < opts.heldout_fraction:
-            held.append(it)
-            n_ans += i < opts.answered
-    print(len(chosen), "chosen;", len(held), "held out;", n_ans, "of them answered", flush=True)
-    chat = ChatLLM.load(None)
-    units = PiperUnitVocoder()
-    gen = GenerationOptions(max_new_tokens=opts.max_answer_tokens)
-    sub = bd.BuildOptions(size=len(held), answered=n_ans, heldout_fraction=opts.heldout_fraction, seed=opts.seed)
-    n = 0
-    for row in bd.build(held, out, lambda t: answer_texts(chat, t, gen, batch=len(t)), units.text_to_units, sub, workers=2):
-        n += 1
-        if n % 100 == 0:
-            print(n, flush=True)
-    print("done", n)
+    steps = build_set(out, BuildOptions(size=20000, answered=4000, heldout_fraction=0.05, seed=0), workers=2, heldout_only=True)
+    p = next(steps)
+    print(f"{p.items} held-out items, {p.answered} of them answered", file=sys.stderr, flush=True)
+    with Progress(transient=True) as bar:
+        task = bar.add_task("speaking, then answering", total=p.total, completed=p.done)
+        for p in steps:
+            bar.update(task, completed=p.done)
+    print(f"{p.items} items in {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -536,3 +536,31 @@ def test_the_cli_builds_from_the_librarys_default_sources():
     from omni_cli.e2e.build_data import DEFAULT_SOURCES
 
     assert inspect.signature(data_build).parameters["sources"].default == ",".join(DEFAULT_SOURCES)
+
+
+def test_a_build_of_only_the_held_out_items_makes_the_same_rows(tmp_path, monkeypatch):
+    """heldout_only builds exactly the rows of the held-out split of the whole build, in its
+    order, answering those among the first `answered`."""
+    from omni_cli import data
+    from omni_cli.e2e import build_data
+
+    items = [{"id": str(i), "source": "test", "instruction": f"Tell me something about the number {i}, please."}
+             for i in range(40)]
+    monkeypatch.setattr(data, "load", lambda name: items)
+    monkeypatch.setattr(build_data, "training_sources", lambda names: tuple(names))
+
+    class Quiet:
+        def speak(self, text, voice):
+            return np.zeros(1600, dtype=np.float32)
+
+    monkeypatch.setattr(build_data, "_SPEAKER", Quiet())
+    monkeypatch.setattr("omni_cli.llm.ChatLLM.load", staticmethod(lambda llm=None: None))
+    monkeypatch.setattr("omni_cli.llm.answer_texts", lambda chat, texts, gen, batch=1: [f"A: {t}" for t in texts])
+    options = BuildOptions(size=40, answered=20, heldout_fraction=0.3, seed=4)
+    list(build_set(tmp_path / "all", options, ("test",)))
+    list(build_set(tmp_path / "held", options, ("test",), heldout_only=True))
+    whole = read_manifest(tmp_path / "all", split="heldout")
+    held = read_manifest(tmp_path / "held")
+    assert [r["id"] for r in held] == [r["id"] for r in whole] and 0 < len(held) < 40
+    assert [r.get("response") for r in held] == [r.get("response") for r in whole]
+    assert any(r.get("response") for r in held) and not all(r.get("response") for r in held)

@@ -25,7 +25,7 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +255,13 @@ def item_id(item: dict) -> str:
 _SPEAKER: Speaker | None = None  # one per process
 
 
+def _split_draw(item: dict, options: BuildOptions) -> tuple[random.Random, bool]:
+    """The item's own random generator (from seed and id) after its first draw, and whether that
+    draw gives it to the held-out voices."""
+    rng = random.Random(f"{options.seed}:{item_id(item)}")
+    return rng, rng.random() < options.heldout_fraction
+
+
 def speak_item(item: dict, out: Path, options: BuildOptions, speaker: Speaker | None = None) -> dict:
     """Speak one instruction into `out/audio/<id>.wav`; its manifest row (not yet answered).
     Every random choice comes from (seed, id), so a resumed or parallel build makes the same item."""
@@ -262,8 +269,7 @@ def speak_item(item: dict, out: Path, options: BuildOptions, speaker: Speaker | 
     if speaker is None:
         _SPEAKER = speaker = _SPEAKER or Speaker()
     iid = item_id(item)
-    rng = random.Random(f"{options.seed}:{iid}")
-    heldout = rng.random() < options.heldout_fraction
+    rng, heldout = _split_draw(item, options)
     voice = pick_voice(rng, heldout)
     audio = speaker.speak(item["instruction"], voice)
     noisy = rng.random() < options.noise_probability
@@ -424,11 +430,14 @@ def _count_lines(path: Path) -> int:
 
 
 def build_set(out: Path, options: BuildOptions = BuildOptions(), sources: Sequence[str] = DEFAULT_SOURCES,
-              llm: str | None = None, workers: int = 1, exclude: Sequence[Path] = ()) -> Iterator[BuildProgress]:
+              llm: str | None = None, workers: int = 1, exclude: Sequence[Path] = (),
+              heldout_only: bool = False) -> Iterator[BuildProgress]:
     """`build` the set in `out` from registry instruction sets (`sources`; an evaluation-only set
     is refused), answered by the chat LLM `llm` (default: the embedded one), with the Piper
     voice's units; the held-out instructions of the sets in `exclude` are left out (pass the
-    same ones when resuming). Yields the progress once the instructions and models are loaded, then after
+    same ones when resuming). With `heldout_only`, only the items the held-out voices speak are
+    built (those among the first `answered` answered): a set's evaluation items without its
+    training items, the same audio by the seed. Yields the progress once the instructions and models are loaded, then after
     each new row."""
     from omni_cli import data
     from omni_cli.e2e.unit_vocoder import PiperUnitVocoder
@@ -436,6 +445,11 @@ def build_set(out: Path, options: BuildOptions = BuildOptions(), sources: Sequen
 
     items = [item for name in training_sources(sources) for item in data.load(name)]
     chosen = select_instructions(items, options, heldout_texts(exclude))
+    if heldout_only:
+        n = len(chosen) if options.answered is None else options.answered
+        held = [(i, item) for i, item in enumerate(chosen) if _split_draw(item, options)[1]]
+        chosen = [item for _, item in held]
+        options = replace(options, size=max(1, len(chosen)), answered=sum(i < n for i, _ in held))
     chat = ChatLLM.load(llm)
     units = PiperUnitVocoder()
     gen = GenerationOptions(max_new_tokens=options.max_answer_tokens)
