@@ -299,6 +299,35 @@ def test_stage2_learns_extra_texts_and_reuses_the_llm_states_it_has(peaked_omni,
     assert all(np.isfinite(p.loss) for p in first + resumed)
 
 
+def test_stage2_on_registry_texts_alone_leaves_the_sets_held_out_texts_out(peaked_omni, rows, tmp_path, monkeypatch):
+    """A set with held-out items only (no training audio) is enough for stage 2 on registry texts."""
+    from omni_cli import data
+    import omni_cli.e2e.unit_vocoder as uv
+
+    class Letters:
+        label = "letters"
+
+        def text_to_units(self, text):
+            return [1 + ord(c) % 20 for c in text if c.isalpha()]
+
+    monkeypatch.setattr(uv, "load_unit_vocoder", lambda spec: Letters())
+    chat = [{"source": "chitchat-turns", "instruction": f"how was day {i}?", "answer": f"It was a long and quiet day number {i}."}
+            for i in range(5)]
+    monkeypatch.setattr(data, "load", lambda name: chat if name == "chitchat-turns" else [])
+    heldout = built_set([{**rows[0], "instruction": "how was day 3?"}], tmp_path / "heldout", splits=["heldout"])
+    with pytest.raises(ConfigError, match="continues a model"):
+        start_stage("speech-decoder", heldout, tmp_path / "s2", from_text=True, extra_texts=10)
+    texts, steps = start_stage("speech-decoder", heldout, tmp_path / "s2", start=peaked_omni, from_text=True, extra_texts=10,
+                               options=TrainOptions(steps=2, batch_size=2, warmup=1, save_every=2))
+    assert texts == []  # no spoken training item
+    progress = list(steps)
+    assert len(progress) == 2 and all(np.isfinite(p.loss) for p in progress)
+    known = torch.load(tmp_path / "s2" / "decoder-states.pt", weights_only=True)["items"]
+    assert len(known) == 4  # the five texts less the held-out one
+    with pytest.raises(ConfigError, match="no training items"):
+        start_stage("speech-decoder", heldout, tmp_path / "s3", start=peaked_omni)
+
+
 def test_cli_data_build_refuses_the_evaluation_set(tmp_path):
     from typer.testing import CliRunner
 

@@ -778,8 +778,11 @@ def start_stage(
     if not (data_dir / "manifest.jsonl").is_file():
         raise ConfigError(f"{data_dir}: no manifest.jsonl (build one with `omni data build --out {data_dir}`)")
     rows = read_manifest(data_dir, split="train")
-    if not rows:
+    # stage 2 on registry texts needs no spoken item: the set gives only the held-out texts to leave out
+    if not rows and not (stage == "speech-decoder" and extra_texts):
         raise ConfigError(f"{data_dir}: no training items")
+    if not rows and start is None and not resume:
+        raise ConfigError(f"{data_dir} has no training items: stage 2 on registry texts alone continues a model (--from)")
     device = training_device(device)
     if resume and (out / "model").is_dir():
         model = load_omni(out / "model")
