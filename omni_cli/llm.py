@@ -120,6 +120,17 @@ def _kv_classes():
                 if layer.is_initialized and layer.keys.numel():
                     layer.keys, layer.values = layer.keys[..., :n, :], layer.values[..., :n, :]
 
+        def keep_positions(self, positions: Sequence[int]) -> None:
+            """Cut back to `positions` (ascending), moved to the front in place: e.g. the first
+            positions and one path through a tree of tokens computed after them."""
+            for layer in self.layers:
+                if layer.is_initialized and layer.keys.numel():
+                    index = torch.tensor(positions, dtype=torch.long, device=layer.keys.device)
+                    n = len(positions)
+                    layer.keys[..., :n, :] = layer.keys.index_select(-2, index)
+                    layer.values[..., :n, :] = layer.values.index_select(-2, index)
+                    layer.keys, layer.values = layer.keys[..., :n, :], layer.values[..., :n, :]
+
     _KV_CACHE = KVCache
     return KVCache
 
@@ -238,6 +249,16 @@ class ChatLLM:
         a generation until it is given back with `keep`. The last prompt's cache is reused as
         far as it holds the same ids (cut back in place, no copy), so a conversation's next turn
         computes only what the last one did not, and a prepared turn (`prepare`) nothing."""
+        cache, n = self.held_cache(ids)
+        if n < len(ids):
+            rest = torch.tensor([[int(i) for i in ids[n:]]], device=self.device)
+            position = torch.arange(n, len(ids), device=self.device).unsqueeze(0)
+            cache = self.model(input_ids=rest, cache=cache, use_cache=True, position_ids=position, logits_to_keep=1).cache
+        return cache
+
+    def held_cache(self, ids: Sequence[int]):
+        """(cache, n): the kept KV cache cut back to the first n of `ids`, as far as it holds
+        them (a new one, n = 0, where it holds none), lent until `keep`; nothing is computed."""
         with self._kv_lock:
             cache, held = self._kv, self._kv_ids
             self._kv, self._kv_ids = None, ()
@@ -252,11 +273,7 @@ class ChatLLM:
                 break
             n += 1
         cache.keep_first(n)
-        if n < len(ids):
-            rest = torch.tensor([ids[n:]], device=self.device)
-            position = torch.arange(n, len(ids), device=self.device).unsqueeze(0)
-            cache = self.model(input_ids=rest, cache=cache, use_cache=True, position_ids=position, logits_to_keep=1).cache
-        return cache
+        return cache, n
 
     def _float32_cache(self) -> bool:
         """Keep a half-precision model's KV cache in float32: on a CPU, with `cpu_attention`."""
@@ -321,22 +338,23 @@ def stream_generate(
     """
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("give exactly one of input_ids and inputs_embeds")
-    past = len(prefix)
+    prefix = list(prefix)
     prompt_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-    if not 0 < past < prompt_len:  # a prefix must leave something to compute
-        past = 0
-    cache = llm.prefix_cache(prefix[:past])
-    held = list(prefix[:past])  # the ids whose KV the cache holds, for the next prompt to reuse
+    if not 0 < len(prefix) < prompt_len:  # a prefix must leave something to compute
+        prefix = []
+    cache, past = llm.held_cache(prefix)  # the rest of the prompt is computed in one pass
+    held = prefix[:past]  # the ids whose KV the cache holds, for the next prompt to reuse
     try:
-        yield from _decode(llm, cache, held, past, input_ids, inputs_embeds, options, output_hidden)
+        yield from _decode(llm, cache, held, past, input_ids, inputs_embeds, options, output_hidden, prefix[past:])
     finally:
         llm.keep(cache, held)
 
 
 def _decode(llm: ChatLLM, cache, held: list[int], past: int, input_ids, inputs_embeds, options: GenerationOptions,
-            output_hidden: bool) -> Iterator[TokenStep]:
+            output_hidden: bool, pending: Sequence[int] = ()) -> Iterator[TokenStep]:
     """`stream_generate`'s loop, on `cache` (holding the first `past` positions); `held` is
-    extended with the ids fed while every position is a known id (not after embeddings)."""
+    extended with the ids fed while every position is a known id (not after embeddings), and,
+    once the prompt is computed, with `pending`, the ids of the prefix that embeddings follow."""
     model, tokenizer = llm.model, llm.tokenizer
     gen = torch.Generator().manual_seed(options.seed)
     kwargs = {"input_ids": input_ids[:, past:]} if input_ids is not None else {"inputs_embeds": inputs_embeds[:, past:]}
@@ -357,6 +375,9 @@ def _decode(llm: ChatLLM, cache, held: list[int], past: int, input_ids, inputs_e
         )
         if input_ids is not None:
             held += kwargs["input_ids"][0].tolist()
+        elif pending:
+            held += pending
+            pending = ()
         token = _pick(out.logits[0, -1], generated, options, gen)
         hidden = out.hidden_states[-1][0, -1].detach().clone() if output_hidden else None
         if token in llm.eos_ids:

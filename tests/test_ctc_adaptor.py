@@ -322,10 +322,10 @@ def test_warm_up_runs_every_model_and_keeps_the_prompt_prefix(ctc_omni):
     assert pipeline.model.llm._kv_ids[: len(before)] == tuple(before) and vocoded
     first_call = []
     pipeline.model.llm.model.register_forward_pre_hook(
-        lambda m, args, kwargs: first_call.append(kwargs["inputs_embeds"].shape[1]) if not first_call else None, with_kwargs=True)
+        lambda m, args, kwargs: first_call.append(int(kwargs["position_ids"][0, 0])) if not first_call else None, with_kwargs=True)
     audio = load_audio(EXAMPLE_QUESTION)
     pipeline.respond(audio)
-    assert first_call[0] == pipeline.model.prompt_embeds(pipeline.model.speech_features(audio)).shape[1] - len(before)
+    assert first_call[0] == len(before)  # it began after the kept beginning
 
 
 def test_the_e2e_pipeline_answers_with_a_bfloat16_llm(ctc_omni):
@@ -587,22 +587,31 @@ def test_beam_hearing_lets_the_llm_choose_among_hypotheses(ctc_omni, tmp_path):
     texts = ["The moon is bright.", "Paris is the capital of France.", "The moon"]
     hyps = [(tok(t, add_special_tokens=False).input_ids, 0.0) for t in texts]
     before, after = model.prompt_ids()
-    context, end = before[-4:], after[:1]
+    end = after[:1]
 
-    def alone(text):  # the LLM's log-probability of one hypothesis, no batch, no padding
-        seq = context + tok(text, add_special_tokens=False).input_ids + end
+    def alone(text):  # the LLM's log-probability of one hypothesis in the prompt, no tree, no cache
+        seq = before + tok(text, add_special_tokens=False).input_ids + end
         with torch.no_grad():
             logp = model.llm.model(input_ids=torch.tensor([seq])).logits[0].float().log_softmax(-1)
-        return sum(logp[i - 1, seq[i]].item() for i in range(len(context), len(seq)))
+        return sum(logp[i - 1, seq[i]].item() for i in range(len(before), len(seq)))
 
     lm = [alone(t) for t in texts]
     scored = [(-1.0, 2.0, 0.5)[i] + 1.0 * lm[i] for i in range(3)]
     got = model.plausibility([(ids, (-1.0, 2.0, 0.5)[i]) for i, (ids, _) in enumerate(hyps)])
     assert got == pytest.approx(scored, abs=1e-3)
-    alike = ["The moon is bright.", "The moon", "The moon is"]  # a shared beginning, run once
+    alike = ["The moon is bright.", "The moon", "The moon is"]  # shared beginnings, each run once
     got = model.plausibility([(tok(t, add_special_tokens=False).input_ids, 0.0) for t in alike])
     assert got == pytest.approx([alone(t) for t in alike], abs=1e-3)
     assert model.most_plausible(hyps) == hyps[max(range(3), key=lm.__getitem__)][0]
+    # the LLM keeps the prompt with the chosen one: the keys and values a plain pass computes
+    best = before + tok(texts[max(range(3), key=lm.__getitem__)], add_special_tokens=False).input_ids + end
+    assert model.llm._kv_ids == tuple(best)
+    with torch.no_grad():
+        fresh = model.llm.model(input_ids=torch.tensor([best]), use_cache=True).past_key_values
+    for kept, plain in zip(model.llm._kv.layers, fresh.layers):
+        assert kept.keys[..., : len(best), :].shape == plain.keys.shape
+        assert torch.allclose(kept.keys[..., : len(best), :], plain.keys, atol=1e-4)
+        assert torch.allclose(kept.values[..., : len(best), :], plain.values, atol=1e-4)
     worst = min(range(3), key=lm.__getitem__)  # a CTC margin larger than the LLM's gap wins
     boosted = [(ids, 2 * (max(lm) - min(lm)) + 1 if i == worst else 0.0) for i, (ids, _) in enumerate(hyps)]
     assert model.most_plausible(boosted) == hyps[worst][0]
@@ -658,3 +667,29 @@ def test_warm_up_runs_the_llm_choice_of_a_beam(ctc_omni):
     model.warm_hearing = lambda: warmed.append(1) or warm_hearing()
     pipeline.warm_up()
     assert warmed == [1] and scored[1] == 4
+
+
+def test_answering_from_the_cache_hearing_kept_is_answering_from_scratch(ctc_omni):
+    """The answer read from the KV cache the LLM's choice kept (the prompt as token ids) has the
+    tokens and hidden states of the same prompt computed afresh from embeddings."""
+    from omni_cli.audio import load_audio
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.llm import GenerationOptions
+
+    model = load_omni(ctc_omni)
+    model.set_hearing("test", beam=3, lm_weight=0.3)
+    options = GenerationOptions(max_new_tokens=6)
+    audio = load_audio(EXAMPLE_QUESTION)
+    features, heard = model.hear(audio)
+    assert heard and model._embedded_ids(features, heard) is not None
+    calls = []
+    hook = model.llm.model.register_forward_pre_hook(lambda m, a, k: calls.append(k.get("input_ids")), with_kwargs=True)
+    kept = list(model.stream_features(features, options, heard=heard))
+    hook.remove()
+    before, after = model.prompt_ids()
+    assert calls[0].shape[1] == len(after) - 1  # the prompt and what was heard came from the cache: one pass over the rest
+    model.llm.forget()
+    afresh = list(model.stream_features(features, options))
+    assert [s.token_id for s in kept] == [s.token_id for s in afresh]
+    assert all(torch.allclose(a.hidden, b.hidden, atol=1e-4) for a, b in zip(kept, afresh))
+    assert model._embedded_ids(features[:-1], heard) is None and model._embedded_ids(features, heard + " extra") is None

@@ -122,7 +122,7 @@ def test_a_conversation_reuses_the_kv_cache_of_its_last_turn():
     same = next(i for i, (a, b) in enumerate(zip([*held, -1], ids2)) if a != b)
     calls.clear()
     answer = [s.token_id for s in llm.stream_chat(turn2, opts)]
-    assert same >= len(ids1) and calls[0] == len(ids2) - 1 - same  # only the new part
+    assert same >= len(ids1) and calls[0] == len(ids2) - same  # only the new part, in one pass
     assert answer == fresh(turn2)
 
     turn3 = turn2 + [{"role": "assistant", "content": "In France."}, {"role": "user", "content": "Why?"}]

@@ -68,11 +68,11 @@ class E2EPipeline:
         n_chunks = 0
         t = now()
         with torch.inference_mode():
-            features, heard = self.model.hear(audio)
+            features, heard = self.model.hear(audio, history)
         yield StageTiming(stage="encoder", seconds=now() - t)
         if heard is not None:
             yield Transcript(text=heard)  # the tokens the LLM reads (a ctc adaptor): the turn's text in a history
-        for step in self.model.stream_features(features, self.options.generation, history):
+        for step in self.model.stream_features(features, self.options.generation, history, heard=heard):
             if step.text:
                 text.append(step.text)
                 yield TextDelta(text=step.text)

@@ -27,6 +27,34 @@ RESCORE_MAX_TOKENS = 256  # longer hypotheses (minutes of speech) are taken as t
 # logits over every position of every hypothesis would take gigabytes
 
 
+def token_tree(seqs: list[list[int]]) -> tuple[list[int], list[int], torch.Tensor, list[list[int]]]:
+    """The distinct beginnings of token sequences as the nodes of a tree, each after its parent:
+    each node's token and depth (its position after the tree's root), (nodes, nodes) which node
+    may attend to which (itself and its ancestors), and each sequence's path of nodes."""
+    index: dict[tuple[int, int], int] = {}
+    tokens: list[int] = []
+    depths: list[int] = []
+    parents: list[int] = []
+    paths = []
+    for seq in seqs:
+        path: list[int] = []
+        for depth, token in enumerate(seq):
+            key = (path[-1] if path else -1, token)
+            if key not in index:
+                index[key] = len(tokens)
+                tokens.append(token)
+                depths.append(depth)
+                parents.append(key[0])
+            path.append(index[key])
+        paths.append(path)
+    ancestry = torch.zeros((len(tokens), len(tokens)), dtype=torch.bool)
+    for node, parent in enumerate(parents):
+        if parent >= 0:
+            ancestry[node] = ancestry[parent]
+        ancestry[node, node] = True
+    return tokens, depths, ancestry, paths
+
+
 class SpeechLLM(nn.Module):
     def __init__(self, config: OmniConfig, encoder: SpeechEncoder, projector: nn.Module, llm: ChatLLM, generator: SpeechGenerator):
         super().__init__()
@@ -86,17 +114,19 @@ class SpeechLLM(nn.Module):
         """(n, llm_width) adaptor outputs for 16 kHz audio."""
         return self.hear(audio)[0]
 
-    def hear(self, audio: np.ndarray) -> tuple[torch.Tensor, str | None]:
+    def hear(self, audio: np.ndarray, history: list[dict[str, str]] | None = None) -> tuple[torch.Tensor, str | None]:
         """The adaptor outputs for 16 kHz audio, and, where they are the embeddings of LLM
         tokens (a ctc adaptor), the text of those tokens: exactly what the LLM reads, so a
-        conversation's history can hold it as the user's turn (None for continuous features)."""
+        conversation's history can hold it as the user's turn (None for continuous features).
+        A ctc adaptor hearing by beam search lets the LLM choose in the prompt the answer will
+        have (with `history`)."""
         states = self.speech_encoder.encode(audio)
         dtype = next(p for p in self.speech_projector.parameters() if p.is_floating_point()).dtype
         x = states.unsqueeze(0).to(dtype)
         if self.config.projector.type == "ctc":
             proj = self.speech_projector
             if proj.config.beam > 1:
-                ids = self.most_plausible(proj.hypotheses(x, proj.config.beam))
+                ids = self.most_plausible(proj.hypotheses(x, proj.config.beam), history)
                 return proj.embed_heard(ids), self.llm.tokenizer.decode(ids).strip()
             return proj.read(x)
         return self.speech_projector(x)[0], None
@@ -128,53 +158,58 @@ class SpeechLLM(nn.Module):
             texts = ["Hello" + " there" * n + "?" for n in range(p.beam)]
             self.plausibility([(tokenizer(t, add_special_tokens=False).input_ids, 0.0) for t in texts])
 
-    def most_plausible(self, hypotheses: list[tuple[list[int], float]]) -> list[int]:
+    def most_plausible(self, hypotheses: list[tuple[list[int], float]], history: list[dict[str, str]] | None = None) -> list[int]:
         """Of a ctc adaptor's hypotheses (LLM token ids, CTC log-probability), best first, the
         one `plausibility` scores highest: what the LLM finds most plausible among what it may
-        have heard (the first where `lm_weight` is 0 or one is over RESCORE_MAX_TOKENS long)."""
+        have heard (the first where `lm_weight` is 0 or one is over RESCORE_MAX_TOKENS long).
+        The LLM keeps the KV cache of the prompt with the chosen one, so the answer computes
+        only what follows it (`stream_features` with `heard`)."""
         p = self.speech_projector.config
         if len(hypotheses) < 2 or p.lm_weight == 0 or max(len(ids) for ids, _ in hypotheses) > RESCORE_MAX_TOKENS:
             return hypotheses[0][0] if hypotheses else []
-        scores = self.plausibility(hypotheses)
+        scores = self._rescored(hypotheses, history, keep_best=True)
         return hypotheses[max(range(len(scores)), key=scores.__getitem__)][0]
 
-    def plausibility(self, hypotheses: list[tuple[list[int], float]]) -> list[float]:
+    def plausibility(self, hypotheses: list[tuple[list[int], float]], history: list[dict[str, str]] | None = None) -> list[float]:
         """Each hypothesis's CTC log-probability + `lm_weight` x the LLM's log-probability of its
-        text as the user's message (from the user turn's opening, the prompt's last 4 tokens
-        before the speech, to the token after it) + `length_bonus` per token scored. The LLM runs
-        once over what all of them begin with, then over their different ends as one batch
-        reading that KV cache."""
-        from transformers import DynamicCache
+        text as the user's message in the model's prompt (with `history`), up to the token
+        that closes it, + `length_bonus` per token scored."""
+        return self._rescored(hypotheses, history, keep_best=False)
 
+    @torch.inference_mode()  # the kept KV cache is made of inference tensors
+    def _rescored(self, hypotheses: list[tuple[list[int], float]], history: list[dict[str, str]] | None,
+                  keep_best: bool) -> list[float]:
+        """`plausibility`, the LLM run once over a tree of the hypotheses' tokens (each distinct
+        beginning once, each token attending to the prompt and its own ancestors), after the
+        prompt's KV cache the LLM keeps; with `keep_best`, the cache given back holds the prompt
+        and the best hypothesis (its path through the tree), else the prompt alone."""
         p = self.speech_projector.config
-        tokenizer = self.llm.tokenizer
-        before, after = self.prompt_ids()
-        context, end = before[-4:], after[:1]  # e.g. "\n<|im_start|>user\n" ... "<|im_end|>"
-        seqs = [context + tokenizer(tokenizer.decode(ids).strip(), add_special_tokens=False).input_ids + end
-                for ids, _ in hypotheses]
-        shared = len(context)  # every one begins with the context; how much more do they share?
-        while all(len(s) > shared + 1 for s in seqs) and len({s[shared] for s in seqs}) == 1:
-            shared += 1
+        tokenizer, llm = self.llm.tokenizer, self.llm
+        before, after = self.prompt_ids(history)
+        seqs = [tokenizer(tokenizer.decode(ids).strip(), add_special_tokens=False).input_ids + after[:1] for ids, _ in hypotheses]
+        # every path starts at the prompt's last token before the speech, whose logits score the first heard token
+        tokens, depths, ancestry, paths = token_tree([before[-1:] + q for q in seqs])
+        past = len(before) - 1
         dev = self.device
-        cache = DynamicCache()
-        with torch.no_grad():
-            head = self.llm.model(input_ids=torch.tensor([seqs[0][:shared]], device=dev), cache=cache, use_cache=True)
-            head_logp = head.logits[0].float().log_softmax(-1)
-            common = sum(head_logp[i - 1, seqs[0][i]].item() for i in range(len(context), shared))
-            cache.batch_repeat_interleave(len(seqs))
-            ends = [s[shared:] for s in seqs]
-            ids = torch.zeros((len(ends), max(map(len, ends))), dtype=torch.long, device=dev)
-            mask = torch.zeros((len(ends), shared + ids.shape[1]), dtype=torch.long, device=dev)
-            mask[:, :shared] = 1
-            for i, e in enumerate(ends):
-                ids[i, : len(e)] = torch.tensor(e)
-                mask[i, shared : shared + len(e)] = 1
-            logits = self.llm.model(input_ids=ids, attention_mask=mask, cache=cache).logits
-        scores = []
-        for i, ((_, ctc), e) in enumerate(zip(hypotheses, ends)):
-            steps = logits[i, : len(e) - 1].float().log_softmax(-1)
-            lm = common + head_logp[-1, e[0]].item() + steps.gather(-1, ids[i, 1 : len(e), None]).sum().item()
-            scores.append(ctc + p.lm_weight * lm + p.length_bonus * (len(seqs[i]) - len(context)))
+        cache = llm.prefix_cache(before[:-1])
+        kept = before[:-1]
+        try:
+            dtype = next(llm.model.parameters()).dtype
+            mask = torch.zeros((1, 1, len(tokens), past + len(tokens)), dtype=dtype, device=dev)
+            mask[0, 0, :, past:].masked_fill_(~ancestry.to(dev), torch.finfo(dtype).min)
+            logits = llm.model(input_ids=torch.tensor([tokens], device=dev), attention_mask=mask, cache=cache, use_cache=True,
+                               position_ids=(past + torch.tensor(depths, device=dev))[None]).logits[0].float()
+            scores = []
+            for (_, ctc), path, q in zip(hypotheses, paths, seqs):
+                rows, nxt = torch.tensor(path[:-1], device=dev), torch.tensor([tokens[n] for n in path[1:]], device=dev)
+                lm = (logits[rows].gather(-1, nxt[:, None])[:, 0] - logits[rows].logsumexp(-1)).sum().item()
+                scores.append(ctc + p.lm_weight * lm + p.length_bonus * len(q))
+            if keep_best:
+                best = max(range(len(scores)), key=scores.__getitem__)
+                cache.keep_positions(list(range(past)) + [past + n for n in paths[best]])
+                kept = before + seqs[best]
+        finally:
+            llm.keep(cache, kept)  # positions past those `kept` names are cut when it is next lent
         return scores
 
     def prompt_ids(
@@ -220,12 +255,32 @@ class SpeechLLM(nn.Module):
     @torch.inference_mode()
     def stream_features(
         self, features: torch.Tensor, options: GenerationOptions = GenerationOptions(), history: list[dict[str, str]] | None = None,
-        prompt: PromptConfig | None = None,
+        prompt: PromptConfig | None = None, heard: str | None = None,
     ) -> Iterator[TokenStep]:
-        """Text tokens with the hidden states that emitted them (the last step is the end token)."""
+        """Text tokens with the hidden states that emitted them (the last step is the end token).
+        `heard`: the text `hear` gave with `features`; where they are exactly the LLM's
+        embeddings of its tokens (a ctc adaptor), the prompt is token ids throughout, so the KV
+        cache kept while hearing, and after the answer the whole turn's, is reused."""
+        before, after = self.prompt_ids(history, prompt)  # the fixed beginning: its KV cache is kept
+        ids = self._embedded_ids(features, heard)
+        if ids is not None:
+            whole = before + ids + after
+            yield from stream_generate(self.llm, input_ids=torch.tensor([whole], device=self.device), options=options,
+                                       output_hidden=True, prefix=whole[:-1])
+            return
         embeds = self.prompt_embeds(features, history, prompt)
-        before, _ = self.prompt_ids(history, prompt)  # the fixed beginning: its KV cache is kept
         yield from stream_generate(self.llm, inputs_embeds=embeds, options=options, output_hidden=True, prefix=before)
+
+    def _embedded_ids(self, features: torch.Tensor, heard: str | None) -> list[int] | None:
+        """The LLM token ids of `heard` where `features` are exactly their input embeddings, else None."""
+        if heard is None or self.config.projector.type != "ctc":
+            return None
+        ids = self.llm.tokenizer(heard, add_special_tokens=False).input_ids
+        table = self.llm.model.get_input_embeddings().weight
+        if len(ids) != len(features) or not ids:
+            return None
+        same = torch.equal(table[torch.tensor(ids, device=table.device)], features.to(table.device, table.dtype))
+        return ids if same else None
 
     def repeat_prompt(self) -> PromptConfig:
         """The model's prompt asking it to say exactly what it heard (its ASR task)."""
@@ -245,4 +300,5 @@ class SpeechLLM(nn.Module):
     def stream(
         self, audio: np.ndarray, options: GenerationOptions = GenerationOptions(), history: list[dict[str, str]] | None = None
     ) -> Iterator[TokenStep]:
-        yield from self.stream_features(self.speech_features(audio), options, history)
+        features, heard = self.hear(audio, history)
+        yield from self.stream_features(features, options, history, heard=heard)
