@@ -318,12 +318,14 @@ def train_export_cmd(
     beam: Annotated[int | None, typer.Option("--beam", min=1, help="ctc adaptor: hypotheses of its CTC beam search (1: greedy; default: as trained).")] = None,
     lm_weight: Annotated[float | None, typer.Option("--lm-weight", min=0.0, help="ctc adaptor, --beam > 1: weight of the LLM's log-probability in choosing among them.")] = None,
     length_bonus: Annotated[float | None, typer.Option("--length-bonus", help="ctc adaptor, --beam > 1: added per token of a hypothesis.")] = None,
+    speech_margin: Annotated[float | None, typer.Option("--speech-margin", min=0.0, help="Hear only the speech (Silero VAD) and this many seconds around it (default: as trained).")] = None,
+    whole_input: Annotated[bool, typer.Option("--whole-input", help="Hear the whole input, silence and noise around the speech included (drops --speech-margin).")] = False,
 ) -> None:
     """Copy a trained model for shipping or sharing: config + adaptor and speech decoder weights only.
 
     [bold]Examples:[/]
       omni train export runs/default/stage2/model omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2
-      omni train export runs/stage1/model runs/shipped --beam 8 --lm-weight 0.3 --length-bonus 0.5
+      omni train export runs/stage1/model runs/shipped --beam 8 --lm-weight 0.3 --length-bonus 0.5 --speech-margin 0.5
     """
     import torch
 
@@ -335,6 +337,10 @@ def train_export_cmd(
         hearing = {k: v for k, v in (("beam", beam), ("lm_weight", lm_weight), ("length_bonus", length_bonus)) if v is not None}
         if hearing:
             model.set_hearing("--beam / --lm-weight / --length-bonus", **hearing)
+        if speech_margin is not None and whole_input:
+            raise ConfigError("give --speech-margin or --whole-input, not both")
+        if speech_margin is not None or whole_input:
+            model.set_speech_margin(None if whole_input else speech_margin)
         save_omni(model, dest, dtype=torch.float16 if half else None)
         size = sum(f.stat().st_size for f in dest.iterdir()) / 1e6
         ui.note(f"exported {model_dir} to {dest} ({size:.1f} MB)")

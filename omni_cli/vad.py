@@ -55,9 +55,22 @@ def has_speech(audio: np.ndarray, options: VadOptions = SPEECH_CHECK) -> bool:
     return bool(speech_segments(audio, options))
 
 
-def require_speech(audio: np.ndarray, options: VadOptions = SPEECH_CHECK) -> None:
-    """Refuse silence-only input before any model runs."""
+def require_speech(audio: np.ndarray, options: VadOptions = SPEECH_CHECK) -> list[tuple[float, float]]:
+    """Refuse silence-only input before any model runs; the speech spans found (`speech_segments`)."""
     from omni_cli.errors import InputError
 
-    if not has_speech(audio, options):
+    segments = speech_segments(audio, options)
+    if not segments:
         raise InputError("no speech detected in the input (silence or noise only)")
+    return segments
+
+
+def around_speech(audio: np.ndarray, margin: float, segments: list[tuple[float, float]] | None = None) -> np.ndarray:
+    """16 kHz audio from `margin` seconds before its first speech to `margin` after its last
+    (`segments`, where the caller has them, else found with SPEECH_CHECK); all of it where none is found."""
+    if segments is None:
+        segments = speech_segments(audio, SPEECH_CHECK)
+    if not segments:
+        return audio
+    start = max(0, int((segments[0][0] - margin) * SAMPLE_RATE))
+    return audio[start : min(len(audio), int((segments[-1][1] + margin) * SAMPLE_RATE))]

@@ -693,3 +693,42 @@ def test_answering_from_the_cache_hearing_kept_is_answering_from_scratch(ctc_omn
     assert [s.token_id for s in kept] == [s.token_id for s in afresh]
     assert all(torch.allclose(a.hidden, b.hidden, atol=1e-4) for a, b in zip(kept, afresh))
     assert model._embedded_ids(features[:-1], heard) is None and model._embedded_ids(features, heard + " extra") is None
+
+
+def test_a_speech_margin_hears_only_the_speech_found_once(ctc_omni, tmp_path, monkeypatch):
+    """With `speech_margin` (export --speech-margin) the encoder hears the speech and the margin
+    only; the pipeline's silence check finds the spans once for both; --whole-input drops it."""
+    from typer.testing import CliRunner
+
+    import omni_cli.vad as vad
+    from omni_cli.audio import SAMPLE_RATE, load_audio
+    from omni_cli.cli import app
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.load import load_e2e_pipeline
+    from omni_cli.e2e.pipeline import E2EOptions
+    from omni_cli.errors import ConfigError
+    from omni_cli.llm import GenerationOptions
+
+    out = tmp_path / "trimmed"
+    result = CliRunner().invoke(app, ["train", "export", str(ctc_omni), str(out), "--speech-margin", "0.25"])
+    assert result.exit_code == 0, result.output
+    assert load_omni(out).config.encoder.speech_margin == 0.25 and load_omni(ctc_omni).config.encoder.speech_margin is None
+    both = CliRunner().invoke(app, ["train", "export", str(out), str(tmp_path / "x"), "--speech-margin", "0.5", "--whole-input"])
+    assert both.exit_code != 0 and "not both" in both.output
+    assert CliRunner().invoke(app, ["train", "export", str(out), str(tmp_path / "w"), "--whole-input"]).exit_code == 0
+    assert load_omni(tmp_path / "w").config.encoder.speech_margin is None
+    with pytest.raises(ConfigError, match="speech_margin"):
+        dataclasses.replace(load_omni(out).config.encoder, speech_margin=-1.0)
+
+    speech = load_audio(EXAMPLE_QUESTION)
+    padded = np.concatenate([np.zeros(2 * SAMPLE_RATE, np.float32), speech, np.zeros(2 * SAMPLE_RATE, np.float32)])
+    pipeline = load_e2e_pipeline(str(out), None, E2EOptions(omega=5, generation=GenerationOptions(max_new_tokens=2)))
+    heard_lengths, vad_runs = [], []
+    encode = pipeline.model.speech_encoder.encode
+    pipeline.model.speech_encoder.encode = lambda a: heard_lengths.append(len(a)) or encode(a)
+    original = vad.speech_segments
+    monkeypatch.setattr(vad, "speech_segments", lambda *a, **k: vad_runs.append(1) or original(*a, **k))
+    pipeline.respond(padded)
+    assert len(vad_runs) == 1 and len(speech) * 0.8 < heard_lengths[0] < len(speech) + 0.5 * SAMPLE_RATE
+    pipeline.model.hear(padded)  # alone, it finds the speech itself
+    assert heard_lengths[1] == heard_lengths[0]

@@ -29,3 +29,19 @@ def test_every_real_utterance_is_speech_even_whispered_or_creaky():
     assert any("whisper" in i["audio"] for i in items) and any("creaky" in i["audio"] for i in items)
     missed = [i["audio"] for i in items if not has_speech(load_audio(i["audio"]))]
     assert missed == []  # at Silero's usual 0.5 the whispered and the creaky clip were refused as silence
+
+
+def test_around_speech_keeps_the_speech_and_its_margin_only():
+    from omni_cli.vad import SPEECH_CHECK, around_speech, speech_segments
+    from tests.conftest import EXAMPLE_QUESTION
+
+    speech = load_audio(EXAMPLE_QUESTION)
+    padded = np.concatenate([noise("white", 1.5), speech, noise("silence", 2.0)])
+    spans = speech_segments(padded, SPEECH_CHECK)
+    assert spans and spans[0][0] >= 1.4 and spans[-1][1] <= 1.5 + len(speech) / SAMPLE_RATE + 0.2
+    cut = around_speech(padded, 0.25)
+    assert len(cut) == pytest.approx((spans[-1][1] - spans[0][0] + 0.5) * SAMPLE_RATE, abs=2)
+    assert np.array_equal(cut, padded[int((spans[0][0] - 0.25) * SAMPLE_RATE):][: len(cut)])
+    assert len(around_speech(padded, 0.25, [(1.0, 2.0)])) == int(1.5 * SAMPLE_RATE)  # the spans given are used
+    hum = noise("hum")
+    assert around_speech(hum, 0.25) is hum  # no speech found: all of it

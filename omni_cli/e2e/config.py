@@ -28,6 +28,13 @@ class EncoderConfig:
     n_heads: int
     n_layers: int
     padded: bool = True  # pad/trim input to 30 s (what the published weights expect); False: real length
+    speech_margin: float | None = None  # hear only the speech (Silero VAD) and this many seconds around it:
+    # leading and trailing breaths and room noise, which synthetic training speech lacks, are not heard as
+    # words; None: the whole input
+
+    def __post_init__(self):
+        if self.speech_margin is not None and self.speech_margin < 0:
+            raise ConfigError(f"speech_margin is seconds around the speech (>= 0) or none, not {self.speech_margin}")
 
 
 @dataclass(frozen=True)

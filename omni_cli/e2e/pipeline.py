@@ -57,8 +57,7 @@ class E2EPipeline:
         if len(audio) / SAMPLE_RATE > limit + 0.01:
             raise InputError(f"the request is {len(audio) / SAMPLE_RATE:.1f} s long; the end-to-end model hears at most "
                              f"{limit:.0f} s at a time (the speech encoder's context): shorten it, or use --mode cascade")
-        if self.options.check_speech:
-            require_speech(audio)
+        speech = require_speech(audio) if self.options.check_speech else None  # its spans: hearing may keep only them
         yield SpeechEnded(duration_s=len(audio) / SAMPLE_RATE, t=now() if speech_end is None else speech_end)
         decoder = SpeechDecoderStream(self.model.speech_generator)
         first = self.options.first_chunk
@@ -68,7 +67,7 @@ class E2EPipeline:
         n_chunks = 0
         t = now()
         with torch.inference_mode():
-            features, heard = self.model.hear(audio, history)
+            features, heard = self.model.hear(audio, history, speech)
         yield StageTiming(stage="encoder", seconds=now() - t)
         if heard is not None:
             yield Transcript(text=heard)  # the tokens the LLM reads (a ctc adaptor): the turn's text in a history

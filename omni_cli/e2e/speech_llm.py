@@ -114,12 +114,19 @@ class SpeechLLM(nn.Module):
         """(n, llm_width) adaptor outputs for 16 kHz audio."""
         return self.hear(audio)[0]
 
-    def hear(self, audio: np.ndarray, history: list[dict[str, str]] | None = None) -> tuple[torch.Tensor, str | None]:
+    def hear(self, audio: np.ndarray, history: list[dict[str, str]] | None = None,
+             speech: list[tuple[float, float]] | None = None) -> tuple[torch.Tensor, str | None]:
         """The adaptor outputs for 16 kHz audio, and, where they are the embeddings of LLM
         tokens (a ctc adaptor), the text of those tokens: exactly what the LLM reads, so a
         conversation's history can hold it as the user's turn (None for continuous features).
         A ctc adaptor hearing by beam search lets the LLM choose in the prompt the answer will
-        have (with `history`)."""
+        have (with `history`). With the encoder config's `speech_margin`, only the speech and
+        that margin around it is heard (`speech`: its spans, where the caller has found them)."""
+        margin = self.config.encoder.speech_margin
+        if margin is not None:
+            from omni_cli.vad import around_speech
+
+            audio = around_speech(audio, margin, speech)
         states = self.speech_encoder.encode(audio)
         dtype = next(p for p in self.speech_projector.parameters() if p.is_floating_point()).dtype
         x = states.unsqueeze(0).to(dtype)
@@ -146,6 +153,13 @@ class SpeechLLM(nn.Module):
                               f"{self.config.projector.type!r})")
         self.speech_projector.config = dataclasses.replace(self.speech_projector.config, **fields)
         self.config = dataclasses.replace(self.config, projector=self.speech_projector.config)
+
+    def set_speech_margin(self, seconds: float | None) -> None:
+        """Hear only the speech and `seconds` around it (None: the whole input), in the model's
+        config and its encoder's alike."""
+        encoder = dataclasses.replace(self.config.encoder, speech_margin=seconds)
+        self.speech_encoder.config = encoder
+        self.config = dataclasses.replace(self.config, encoder=encoder)
 
     def warm_hearing(self) -> None:
         """Run the LLM's choice among hypotheses once (a ctc adaptor hearing by beam search), on
