@@ -148,6 +148,15 @@ def test_build_answers_only_the_first_items_when_asked(tmp_path):
     assert [r["response"] for r in read_manifest(tmp_path / "set")] == ["Yes.", "No.", "No.", None]
 
 
+class Letters:
+    """A unit vocoder's text-to-units for the tiny models: a text's letters (their unit vocabulary is small)."""
+
+    label = "letters"
+
+    def text_to_units(self, text):
+        return [1 + ord(c) % 20 for c in text if c.isalpha()]
+
+
 @pytest.fixture(scope="module")
 def peaked_omni(tmp_path_factory, tiny_e2e_parts):
     """The tiny model with an LLM initialised wider (peaked outputs), so inputs can steer it."""
@@ -220,14 +229,12 @@ def test_stage2_reads_back_unanswered_instructions(peaked_omni, rows, tmp_path, 
 
     spoken: list[str] = []
 
-    class Letters:  # the units of a text: its letters (the tiny decoder's unit vocabulary is small)
-        label = "letters"
-
+    class Heard(Letters):  # and the texts it was given
         def text_to_units(self, text):
             spoken.append(text)
-            return [1 + ord(c) % 20 for c in text if c.isalpha()]
+            return super().text_to_units(text)
 
-    monkeypatch.setattr(uv, "load_unit_vocoder", lambda spec: Letters())
+    monkeypatch.setattr(uv, "load_unit_vocoder", lambda spec: Heard())
     unanswered = [{"audio": rows[0]["audio"], "instruction": f"read this back {i}"} for i in range(3)]
     model = load_omni(peaked_omni, TEST_DEVICE)
     opts = TrainOptions(steps=4, batch_size=5, warmup=1, save_every=4)
@@ -261,12 +268,6 @@ def test_decoder_texts_pair_answers_quiz_the_questions_and_leave_held_out_items_
 def test_stage2_learns_extra_texts_and_reuses_the_llm_states_it_has(peaked_omni, rows, tmp_path, monkeypatch):
     import omni_cli.e2e.train as train
     import omni_cli.e2e.unit_vocoder as uv
-
-    class Letters:
-        label = "letters"
-
-        def text_to_units(self, text):
-            return [1 + ord(c) % 20 for c in text if c.isalpha()]
 
     monkeypatch.setattr(uv, "load_unit_vocoder", lambda spec: Letters())
     texts = [{"instruction": "say something", "response": f"something new number {i}"} for i in range(3)]
@@ -303,12 +304,6 @@ def test_stage2_on_registry_texts_alone_leaves_the_sets_held_out_texts_out(peake
     """A set with held-out items only (no training audio) is enough for stage 2 on registry texts."""
     from omni_cli import data
     import omni_cli.e2e.unit_vocoder as uv
-
-    class Letters:
-        label = "letters"
-
-        def text_to_units(self, text):
-            return [1 + ord(c) % 20 for c in text if c.isalpha()]
 
     monkeypatch.setattr(uv, "load_unit_vocoder", lambda spec: Letters())
     chat = [{"source": "chitchat-turns", "instruction": f"how was day {i}?", "answer": f"It was a long and quiet day number {i}."}
@@ -536,10 +531,6 @@ def test_build_set_answers_with_the_llm_and_counts_what_is_already_built(tiny_ll
 
     monkeypatch.setattr(data, "load", lambda name: [{**item, "source": name} for item in INSTRUCTIONS])
     monkeypatch.setattr(ChatLLM, "load", staticmethod(lambda spec=None: tiny_llm))
-
-    class Letters:
-        def text_to_units(self, text):
-            return [1 + ord(c) % 20 for c in text if c.isalpha()]
 
     monkeypatch.setattr(uv, "PiperUnitVocoder", Letters)
     out = tmp_path / "set"
