@@ -180,11 +180,13 @@ class VadSegmenter:
 
     def __init__(self, options: TalkOptions = TalkOptions()):
         import torch
-        from silero_vad import VADIterator, load_silero_vad
+
+        from omni_cli.vad import silero_vad
 
         self._torch = torch
         # its own model: the VAD state must not be shared with the pipelines' speech check
-        self.vad = VADIterator(load_silero_vad(onnx=True), threshold=options.vad_threshold, sampling_rate=SAMPLE_RATE,
+        vad = silero_vad()
+        self.vad = vad.VADIterator(vad.load_silero_vad(onnx=True), threshold=options.vad_threshold, sampling_rate=SAMPLE_RATE,
                                min_silence_duration_ms=options.silence_ms, speech_pad_ms=options.pad_ms)
         self.keep = int(options.pad_ms * SAMPLE_RATE / 1000) + FRAME
         self.min_speech = int(options.min_speech_ms * SAMPLE_RATE / 1000)

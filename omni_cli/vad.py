@@ -28,19 +28,28 @@ SPEECH_CHECK = VadOptions(threshold=0.25)
 
 
 @lru_cache(maxsize=1)
-def _silero():
-    from silero_vad import load_silero_vad
+def silero_vad():
+    """The `silero_vad` package, imported keeping torch's thread count: its import sets it to 1
+    for the whole process (`torch.set_num_threads(1)` in its model module), which made every
+    model after the first silence check run on one core."""
+    threads = torch.get_num_threads()
+    try:
+        import silero_vad as package
+    finally:
+        torch.set_num_threads(threads)
+    return package
 
-    return load_silero_vad(onnx=True)
+
+@lru_cache(maxsize=1)
+def _silero():
+    return silero_vad().load_silero_vad(onnx=True)
 
 
 def speech_segments(audio: np.ndarray, options: VadOptions = VadOptions()) -> list[tuple[float, float]]:
     """Speech spans (start_s, end_s) in 16 kHz mono audio."""
-    from silero_vad import get_speech_timestamps
-
     if audio.size < SAMPLE_RATE // 10:
         return []
-    stamps = get_speech_timestamps(
+    stamps = silero_vad().get_speech_timestamps(
         torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),
         _silero(),
         threshold=options.threshold,

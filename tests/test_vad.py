@@ -45,3 +45,19 @@ def test_around_speech_keeps_the_speech_and_its_margin_only():
     assert len(around_speech(padded, 0.25, [(1.0, 2.0)])) == int(1.5 * SAMPLE_RATE)  # the spans given are used
     hum = noise("hum")
     assert around_speech(hum, 0.25) is hum  # no speech found: all of it
+
+
+def test_the_vad_leaves_torch_its_threads():
+    """Importing silero_vad sets torch to one thread for the whole process: every model after the
+    first silence check ran on one core. A fresh process, so the import happens here."""
+    import subprocess
+    import sys
+
+    from tests.conftest import EXAMPLE_QUESTION
+
+    code = ("import torch; torch.set_num_threads(2)\n"
+            "from omni_cli.audio import load_audio\nfrom omni_cli.vad import has_speech\n"
+            f"assert has_speech(load_audio({str(EXAMPLE_QUESTION)!r}))\nprint(torch.get_num_threads())")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[-1] == "2"
