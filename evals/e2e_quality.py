@@ -8,7 +8,8 @@ no training item uses), real human speech (`real-speech` bench), and the AlpacaE
 Measures:
 - repeat WER: what the model hears, the model asked to repeat what was said (exactly what
   `omni transcribe --asr-backend e2e` runs), against the transcript;
-- adaptor WER (ctc adaptors only): the token sequence the adaptor hands the LLM, decoded as text;
+- adaptor WER (ctc adaptors only): the text the adaptor hands the LLM (`SpeechLLM.hear`: with
+  the model's beam search and speech margin, as an answer hears it);
 - chrF: the model's text answer to the speech against the same base LLM's answer to the
   instruction typed as text, under the same system prompt (response fidelity);
 - ASR-WER: the answer text against the project's deterministic Whisper judge's transcript of
@@ -49,7 +50,7 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
     judge = load_judge()
     tts = PiperTTS()
     chrf = CHRF()
-    adaptor_text = getattr(model.speech_projector, "heard", None)
+    reads_text = model.config.projector.type == "ctc"  # the LLM reads text: what it heard can be scored
     items: dict[str, list[dict]] = {}
     if data_dir is not None and "heldout-voices" in sets:
         held = [r for r in read_manifest(data_dir, split="heldout") if r.get("response") is not None][:limit]
@@ -75,11 +76,11 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
         for n, item in enumerate(rows_in):
             audio = load_audio(item["audio"])
             row = {"id": item["id"], "reference": item["reference"], "repeat": model.transcribe(audio)}
-            if adaptor_text is not None:
+            if reads_text:
                 import torch
 
                 with torch.inference_mode():
-                    row["adaptor"] = adaptor_text(model.speech_encoder.encode(audio).unsqueeze(0))
+                    row["adaptor"] = model.hear(audio)[1]
             if item["answer"] is not None:
                 response = collect(pipeline.run(audio), pipeline.sample_rate)
                 row.update(answer=response.text.strip(), text_answer=item["answer"],
@@ -91,7 +92,7 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
         refs = [r["reference"] for r in rows]
         summary = {"items": len(rows), "seconds": round(time.perf_counter() - t0, 1),
                    "repeat_wer": round(100 * wer(refs, [r["repeat"] for r in rows]), 2)}
-        if adaptor_text is not None:
+        if reads_text:
             summary["adaptor_wer"] = round(100 * wer(refs, [r["adaptor"] for r in rows]), 2)
         answered = [r for r in rows if "answer" in r]
         if answered:
