@@ -8,7 +8,7 @@
 #   -> stage 1 continued on the set grown to every speakable instruction (v3.4; the LLM reads the
 #      adaptor's text, so the later stages need no retraining)
 #   -> stage 1 continued once more with chit-chat turns (statements, casual speech) beside the questions (v3.6)
-#   -> export (float16), hearing by beam search with the LLM choosing among the hypotheses (v3.7)
+#   -> export (float16), hearing by beam search with the LLM choosing among the hypotheses (v3.7, v3.8)
 # into omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2. Sizes can be set from the environment;
 # every step resumes where it stopped. The defaults are the shipped model's (see its MODEL_CARD.md).
 # DEVICE=cuda trains on a GPU; on a CPU, THREADS (default: all cores) sets torch's threads.
@@ -77,5 +77,5 @@ copy_set "$RUNS/grown" "$RUNS/chat"
 $OMNI data build --out "$RUNS/chat" --size "$CHAT" --answered 0 --sources chitchat-turns --heldout-fraction 0.05 --seed $((SEED + 1)) --workers 2
 $OMNI train adaptor --task ctc --data "$RUNS/chat" --out "$RUNS/stage1d" --from "$RUNS/stage1c/model" --steps "$STEPS1D" \
   --batch-size 32 --lr 4e-4 --save-every 100 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage1d")
-# it hears by a CTC beam search of 8, the LLM choosing among them (v3.7)
-$OMNI train export "$RUNS/stage1d/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 --beam 8 --lm-weight 0.3 --length-bonus 0.5
+# it hears the speech and 0.5 s around it by a CTC beam search of 16, the LLM choosing among them (v3.8)
+$OMNI train export "$RUNS/stage1d/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 --beam 16 --lm-weight 0.4 --length-bonus 1.0 --speech-margin 0.5
