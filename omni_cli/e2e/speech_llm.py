@@ -213,10 +213,11 @@ class SpeechLLM(nn.Module):
             mask[0, 0, :, past:].masked_fill_(~ancestry.to(dev), torch.finfo(dtype).min)
             logits = llm.model(input_ids=torch.tensor([tokens], device=dev), attention_mask=mask, cache=cache, use_cache=True,
                                position_ids=(past + torch.tensor(depths, device=dev))[None]).logits[0].float()
+            norm = logits.logsumexp(-1)  # once per node, however many hypotheses pass through it
             scores = []
             for (_, ctc), path, q in zip(hypotheses, paths, seqs):
                 rows, nxt = torch.tensor(path[:-1], device=dev), torch.tensor([tokens[n] for n in path[1:]], device=dev)
-                lm = (logits[rows].gather(-1, nxt[:, None])[:, 0] - logits[rows].logsumexp(-1)).sum().item()
+                lm = (logits[rows, nxt] - norm[rows]).sum().item()
                 scores.append(ctc + p.lm_weight * lm + p.length_bonus * len(q))
             if keep_best:
                 best = max(range(len(scores)), key=scores.__getitem__)
