@@ -332,13 +332,13 @@ def train_export_cmd(
     from omni_cli.e2e.checkpoint import load_omni, save_omni
 
     with user_errors():
+        if speech_margin is not None and whole_input:
+            raise ConfigError("give --speech-margin or --whole-input, not both")
         with ui.err.status("loading the model ..."):
             model = load_omni(model_dir)
         hearing = {k: v for k, v in (("beam", beam), ("lm_weight", lm_weight), ("length_bonus", length_bonus)) if v is not None}
         if hearing:
             model.set_hearing("--beam / --lm-weight / --length-bonus", **hearing)
-        if speech_margin is not None and whole_input:
-            raise ConfigError("give --speech-margin or --whole-input, not both")
         if speech_margin is not None or whole_input:
             model.set_speech_margin(None if whole_input else speech_margin)
         save_omni(model, dest, dtype=torch.float16 if half else None)
