@@ -87,7 +87,7 @@ AsrModelOpt = Annotated[
 ]
 BackendOpt = Annotated[Backend, typer.Option("--asr-backend", help="Whisper implementation.")]
 BeamOpt = Annotated[int, typer.Option("--beam-size", min=1, help="Beam width for Whisper decoding (1 = greedy).")]
-E2EBeamOpt = Annotated[int | None, typer.Option("--e2e-beam", min=1, help="e2e with a ctc adaptor: transcripts its beam search keeps for the LLM to choose among; 1: the greedy one, fastest (default: the model's own; 8 for the offline default).")]
+E2EBeamOpt = Annotated[int | None, typer.Option("--e2e-beam", min=1, help="e2e with a ctc adaptor: transcripts its beam search keeps for the LLM to choose among; 1: the greedy one, fastest (default: the model's own; 16 for the offline default).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Where models run: cpu, or cuda / cuda:N with a GPU build of torch.")]
 MaxDurOpt = Annotated[float, typer.Option("--max-duration", min=1.0, help="Refuse audio longer than this many seconds.")]
 
