@@ -8,6 +8,7 @@
 #   -> stage 1 continued on the set grown to every speakable instruction (v3.4; the LLM reads the
 #      adaptor's text, so the later stages need no retraining)
 #   -> stage 1 continued once more with chit-chat turns (statements, casual speech) beside the questions (v3.6)
+#   -> stage 2 once more on every registry text, batches of 128 (v3.9's decoder, trained on a GPU)
 #   -> export (float16), hearing by beam search with the LLM choosing among the hypotheses (v3.7, v3.8)
 # into omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2. Sizes can be set from the environment;
 # every step resumes where it stopped. The defaults are the shipped model's (see its MODEL_CARD.md).
@@ -27,6 +28,8 @@ STEPS1C=${STEPS1C:-2400}
 CHAT=${CHAT:-15000}          # chit-chat turns spoken for stage 1d
 STEPS1D=${STEPS1D:-2800}
 EXTRA_TEXTS=${EXTRA_TEXTS:-40000}  # registry prompt + reply texts for stage 2 (chit-chat replies, quiz questions)
+ALL_TEXTS=${ALL_TEXTS:-108914}     # every registry text decoder_texts gives, for stage 2 once more (v3.9)
+STEPS2D=${STEPS2D:-7750}
 SEED=${SEED:-0}
 DEVICE=${DEVICE:-cpu}
 # stage 1 from augmented audio (the encoder run on every batch), as v3's adaptor was trained on
@@ -77,5 +80,9 @@ copy_set "$RUNS/grown" "$RUNS/chat"
 $OMNI data build --out "$RUNS/chat" --size "$CHAT" --answered 0 --sources chitchat-turns --heldout-fraction 0.05 --seed $((SEED + 1)) --workers 2
 $OMNI train adaptor --task ctc --data "$RUNS/chat" --out "$RUNS/stage1d" --from "$RUNS/stage1c/model" --steps "$STEPS1D" \
   --batch-size 32 --lr 4e-4 --save-every 100 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage1d")
+# the speech decoder once more on every registry text (v3.9: an H200 ran it as `python -m evals.gpu_stage2`, the same
+# CTC and loop, in 8 minutes; batches of 128 take about 4 s a step on a 2-core CPU)
+$OMNI train speech-decoder --from-text --extra-texts "$ALL_TEXTS" --data "$RUNS/data" --out "$RUNS/stage2d" --from "$RUNS/stage1d/model" \
+  --steps "$STEPS2D" --batch-size 128 --lr 6e-4 --save-every 250 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage2d")
 # it hears the speech and 0.5 s around it by a CTC beam search of 16, the LLM choosing among them (v3.8)
-$OMNI train export "$RUNS/stage1d/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 --beam 16 --lm-weight 0.4 --length-bonus 1.0 --speech-margin 0.5
+$OMNI train export "$RUNS/stage2d/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 --beam 16 --lm-weight 0.4 --length-bonus 1.0 --speech-margin 0.5

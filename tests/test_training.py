@@ -584,3 +584,41 @@ def test_a_build_of_only_the_held_out_items_makes_the_same_rows(tmp_path, monkey
     assert [r["id"] for r in held] == [r["id"] for r in whole] and 0 < len(held) < 40
     assert [r.get("response") for r in held] == [r.get("response") for r in whole]
     assert any(r.get("response") for r in held) and not all(r.get("response") for r in held)
+
+
+def test_gpu_stage2_kit_keeps_every_item_and_adopt_swaps_only_the_decoder(peaked_omni, tmp_path):
+    """evals.gpu_stage2: the kit's packed ids and units are each item's own (the system prompt
+    stored once, an item without units left out); `--adopt` replaces the decoder and nothing else."""
+    from safetensors.torch import load_file, save_file
+
+    from evals.gpu_stage2 import _pack, _unpack, adopt
+    from omni_cli.e2e.train import _answer_ids
+
+    model = load_omni(peaked_omni)
+    items = [{"instruction": "Tell me about the moon.", "response": "the moon is bright"},
+             {"instruction": "Why?", "response": "42"},  # no letters: no units, left out
+             {"instruction": "Say something long about birds and cats.", "response": "birds can fly high"}]
+    packed = _unpack(_pack(model, Letters(), items))
+    assert len(packed) == 2
+    system = model.config.prompt.system
+    for (prompt, answer, units), item in zip(packed, [items[0], items[2]]):
+        chat = [{"role": "system", "content": system}, {"role": "user", "content": item["instruction"]}]
+        assert prompt.tolist() == model.llm.chat_ids(chat)[0].tolist()
+        assert answer.tolist() == _answer_ids(model, item["response"])
+        assert units.tolist() == Letters().text_to_units(item["response"])
+
+    decoder = {k: v + 1.0 for k, v in model.speech_generator.state_dict().items()}
+    save_file(decoder, str(tmp_path / "decoder.safetensors"))
+    adopt(tmp_path / "decoder.safetensors", peaked_omni, tmp_path / "adopted")
+    before, after = load_file(str(peaked_omni / "model.safetensors")), load_file(str(tmp_path / "adopted" / "model.safetensors"))
+    assert before.keys() == after.keys()
+    for k in before:
+        if k.startswith("speech_generator."):
+            torch.testing.assert_close(after[k], decoder[k.split(".", 1)[1]].to(after[k].dtype))
+        else:
+            assert torch.equal(after[k], before[k]), k
+    assert load_omni(tmp_path / "adopted").speech_generator is not None
+    bad = {k: v for k, v in decoder.items() if not k.startswith("layers.0.")}
+    save_file(bad, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(SystemExit, match="differ"):
+        adopt(tmp_path / "bad.safetensors", peaked_omni, tmp_path / "bad")
