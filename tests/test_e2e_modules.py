@@ -231,3 +231,30 @@ def test_windowed_decoder_streams_exactly_and_forgets_beyond_the_window(window):
     reach = 4 + 2 * (window - 1)
     torch.testing.assert_close(a[reach:], b[reach:])
     assert not torch.allclose(a[:4], b[:4])
+
+
+def test_a_resampled_decoder_keeps_its_weights_and_streams_at_the_new_lambda():
+    """`resampled` (omni train speech-decoder --upsample): the same lambda changes nothing; a new
+    one keeps every weight but the sub-positions, which run from the old first to the old last
+    vector, scales the attention window, and streams exactly as its full pass."""
+    torch.manual_seed(3)
+    gen = SpeechGenerator(SpeechDecoderConfig(llm_width=16, width=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn=64, num_units=7,
+                                              upsample=4, sub_positions=True, token_input=True, lookahead=True,
+                                              attention_window=10)).eval()
+    torch.nn.init.normal_(gen.next_proj.weight, std=1.0)
+    torch.nn.init.normal_(gen.sub_position, std=1.0)
+    hidden, tokens = torch.randn(9, 16) * 3, torch.randn(9, 16) * 3
+    assert gen.resampled(4).predict(hidden, tokens) == gen.predict(hidden, tokens)
+    wide = gen.resampled(7).eval()
+    assert (wide.config.upsample, wide.config.attention_window) == (7, 18)
+    assert wide.sub_position.shape == (7, 32)
+    torch.testing.assert_close(wide.sub_position[[0, -1]], gen.sub_position[[0, -1]])
+    torch.testing.assert_close(wide.sub_position[3], (gen.sub_position[1] + gen.sub_position[2]) / 2)
+    for name, value in gen.state_dict().items():
+        if name != "sub_position":
+            assert torch.equal(wide.state_dict()[name], value), name
+    with torch.no_grad():
+        assert wide.logits(wide.project(hidden[None], tokens[None], wide.following(tokens[None]))).shape[1] == 9 * 7
+    stream = SpeechDecoderStream(wide)
+    units = [u for h, t in zip(hidden, tokens) for u in stream.push(h, t)] + stream.flush()
+    assert units == wide.predict(hidden, tokens)

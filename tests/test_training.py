@@ -365,6 +365,12 @@ def test_cli_train_both_stages_from_a_model_folder(peaked_omni, rows, tmp_path):
                              "--from", str(tmp_path / "s1" / "model"), "--steps", "3", "--batch-size", "2", "--device", TEST_DEVICE])
     assert s2.exit_code == 0, s2.stderr
     assert "preparing: LLM states" in s2.stderr  # the frozen passes before the first step show their progress
+    before = load_omni(tmp_path / "s2" / "model").speech_generator.config.upsample
+    wider = runner.invoke(app, ["train", "speech-decoder", "--data", str(data_dir), "--out", str(tmp_path / "s2w"), "--from-text",
+                                "--from", str(tmp_path / "s2" / "model"), "--steps", "2", "--batch-size", "2", "--upsample", str(before + 2),
+                                "--device", TEST_DEVICE])
+    assert wider.exit_code == 0, wider.stderr
+    assert load_omni(tmp_path / "s2w" / "model").speech_generator.config.upsample == before + 2
     missing = runner.invoke(app, ["train", "speech-decoder", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "s3")])
     assert missing.exit_code == 2 and "omni data build" in missing.stderr
 

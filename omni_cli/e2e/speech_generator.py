@@ -79,6 +79,27 @@ class SpeechGenerator(nn.Module):
         self.rotary = LlamaRotaryEmbedding(lcfg)
         self.llama_config = lcfg
 
+    def resampled(self, upsample: int) -> SpeechGenerator:
+        """A copy that repeats each state `upsample` times: the same weights, the attention window
+        scaled to see as many tokens back, the learned sub-position vectors interpolated along the
+        copies (the first and last kept). A start for training at a new lambda (more positions a
+        token: room for words with many units), not a model that works as it is."""
+        import dataclasses
+
+        c = self.config
+        window = None if c.attention_window is None else -(-c.attention_window * upsample // c.upsample)
+        new = SpeechGenerator(dataclasses.replace(c, upsample=upsample, attention_window=window))
+        state = dict(self.state_dict())
+        if self.sub_position is not None:
+            old = state.pop("sub_position").float()
+            at = torch.linspace(0, len(old) - 1, upsample)
+            low = at.floor().long().clamp(max=max(0, len(old) - 2))
+            high = (low + 1).clamp(max=len(old) - 1)
+            frac = (at - low)[:, None]
+            state["sub_position"] = old[low] * (1 - frac) + old[high] * frac
+        new.load_state_dict(state)
+        return new.to(device=self.output_proj.weight.device, dtype=self.output_proj.weight.dtype)
+
     def upsample(self, hidden: torch.Tensor) -> torch.Tensor:
         """(batch, M, width) -> (batch, M * lambda, width), each state repeated lambda times (with
         `sub_positions`, copy j of every state plus the learned vector j)."""

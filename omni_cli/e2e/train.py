@@ -748,6 +748,7 @@ def start_stage(
     options: TrainOptions = TrainOptions(), task: str = "ctc", units: str = "tokens", augment: bool = False,
     lora: LoraConfig = LoraConfig(), answer_share: float = 0.5, lora_tasks: Sequence[str] | None = None,
     from_text: bool = False, read_back: int = 0, extra_texts: int = 0, text_sources: Sequence[str] = (), device: str = "cpu",
+    upsample: int = 0,
 ) -> tuple[list[dict], Iterator[Progress]]:
     """A training stage ready to run on the train split of a set made by `build`: its rows, and
     the stage's steps (not started: the first step also prepares the items, the frozen encoder
@@ -756,7 +757,8 @@ def start_stage(
     align), on the training device. `stage`: adaptor (with `task`, `units` of a fresh ctc adaptor
     and `augment`), llm (`lora`, `answer_share`, `lora_tasks`) or speech-decoder (`from_text`, `read_back`, and
     `extra_texts` pairs drawn from the registry sets `text_sources` by `decoder_texts`, none of
-    the set's held-out instructions among them)."""
+    the set's held-out instructions among them; `upsample`: the decoder resampled to this many
+    positions a token first, `SpeechGenerator.resampled`, where it has another number)."""
     from omni_cli.e2e.build_data import read_manifest
 
     if stage not in STAGES:
@@ -793,6 +795,9 @@ def start_stage(
 
         adaptor = "linear" if stage == "adaptor" and task in ("align", "asr", "answer") else "ctc"
         model = new_default_model([r["instruction"] for r in rows], seed=options.seed, adaptor=adaptor, units=units)
+    if stage == "speech-decoder" and upsample and model.speech_generator.config.upsample != upsample:
+        model.speech_generator = model.speech_generator.resampled(upsample)
+        model.config = dataclasses.replace(model.config, speech_decoder=model.speech_generator.config)
     model = model.to(device)
     if stage == "adaptor":
         steps = train_adaptor(model, rows, out, options, task=task, resume=resume, augment=augment)
