@@ -12,12 +12,15 @@ base LLM's states of every text under the typed instruction (stage 2's `--from-t
 shipped speech decoder trains on them with the project's optimizer loop (`train._loop`), the
 number of steps fitted to `--minutes`; every `--eval-every` steps its unit error rate on the
 held-out answers of `--data` is measured (as `evals.unit_error` does) and the best decoder so
-far is written to `<out>/decoder.safetensors` (float16), with `<out>/log.json`.
+far is written to `<out>/decoder.safetensors` (float16), with `<out>/log.json` and the
+decoder's config, `<out>/decoder.json` (`--upsample N` resamples it first, as
+`omni train speech-decoder --upsample` does; `--adopt` takes the config from beside the weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import lzma
 import pickle
@@ -177,6 +180,10 @@ def run(args) -> None:
     gen = SpeechGenerator(config)
     gen.load_state_dict({k.split(".", 1)[1]: v.float() for k, v in load_file(str(args.base / "model.safetensors")).items()
                          if k.startswith("speech_generator.")})
+    if args.upsample:
+        gen = gen.resampled(args.upsample)
+        config = gen.config
+    (args.out / "decoder.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     gen = gen.to(dev).train()
 
     def uer() -> float:
@@ -233,22 +240,31 @@ def run(args) -> None:
 
 
 def adopt(decoder: Path, base: Path, out: Path) -> None:
-    """A model folder: `base` (an omni model) with its speech decoder replaced by `decoder`."""
+    """A model folder: `base` (an omni model) with its speech decoder replaced by `decoder` (and,
+    where the run resampled it, `decoder.json` beside it: its config)."""
     from safetensors.torch import load_file, save_file
 
+    from omni_cli.e2e.checkpoint import load_omni
+
     state = load_file(str(base / "model.safetensors"))
+    config = json.loads((base / "omni_e2e.json").read_text())
+    if (decoder.parent / "decoder.json").is_file():
+        config["speech_decoder"] = json.loads((decoder.parent / "decoder.json").read_text())
     new = load_file(str(decoder))
     old = {k.split(".", 1)[1] for k in state if k.startswith("speech_generator.")}
     if old != set(new):
         raise SystemExit(f"the decoders differ in: {sorted(old ^ set(new))[:5]}")
     for k, v in new.items():
-        key = f"speech_generator.{k}"
-        if v.shape != state[key].shape:
-            raise SystemExit(f"{k}: shape {tuple(v.shape)}, the base's {tuple(state[key].shape)}")
-        state[key] = v.to(state[key].dtype).contiguous()
+        state[f"speech_generator.{k}"] = v.to(state[f"speech_generator.{k}"].dtype).contiguous()
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "omni-e2e"})
-    shutil.copy(base / "omni_e2e.json", out / "omni_e2e.json")
+    (out / "omni_e2e.json").write_text(json.dumps(config, indent=2) + "\n")
+    try:
+        load_omni(out)
+    except Exception as e:  # a decoder of other shapes than its config says
+        for name in ("model.safetensors", "omni_e2e.json"):
+            (out / name).unlink()
+        raise SystemExit(f"{decoder} does not fit {base.name}'s model: {e}") from e
     print(f"{out}: {base.name} with the speech decoder of {decoder}")
 
 
@@ -266,6 +282,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=6e-4)
     ap.add_argument("--eval-every", type=int, default=1000)
+    ap.add_argument("--upsample", type=int, default=0, help="resample the decoder to this many positions a token first (see omni train speech-decoder --upsample)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

@@ -628,3 +628,15 @@ def test_gpu_stage2_kit_keeps_every_item_and_adopt_swaps_only_the_decoder(peaked
     save_file(bad, str(tmp_path / "bad.safetensors"))
     with pytest.raises(SystemExit, match="differ"):
         adopt(tmp_path / "bad.safetensors", peaked_omni, tmp_path / "bad")
+    misshapen = {**decoder, "output_proj.bias": torch.zeros(len(decoder["output_proj.bias"]) + 1)}
+    save_file(misshapen, str(tmp_path / "misshapen.safetensors"))
+    with pytest.raises(SystemExit, match="does not fit"):
+        adopt(tmp_path / "misshapen.safetensors", peaked_omni, tmp_path / "misshapen")
+    assert not (tmp_path / "misshapen" / "model.safetensors").exists()
+    # a run that resampled the decoder writes its config beside it
+    wide = model.speech_generator.resampled(model.speech_generator.config.upsample + 3)
+    (tmp_path / "wide").mkdir()
+    save_file({k: v.contiguous() for k, v in wide.state_dict().items()}, str(tmp_path / "wide" / "decoder.safetensors"))
+    (tmp_path / "wide" / "decoder.json").write_text(json.dumps(dataclasses.asdict(wide.config)))
+    adopt(tmp_path / "wide" / "decoder.safetensors", peaked_omni, tmp_path / "wide_model")
+    assert load_omni(tmp_path / "wide_model").speech_generator.config.upsample == wide.config.upsample
