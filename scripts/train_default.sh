@@ -9,6 +9,7 @@
 #      adaptor's text, so the later stages need no retraining)
 #   -> stage 1 continued once more with chit-chat turns (statements, casual speech) beside the questions (v3.6)
 #   -> stage 2 once more on every registry text, batches of 128 (v3.9's decoder, trained on a GPU)
+#   -> the speech decoder resampled to 12 positions a token and trained again (v3.10)
 #   -> export (float16), hearing by beam search with the LLM choosing among the hypotheses (v3.7, v3.8)
 # into omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2. Sizes can be set from the environment;
 # every step resumes where it stopped. The defaults are the shipped model's (see its MODEL_CARD.md).
@@ -30,6 +31,7 @@ STEPS1D=${STEPS1D:-2800}
 EXTRA_TEXTS=${EXTRA_TEXTS:-40000}  # registry prompt + reply texts for stage 2 (chit-chat replies, quiz questions)
 ALL_TEXTS=${ALL_TEXTS:-108914}     # every registry text decoder_texts gives, for stage 2 once more (v3.9)
 STEPS2D=${STEPS2D:-7750}
+STEPS2E=${STEPS2E:-3000}
 SEED=${SEED:-0}
 DEVICE=${DEVICE:-cpu}
 # stage 1 from augmented audio (the encoder run on every batch), as v3's adaptor was trained on
@@ -84,5 +86,8 @@ $OMNI train adaptor --task ctc --data "$RUNS/chat" --out "$RUNS/stage1d" --from 
 # CTC and loop, in 8 minutes; batches of 128 take about 4 s a step on a 2-core CPU)
 $OMNI train speech-decoder --from-text --extra-texts "$ALL_TEXTS" --data "$RUNS/data" --out "$RUNS/stage2d" --from "$RUNS/stage1d/model" \
   --steps "$STEPS2D" --batch-size 128 --lr 6e-4 --save-every 250 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/stage2d")
+# 12 positions a text token instead of 8 (room for long words' phonemes), on 40,000 texts (v3.10)
+$OMNI train speech-decoder --from-text --extra-texts "$EXTRA_TEXTS" --data "$RUNS/data" --out "$RUNS/stage2e" --from "$RUNS/stage2d/model" \
+  --upsample 12 --steps "$STEPS2E" --batch-size 16 --lr 3e-4 --save-every 500 --seed $((SEED + 1)) --device "$DEVICE" $(resume "$RUNS/stage2e")
 # it hears the speech and 0.5 s around it by a CTC beam search of 16, the LLM choosing among them (v3.8)
-$OMNI train export "$RUNS/stage2d/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 --beam 16 --lm-weight 0.4 --length-bonus 1.0 --speech-margin 0.5
+$OMNI train export "$RUNS/stage2e/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 --beam 16 --lm-weight 0.4 --length-bonus 1.0 --speech-margin 0.5
