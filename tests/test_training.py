@@ -371,6 +371,9 @@ def test_cli_train_both_stages_from_a_model_folder(peaked_omni, rows, tmp_path):
                                 "--device", TEST_DEVICE])
     assert wider.exit_code == 0, wider.stderr
     assert load_omni(tmp_path / "s2w" / "model").speech_generator.config.upsample == before + 2
+    again = runner.invoke(app, ["train", "speech-decoder", "--data", str(data_dir), "--out", str(tmp_path / "s2w"), "--from-text",
+                                "--steps", "3", "--batch-size", "2", "--upsample", str(before + 3), "--resume", "--device", TEST_DEVICE])
+    assert again.exit_code == 2 and "start a new run" in again.stderr
     missing = runner.invoke(app, ["train", "speech-decoder", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "s3")])
     assert missing.exit_code == 2 and "omni data build" in missing.stderr
 

@@ -796,6 +796,9 @@ def start_stage(
         adaptor = "linear" if stage == "adaptor" and task in ("align", "asr", "answer") else "ctc"
         model = new_default_model([r["instruction"] for r in rows], seed=options.seed, adaptor=adaptor, units=units)
     if stage == "speech-decoder" and upsample and model.speech_generator.config.upsample != upsample:
+        if resume and (out / "model").is_dir():  # the optimizer's state is for the run's own shapes
+            raise ConfigError(f"--upsample {upsample}: the run in {out} trains {model.speech_generator.config.upsample} "
+                              "positions a token; resume it without --upsample, or start a new run")
         model.speech_generator = model.speech_generator.resampled(upsample)
         model.config = dataclasses.replace(model.config, speech_decoder=model.speech_generator.config)
     model = model.to(device)
