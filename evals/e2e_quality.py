@@ -76,16 +76,20 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
         for n, item in enumerate(rows_in):
             audio = load_audio(item["audio"])
             row = {"id": item["id"], "reference": item["reference"], "repeat": model.transcribe(audio)}
-            if reads_text:
-                import torch
-
-                with torch.inference_mode():
-                    row["adaptor"] = model.hear(audio)[1]
+            response = None
             if item["answer"] is not None:
                 response = collect(pipeline.run(audio), pipeline.sample_rate)
                 row.update(answer=response.text.strip(), text_answer=item["answer"],
                            heard=heard(response.audio, pipeline.sample_rate),
                            cascade_heard=heard(tts.synthesize(item["answer"]), tts.sample_rate))
+            if reads_text:
+                if response is not None:  # the pipeline's own hearing (its Transcript event): heard once
+                    row["adaptor"] = response.transcript
+                else:
+                    import torch
+
+                    with torch.inference_mode():
+                        row["adaptor"] = model.hear(audio)[1]
             rows.append(row)
             print(f"\r{name}: {n + 1}/{len(rows_in)}", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
