@@ -4,7 +4,9 @@ against the reference, corpus WER, on held-out voices of a built set and on the 
 (and, with --alpaca N, on AlpacaEval instructions spoken by a held-out voice).
 Fast (a few minutes on a CPU), so adaptors can be compared before the slower stages run; the
 median time to hear an item (encoder, adaptor, beam and LLM scoring) is given beside, from the
-same run.
+same run. With `--repeat`, the model's repeat of what it heard (`SpeechLLM.transcribe`: the
+LLM asked to say exactly what was said, its LoRA adapters merged, as `omni transcribe
+--asr-backend e2e` runs it) is scored beside, on the same items.
 
     python -m evals.adaptor_wer --models omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 runs/v3/a/model --data runs/v2/data
 """
@@ -33,6 +35,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="a built set (omni data build): its held-out items")
     ap.add_argument("--heldout", type=int, default=300)
     ap.add_argument("--alpaca", type=int, default=0, help="also the first N AlpacaEval instructions of the instructs2s-eval bench")
+    ap.add_argument("--repeat", action="store_true", help="also score the model's repeat of what it heard (its ASR task)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     rows = [json.loads(line) for line in (args.data / "manifest.jsonl").open(encoding="utf-8")]
@@ -48,13 +51,17 @@ def main() -> None:
         model = load_omni(folder)
         scores, seconds = {}, []
         for name, items in sets.items():
-            heard = []
+            heard, repeated = [], []
             for a in audio[name]:
                 start = time.perf_counter()
                 with torch.no_grad():
                     heard.append(model.hear(a)[1])
                 seconds.append(time.perf_counter() - start)
+                if args.repeat:
+                    repeated.append(model.transcribe(a))
             scores[name] = round(100 * wer([ref for _, ref in items], heard), 1)
+            if args.repeat:
+                scores[f"{name} repeat"] = round(100 * wer([ref for _, ref in items], repeated), 1)
         scores["median ms to hear"] = round(1000 * statistics.median(seconds))
         result[str(folder)] = scores
         print(folder, scores, flush=True)

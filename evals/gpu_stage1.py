@@ -144,7 +144,8 @@ def run(args) -> None:
     refs = [r["instruction"] for r in held]
     augment = None if args.no_augment else Augment(
         warp=(1 - args.warp, 1 + args.warp) if args.warp else None,
-        noise_snr=tuple(float(x) for x in args.noise_snr.split(",")) if args.noise_snr else None)
+        noise_snr=tuple(float(x) for x in args.noise_snr.split(",")) if args.noise_snr else None,
+        reverb=tuple(float(x) for x in args.reverb.split(",")) if args.reverb else None)
     log = {"args": {k: str(v) for k, v in vars(args).items()}, "evals": [], "losses": []}
 
     def evaluate(step: int) -> float:
@@ -207,6 +208,7 @@ def main() -> None:
     ap.add_argument("--no-augment", action="store_true")
     ap.add_argument("--warp", type=float, default=0.0, help="vocal tract length perturbation: warp the log-mel by 1 +- this (e.g. 0.12)")
     ap.add_argument("--noise-snr", help="white noise on half the items at an SNR in this range, dB (e.g. 5,25)")
+    ap.add_argument("--reverb", help="a synthetic room's echo on half the items, its RT60 in this range, seconds (e.g. 0.2,0.8)")
     args = ap.parse_args()
     if args.make_kit:
         make_kit(args.make_kit)

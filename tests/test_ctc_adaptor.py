@@ -534,6 +534,30 @@ def test_noise_and_vocal_tract_warp():
     assert changed.shape == plain.shape and not torch.allclose(changed, plain, atol=0.05)
 
 
+def test_reverb_is_a_decaying_echo_at_the_ratio_asked():
+    """A click in the synthetic room: the direct sound first, silence for 2 ms, then a tail whose
+    energy is the asked ratio below the direct sound's and falls 60 dB in RT60; speech keeps its
+    length and power, and the augmentation applies it."""
+    import random
+
+    from omni_cli.e2e.train import Augment, add_reverb, augmented_mels
+
+    click = torch.zeros(16000)
+    click[100] = 1.0
+    energy = add_reverb(click, 0.4, 6.0, torch.Generator().manual_seed(0)).pow(2)
+    assert int(energy.argmax()) == 100 and float(energy[:100].sum()) < 1e-9 and float(energy[101:132].sum()) < 1e-9
+    assert abs(10 * torch.log10(energy[100] / energy[132:].sum()).item() - 6.0) < 0.1
+    decay = 10 * torch.log10(energy[100 + 1600 : 100 + 3200].sum() / energy[100 + 4800 : 100 + 6400].sum()).item()
+    assert 27 < decay < 33  # 0.2 s apart at RT60 0.4 s: 30 dB
+    audio = torch.sin(torch.arange(16000) / 10.0)
+    wet = add_reverb(audio, 0.6, 0.0, torch.Generator().manual_seed(1))
+    assert wet.shape == audio.shape and torch.allclose(wet.pow(2).mean(), audio.pow(2).mean(), rtol=1e-3)
+    plain = augmented_mels([audio], 80, None, None)[0]
+    room = Augment(speed=(1.0, 1.0), freq_masks=0, time_masks=0, reverb=(0.6, 0.6), reverb_drr=(0.0, 0.0), reverb_p=1.0)
+    changed = augmented_mels([audio], 80, room, random.Random(0))[0]
+    assert changed.shape == plain.shape and not torch.allclose(changed, plain, atol=0.05)
+
+
 def test_ctc_stage_learns_from_augmented_audio(ctc_omni, tmp_path):
     """Training from audio (the encoder run on every batch, augmented) learns and leaves the
     encoder and the LLM as they were."""

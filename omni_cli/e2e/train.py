@@ -390,7 +390,9 @@ class Augment:
     the whole batch's speed changed by one factor drawn from `speed` (tempo and pitch, by
     resampling); optionally white noise at an SNR drawn from `noise_snr` (dB) on a share
     `noise_p` of the items, and each log-mel's frequency axis stretched by a factor drawn from
-    `warp` (vocal tract length perturbation: another speaker's formants); then SpecAugment on
+    `warp` (vocal tract length perturbation: another speaker's formants); optionally a room's
+    echo (`add_reverb`) on a share `reverb_p` of the items, its decay time (RT60, seconds) drawn
+    from `reverb` and its direct-to-reverberant ratio (dB) from `reverb_drr`; then SpecAugment on
     each log-mel: `freq_masks` bands of up to `freq_width` mel bins and `time_masks` spans of
     up to `time_width` frames (10 ms each)."""
 
@@ -402,6 +404,25 @@ class Augment:
     warp: tuple[float, float] | None = None
     noise_snr: tuple[float, float] | None = None
     noise_p: float = 0.5
+    reverb: tuple[float, float] | None = None
+    reverb_drr: tuple[float, float] = (0.0, 12.0)
+    reverb_p: float = 0.5
+
+
+def add_reverb(audio: torch.Tensor, rt60: float, drr_db: float, gen: torch.Generator, sample_rate: int = 16000) -> torch.Tensor:
+    """`audio` as heard in a room: convolved with a synthetic impulse response, the direct sound
+    and, from 2 ms on, a tail of noise decaying by 60 dB in `rt60` seconds whose energy is
+    `drr_db` below the direct sound's; the result has the input's power and length."""
+    n = max(2, int(rt60 * sample_rate))
+    t = torch.arange(n, dtype=torch.float32) / sample_rate
+    rir = torch.randn(n, generator=gen) * torch.exp(-6.9078 * t / max(rt60, 1e-3))  # amplitude / 1000 (60 dB) at rt60
+    rir[: int(0.002 * sample_rate)] = 0
+    rir = rir / rir.pow(2).sum().sqrt().clamp_min(1e-10) * 10 ** (-drr_db / 20)
+    rir[0] = 1.0  # the direct sound
+    size = audio.shape[-1] + n - 1
+    wet = torch.fft.irfft(torch.fft.rfft(audio.float(), size) * torch.fft.rfft(rir, size), size)[: audio.shape[-1]]
+    scale = (audio.pow(2).mean() / wet.pow(2).mean().clamp_min(1e-12)).sqrt()
+    return (wet * scale).to(audio.dtype)
 
 
 def add_noise(audio: torch.Tensor, snr_db: float, gen: torch.Generator) -> torch.Tensor:
@@ -437,10 +458,12 @@ def augmented_mels(audios: list[torch.Tensor], n_mels: int, augment: Augment | N
     from omni_cli.e2e.speech_encoder import real_length_mel
 
     factor = rng.uniform(*augment.speed) if augment else 1.0
-    gen = torch.Generator().manual_seed(rng.randrange(2**31)) if augment and augment.noise_snr else None
+    gen = torch.Generator().manual_seed(rng.randrange(2**31)) if augment and (augment.noise_snr or augment.reverb) else None
     mels = []
     for audio in audios:
         audio = speed_perturb(audio.float(), factor)
+        if augment and augment.reverb and rng.random() < augment.reverb_p:
+            audio = add_reverb(audio, rng.uniform(*augment.reverb), rng.uniform(*augment.reverb_drr), gen)
         if augment and augment.noise_snr and rng.random() < augment.noise_p:
             audio = add_noise(audio, rng.uniform(*augment.noise_snr), gen)
         mel = real_length_mel(audio, n_mels, n_ctx)
@@ -786,7 +809,15 @@ def start_stage(
     if not rows and start is None and not resume:
         raise ConfigError(f"{data_dir} has no training items: stage 2 on registry texts alone continues a model (--from)")
     device = training_device(device)
-    if resume and (out / "model").is_dir():
+    resuming = resume and (out / "model").is_dir()
+    if stage == "speech-decoder" and upsample and resuming:  # checked before the slow load
+        from omni_cli.e2e.checkpoint import OMNI_CONFIG, OmniConfig
+
+        own = OmniConfig.from_dict(json.loads((out / "model" / OMNI_CONFIG).read_text())).speech_decoder.upsample
+        if own != upsample:  # the optimizer's state is for the run's own shapes
+            raise ConfigError(f"--upsample {upsample}: the run in {out} trains {own} "
+                              "positions a token; resume it without --upsample, or start a new run")
+    if resuming:
         model = load_omni(out / "model")
     elif start is not None:
         model = load_omni(start)
@@ -796,9 +827,6 @@ def start_stage(
         adaptor = "linear" if stage == "adaptor" and task in ("align", "asr", "answer") else "ctc"
         model = new_default_model([r["instruction"] for r in rows], seed=options.seed, adaptor=adaptor, units=units)
     if stage == "speech-decoder" and upsample and model.speech_generator.config.upsample != upsample:
-        if resume and (out / "model").is_dir():  # the optimizer's state is for the run's own shapes
-            raise ConfigError(f"--upsample {upsample}: the run in {out} trains {model.speech_generator.config.upsample} "
-                              "positions a token; resume it without --upsample, or start a new run")
         model.speech_generator = model.speech_generator.resampled(upsample)
         model.config = dataclasses.replace(model.config, speech_decoder=model.speech_generator.config)
     model = model.to(device)
