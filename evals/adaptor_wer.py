@@ -6,7 +6,8 @@ Fast (a few minutes on a CPU), so adaptors can be compared before the slower sta
 median time to hear an item (encoder, adaptor, beam and LLM scoring) is given beside, from the
 same run. With `--repeat`, the model's repeat of what it heard (`SpeechLLM.transcribe`: the
 LLM asked to say exactly what was said, its LoRA adapters merged, as `omni transcribe
---asr-backend e2e` runs it) is scored beside, on the same items.
+--asr-backend e2e` runs it) is scored beside, on the same items. With `--whisper`, the cascade's
+own ASR (`omni transcribe`'s default Whisper, or the one named) hears the same items first.
 
     python -m evals.adaptor_wer --models omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 runs/v3/a/model --data runs/v2/data
 """
@@ -36,6 +37,8 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=300)
     ap.add_argument("--alpaca", type=int, default=0, help="also the first N AlpacaEval instructions of the instructs2s-eval bench")
     ap.add_argument("--repeat", action="store_true", help="also score the model's repeat of what it heard (its ASR task)")
+    ap.add_argument("--whisper", nargs="?", const="", default=None, metavar="SPEC",
+                    help="also the cascade's Whisper (default: the offline default, tiny.en) on the same items")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     rows = [json.loads(line) for line in (args.data / "manifest.jsonl").open(encoding="utf-8")]
@@ -47,6 +50,15 @@ def main() -> None:
         sets["alpacaeval"] = [(Path(i.audio), i.reference) for i in load_bench("instructs2s-eval")[: args.alpaca]]
     audio = {name: [load_audio(path) for path, _ in items] for name, items in sets.items()}
     result = {}
+    if args.whisper is not None:
+        from omni_cli.asr import load_asr
+
+        asr = load_asr(args.whisper or None)
+        label = f"whisper {args.whisper or 'default'}"
+        result[label] = {name: round(100 * wer([ref for _, ref in items], [asr.transcribe(a).text.strip() for a in audio[name]]), 1)
+                         for name, items in sets.items()}
+        print(label, result[label], flush=True)
+        del asr
     for folder in args.models:
         model = load_omni(folder)
         scores, seconds = {}, []

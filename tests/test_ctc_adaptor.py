@@ -344,6 +344,32 @@ def test_the_e2e_pipeline_answers_with_a_bfloat16_llm(ctc_omni):
     assert isinstance(pipeline.model.transcribe(load_audio(EXAMPLE_QUESTION)), str)
 
 
+def test_repeat_is_bounded_by_what_was_heard(ctc_omni):
+    """A ctc model's repeat (its ASR task) may say at most a quarter more tokens than it heard (at
+    least 4 more), however long the audio; the audio's own bound (6 tokens a second) still holds."""
+    from omni_cli.audio import load_audio
+    from omni_cli.e2e.checkpoint import load_omni
+
+    model = load_omni(ctc_omni, TEST_DEVICE)
+    audio = np.tile(load_audio(EXAMPLE_QUESTION), 3)
+    full = model.speech_features(audio)
+    stream, limits = model.stream_features, []
+
+    def recording(features, options, *args, **kwargs):
+        limits.append(options.max_new_tokens)
+        steps = list(stream(features, options, *args, **kwargs))
+        assert len(steps) <= options.max_new_tokens
+        yield from steps
+
+    model.stream_features = recording
+    model.transcribe(audio)
+    model.speech_features = lambda _audio: full[:3]  # three tokens heard in the same long audio
+    model.transcribe(audio)
+    model.speech_features = lambda _audio: full[:24]
+    model.transcribe(audio)
+    assert limits == [min(len(full) + max(4, len(full) // 4), 40), 3 + 4, 24 + 6]
+
+
 def test_transcribe_with_the_e2e_backend(ctc_omni, tmp_path):
     """`omni transcribe --asr-backend e2e`: the model's repeat, with a reference WER like Whisper's."""
     import json
