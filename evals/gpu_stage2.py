@@ -118,7 +118,7 @@ def _edit_distance(a: list[int], b: list[int]) -> int:
 
 def run(args) -> None:
     from omni_cli.e2e import train as train_module
-    from omni_cli.e2e.config import OmniConfig
+    from omni_cli.e2e.checkpoint import read_omni_config
     from omni_cli.e2e.speech_generator import SpeechGenerator
     from omni_cli.e2e.train import TrainOptions, _loop, batched, training_device
 
@@ -176,7 +176,7 @@ def run(args) -> None:
     train_states, val_states = states(train), states(val)
     say(f"states of {len(train)} texts ({sum(len(s) for s in train_states)} tokens) and {len(val)} held-out answers")
 
-    config = OmniConfig.from_dict(json.loads((args.base / "omni_e2e.json").read_text())).speech_decoder
+    config = read_omni_config(args.base).speech_decoder
     gen = SpeechGenerator(config)
     gen.load_state_dict({k.split(".", 1)[1]: v.float() for k, v in load_file(str(args.base / "model.safetensors")).items()
                          if k.startswith("speech_generator.")})

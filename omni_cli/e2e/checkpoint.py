@@ -105,6 +105,11 @@ def build_encoder(config: EncoderConfig, whisper_spec: str, device: str = "cpu")
     return encoder.to(device).eval()
 
 
+def read_omni_config(folder: Path) -> OmniConfig:
+    """The `OmniConfig` of a model folder saved by `save_omni`, without loading its weights."""
+    return OmniConfig.from_dict(json.loads((Path(folder) / OMNI_CONFIG).read_text()))
+
+
 def load_omni(folder: Path, device: str = "cpu"):
     """Load a model saved by `save_omni` (encoder and LLM from their registry names/paths)."""
     from safetensors.torch import load_file
@@ -114,7 +119,7 @@ def load_omni(folder: Path, device: str = "cpu"):
     folder = Path(folder)
     if not (folder / OMNI_CONFIG).is_file() or not (folder / OMNI_WEIGHTS).is_file():
         raise ModelNotFoundError(f"{folder}: not an omni end-to-end model (needs {OMNI_CONFIG} and {OMNI_WEIGHTS})")
-    config = OmniConfig.from_dict(json.loads((folder / OMNI_CONFIG).read_text()))
+    config = read_omni_config(folder)
     state = load_file(str(folder / OMNI_WEIGHTS))
     projector = build_projector(config.projector)
     generator = SpeechGenerator(config.speech_decoder)

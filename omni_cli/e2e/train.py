@@ -37,7 +37,7 @@ import torch
 
 from omni_cli.audio import load_audio
 from omni_cli.errors import ConfigError
-from omni_cli.e2e.checkpoint import load_omni, save_omni
+from omni_cli.e2e.checkpoint import load_omni, read_omni_config, save_omni
 from omni_cli.e2e.config import lora_tasks as checked_lora_tasks
 from omni_cli.e2e.lora import LoraConfig
 from omni_cli.e2e.speech_llm import SpeechLLM
@@ -811,9 +811,7 @@ def start_stage(
     device = training_device(device)
     resuming = resume and (out / "model").is_dir()
     if stage == "speech-decoder" and upsample and resuming:  # checked before the slow load
-        from omni_cli.e2e.checkpoint import OMNI_CONFIG, OmniConfig
-
-        own = OmniConfig.from_dict(json.loads((out / "model" / OMNI_CONFIG).read_text())).speech_decoder.upsample
+        own = read_omni_config(out / "model").speech_decoder.upsample
         if own != upsample:  # the optimizer's state is for the run's own shapes
             raise ConfigError(f"--upsample {upsample}: the run in {out} trains {own} "
                               "positions a token; resume it without --upsample, or start a new run")
