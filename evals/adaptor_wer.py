@@ -67,10 +67,11 @@ def main() -> None:
             for a in audio[name]:
                 start = time.perf_counter()
                 with torch.no_grad():
-                    heard.append(model.hear(a)[1])
+                    features, text = model.hear(a)
+                heard.append(text)
                 seconds.append(time.perf_counter() - start)
-                if args.repeat:
-                    repeated.append(model.transcribe(a))
+                if args.repeat:  # from the same hearing
+                    repeated.append(model.transcribe(a, features=features))
             scores[name] = round(100 * wer([ref for _, ref in items], heard), 1)
             if args.repeat:
                 scores[f"{name} repeat"] = round(100 * wer([ref for _, ref in items], repeated), 1)

@@ -362,12 +362,14 @@ def test_repeat_is_bounded_by_what_was_heard(ctc_omni):
         yield from steps
 
     model.stream_features = recording
-    model.transcribe(audio)
+    said = model.transcribe(audio)
+    assert model.transcribe(audio, features=full) == said  # heard already: the same repeat
     model.speech_features = lambda _audio: full[:3]  # three tokens heard in the same long audio
     model.transcribe(audio)
     model.speech_features = lambda _audio: full[:24]
     model.transcribe(audio)
-    assert limits == [min(len(full) + max(4, len(full) // 4), 40), 3 + 4, 24 + 6]
+    bound = min(len(full) + max(4, len(full) // 4), 40)
+    assert limits == [bound, bound, 3 + 4, 24 + 6]
 
 
 def test_transcribe_with_the_e2e_backend(ctc_omni, tmp_path):

@@ -302,13 +302,14 @@ class SpeechLLM(nn.Module):
         return dataclasses.replace(self.config.prompt, instruction=self.config.prompt.repeat)
 
     @torch.inference_mode()
-    def transcribe(self, audio: np.ndarray, max_new_tokens: int | None = None) -> str:
+    def transcribe(self, audio: np.ndarray, max_new_tokens: int | None = None, features: torch.Tensor | None = None) -> str:
         """What the model heard: its own greedy answer to the repeat prompt (no repetition
         penalty, since a transcript may repeat words); at most about 6 tokens a second, and
         with a ctc adaptor (features that are the heard tokens) at most a quarter more tokens
-        than it heard, so the repeat cannot run on past what was said."""
+        than it heard, so the repeat cannot run on past what was said. `features`: what
+        `speech_features` gives for `audio`, where the caller has heard it already."""
         limit = max_new_tokens or max(16, int(len(audio) / 16000 * 6) + 8)
-        features = self.speech_features(audio)
+        features = self.speech_features(audio) if features is None else features
         if max_new_tokens is None and self.config.projector.type == "ctc":
             limit = min(limit, len(features) + max(4, len(features) // 4))
         options = GenerationOptions(max_new_tokens=limit, repetition_penalty=1.0)
