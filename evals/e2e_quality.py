@@ -11,7 +11,9 @@ Measures:
 - adaptor WER (ctc adaptors only): the text the adaptor hands the LLM (`SpeechLLM.hear`: with
   the model's beam search and speech margin, as an answer hears it);
 - chrF: the model's text answer to the speech against the same base LLM's answer to the
-  instruction typed as text, under the same system prompt (response fidelity);
+  instruction typed as text, under the same system prompt (response fidelity); beside it, the
+  cascade's: the same LLM's answer to what the cascade's Whisper heard, against the same typed
+  answer, so the figure is read against what the cascade's hearing allows on the same items;
 - ASR-WER: the answer text against the project's deterministic Whisper judge's transcript of
   the answer's speech; beside it, the cascade's: the same judge on the cascade's TTS (Piper)
   speaking the typed answer, so "<= 1.5x the cascade's" is read on the same items.
@@ -32,7 +34,7 @@ from evals.report import emit, median_wer_percent
 def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_tokens: int, sets: tuple[str, ...]) -> dict:
     from sacrebleu.metrics import CHRF
 
-    from omni_cli.asr import load_judge
+    from omni_cli.asr import load_asr, load_judge
     from omni_cli.audio import SAMPLE_RATE, load_audio, resample
     from omni_cli.benches import load_bench
     from omni_cli.e2e.build_data import read_manifest
@@ -48,6 +50,7 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
     model = pipeline.model
     base_llm = ChatLLM.load(model.config.llm_source or None)  # the LLM as the cascade runs it (no adapters)
     judge = load_judge()
+    cascade_asr = load_asr(None)  # the cascade's own Whisper (the offline default), for its answers' chrF
     tts = PiperTTS()
     chrf = CHRF()
     reads_text = model.config.projector.type == "ctc"  # the LLM reads text: what it heard can be scored
@@ -81,7 +84,8 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
                 response = collect(pipeline.run(audio), pipeline.sample_rate)
                 row.update(answer=response.text.strip(), text_answer=item["answer"],
                            heard=heard(response.audio, pipeline.sample_rate),
-                           cascade_heard=heard(tts.synthesize(item["answer"]), tts.sample_rate))
+                           cascade_heard=heard(tts.synthesize(item["answer"]), tts.sample_rate),
+                           cascade_transcript=cascade_asr.transcribe(audio).text.strip())
             if reads_text:
                 if response is not None:  # the pipeline's own hearing (its Transcript event): heard once
                     row["adaptor"] = response.transcript
@@ -93,14 +97,19 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
             rows.append(row)
             print(f"\r{name}: {n + 1}/{len(rows_in)}", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
+        answered = [r for r in rows if "answer" in r]
+        # the cascade's text answers: the same LLM, options and prompt, reading Whisper's transcript
+        for r, a in zip(answered, answer_texts(base_llm, [r["cascade_transcript"] for r in answered], generation)):
+            r["cascade_answer"] = a
         refs = [r["reference"] for r in rows]
         summary = {"items": len(rows), "seconds": round(time.perf_counter() - t0, 1),
                    "repeat_wer": round(100 * wer(refs, [r["repeat"] for r in rows]), 2)}
         if reads_text:
             summary["adaptor_wer"] = round(100 * wer(refs, [r["adaptor"] for r in rows]), 2)
-        answered = [r for r in rows if "answer" in r]
         if answered:
-            summary["chrf"] = round(chrf.corpus_score([r["answer"] for r in answered], [[r["text_answer"] for r in answered]]).score, 2)
+            typed = [[r["text_answer"] for r in answered]]
+            summary["chrf"] = round(chrf.corpus_score([r["answer"] for r in answered], typed).score, 2)
+            summary["cascade_chrf"] = round(chrf.corpus_score([r["cascade_answer"] for r in answered], typed).score, 2)
             summary["asr_wer"] = round(100 * wer([r["answer"] for r in answered], [r["heard"] for r in answered]), 2)
             summary["cascade_asr_wer"] = round(100 * wer([r["text_answer"] for r in answered], [r["cascade_heard"] for r in answered]), 2)
             summary.update(median_asr_wer(answered))
@@ -135,11 +144,11 @@ def main() -> None:
     report = evaluate(args.model, args.data, args.limit, args.max_new_tokens, sets)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    lines = ["| set | items | repeat WER % | adaptor WER % | chrF | ASR-WER % (corpus / median) | cascade ASR-WER % |",
+    lines = ["| set | items | repeat WER % | adaptor WER % | chrF (cascade's) | ASR-WER % (corpus / median) | cascade ASR-WER % |",
              "|---|---|---|---|---|---|---|"]
     for name, s in report["sets"].items():
         m = s["summary"]
-        lines.append(f"| {name} | {m['items']} | {m['repeat_wer']} | {m.get('adaptor_wer', '-')} | {m.get('chrf', '-')} | "
+        lines.append(f"| {name} | {m['items']} | {m['repeat_wer']} | {m.get('adaptor_wer', '-')} | {m.get('chrf', '-')} ({m.get('cascade_chrf', '-')}) | "
                      f"{m.get('asr_wer', '-')} / {m.get('asr_wer_median', '-')} | "
                      f"{m.get('cascade_asr_wer', '-')} / {m.get('cascade_asr_wer_median', '-')} |")
     print("\n".join(lines), file=sys.stderr)
