@@ -320,6 +320,8 @@ def train_export_cmd(
     beam: Annotated[int | None, typer.Option("--beam", min=1, help="ctc adaptor: hypotheses of its CTC beam search (1: greedy; default: as trained).")] = None,
     lm_weight: Annotated[float | None, typer.Option("--lm-weight", min=0.0, help="ctc adaptor, --beam > 1: weight of the LLM's log-probability in choosing among them.")] = None,
     length_bonus: Annotated[float | None, typer.Option("--length-bonus", help="ctc adaptor, --beam > 1: added per token of a hypothesis.")] = None,
+    window: Annotated[int | None, typer.Option("--window", min=0, help="ctc adaptor: read longer speech in windows of this many positions (0: all at once).")] = None,
+    window_context: Annotated[int | None, typer.Option("--window-context", min=0, help="ctc adaptor, --window: positions of context each window gives up at its inner edges.")] = None,
     speech_margin: Annotated[float | None, typer.Option("--speech-margin", min=0.0, help="Hear only the speech (Silero VAD) and this many seconds around it (default: as trained).")] = None,
     whole_input: Annotated[bool, typer.Option("--whole-input", help="Hear the whole input, silence and noise around the speech included (drops --speech-margin).")] = False,
 ) -> None:
@@ -328,6 +330,7 @@ def train_export_cmd(
     [bold]Examples:[/]
       omni train export runs/default/stage2/model omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2
       omni train export runs/stage1/model runs/shipped --beam 8 --lm-weight 0.3 --length-bonus 0.5 --speech-margin 0.5
+      omni train export runs/stage1/model runs/shipped --window 100 --window-context 20
     """
     import torch
 
@@ -338,9 +341,10 @@ def train_export_cmd(
             raise ConfigError("give --speech-margin or --whole-input, not both")
         with ui.err.status("loading the model ..."):
             model = load_omni(model_dir)
-        hearing = {k: v for k, v in (("beam", beam), ("lm_weight", lm_weight), ("length_bonus", length_bonus)) if v is not None}
+        hearing = {k: v for k, v in (("beam", beam), ("lm_weight", lm_weight), ("length_bonus", length_bonus),
+                                     ("window", window), ("window_context", window_context)) if v is not None}
         if hearing:
-            model.set_hearing("--beam / --lm-weight / --length-bonus", **hearing)
+            model.set_hearing("--beam / --lm-weight / --length-bonus / --window", **hearing)
         if speech_margin is not None or whole_input:
             model.set_speech_margin(None if whole_input else speech_margin)
         save_omni(model, dest, dtype=torch.float16 if half else None)

@@ -363,13 +363,32 @@ def test_repeat_is_bounded_by_what_was_heard(ctc_omni):
 
     model.stream_features = recording
     said = model.transcribe(audio)
-    assert model.transcribe(audio, features=full) == said  # heard already: the same repeat
-    model.speech_features = lambda _audio: full[:3]  # three tokens heard in the same long audio
+    heard = model.hear(audio)[1]
+    assert model.transcribe(audio, features=full, heard=heard) == said  # heard already: the same repeat
+    model.hear = lambda _audio: (full[:3], None)  # three tokens heard in the same long audio
     model.transcribe(audio)
-    model.speech_features = lambda _audio: full[:24]
+    model.hear = lambda _audio: (full[:24], None)
     model.transcribe(audio)
     bound = min(len(full) + max(4, len(full) // 4), 40)
     assert limits == [bound, bound, 3 + 4, 24 + 6]
+
+
+def test_a_repeat_that_loops_gives_what_the_adaptor_heard(ctc_omni):
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.speech_llm import loops
+    from omni_cli.llm import TokenStep
+
+    heard = "I like to host guests at my home, and I am gathering recipes to keep things interesting."
+    looped = "I am gathering recipes to keep things interesting. I am gathering recipes to keep things interesting."
+    assert loops(looped, heard) and not loops(heard, heard)
+    assert not loops("five five five five five", "five five five five five")  # said as often as heard
+    assert loops("no no no no no", "no no")
+
+    model = load_omni(ctc_omni, TEST_DEVICE)
+    features = model.speech_projector.embed_heard(model.llm.tokenizer(heard, add_special_tokens=False).input_ids)
+    for said, expect in ((looped, heard), ("I like to host guests at my home.", "I like to host guests at my home.")):
+        model.stream_features = lambda *a, said=said, **k: iter([TokenStep(0, said, None), TokenStep(0, "", None, end=True)])
+        assert model.transcribe(np.zeros(16000 * 6, np.float32), features=features, heard=heard) == expect
 
 
 def test_transcribe_with_the_e2e_backend(ctc_omni, tmp_path):
@@ -784,3 +803,31 @@ def test_a_speech_margin_hears_only_the_speech_found_once(ctc_omni, tmp_path, mo
     assert len(vad_runs) == 1 and len(speech) * 0.8 < heard_lengths[0] < len(speech) + 0.5 * SAMPLE_RATE
     pipeline.model.hear(padded)  # alone, it finds the speech itself
     assert heard_lengths[1] == heard_lengths[0]
+
+
+def test_long_speech_is_heard_in_windows_each_kept_in_its_middle(ctc_omni):
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.speech_projector import ctc_prefix_beams
+    from omni_cli.errors import ConfigError
+
+    model = load_omni(ctc_omni)
+    proj = model.speech_projector
+    torch.manual_seed(6)
+    x = torch.randn(1, 4 * 250 + 3, 64) * 5  # 250 positions of k = 4 frames (and 3 frames over)
+    with torch.no_grad():
+        whole = proj.logits(x)[0]
+        assert torch.equal(proj.utterance_logits(x), whole)  # no window: all at once, as before
+        model.set_hearing("--window", window=100, window_context=20)
+        got = proj.utterance_logits(x)
+        assert torch.equal(proj.utterance_logits(x[:, : 4 * 100]), proj.logits(x[:, : 4 * 100])[0])  # short: unchanged
+        # windows [0, 100) gives 0-79, [60, 160) gives 80-139, [120, 220) 140-199, [150, 250) 200-249
+        expect = torch.cat([proj.logits(x[:, :400])[0, :80], proj.logits(x[:, 240:640])[0, 20:80],
+                            proj.logits(x[:, 480:880])[0, 20:80], proj.logits(x[:, 600:1000])[0, 50:]])
+        torch.testing.assert_close(got, expect)
+        assert got.shape == whole.shape and not torch.allclose(got, whole, atol=1e-3)  # attention sees less
+        heard = proj.read(x)[1]  # the greedy reading takes the windows too
+        assert heard == model.llm.tokenizer.decode(proj._collapsed(got.argmax(-1).tolist())).strip()
+        ids = proj.token_ids.tolist()  # and so does the beam search
+        assert [h for h, _ in proj.hypotheses(x, 4)] == [[ids[c] for c in h] for h, _ in ctc_prefix_beams(got.float().log_softmax(-1), proj.blank, 4)]
+    with pytest.raises(ConfigError, match="window"):
+        model.set_hearing("--window", window=40, window_context=20)

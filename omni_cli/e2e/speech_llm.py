@@ -9,6 +9,8 @@ that emitted each token. Streaming (text + units + audio events) is in `pipeline
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -53,6 +55,17 @@ def token_tree(seqs: list[list[int]]) -> tuple[list[int], list[int], torch.Tenso
             ancestry[node] = ancestry[parent]
         ancestry[node, node] = True
     return tokens, depths, ancestry, paths
+
+
+def loops(text: str, heard: str, n: int = 4) -> bool:
+    """Whether `text` says some run of `n` words more often than `heard` does (a repeat that
+    loops: "I'm getting references of different trips. I'm getting references of ...")."""
+    def runs(t: str) -> Counter:
+        words = re.findall(r"[\w']+", t.lower())
+        return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+
+    said, there = runs(text), runs(heard)
+    return any(c > 1 and c > there[g] for g, c in said.items())
 
 
 class SpeechLLM(nn.Module):
@@ -145,9 +158,9 @@ class SpeechLLM(nn.Module):
             self.set_hearing("--e2e-beam", beam=beam)
 
     def set_hearing(self, option: str, **fields) -> None:
-        """Set how a ctc adaptor hears (its config's `beam`, `lm_weight`, `length_bonus`), in the
-        model's config and the adaptor's alike; `option` names what the user gave, for the error
-        a model with another adaptor gives."""
+        """Set how a ctc adaptor hears (its config's `beam`, `lm_weight`, `length_bonus`, `window`,
+        `window_context`), in the model's config and the adaptor's alike; `option` names what the
+        user gave, for the error a model with another adaptor gives."""
         if self.config.projector.type != "ctc":
             raise ConfigError(f"{option} is for a model with a ctc adaptor (this one's adaptor is "
                               f"{self.config.projector.type!r})")
@@ -302,19 +315,23 @@ class SpeechLLM(nn.Module):
         return dataclasses.replace(self.config.prompt, instruction=self.config.prompt.repeat)
 
     @torch.inference_mode()
-    def transcribe(self, audio: np.ndarray, max_new_tokens: int | None = None, features: torch.Tensor | None = None) -> str:
+    def transcribe(self, audio: np.ndarray, max_new_tokens: int | None = None, features: torch.Tensor | None = None,
+                   heard: str | None = None) -> str:
         """What the model heard: its own greedy answer to the repeat prompt (no repetition
         penalty, since a transcript may repeat words); at most about 6 tokens a second, and
         with a ctc adaptor (features that are the heard tokens) at most a quarter more tokens
-        than it heard, so the repeat cannot run on past what was said. `features`: what
-        `speech_features` gives for `audio`, where the caller has heard it already."""
+        than it heard, so the repeat cannot run on past what was said, and where the repeat
+        loops (a run of words said again that the adaptor heard once) the adaptor's own text.
+        `features`, `heard`: what `hear` gives for `audio`, where the caller has heard it already."""
         limit = max_new_tokens or max(16, int(len(audio) / 16000 * 6) + 8)
-        features = self.speech_features(audio) if features is None else features
+        if features is None:
+            features, heard = self.hear(audio)
         if max_new_tokens is None and self.config.projector.type == "ctc":
             limit = min(limit, len(features) + max(4, len(features) // 4))
         options = GenerationOptions(max_new_tokens=limit, repetition_penalty=1.0)
         with self.repeating():
-            return "".join(step.text for step in self.stream_features(features, options, prompt=self.repeat_prompt())).strip()
+            text = "".join(step.text for step in self.stream_features(features, options, prompt=self.repeat_prompt())).strip()
+        return heard if heard and loops(text, heard) else text
 
     @torch.inference_mode()
     def stream(

@@ -126,8 +126,8 @@ class CTCSpeechProjector(nn.Module):
         return [index[t] for t in spell(self._llm[1], text, self.config.units) if t in index]
 
     def heard(self, x: torch.Tensor) -> str:
-        """The text heard in one utterance's encoder states (1, frames, width)."""
-        return self._llm[1].decode(self.decode(x)).strip()
+        """The text heard (greedy) in one utterance's encoder states (1, frames, width)."""
+        return self.read(x)[1]
 
     def logits(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, frames, encoder_width) -> (batch, frames // k, vocab + 1) CTC logits; with
@@ -142,6 +142,26 @@ class CTCSpeechProjector(nn.Module):
             h = self.layers(h, src_key_padding_mask=mask)
         v = self.linear2(self.norm(h))
         return self.log_scale.exp() * v @ self._classes(v.dtype).T + self.bias
+
+    def utterance_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, frames, encoder_width) -> (frames // k, vocab + 1) CTC logits of one utterance as
+        it is heard: with a `window` in the config, speech longer than it is read in windows of
+        that many positions, each giving all but `window_context` positions at its inner edges
+        (so every position kept has that much context on both sides, or the utterance's end): the
+        adaptor learned on utterances of at most about 10 s, and reads longer ones worse."""
+        if x.shape[0] != 1:
+            raise ValueError("the ctc speech_projector reads one utterance at a time")
+        n, window, context = x.shape[1] // self.k, self.config.window, self.config.window_context
+        if not window or n <= window:
+            return self.logits(x)[0]
+        parts, start = [], 0  # start: the first position still to give
+        while start < n:
+            hi = min(n, max(0, start - context) + window)
+            lo = max(0, hi - window)
+            end = n if hi == n else hi - context
+            parts.append(self.logits(x[:, lo * self.k : hi * self.k])[0, start - lo : end - lo])
+            start = end
+        return torch.cat(parts)
 
     def _classes(self, dtype: torch.dtype) -> torch.Tensor:
         """(vocab + 1, llm_width): each class's LLM input embedding, the blank's last. Gathering
@@ -171,23 +191,22 @@ class CTCSpeechProjector(nn.Module):
         """Greedy CTC over a padded batch of encoder states (batch, frames, width) with `lengths`
         valid frames each: each item's LLM token ids."""
         best = self.logits(x, lengths).argmax(-1)
-        out = []
-        for row, n in zip(best.tolist(), torch.div(lengths, self.k, rounding_mode="floor").tolist()):
-            ids, previous = [], None
-            for c in row[:n]:
-                if c != previous and c != self.blank:
-                    ids.append(c)
-                previous = c
-            out.append(self.token_ids[torch.tensor(ids, dtype=torch.long)].tolist() if ids else [])
-        return out
+        return [self._collapsed(row[:n]) for row, n in zip(best.tolist(), torch.div(lengths, self.k, rounding_mode="floor").tolist())]
+
+    def _collapsed(self, best: list[int]) -> list[int]:
+        """The LLM token ids of a frame-by-frame best class sequence (repeats merged, blanks dropped)."""
+        ids, previous = [], None
+        for c in best:
+            if c != previous and c != self.blank:
+                ids.append(c)
+            previous = c
+        return self.token_ids[torch.tensor(ids, dtype=torch.long)].tolist() if ids else []
 
     def hypotheses(self, x: torch.Tensor, width: int) -> list[tuple[list[int], float]]:
         """What one utterance's encoder states (1, frames, width) may say: the `width` best
         collapsed sequences of a CTC prefix beam search, as (LLM token ids, CTC log-probability),
         best first. With `width` 1 it is close to the greedy `decode`."""
-        if x.shape[0] != 1:
-            raise ValueError("the ctc speech_projector reads one utterance at a time")
-        logp = self.logits(x)[0].float().log_softmax(-1)
+        logp = self.utterance_logits(x).float().log_softmax(-1)
         found = ctc_prefix_beams(logp, self.blank, width)
         ids = self.token_ids.tolist()
         return [([ids[c] for c in classes], score) for classes, score in found]
@@ -205,7 +224,10 @@ class CTCSpeechProjector(nn.Module):
         canonical tokens of the text heard (possibly none), that text)."""
         if x.shape[0] != 1:
             raise ValueError("the ctc speech_projector reads one utterance at a time")
-        ids = self.decode(x)
+        if self.config.window and x.shape[1] // self.k > self.config.window:
+            ids = self._collapsed(self.utterance_logits(x).argmax(-1).tolist())
+        else:  # as trained and evaluated in batches
+            ids = self.decode(x)
         return self.embed_heard(ids), self._llm[1].decode(ids).strip()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
