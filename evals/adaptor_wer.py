@@ -1,7 +1,8 @@
 """What the ctc adaptor hears (`SpeechLLM.hear`: the greedy CTC transcript of its token head, or
 with a beam in its config the hypothesis the LLM finds most plausible; no answer generated)
 against the reference, corpus WER, on held-out voices of a built set and on the real-speech bench
-(and, with --alpaca N, on AlpacaEval instructions spoken by a held-out voice).
+(and, with --alpaca N, on AlpacaEval instructions spoken by a held-out voice; with --long N, on N
+long utterances: held-out items beyond those scored, three or four joined with 0.4 s of silence).
 Fast (a few minutes on a CPU), so adaptors can be compared before the slower stages run; the
 median time to hear an item (encoder, adaptor, beam and LLM scoring) is given beside, from the
 same run. With `--repeat`, the model's repeat of what it heard (`SpeechLLM.transcribe`: the
@@ -36,6 +37,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="a built set (omni data build): its held-out items")
     ap.add_argument("--heldout", type=int, default=300)
     ap.add_argument("--alpaca", type=int, default=0, help="also the first N AlpacaEval instructions of the instructs2s-eval bench")
+    ap.add_argument("--long", type=int, default=0, help="also N long utterances (3-4 other held-out items joined, 10-40 s)")
     ap.add_argument("--repeat", action="store_true", help="also score the model's repeat of what it heard (its ASR task)")
     ap.add_argument("--whisper", nargs="?", const="", default=None, metavar="SPEC",
                     help="also the cascade's Whisper (default: the offline default, tiny.en) on the same items")
@@ -49,6 +51,9 @@ def main() -> None:
     if args.alpaca:  # new kinds of text (instructions), spoken by a held-out voice
         sets["alpacaeval"] = [(Path(i.audio), i.reference) for i in load_bench("instructs2s-eval")[: args.alpaca]]
     audio = {name: [load_audio(path) for path, _ in items] for name, items in sets.items()}
+    if args.long:
+        held = [r for r in rows if r["split"] != "train"][args.heldout:]
+        audio["long-heldout"], sets["long-heldout"] = joined(args.data, held, args.long)
     result = {}
     if args.whisper is not None:
         from omni_cli.asr import load_asr
@@ -71,7 +76,7 @@ def main() -> None:
                 heard.append(text)
                 seconds.append(time.perf_counter() - start)
                 if args.repeat:  # from the same hearing
-                    repeated.append(model.transcribe(a, features=features))
+                    repeated.append(model.transcribe(a, features=features, heard=text))
             scores[name] = round(100 * wer([ref for _, ref in items], heard), 1)
             if args.repeat:
                 scores[f"{name} repeat"] = round(100 * wer([ref for _, ref in items], repeated), 1)
@@ -79,6 +84,28 @@ def main() -> None:
         result[str(folder)] = scores
         print(folder, scores, flush=True)
     emit(result, args.json)
+
+
+def joined(data: Path, rows: list[dict], n: int) -> tuple[list, list[tuple[None, str]]]:
+    """`n` long utterances of consecutive held-out items, three or four at a time (drawn with a
+    fixed seed), 0.4 s of silence between: their audio, and (None, the joined transcripts)."""
+    import random
+
+    import numpy as np
+
+    from omni_cli.audio import SAMPLE_RATE, load_audio
+
+    rng, gap = random.Random(0), np.zeros(int(0.4 * SAMPLE_RATE), np.float32)
+    audio, items, i = [], [], 0
+    while len(items) < n:
+        group = rows[i : i + rng.choice([3, 4])]
+        i += len(group)
+        if len(group) < 3:
+            raise SystemExit(f"--long {n}: the set has held-out items for {len(items)} long utterances only")
+        parts = [x for r in group for x in (load_audio(data / r["audio"]), gap)][:-1]
+        audio.append(np.concatenate(parts))
+        items.append((None, " ".join(r["instruction"] for r in group)))
+    return audio, items
 
 
 if __name__ == "__main__":
