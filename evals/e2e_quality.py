@@ -32,6 +32,7 @@ from evals.report import emit, median_wer_percent
 
 
 def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_tokens: int, sets: tuple[str, ...]) -> dict:
+    import torch
     from sacrebleu.metrics import CHRF
 
     from omni_cli.asr import load_asr, load_judge
@@ -78,7 +79,9 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
         t0 = time.perf_counter()
         for n, item in enumerate(rows_in):
             audio = load_audio(item["audio"])
-            row = {"id": item["id"], "reference": item["reference"], "repeat": model.transcribe(audio)}
+            with torch.inference_mode():  # heard once: the repeat starts from it, and so does an unanswered item's adaptor text
+                features, said = model.hear(audio)
+            row = {"id": item["id"], "reference": item["reference"], "repeat": model.transcribe(audio, features=features, heard=said)}
             response = None
             if item["answer"] is not None:
                 response = collect(pipeline.run(audio), pipeline.sample_rate)
@@ -86,14 +89,8 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
                            heard=heard(response.audio, pipeline.sample_rate),
                            cascade_heard=heard(tts.synthesize(item["answer"]), tts.sample_rate),
                            cascade_transcript=cascade_asr.transcribe(audio).text.strip())
-            if reads_text:
-                if response is not None:  # the pipeline's own hearing (its Transcript event): heard once
-                    row["adaptor"] = response.transcript
-                else:
-                    import torch
-
-                    with torch.inference_mode():
-                        row["adaptor"] = model.hear(audio)[1]
+            if reads_text:  # answered: the pipeline's own hearing (its Transcript event)
+                row["adaptor"] = response.transcript if response is not None else said
             rows.append(row)
             print(f"\r{name}: {n + 1}/{len(rows_in)}", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
