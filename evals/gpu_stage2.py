@@ -38,18 +38,23 @@ PART = 35_900_000  # bytes of the GGUF per call: 64 MiB less the working tree
 
 
 def _pack(model, vocoder, items: list[dict]) -> dict:
-    """Token ids of each item's prompt (typed instruction) and answer, and the answer's units, flat."""
-    from omni_cli.e2e.train import _answer_ids
+    """Token ids of each item's prompt (typed instruction) and answer, which of the answer's
+    tokens reach the speech decoder (`said_tokens`), and the units of the text said, flat."""
+    from omni_cli.e2e.train import _answer_ids, said_tokens
 
     system = model.config.prompt.system
-    prompts, answers, units = [], [], []
+    prompts, answers, units, said = [], [], [], []
     for it in items:
-        u = vocoder.text_to_units(it["response"])
+        ids = _answer_ids(model, it["response"])
+        keep = said_tokens(model, ids)
+        text = it["response"] if all(keep) else model.llm.tokenizer.decode([i for i, k in zip(ids, keep) if k], skip_special_tokens=True)
+        u = vocoder.text_to_units(text)
         if not u:
             continue
         chat = [{"role": "system", "content": system}, {"role": "user", "content": it["instruction"]}]
         prompts.append(model.llm.chat_ids(chat)[0].numpy())
-        answers.append(np.array(_answer_ids(model, it["response"])))
+        answers.append(np.array(ids))
+        said.append(np.array(keep, dtype=np.uint8))
         units.append(np.array(u))
     pre = 0  # the system prompt's ids, common to all, are stored once
     while all(len(p) > pre and p[pre] == prompts[0][pre] for p in prompts):
@@ -58,16 +63,18 @@ def _pack(model, vocoder, items: list[dict]) -> dict:
     return {"prefix": prompts[0][:pre].astype(np.int64), "prompts": np.concatenate([p[pre:] for p in prompts]).astype(np.uint16),
             "prompt_lens": np.array([len(p) - pre for p in prompts]), "answers": np.concatenate(answers).astype(np.uint16),
             "answer_lens": np.array([len(a) for a in answers]), "units": np.concatenate(units).astype(np.uint8),
-            "unit_lens": np.array([len(u) for u in units])}
+            "unit_lens": np.array([len(u) for u in units]), "said": np.concatenate(said)}
 
 
-def _unpack(d: dict) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _unpack(d: dict) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(prompt ids, answer ids, units, which answer tokens are said) per item."""
     def split(flat, lens):
         return np.split(flat.astype(np.int64), np.cumsum(lens)[:-1])
 
-    return [(torch.from_numpy(np.concatenate([d["prefix"], p])), torch.from_numpy(a), torch.from_numpy(u))
-            for p, a, u in zip(split(d["prompts"], d["prompt_lens"]), split(d["answers"], d["answer_lens"]),
-                               split(d["units"], d["unit_lens"]), strict=True)]
+    said = split(d["said"], d["answer_lens"]) if "said" in d else [np.ones(n, dtype=np.int64) for n in d["answer_lens"]]
+    return [(torch.from_numpy(np.concatenate([d["prefix"], p])), torch.from_numpy(a), torch.from_numpy(u), torch.from_numpy(k).bool())
+            for p, a, u, k in zip(split(d["prompts"], d["prompt_lens"]), split(d["answers"], d["answer_lens"]),
+                                  split(d["units"], d["unit_lens"]), said, strict=True)]
 
 
 def make_kit(out: Path, data: Path, texts: int, seed: int) -> None:
@@ -150,7 +157,7 @@ def run(args) -> None:
     kit = pickle.loads(lzma.decompress((args.kit / "c" / "texts.pkl.xz").read_bytes()))
     train, val = _unpack(kit["train"]), _unpack(kit["val"])
     with torch.no_grad():
-        for (p, a, _), e in zip(val, kit["expect"]):
+        for (p, a, _, _), e in zip(val, kit["expect"]):
             h = llm.model(inputs_embeds=embed(torch.cat([p, a]).to(dev))[None]).last_hidden_state[0, len(p) - 1 : len(p) - 1 + len(a)]
             diff = float((h.cpu() - torch.from_numpy(e)).abs().max())
             say(f"the LLM's states against the CPU's: max abs diff {diff:.2e} (scale {float(np.abs(e).max()):.0f})")
@@ -173,7 +180,11 @@ def run(args) -> None:
                 out[i] = hidden[row, start : start + len(items[i][1])].to(torch.bfloat16).clone()
         return out
 
-    train_states, val_states = states(train), states(val)
+    # the LLM reads every answer token; the decoder gets the states of those said (no markdown, list markers)
+    train_states = [h[k.to(h.device)] for h, (_, _, _, k) in zip(states(train), train)]
+    val_states = [h[k.to(h.device)] for h, (_, _, _, k) in zip(states(val), val)]
+    train = [(p, a[k], u, k) for p, a, u, k in train]
+    val = [(p, a[k], u, k) for p, a, u, k in val]
     say(f"states of {len(train)} texts ({sum(len(s) for s in train_states)} tokens) and {len(val)} held-out answers")
 
     config = read_omni_config(args.base).speech_decoder
@@ -184,15 +195,16 @@ def run(args) -> None:
         gen = gen.resampled(args.upsample)
         config = gen.config
     (args.out / "decoder.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    gen.config = dataclasses.replace(config, beam=1)  # the choice of steps reads units greedily (no unit LM here)
     gen = gen.to(dev).train()
 
     def uer() -> float:
         gen.eval()
         with torch.no_grad():
             errors = sum(_edit_distance(u.tolist(), gen.predict(h.float(), embed(a.to(dev)).float() if config.token_input else None))
-                         for (_, a, u), h in zip(val, val_states))
+                         for (_, a, u, _), h in zip(val, val_states))
         gen.train()
-        return 100 * errors / sum(len(u) for _, _, u in val)
+        return 100 * errors / sum(len(u) for _, _, u, _ in val)
 
     pad = torch.nn.utils.rnn.pad_sequence
 
@@ -259,6 +271,8 @@ def adopt(decoder: Path, base: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "omni-e2e"})
     (out / "omni_e2e.json").write_text(json.dumps(config, indent=2) + "\n")
+    if config["speech_decoder"].get("lm"):  # the unit LM its beam search reads with
+        shutil.copyfile(base / config["speech_decoder"]["lm"], out / config["speech_decoder"]["lm"])
     try:
         load_omni(out)
     except Exception as e:  # a decoder of other shapes than its config says

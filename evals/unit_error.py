@@ -5,8 +5,9 @@
 For each answered item of the built set's held-out split (and, with `--alpaca N`, the base
 LLM's answers to the first N AlpacaEval instructions, typed), the LLM reads the typed
 instruction and the answer (teacher forcing, as stage 2 trains), the speech decoder predicts
-units from its states, greedy CTC, and the units are compared with the ones the vocoder's
-front end gives for the answer text (Piper's phoneme ids): edit distance over the unit
+units from the states of the tokens the pipeline hands it (no markdown or list markers), read
+as the model reads them (greedy CTC, or its unit-LM beam search), and the units are compared
+with the ones the vocoder's front end gives for that text (Piper's phoneme ids): edit distance over the unit
 sequence, the way WER counts words. Deterministic and fast (no answer generation, no vocoder,
 no Whisper), so stage-2 changes can be told apart where ASR-WER on 40 spoken answers cannot
 (its noise is about 10 points). With `--speak N`, the first N items are also vocoded from the
@@ -34,11 +35,26 @@ def unit_error_rate(references: list[list[int]], predictions: list[list[int]]) -
 
 
 def predicted_units(model, instructions: list[str], answers: list[str]) -> list[list[int]]:
-    from omni_cli.e2e.train import emitting_states_batch
+    """The speech decoder's units for each answer, from the states of the tokens the pipeline
+    hands it (`said_tokens`: no markdown or list markers), read as the model reads them."""
+    from omni_cli.e2e.train import _answer_ids, emitting_states_batch, said_tokens
 
     gen = model.speech_generator
     pairs = emitting_states_batch(model, answers, instructions=instructions)
-    return [gen.predict(h.to(model.device), e.to(model.device) if gen.config.token_input else None) for h, e in pairs]
+    out = []
+    for answer, (h, e) in zip(answers, pairs):
+        keep = torch.tensor(said_tokens(model, _answer_ids(model, answer)))
+        out.append(gen.predict(h[keep].to(model.device), e[keep].to(model.device) if gen.config.token_input else None))
+    return out
+
+
+def said_text(model, answer: str) -> str:
+    """The answer as the pipeline has it said: the text of the tokens `said_tokens` keeps."""
+    from omni_cli.e2e.train import _answer_ids, said_tokens
+
+    ids = _answer_ids(model, answer)
+    keep = said_tokens(model, ids)
+    return answer if all(keep) else model.llm.tokenizer.decode([i for i, k in zip(ids, keep) if k], skip_special_tokens=True)
 
 
 def main() -> None:
@@ -68,7 +84,7 @@ def main() -> None:
         base = ChatLLM.load(first.config.llm_source or None)
         sets["alpaca-answers"] = list(zip(questions, answer_texts(base, questions, GenerationOptions(max_new_tokens=80))))
         del base
-    truth = {name: [vocoder.text_to_units(a) for _, a in items] for name, items in sets.items()}
+    truth = {name: [vocoder.text_to_units(said_text(first, a)) for _, a in items] for name, items in sets.items()}
     judge = None
     if args.speak:
         from omni_cli.asr import load_judge

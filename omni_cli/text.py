@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof st jr sr vs etc e.g i.e approx no fig mt ft lt col gen sgt inc ltd co u.s".split()
@@ -111,3 +114,55 @@ def clean_for_speech(text: str) -> str:
     text = "".join(ch for ch in text if ch.isascii() or ch.isalpha() or ch in "’‘“”–—…")
     text = " ".join(text.split())
     return text if re.search(r"[A-Za-z0-9]", text) else ""
+
+
+_MARKS = frozenset("*_`#>|~[]{}")  # what `clean_for_speech` takes out anywhere
+_BULLETS = frozenset("-•")
+
+
+class SpokenTokens(Generic[T]):
+    """Which of an answer's tokens a voice says, decided as they stream, by the rules of
+    `clean_for_speech`: markdown marks, and a list item's bullet or number at the start of a
+    line (followed by whitespace), are left out; whitespace stays (a word boundary). `push(text, item)` takes a token's
+    text (its delta) and anything to hand back with it, and returns the items now known to be
+    said, in order; a possible list marker waits for the token after it ("1" "." " Wash" is a
+    list item, "1" "." "5" is a number), `flush` gives what still waits."""
+
+    def __init__(self) -> None:
+        self.line_start = True
+        self.held: list[T] = []  # a possible list marker at a line's start
+        self.marker = ""  # its text so far
+
+    def push(self, text: str, item: T) -> list[T]:
+        stripped = text.strip()
+        if self.held:
+            if self.marker[-1].isdigit() and (stripped.isdigit() or stripped in (".", ")")) and not text[0].isspace():
+                self.held.append(item)
+                self.marker += stripped
+                return []
+            held, self.held, marker, self.marker = self.held, [], self.marker, ""
+            if marker[-1] in ".)-•" and (not text or text[0].isspace()):  # a list marker: not said
+                return self.push(text, item)
+            self.line_start = False
+            return held + self.push(text, item)
+        if not stripped:  # whitespace (a line break is a word boundary to a voice), or a character not complete yet
+            if not text:
+                self.line_start = False
+            return self._after(text, [item])
+        if all(c in _MARKS for c in stripped):
+            return self._after(text, [])
+        if self.line_start and (stripped in _BULLETS or stripped.isdigit()) and not text[0].isspace() or \
+                self.line_start and stripped in _BULLETS:
+            self.held, self.marker = [item], stripped
+            return []
+        self.line_start = False
+        return self._after(text, [item])
+
+    def _after(self, text: str, out: list[T]) -> list[T]:
+        if "\n" in text and not text[text.rindex("\n") + 1:].strip():
+            self.line_start = True
+        return out
+
+    def flush(self) -> list[T]:
+        held, self.held, self.marker = self.held, [], ""
+        return held

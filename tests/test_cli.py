@@ -20,7 +20,7 @@ def invoke(*args):
 
 @pytest.mark.parametrize("command", [[], ["transcribe"], ["respond"], ["talk"], ["eval"], ["models"], ["models", "prepare"], ["data"],
                                      ["data", "fetch"], ["data", "list"], ["data", "build"], ["train"], ["train", "adaptor"],
-                                     ["train", "llm"], ["train", "speech-decoder"], ["train", "export"]])
+                                     ["train", "llm"], ["train", "speech-decoder"], ["train", "unit-lm"], ["train", "export"]])
 def test_every_command_has_help_with_an_example(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0

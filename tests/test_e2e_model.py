@@ -242,6 +242,33 @@ def test_pipeline_speaks_a_lookahead_decoders_last_token(tiny_e2e_parts, questio
     assert streamed == full and len(full) >= len(steps)
 
 
+def test_pipeline_does_not_speak_markdown_or_list_markers(tiny_e2e_parts, question_audio, piper_units, monkeypatch):
+    """The LLM writes a list in markdown: its bullets, numbers and marks never reach the speech
+    decoder (no voice says "asterisk"), its words and line breaks do, and the units are the full
+    pass's over the said tokens alone."""
+    from omni_cli.e2e.speech_generator import SpeechGenerator
+    from omni_cli.e2e.speech_llm import SpeechLLM
+    from omni_cli.llm import TokenStep
+
+    base = tiny_e2e_parts["model"]
+    cfg = dataclasses.replace(base.config.speech_decoder, token_input=True, lookahead=True, sub_positions=True)
+    torch.manual_seed(6)
+    gen = SpeechGenerator(cfg).eval()
+    with torch.no_grad():
+        gen.output_proj.bias[gen.blank] = -30.0  # never blank: every token said has units
+    model = SpeechLLM(dataclasses.replace(base.config, speech_decoder=cfg), base.speech_encoder, base.speech_projector, base.llm, gen).eval()
+    texts = ["Two", ":", "\n", "1", ".", " **", "Tea", "**", "\n", "*", " Milk", ""]
+    torch.manual_seed(7)
+    steps = [TokenStep(token_id=10 + i, text=t, hidden=torch.randn(cfg.llm_width), end=i == len(texts) - 1) for i, t in enumerate(texts)]
+    monkeypatch.setattr(model, "stream_features", lambda *a, **k: iter(steps))
+    events = list(E2EPipeline(model, RecordingVocoder(piper_units), E2EOptions(omega=10, generation=OPTS)).run(question_audio))
+    said = [s for s in steps if s.text in ("Two", ":", "\n", "Tea", " Milk", "")]
+    full = gen.predict(torch.stack([s.hidden for s in said]), torch.stack([model.token_embedding(s.token_id) for s in said]))
+    streamed = [u for e in events if isinstance(e, UnitChunk) for u in e.units]
+    assert streamed == full
+    assert events[-1].text == "Two:\n1. **Tea**\n* Milk"  # the text answer keeps them
+
+
 def test_vocoder_unit_count_must_match(tiny_e2e_parts):
     from omni_cli.errors import ConfigError
 

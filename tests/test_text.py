@@ -1,6 +1,6 @@
 import pytest
 
-from omni_cli.text import ChunkerOptions, SentenceChunker, clean_for_speech
+from omni_cli.text import ChunkerOptions, SentenceChunker, SpokenTokens, clean_for_speech
 
 
 SENTENCES = ChunkerOptions(first_words=0)  # pieces at sentences and clauses only
@@ -64,3 +64,24 @@ def test_clean_for_speech():
     assert clean_for_speech("- item one") == "item one"
     assert clean_for_speech("2. Pour it") == "Pour it"
     assert clean_for_speech("🙂 *** ") == ""
+
+
+def spoken(tokens: list[str]) -> str:
+    kept = SpokenTokens()
+    said = [t for token in tokens for t in kept.push(token, token)]
+    return "".join(said + kept.flush())
+
+
+def test_spoken_tokens_leave_out_markdown_and_list_markers_as_clean_for_speech_does():
+    answer = ["Here", " are", " some", ":", "\n", "\n", "1", ".", " **", "App", "les", "**", " are", " good", "\n",
+              "2", ".", " Ban", "anas", "\n", "*", " A", "-", "l", "ister", "\n", "-", " item", "\n", "###", " He", "ading"]
+    assert spoken(answer) == "Here are some:\n\nApples are good\n Bananas\n A-lister\n item\n Heading"
+    assert " ".join(spoken(answer).split()) == clean_for_speech("".join(answer))
+    # a number at a line's start that is not a list item's is said
+    assert spoken(["1", ".", "5", " million"]) == "1.5 million"
+    assert spoken(["1", "9", "8", "0", " was", " a", " year"]) == "1980 was a year"
+    assert spoken(["\n", "-", "5", " degrees"]) == "\n-5 degrees"
+    assert spoken(["Call", " 1", ".", " Then", " 2", "."]) == "Call 1. Then 2."  # not at a line's start
+    assert spoken(["1", "2", ")", " Twelve"]) == " Twelve"
+    assert spoken(["Page", "\n", "3"]) == "Page\n3"  # still waiting at the end: flushed, said
+    assert spoken(["a", "", "é"]) == "aé"  # a character completed over two tokens

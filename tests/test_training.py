@@ -300,6 +300,57 @@ def test_stage2_learns_extra_texts_and_reuses_the_llm_states_it_has(peaked_omni,
     assert all(np.isfinite(p.loss) for p in first + resumed)
 
 
+def test_unit_lm_counts_the_registry_texts_stage2_reads_and_leaves_held_out_ones_out(rows, tmp_path, monkeypatch):
+    """`omni train unit-lm`: an n-gram over the units of the registry texts (and the set's
+    answered training items), a held-out instruction's text left out, written where asked."""
+    from typer.testing import CliRunner
+
+    from omni_cli import data
+    from omni_cli.cli import app
+    import omni_cli.e2e.unit_vocoder as uv
+    from omni_cli.e2e.unit_lm import UnitNgram
+
+    letters = Letters()
+    letters.num_units = 21
+    monkeypatch.setattr(uv, "load_unit_vocoder", lambda spec: letters)
+    chat = [{"source": "chitchat-turns", "instruction": f"how was day {i}?", "answer": f"It was a long and quiet day number {i}."}
+            for i in range(5)]
+    chat.append({"source": "chitchat-turns", "instruction": "how was day zzz?", "answer": "Zzz zzz zzz, zzz zzz zzz zzz."})
+    monkeypatch.setattr(data, "load", lambda name: chat if name == "chitchat-turns" else [])
+    heldout = built_set([{**rows[0], "instruction": "how was day zzz?"}], tmp_path / "set", splits=["heldout"])
+    out = tmp_path / "lm" / "unit.npz"
+    result = CliRunner().invoke(app, ["train", "unit-lm", "--data", str(heldout), "--out", str(out), "--order", "3"])
+    assert result.exit_code == 0, result.stderr
+    assert "5 texts" in result.stderr
+    lm = UnitNgram.load(out)
+    z = letters.text_to_units("zz")
+    quiet = letters.text_to_units("qui")
+    assert lm.order == 3 and lm.num_units == 21
+    assert lm.logprobs(tuple(quiet[:2]))[quiet[2]] > np.log(0.5)  # "qu" -> "i", every time it was seen
+    assert lm.logprobs(tuple(z))[z[0]] < np.log(0.2)  # "zzz" was only in the held-out item's text
+    bad = CliRunner().invoke(app, ["train", "unit-lm", "--data", str(tmp_path / "nope"), "--out", str(out)])
+    assert bad.exit_code == 2 and "no manifest.jsonl" in bad.stderr
+
+
+def test_stage2_gives_the_decoder_the_said_tokens_of_a_markdown_answer(peaked_omni, monkeypatch):
+    """A list's numbers and markdown never reach the decoder in the pipeline; stage 2 cuts them
+    out of its states, ids and units alike (the units of the text said, not of "1." and "**")."""
+    import omni_cli.e2e.unit_vocoder as uv
+    from omni_cli.e2e.train import _answer_ids, _keep_said
+
+    monkeypatch.setattr(uv, "load_unit_vocoder", lambda spec: Letters())
+    model = load_omni(peaked_omni)
+    answers = ["Two:\n1. **Cats**\n2. Dogs", "plain words"]
+    ids = [torch.tensor(_answer_ids(model, a)) for a in answers]
+    states = [torch.randn(len(i), 4) for i in ids]
+    units = [torch.tensor([1]), torch.tensor([2])]
+    before = [s.clone() for s in states]
+    _keep_said(model, states, ids, units)
+    assert " ".join(model.llm.tokenizer.decode(ids[0].tolist(), skip_special_tokens=True).split()) == "Two: Cats Dogs"
+    assert len(states[0]) == len(ids[0]) < len(before[0]) and units[0].tolist() == Letters().text_to_units("Two:\nCats\n Dogs")
+    assert torch.equal(states[1], before[1]) and units[1].tolist() == [2]  # nothing to cut: as it was
+
+
 def test_stage2_on_registry_texts_alone_leaves_the_sets_held_out_texts_out(peaked_omni, rows, tmp_path, monkeypatch):
     """A set with held-out items only (no training audio) is enough for stage 2 on registry texts."""
     from omni_cli import data
@@ -606,19 +657,34 @@ def test_gpu_stage2_kit_keeps_every_item_and_adopt_swaps_only_the_decoder(peaked
     model = load_omni(peaked_omni)
     items = [{"instruction": "Tell me about the moon.", "response": "the moon is bright"},
              {"instruction": "Why?", "response": "42"},  # no letters: no units, left out
-             {"instruction": "Say something long about birds and cats.", "response": "birds can fly high"}]
+             {"instruction": "Say something long about birds and cats.", "response": "birds can fly high"},
+             {"instruction": "List two.", "response": "Two:\n1. **Cats**\n2. Dogs"}]  # the decoder gets no markdown
     packed = _unpack(_pack(model, Letters(), items))
-    assert len(packed) == 2
+    assert len(packed) == 3
     system = model.config.prompt.system
-    for (prompt, answer, units), item in zip(packed, [items[0], items[2]]):
+    tok = model.llm.tokenizer
+    for (prompt, answer, units, said), item in zip(packed, [items[0], items[2], items[3]]):
         chat = [{"role": "system", "content": system}, {"role": "user", "content": item["instruction"]}]
         assert prompt.tolist() == model.llm.chat_ids(chat)[0].tolist()
         assert answer.tolist() == _answer_ids(model, item["response"])
-        assert units.tolist() == Letters().text_to_units(item["response"])
+        text = tok.decode(answer[said].tolist(), skip_special_tokens=True)
+        assert " ".join(text.split()) == ("Two: Cats Dogs" if "Cats" in item["response"] else item["response"])
+        assert units.tolist() == Letters().text_to_units(text) and said.sum() < len(said) * ("Cats" in item["response"]) + len(said) + 1
+    assert not packed[2][3].all() and packed[0][3].all()
 
     decoder = {k: v + 1.0 for k, v in model.speech_generator.state_dict().items()}
     save_file(decoder, str(tmp_path / "decoder.safetensors"))
     adopt(tmp_path / "decoder.safetensors", peaked_omni, tmp_path / "adopted")
+    # a base reading its units with a unit LM: the adopted model has it too
+    from omni_cli.e2e.checkpoint import save_omni
+    from omni_cli.e2e.unit_lm import UnitNgram
+
+    with_lm = load_omni(peaked_omni)
+    k = with_lm.config.speech_decoder.num_units
+    with_lm.set_unit_reading(UnitNgram.fit([list(range(k))], order=2, num_units=k), beam=4, lm="unit_lm.npz", lm_weight=0.5)
+    save_omni(with_lm, tmp_path / "with-lm")
+    adopt(tmp_path / "decoder.safetensors", tmp_path / "with-lm", tmp_path / "adopted-lm")
+    assert load_omni(tmp_path / "adopted-lm").speech_generator.unit_lm is not None
     before, after = load_file(str(peaked_omni / "model.safetensors")), load_file(str(tmp_path / "adopted" / "model.safetensors"))
     assert before.keys() == after.keys()
     for k in before:

@@ -71,6 +71,9 @@ def save_omni(model: SpeechLLM, folder: Path, dtype: torch.dtype | None = None) 
         shutil.rmtree(staged)
     with atomic_dir(staged) as tmp:
         save_file(state, str(tmp / OMNI_WEIGHTS), metadata={"format": "omni-e2e"})
+        lm_name = model.config.speech_decoder.lm
+        if lm_name and model.speech_generator.unit_lm is not None:
+            model.speech_generator.unit_lm.save(tmp / lm_name)
         (tmp / OMNI_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
     # swap: the previous checkpoint stays complete until the new one is in place
     old = folder.with_name(folder.name + ".old")
@@ -129,6 +132,12 @@ def load_omni(folder: Path, device: str = "cpu"):
         raise CheckpointError(f"{folder / OMNI_WEIGHTS}: unexpected key(s): {', '.join(unexpected[:6])}")
     strict_load(projector, _prefixed(state, "speech_projector."), f"{folder}: speech_projector")
     strict_load(generator, _prefixed(state, "speech_generator."), f"{folder}: speech_generator")
+    if config.speech_decoder.lm:
+        from omni_cli.e2e.unit_lm import UnitNgram
+
+        if not (folder / config.speech_decoder.lm).is_file():
+            raise CheckpointError(f"{folder}: the config names the unit LM {config.speech_decoder.lm!r}, which is not there")
+        generator.unit_lm = UnitNgram.load(folder / config.speech_decoder.lm)
     llm = ChatLLM.load(config.llm_source or None, device=device)
     lora = _prefixed(state, "llm_lora.")
     if config.llm_lora:

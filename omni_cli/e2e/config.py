@@ -96,6 +96,12 @@ class SpeechDecoderConfig:
     lookahead: bool = False  # with token_input, also read the next token's input embedding (next_proj; zeros after the
     # last): a token's units wait one LLM step for the token after it, so a word split into pieces ("Tok" "yo") is
     # pronounced knowing how it goes on
+    beam: int = 1  # hypotheses of the CTC prefix beam search that reads the units (1: greedy, as trained)
+    lm: str = ""  # beam > 1: a unit n-gram (`unit_lm.UnitNgram`) file in the model folder, fused into the search
+    lm_weight: float = 0.0  # beam > 1: weight of the unit LM's log-probability of a hypothesis's units
+    length_bonus: float = 0.0  # beam > 1: added per unit of a hypothesis (offsets the LM's pull to short ones)
+    max_pending: int = 4  # beam > 1: after each token, the best hypothesis's units but its last this many are
+    # spoken (0: only what every hypothesis agrees on, which can wait for many tokens)
 
 
 @dataclass(frozen=True)

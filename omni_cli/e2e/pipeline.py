@@ -22,6 +22,7 @@ from omni_cli.e2e.unit_vocoder import UnitChunker, UnitVocoder
 from omni_cli.errors import ConfigError, InputError
 from omni_cli.events import AudioChunk, Done, Event, Response, SpeechEnded, StageTiming, TextDelta, Transcript, UnitChunk, collect, now
 from omni_cli.llm import GenerationOptions
+from omni_cli.text import SpokenTokens
 from omni_cli.vad import require_speech
 
 
@@ -71,17 +72,19 @@ class E2EPipeline:
         yield StageTiming(stage="encoder", seconds=now() - t)
         if heard is not None:
             yield Transcript(text=heard)  # the tokens the LLM reads (a ctc adaptor): the turn's text in a history
+        spoken = SpokenTokens()  # markdown and list markers reach the speech decoder not at all: no voice says them
         for step in self.model.stream_features(features, self.options.generation, history, heard=heard):
             if step.text:
                 text.append(step.text)
                 yield TextDelta(text=step.text)
             t = now()
-            units = decoder.push(step.hidden, self.model.token_embedding(step.token_id))
+            units = [u for said in spoken.push(step.text, step) for u in decoder.push(said.hidden, self.model.token_embedding(said.token_id))]
             yield StageTiming(stage="speech_decoder", seconds=now() - t)
             for chunk in chunker.push(units):
                 yield from self._vocode(chunk, n_chunks)
                 n_chunks += 1
-        for chunk in [*chunker.push(decoder.flush()), *chunker.flush()]:
+        units = [u for said in spoken.flush() for u in decoder.push(said.hidden, self.model.token_embedding(said.token_id))]
+        for chunk in [*chunker.push(units + decoder.flush()), *chunker.flush()]:
             yield from self._vocode(chunk, n_chunks)
             n_chunks += 1
         yield Done(text="".join(text).strip(), transcript=heard)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from omni_cli.e2e.config import SpeechDecoderConfig
+from omni_cli.e2e.unit_lm import BeamUnits, GreedyUnits, UnitNgram, ctc_collapse  # noqa: F401 (ctc_collapse: used from here)
 from omni_cli.errors import ConfigError
 
 
@@ -49,17 +50,6 @@ def llama_config(config: SpeechDecoderConfig):
     return cfg
 
 
-def ctc_collapse(units: list[int], blank: int, previous: int | None = None) -> list[int]:
-    """Greedy CTC: collapse consecutive repeats (also across `previous`, the last raw
-    prediction before these), then drop blanks."""
-    out = []
-    for u in units:
-        if u != previous and u != blank:
-            out.append(u)
-        previous = u
-    return out
-
-
 class SpeechGenerator(nn.Module):
     def __init__(self, config: SpeechDecoderConfig):
         super().__init__()
@@ -78,6 +68,17 @@ class SpeechGenerator(nn.Module):
         self.output_proj = nn.Linear(config.width, config.num_units + 1)
         self.rotary = LlamaRotaryEmbedding(lcfg)
         self.llama_config = lcfg
+        self.unit_lm: UnitNgram | None = None  # config.lm, loaded beside the weights (not a parameter)
+
+    def reader(self) -> GreedyUnits | BeamUnits:
+        """How units are read from the decoder's log-probabilities: greedy CTC, or (config.beam > 1)
+        the CTC prefix beam search with the unit LM fused in."""
+        c = self.config
+        if c.beam <= 1:
+            return GreedyUnits(self.blank)
+        if c.lm and self.unit_lm is None:
+            raise ConfigError(f"this speech decoder reads its units with the unit LM {c.lm!r}, which is not loaded")
+        return BeamUnits(self.blank, c.beam, self.unit_lm if c.lm else None, c.lm_weight, c.length_bonus, max_pending=c.max_pending)
 
     def resampled(self, upsample: int) -> SpeechGenerator:
         """A copy that repeats each state `upsample` times: the same weights, the attention window
@@ -98,6 +99,7 @@ class SpeechGenerator(nn.Module):
             frac = (at - low)[:, None]
             state["sub_position"] = old[low] * (1 - frac) + old[high] * frac
         new.load_state_dict(state)
+        new.unit_lm = self.unit_lm
         return new.to(device=self.output_proj.weight.device, dtype=self.output_proj.weight.dtype)
 
     def upsample(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -169,8 +171,10 @@ class SpeechGenerator(nn.Module):
         dtype = self.input_proj.weight.dtype
         tokens = None if tokens is None else tokens.unsqueeze(0).to(dtype)
         x = self.project(hidden.unsqueeze(0).to(dtype), tokens, self.following(tokens))
-        raw = self.logits(x)[0].argmax(-1).tolist()
-        return ctc_collapse(raw, self.blank)
+        logp = torch.log_softmax(self.logits(x)[0].float(), -1).detach().cpu().numpy()
+        reader = self.reader()  # a token's positions at a time, as `SpeechDecoderStream` reads them
+        step = self.config.upsample
+        return [u for i in range(0, len(logp), step) for u in reader.push(logp[i : i + step])] + reader.flush()
 
     def ctc_loss(self, hidden: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor,
                  tokens: torch.Tensor | None = None) -> torch.Tensor:
@@ -195,7 +199,7 @@ class SpeechDecoderStream:
         self.generator = generator
         self.cache = generator.new_cache()
         self.past = 0
-        self.last_raw: int | None = None
+        self.reader = generator.reader()
         self.held: tuple[torch.Tensor, torch.Tensor | None] | None = None  # lookahead: the token waiting for its next
 
     @torch.inference_mode()
@@ -212,7 +216,8 @@ class SpeechDecoderStream:
     def flush(self) -> list[int]:
         """The units still held back (lookahead: the last token's, with no token after it)."""
         held, self.held = self.held, None
-        return [] if held is None else self._decode(*held, torch.zeros_like(held[1]))
+        units = [] if held is None else self._decode(*held, torch.zeros_like(held[1]))
+        return units + self.reader.flush()
 
     def _decode(self, hidden: torch.Tensor, token: torch.Tensor | None, following: torch.Tensor | None) -> list[int]:
         g = self.generator
@@ -222,8 +227,6 @@ class SpeechDecoderStream:
             return None if v is None else v.reshape(1, 1, -1).to(dtype)
 
         x = g.project(row(hidden), row(token), row(following))
-        raw = g.logits(x, past=self.past, cache=self.cache)[0].argmax(-1).tolist()
-        self.past += len(raw)
-        units = ctc_collapse(raw, g.blank, self.last_raw)
-        self.last_raw = raw[-1]
-        return units
+        logits = g.logits(x, past=self.past, cache=self.cache)[0]
+        self.past += len(logits)
+        return self.reader.push(torch.log_softmax(logits.float(), -1).detach().cpu().numpy())

@@ -167,6 +167,23 @@ class SpeechLLM(nn.Module):
         self.speech_projector.config = dataclasses.replace(self.speech_projector.config, **fields)
         self.config = dataclasses.replace(self.config, projector=self.speech_projector.config)
 
+    def set_unit_reading(self, unit_lm=None, **fields) -> None:
+        """Set how the speech decoder's units are read (its config's `beam`, `lm`, `lm_weight`,
+        `length_bonus`; `unit_lm`: a loaded `unit_lm.UnitNgram`, kept as the file `fields["lm"]`
+        names), in the model's config and the decoder's alike."""
+        gen = self.speech_generator
+        config = dataclasses.replace(gen.config, **fields)
+        if unit_lm is not None:
+            if unit_lm.num_units != config.num_units:
+                raise ConfigError(f"the unit LM knows {unit_lm.num_units} units but the speech decoder predicts {config.num_units}")
+            gen.unit_lm = unit_lm
+        if config.lm and gen.unit_lm is None:
+            raise ConfigError("the speech decoder's beam search names a unit LM, but none is given (--unit-lm FILE)")
+        if config.beam > 1 and not config.lm and config.lm_weight:
+            raise ConfigError("a unit LM weight needs a unit LM (--unit-lm FILE)")
+        gen.config = config
+        self.config = dataclasses.replace(self.config, speech_decoder=config)
+
     def set_speech_margin(self, seconds: float | None) -> None:
         """Hear only the speech and `seconds` around it (None: the whole input), in the model's
         config and its encoder's alike."""

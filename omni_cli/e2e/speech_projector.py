@@ -235,48 +235,18 @@ class CTCSpeechProjector(nn.Module):
         return self.read(x)[0].unsqueeze(0)
 
 
-def _log_add(a: float, b: float) -> float:
-    if a < b:
-        a, b = b, a
-    return a if b == -math.inf else a + math.log1p(math.exp(b - a))
-
-
 def ctc_prefix_beams(logp: torch.Tensor, blank: int, width: int, per_frame: int = 8,
                      floor: float = -12.0) -> list[tuple[list[int], float]]:
-    """CTC prefix beam search (Hannun et al., arXiv 1408.2873) without a language model over
-    (frames, classes) log-probabilities: the `width` most probable collapsed class sequences, each
-    summed over all its alignments, as (classes, log-probability), best first. Each frame extends
-    the prefixes by its `per_frame` most probable classes above `floor` only (a large vocabulary
-    puts almost all of a frame's mass on a few). torchaudio's decoder would do it, but this
-    project's torch build has no torchaudio, and pyctcdecode returns text, not token ids."""
-    import heapq
+    """The `width` most probable collapsed class sequences of (frames, classes) log-probabilities,
+    each summed over all its alignments, as (classes, log-probability), best first: a CTC prefix
+    beam search without a language model, each frame extending the prefixes by its `per_frame`
+    most probable classes above `floor` only (a large vocabulary puts almost all of a frame's
+    mass on a few)."""
+    from omni_cli.e2e.unit_lm import BeamUnits
 
-    neg = -math.inf
-    beam: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, neg)}  # prefix -> (ends in blank, ends in a class)
-    top_v, top_i = logp.topk(min(per_frame, logp.shape[-1]), dim=-1)
-    blanks = logp[:, blank].tolist()
-    for t, (values, classes) in enumerate(zip(top_v.tolist(), top_i.tolist())):
-        cands = [(c, v) for c, v in zip(classes, values) if c != blank and v > floor]
-        nxt: dict[tuple[int, ...], list[float]] = {}
-
-        def add(prefix: tuple[int, ...], in_blank: float, in_class: float) -> None:
-            have = nxt.setdefault(prefix, [neg, neg])
-            have[0] = _log_add(have[0], in_blank)
-            have[1] = _log_add(have[1], in_class)
-
-        for prefix, (pb, pc) in beam.items():
-            total = _log_add(pb, pc)
-            add(prefix, total + blanks[t], neg)
-            last = prefix[-1] if prefix else None
-            for c, v in cands:
-                if c == last:
-                    add(prefix, neg, pc + v)  # the same class again: still one token
-                    add(prefix + (c,), neg, pb + v)  # after a blank: a second one
-                else:
-                    add(prefix + (c,), neg, total + v)
-        beam = {p: (b, c) for p, (b, c) in heapq.nlargest(width, nxt.items(), key=lambda kv: _log_add(*kv[1]))}
-    found = [(list(p), _log_add(*s)) for p, s in beam.items()]
-    return sorted(found, key=lambda h: -h[1])
+    search = BeamUnits(blank, width, per_frame=per_frame, floor=floor)
+    search.push(logp.detach().float().cpu().numpy())
+    return search.nbest()
 
 
 CHARS = "abcdefghijklmnopqrstuvwxyz0123456789 '.,?!-"  # what a "chars" head spells

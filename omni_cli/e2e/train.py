@@ -95,6 +95,20 @@ def _answer_ids(model: SpeechLLM, text: str) -> list[int]:
     return ids + ([eos] if eos is not None else [])
 
 
+def said_tokens(model: SpeechLLM, ids: list[int]) -> list[bool]:
+    """Which of an answer's token ids (`_answer_ids`: the end token last) reach the speech
+    decoder: all but markdown marks and list markers (`text.SpokenTokens`), decided as
+    `E2EPipeline` decides while it streams, so the decoder learns what it will be given."""
+    from omni_cli.text import SpokenTokens
+
+    tok = model.llm.tokenizer
+    eos = tok.convert_tokens_to_ids(tok.eos_token) if tok.eos_token else None
+    spoken: SpokenTokens[int] = SpokenTokens()
+    kept = {n for k, i in enumerate(ids) for n in spoken.push("" if i == eos else tok.decode([i]), k)}
+    kept.update(spoken.flush())
+    return [k in kept for k in range(len(ids))]
+
+
 StepLoss = Callable[[list[int], int], float]  # (this process's items of the step, step number) -> loss, after backward
 
 
@@ -743,6 +757,7 @@ def train_speech_decoder(
     states = _cached_states(model, rows, out / "decoder-states.pt", from_text)
     ids = [torch.tensor(_answer_ids(model, r)) for r in responses]
     units = [torch.tensor(r["units"]) for r in rows]
+    _keep_said(model, states, ids, units)
     pad = torch.nn.utils.rnn.pad_sequence
     dev = model.device
     embed = model.llm.model.get_input_embeddings()
@@ -761,6 +776,59 @@ def train_speech_decoder(
     yield from _loop(list(gen.parameters()), batched(batch_loss), len(rows), options, out, lambda: save_omni(model, out / "model"), resume,
                      lengths=[len(h) for h in states], title="stage 2: CTC speech decoder")
     gen.eval()
+
+
+def fit_unit_lm(data_dir: Path, out: Path, order: int = 6, texts: int = 0, seed: int = 0,
+                text_sources: Sequence[str] = (), vocoder: str | None = None) -> dict:
+    """The unit n-gram a speech decoder's beam search reads its units with (`unit_lm.UnitNgram`),
+    written to `out`: counted over the unit sequences of the registry texts stage 2 trains on
+    (`decoder_texts` of `text_sources`, `texts` of them, 0: all; none of the set's held-out
+    instructions among them) and of the set's answered training items, the units as
+    `vocoder`'s front end gives them (default: the offline default's Piper voice)."""
+    from omni_cli import data
+    from omni_cli.e2e.build_data import DECODER_TEXT_SOURCES, decoder_texts, read_manifest, training_sources
+    from omni_cli.e2e.unit_lm import UnitNgram
+    from omni_cli.e2e.unit_vocoder import load_unit_vocoder
+
+    if order < 1:
+        raise ConfigError(f"--order must be >= 1, got {order}")
+    if not (data_dir / "manifest.jsonl").is_file():
+        raise ConfigError(f"{data_dir}: no manifest.jsonl (build one with `omni data build --out {data_dir}`)")
+    speaker = load_unit_vocoder(vocoder)
+    if not hasattr(speaker, "text_to_units"):
+        raise ConfigError(f"a unit LM is counted over units computed from text; {speaker.label} cannot")
+    heldout = {r["instruction"].lower() for r in read_manifest(data_dir, split="heldout")}
+    sources = training_sources(text_sources or DECODER_TEXT_SOURCES)
+    answers = [r["response"] for r in read_manifest(data_dir, split="train", answered=True)]
+    pairs = decoder_texts([item for name in sources for item in data.load(name)], texts or 10**9, seed=seed, exclude=heldout)
+    sequences = [u for u in (speaker.text_to_units(t) for t in answers + [p["response"] for p in pairs]) if u]
+    lm = UnitNgram.fit(sequences, order, speaker.num_units)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lm.save(out)
+    return {"texts": len(sequences), "units": sum(len(u) for u in sequences), "order": order,
+            "contexts": [len(t[0]) for t in lm.tables], "bytes": out.stat().st_size}
+
+
+def _keep_said(model: SpeechLLM, states: list[torch.Tensor], ids: list[torch.Tensor], units: list[torch.Tensor]) -> None:
+    """In place: each answer's states and ids cut to the tokens the pipeline hands the speech
+    decoder (`said_tokens`), and its units those of the text said, where a token is left out
+    (a list's numbers, markdown: the units of "1." and "**" would teach it to say them). With a
+    unit vocoder that cannot compute units from text, the answers stay whole."""
+    said = [said_tokens(model, i.tolist()) for i in ids]
+    cut = [n for n, keep in enumerate(said) if not all(keep)]
+    if not cut:
+        return
+    from omni_cli.e2e.unit_vocoder import load_unit_vocoder
+
+    vocoder = load_unit_vocoder(model.config.vocoder)
+    if not hasattr(vocoder, "text_to_units"):
+        return
+    tok = model.llm.tokenizer
+    for n in cut:
+        keep = torch.tensor(said[n])
+        said_units = vocoder.text_to_units(tok.decode(ids[n][keep].tolist(), skip_special_tokens=True))
+        if said_units:
+            states[n], ids[n], units[n] = states[n][keep], ids[n][keep], torch.tensor(said_units)
 
 
 STAGES = ("adaptor", "llm", "speech-decoder")
