@@ -10,7 +10,9 @@
 #   -> stage 1 continued once more with chit-chat turns (statements, casual speech) beside the questions (v3.6)
 #   -> stage 2 once more on every registry text, batches of 128 (v3.9's decoder, trained on a GPU)
 #   -> the speech decoder resampled to 12 positions a token and trained again (v3.10)
-#   -> export (float16), hearing by beam search with the LLM choosing among the hypotheses (v3.7, v3.8), long speech in 8 s windows (v3.11)
+#   -> a unit n-gram LM over the registry texts' units (v3.12)
+#   -> export (float16), hearing by beam search with the LLM choosing among the hypotheses (v3.7, v3.8), long speech in 8 s windows (v3.11),
+#      the speech decoder's units read by a beam search with the unit LM (v3.12)
 # into omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2. Sizes can be set from the environment;
 # every step resumes where it stopped. The defaults are the shipped model's (see its MODEL_CARD.md).
 # DEVICE=cuda trains on a GPU; on a CPU, THREADS (default: all cores) sets torch's threads.
@@ -89,5 +91,9 @@ $OMNI train speech-decoder --from-text --extra-texts "$ALL_TEXTS" --data "$RUNS/
 # 12 positions a text token instead of 8 (room for long words' phonemes), on 40,000 texts (v3.10)
 $OMNI train speech-decoder --from-text --extra-texts "$EXTRA_TEXTS" --data "$RUNS/data" --out "$RUNS/stage2e" --from "$RUNS/stage2d/model" \
   --upsample 12 --steps "$STEPS2E" --batch-size 16 --lr 3e-4 --save-every 500 --seed $((SEED + 1)) --device "$DEVICE" $(resume "$RUNS/stage2e")
-# it hears the speech and 0.5 s around it by a CTC beam search of 16, the LLM choosing among them (v3.8)
-$OMNI train export "$RUNS/stage2e/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 --beam 16 --lm-weight 0.4 --length-bonus 1.0 --speech-margin 0.5 --window 100 --window-context 20
+# the unit LM the speech decoder's units are read with (v3.12; about 45 s)
+[ -f "$RUNS/unit-lm.npz" ] || $OMNI train unit-lm --data "$RUNS/data" --out "$RUNS/unit-lm.npz" --order 7
+# it hears the speech and 0.5 s around it by a CTC beam search of 16, the LLM choosing among them (v3.8);
+# its units are read by a beam search of 8 with the unit LM (v3.12)
+$OMNI train export "$RUNS/stage2e/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 --beam 16 --lm-weight 0.4 --length-bonus 1.0 --speech-margin 0.5 --window 100 --window-context 20 \
+  --unit-lm "$RUNS/unit-lm.npz" --unit-beam 8 --unit-lm-weight 0.5 --unit-length-bonus 1

@@ -56,3 +56,35 @@ def test_the_default_hears_the_question():
     assert result.exit_code == 0, result.stderr
     heard = result.stdout.strip()
     assert wer(["Tell me about the moon."], [heard]) <= 0.4, heard  # v1 heard another question entirely
+
+
+def test_the_default_reads_its_units_with_a_unit_lm_that_knows_english():
+    """v3.12 reads the speech decoder's units by a beam search with a unit n-gram: the LM finds
+    English phoneme sequences far likelier than chance, and on answers the decoder never trained
+    on the beam reading's unit error rate is below the greedy one's (5.4 -> 3.6 % on the model
+    card's 197 held-out answers)."""
+    import dataclasses
+
+    import numpy as np
+
+    from evals.unit_error import predicted_units, unit_error_rate
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.unit_vocoder import load_unit_vocoder
+    from omni_cli.registry import OMNI_E2E_DEFAULT
+
+    model = load_omni(OMNI_E2E_DEFAULT.installed_path())
+    config, lm = model.config.speech_decoder, model.speech_generator.unit_lm
+    assert config.beam > 1 and config.lm_weight > 0 and lm is not None
+    vocoder = load_unit_vocoder(model.config.vocoder)
+    pairs = [("What is the capital of Madagascar?", "The capital of Madagascar is Antananarivo, a city in the central highlands."),
+             ("Who wrote Pride and Prejudice?", "Pride and Prejudice was written by Jane Austen and published in 1813."),
+             ("How do plants make food?", "Plants make their food through photosynthesis, using sunlight, water and carbon dioxide."),
+             ("Tell me something about whales.", "Blue whales are the largest animals ever known, longer than two buses."),
+             ("What should I pack for a hike?", "Pack water, snacks, a map, sunscreen, a light jacket and a small first aid kit.")]
+    truth = [vocoder.text_to_units(a) for _, a in pairs]
+    bits = np.mean([lm.logprobs(tuple(u[:i]))[u[i]] for u in truth for i in range(len(u))]) / np.log(2)
+    assert bits > -3.0, bits  # chance over 152 symbols is -7.2 bits a unit
+    beam = unit_error_rate(truth, predicted_units(model, [q for q, _ in pairs], [a for _, a in pairs]))
+    model.speech_generator.config = dataclasses.replace(config, beam=1)
+    greedy = unit_error_rate(truth, predicted_units(model, [q for q, _ in pairs], [a for _, a in pairs]))
+    assert beam <= greedy, (beam, greedy)  # 7.4 against 9.8 % here (AVX-512)
