@@ -162,9 +162,8 @@ class BeamUnits:
     but its last `max_pending` (those that disagree with them dropped): the hypotheses may
     differ from early on for long, and speech cannot wait for them. `flush` ends the search
     (the LM's end-of-sequence score included) and gives the rest of the best one; `nbest` lists
-    them all. torchaudio's
-    decoder would do it, but this project's torch build has no torchaudio, and pyctcdecode
-    reads words out of characters, not class ids."""
+    them all. torchaudio's decoder would do it, but this project's torch build has no
+    torchaudio, and pyctcdecode reads words out of characters, not class ids."""
 
     def __init__(self, blank: int, beam: int, lm: UnitNgram | None = None, weight: float = 0.0, bonus: float = 0.0,
                  prune: float = 8.0, per_frame: int = 0, floor: float = -math.inf, max_pending: int = 0):
