@@ -39,15 +39,13 @@ PART = 35_900_000  # bytes of the GGUF per call: 64 MiB less the working tree
 
 def _pack(model, vocoder, items: list[dict]) -> dict:
     """Token ids of each item's prompt (typed instruction) and answer, which of the answer's
-    tokens reach the speech decoder (`said_tokens`), and the units of the text said, flat."""
-    from omni_cli.e2e.train import _answer_ids, said_tokens
+    tokens reach the speech decoder (`said_answer`), and the units of the text said, flat."""
+    from omni_cli.e2e.train import said_answer
 
     system = model.config.prompt.system
     prompts, answers, units, said = [], [], [], []
     for it in items:
-        ids = _answer_ids(model, it["response"])
-        keep = said_tokens(model, ids)
-        text = it["response"] if all(keep) else model.llm.tokenizer.decode([i for i, k in zip(ids, keep) if k], skip_special_tokens=True)
+        ids, keep, text = said_answer(model, it["response"])
         u = vocoder.text_to_units(text)
         if not u:
             continue

@@ -36,30 +36,22 @@ def unit_error_rate(references: list[list[int]], predictions: list[list[int]]) -
 
 def predicted_units(model, instructions: list[str], answers: list[str]) -> list[list[int]]:
     """The speech decoder's units for each answer, from the states of the tokens the pipeline
-    hands it (`said_tokens`: no markdown or list markers), read as the model reads them."""
-    from omni_cli.e2e.train import _answer_ids, emitting_states_batch, said_tokens
+    hands it (`said_answer`: no markdown or list markers), read as the model reads them."""
+    from omni_cli.e2e.train import emitting_states_batch, said_answer
 
     gen = model.speech_generator
     pairs = emitting_states_batch(model, answers, instructions=instructions)
     out = []
     for answer, (h, e) in zip(answers, pairs):
-        keep = torch.tensor(said_tokens(model, _answer_ids(model, answer)))
+        keep = torch.tensor(said_answer(model, answer)[1])
         out.append(gen.predict(h[keep].to(model.device), e[keep].to(model.device) if gen.config.token_input else None))
     return out
-
-
-def said_text(model, answer: str) -> str:
-    """The answer as the pipeline has it said: the text of the tokens `said_tokens` keeps."""
-    from omni_cli.e2e.train import _answer_ids, said_tokens
-
-    ids = _answer_ids(model, answer)
-    keep = said_tokens(model, ids)
-    return answer if all(keep) else model.llm.tokenizer.decode([i for i, k in zip(ids, keep) if k], skip_special_tokens=True)
 
 
 def main() -> None:
     from omni_cli.e2e.build_data import read_manifest
     from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.train import said_answer
     from omni_cli.e2e.unit_vocoder import load_unit_vocoder
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,7 +76,7 @@ def main() -> None:
         base = ChatLLM.load(first.config.llm_source or None)
         sets["alpaca-answers"] = list(zip(questions, answer_texts(base, questions, GenerationOptions(max_new_tokens=80))))
         del base
-    truth = {name: [vocoder.text_to_units(said_text(first, a)) for _, a in items] for name, items in sets.items()}
+    truth = {name: [vocoder.text_to_units(said_answer(first, a)[2]) for _, a in items] for name, items in sets.items()}
     judge = None
     if args.speak:
         from omni_cli.asr import load_judge

@@ -123,9 +123,9 @@ _BULLETS = frozenset("-•")
 class SpokenTokens(Generic[T]):
     """Which of an answer's tokens a voice says, decided as they stream, by the rules of
     `clean_for_speech`: markdown marks, and a list item's bullet or number at the start of a
-    line (followed by whitespace), are left out; whitespace stays (a word boundary). `push(text, item)` takes a token's
-    text (its delta) and anything to hand back with it, and returns the items now known to be
-    said, in order; a possible list marker waits for the token after it ("1" "." " Wash" is a
+    line (followed by whitespace), are left out; whitespace stays (a word boundary).
+    `push(text, item)` takes a token's text (its delta) and anything to hand back with it, and
+    returns the items now known to be said, in order; a possible list marker waits for the token after it ("1" "." " Wash" is a
     list item, "1" "." "5" is a number), `flush` gives what still waits."""
 
     def __init__(self) -> None:
@@ -151,8 +151,7 @@ class SpokenTokens(Generic[T]):
             return self._after(text, [item])
         if all(c in _MARKS for c in stripped):
             return self._after(text, [])
-        if self.line_start and (stripped in _BULLETS or stripped.isdigit()) and not text[0].isspace() or \
-                self.line_start and stripped in _BULLETS:
+        if self.line_start and (stripped in _BULLETS or stripped.isdigit() and not text[0].isspace()):
             self.held, self.marker = [item], stripped
             return []
         self.line_start = False

@@ -48,7 +48,7 @@ def ctc_omni(tmp_path_factory, tiny_e2e_parts):
 
 def test_ctc_adaptor_hands_the_llm_the_embeddings_of_the_collapsed_tokens(ctc_omni):
     from omni_cli.e2e.checkpoint import load_omni
-    from omni_cli.e2e.speech_generator import ctc_collapse
+    from omni_cli.e2e.unit_lm import ctc_collapse
 
     model = load_omni(ctc_omni)
     proj = model.speech_projector

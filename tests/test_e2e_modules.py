@@ -7,7 +7,8 @@ import torch
 
 from omni_cli.e2e.config import EncoderConfig, ProjectorConfig, SpeechDecoderConfig
 from omni_cli.e2e.speech_encoder import SpeechEncoder
-from omni_cli.e2e.speech_generator import SpeechDecoderStream, SpeechGenerator, ctc_collapse
+from omni_cli.e2e.speech_generator import SpeechDecoderStream, SpeechGenerator
+from omni_cli.e2e.unit_lm import ctc_collapse
 from omni_cli.e2e.speech_projector import SpeechProjector
 from omni_cli.e2e.unit_vocoder import UnitChunker
 from omni_cli.errors import ConfigError

@@ -336,16 +336,17 @@ def test_stage2_gives_the_decoder_the_said_tokens_of_a_markdown_answer(peaked_om
     """A list's numbers and markdown never reach the decoder in the pipeline; stage 2 cuts them
     out of its states, ids and units alike (the units of the text said, not of "1." and "**")."""
     import omni_cli.e2e.unit_vocoder as uv
-    from omni_cli.e2e.train import _answer_ids, _keep_said
+    from omni_cli.e2e.train import _keep_said, said_answer
 
     monkeypatch.setattr(uv, "load_unit_vocoder", lambda spec: Letters())
     model = load_omni(peaked_omni)
     answers = ["Two:\n1. **Cats**\n2. Dogs", "plain words"]
-    ids = [torch.tensor(_answer_ids(model, a)) for a in answers]
+    spoken = [said_answer(model, a) for a in answers]
+    ids = [torch.tensor(i) for i, _, _ in spoken]
     states = [torch.randn(len(i), 4) for i in ids]
     units = [torch.tensor([1]), torch.tensor([2])]
     before = [s.clone() for s in states]
-    _keep_said(model, states, ids, units)
+    _keep_said(model, spoken, states, ids, units)
     assert " ".join(model.llm.tokenizer.decode(ids[0].tolist(), skip_special_tokens=True).split()) == "Two: Cats Dogs"
     assert len(states[0]) == len(ids[0]) < len(before[0]) and units[0].tolist() == Letters().text_to_units("Two:\nCats\n Dogs")
     assert torch.equal(states[1], before[1]) and units[1].tolist() == [2]  # nothing to cut: as it was

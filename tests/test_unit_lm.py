@@ -102,7 +102,7 @@ def test_beam_search_with_max_pending_speaks_the_best_hypothesis_but_its_last_un
 
 
 def test_greedy_reader_equals_ctc_collapse_across_pushes():
-    from omni_cli.e2e.speech_generator import ctc_collapse
+    from omni_cli.e2e.unit_lm import ctc_collapse
 
     raw = [1, 1, 5, 1, 2, 2, 5, 5, 3, 3]
     logp = np.log(np.eye(K + 1)[raw] * 0.9 + 0.1 / (K + 1))

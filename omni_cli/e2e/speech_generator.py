@@ -3,7 +3,8 @@
 Each LLM hidden state that emitted a text token is projected (`input_proj`), repeated
 lambda times (`upsample`), run through N causal Llama decoder layers (transformers'
 `LlamaDecoderLayer`), and classified (`output_proj`) into K units + blank (index K).
-Greedy CTC decoding: argmax, collapse consecutive repeats, drop blanks.
+Its units are read by `reader()`: greedy CTC (argmax, consecutive repeats collapsed, blanks
+dropped), or a CTC prefix beam search with a unit n-gram LM (`unit_lm`).
 
 `SpeechDecoderStream` runs the same layers incrementally with a KV cache: for each new
 text token only its lambda new positions are computed, so the work per token does not
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from omni_cli.e2e.config import SpeechDecoderConfig
-from omni_cli.e2e.unit_lm import BeamUnits, GreedyUnits, UnitNgram, ctc_collapse  # noqa: F401 (ctc_collapse: used from here)
+from omni_cli.e2e.unit_lm import BeamUnits, GreedyUnits, UnitNgram
 from omni_cli.errors import ConfigError
 
 

@@ -109,6 +109,16 @@ def said_tokens(model: SpeechLLM, ids: list[int]) -> list[bool]:
     return [k in kept for k in range(len(ids))]
 
 
+def said_answer(model: SpeechLLM, text: str) -> tuple[list[int], list[bool], str]:
+    """An answer's token ids (`_answer_ids`), which of them reach the speech decoder
+    (`said_tokens`), and the text those say (`text` itself where all of them do)."""
+    ids = _answer_ids(model, text)
+    keep = said_tokens(model, ids)
+    if all(keep):
+        return ids, keep, text
+    return ids, keep, model.llm.tokenizer.decode([i for i, k in zip(ids, keep) if k], skip_special_tokens=True)
+
+
 StepLoss = Callable[[list[int], int], float]  # (this process's items of the step, step number) -> loss, after backward
 
 
@@ -753,11 +763,11 @@ def train_speech_decoder(
             raise ConfigError(f"--read-back and --extra-texts need units computed from text; {vocoder.label} cannot")
         extra = [{**r, "units": vocoder.text_to_units(r["response"])} for r in extra]
         rows += [r for r in extra if r["units"]]
-    responses = [r["response"] for r in rows]
     states = _cached_states(model, rows, out / "decoder-states.pt", from_text)
-    ids = [torch.tensor(_answer_ids(model, r)) for r in responses]
+    spoken = [said_answer(model, r["response"]) for r in rows]
+    ids = [torch.tensor(i) for i, _, _ in spoken]
     units = [torch.tensor(r["units"]) for r in rows]
-    _keep_said(model, states, ids, units)
+    _keep_said(model, spoken, states, ids, units)
     pad = torch.nn.utils.rnn.pad_sequence
     dev = model.device
     embed = model.llm.model.get_input_embeddings()
@@ -805,17 +815,16 @@ def fit_unit_lm(data_dir: Path, out: Path, order: int = 6, texts: int = 0, seed:
     lm = UnitNgram.fit(sequences, order, speaker.num_units)
     out.parent.mkdir(parents=True, exist_ok=True)
     lm.save(out)
-    return {"texts": len(sequences), "units": sum(len(u) for u in sequences), "order": order,
-            "contexts": [len(t[0]) for t in lm.tables], "bytes": out.stat().st_size}
+    return {"texts": len(sequences), "units": sum(len(u) for u in sequences), "bytes": out.stat().st_size}
 
 
-def _keep_said(model: SpeechLLM, states: list[torch.Tensor], ids: list[torch.Tensor], units: list[torch.Tensor]) -> None:
+def _keep_said(model: SpeechLLM, spoken: list[tuple[list[int], list[bool], str]], states: list[torch.Tensor],
+               ids: list[torch.Tensor], units: list[torch.Tensor]) -> None:
     """In place: each answer's states and ids cut to the tokens the pipeline hands the speech
-    decoder (`said_tokens`), and its units those of the text said, where a token is left out
-    (a list's numbers, markdown: the units of "1." and "**" would teach it to say them). With a
-    unit vocoder that cannot compute units from text, the answers stay whole."""
-    said = [said_tokens(model, i.tolist()) for i in ids]
-    cut = [n for n, keep in enumerate(said) if not all(keep)]
+    decoder, and its units those of the text said (`spoken`: each answer's `said_answer`), where
+    a token is left out (a list's numbers, markdown: the units of "1." and "**" would teach it to
+    say them). With a unit vocoder that cannot compute units from text, the answers stay whole."""
+    cut = [n for n, (_, keep, _) in enumerate(spoken) if not all(keep)]
     if not cut:
         return
     from omni_cli.e2e.unit_vocoder import load_unit_vocoder
@@ -823,11 +832,11 @@ def _keep_said(model: SpeechLLM, states: list[torch.Tensor], ids: list[torch.Ten
     vocoder = load_unit_vocoder(model.config.vocoder)
     if not hasattr(vocoder, "text_to_units"):
         return
-    tok = model.llm.tokenizer
     for n in cut:
-        keep = torch.tensor(said[n])
-        said_units = vocoder.text_to_units(tok.decode(ids[n][keep].tolist(), skip_special_tokens=True))
+        _, keep, text = spoken[n]
+        said_units = vocoder.text_to_units(text)
         if said_units:
+            keep = torch.tensor(keep)
             states[n], ids[n], units[n] = states[n][keep], ids[n][keep], torch.tensor(said_units)
 
 
