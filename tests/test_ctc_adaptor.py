@@ -695,6 +695,55 @@ def test_beam_hearing_lets_the_llm_choose_among_hypotheses(ctc_omni, tmp_path):
     assert embeds.shape[-1] == model.config.projector.llm_width and isinstance(heard, str)
 
 
+def test_a_token_ngram_steers_what_the_adaptor_hears_and_travels_with_the_model(ctc_omni, tmp_path):
+    """`omni train export --token-lm`: the n-gram over LLM token ids is fused into the hearing
+    beam search (the best hypothesis is a likelier token sequence to it than the plain search's),
+    saved beside the weights, kept by a second export; a missing file, a weight without an
+    n-gram, or one counted for a smaller vocabulary is one clear error."""
+    from typer.testing import CliRunner
+
+    from omni_cli.cli import app
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.state import CheckpointError
+    from omni_cli.e2e.unit_lm import UnitNgram
+
+    plain = load_omni(ctc_omni)
+    tok = plain.llm.tokenizer
+    moon = tok("The moon is bright.", add_special_tokens=False).input_ids
+    lm = UnitNgram.fit([moon] * 20, order=3, num_units=len(tok))
+    lm.save(tmp_path / "token.npz")
+    out = tmp_path / "fused"
+    args = ["train", "export", str(ctc_omni), str(out), "--beam", "4", "--token-lm", str(tmp_path / "token.npz"),
+            "--token-lm-weight", "3", "--token-lm-bonus", "0.5"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    model = load_omni(out)
+    p = model.speech_projector.config
+    assert (p.ngram, p.ngram_weight, p.ngram_bonus) == ("token_lm.npz", 3.0, 0.5) and model.config.projector == p
+    assert model.speech_projector.token_lm.logprob(tuple(moon[:2]), moon[2]) == pytest.approx(lm.logprob(tuple(moon[:2]), moon[2]))
+    audio = torch.tensor(np.random.default_rng(1).standard_normal(48000).astype(np.float32) * 0.1)
+    with torch.no_grad():
+        x = model.speech_encoder.encode(audio.numpy()).unsqueeze(0)
+        fused = model.speech_projector.hypotheses(x, 4)
+        unfused = plain.speech_projector.hypotheses(x, 4)
+
+    def likelihood(ids):  # the n-gram's log-probability of a token sequence, end included
+        return sum(lm.logprob(tuple(ids[max(0, i - 2):i]), t) for i, t in enumerate(ids + [lm.num_units]))
+
+    assert fused[0][0] != unfused[0][0] and likelihood(fused[0][0]) > likelihood(unfused[0][0])
+    again = tmp_path / "again"
+    assert CliRunner().invoke(app, ["train", "export", str(out), str(again)]).exit_code == 0
+    assert load_omni(again).speech_projector.token_lm is not None
+    (again / "token_lm.npz").unlink()
+    with pytest.raises(CheckpointError, match="token n-gram"):
+        load_omni(again)
+    UnitNgram.fit([[0, 1]], order=2, num_units=3).save(tmp_path / "small.npz")
+    for bad in (["--token-lm", str(tmp_path / "missing.npz")], ["--beam", "4", "--token-lm-weight", "0.5"],
+                ["--token-lm", str(tmp_path / "small.npz"), "--token-lm-weight", "0.5"]):
+        result = CliRunner().invoke(app, ["train", "export", str(ctc_omni), str(tmp_path / "x"), *bad])
+        assert result.exit_code == 2 and "Traceback" not in result.stderr, bad
+
+
 def test_e2e_beam_overrides_how_the_model_hears(ctc_omni, tiny_e2e_parts, tmp_path):
     """--e2e-beam reaches the model through the pipeline and the e2e transcriber; a model whose
     adaptor is not ctc refuses it; transcribe takes it only with the e2e backend."""

@@ -332,6 +332,52 @@ def test_unit_lm_counts_the_registry_texts_stage2_reads_and_leaves_held_out_ones
     assert bad.exit_code == 2 and "no manifest.jsonl" in bad.stderr
 
 
+def test_token_lm_counts_registry_instructions_and_answers_and_leaves_held_out_and_excluded_ones_out(rows, peaked_omni, tmp_path, monkeypatch):
+    """`omni train token-lm`: an n-gram over the LLM's tokens of the registry instructions (as a
+    set writes them), the answer texts and the set's training items; a held-out instruction and
+    those of an `--exclude` manifest are left out; a bad manifest is one clear error."""
+    from typer.testing import CliRunner
+
+    from omni_cli import data
+    from omni_cli.cli import app
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.unit_lm import UnitNgram
+
+    chat = [{"source": "chitchat-turns", "instruction": f"how was day {i}?", "answer": f"It was a long and quiet day number {i}."}
+            for i in range(5)]
+    chat += [{"source": "chitchat-turns", "instruction": "zebra zebra zebra?", "answer": "No."},
+             {"source": "chitchat-turns", "instruction": "walrus walrus walrus?", "answer": "No."}]
+    monkeypatch.setattr(data, "load", lambda name: chat if name == "chitchat-turns" else [])
+    heldout = built_set([{**rows[0], "instruction": "zebra zebra zebra?"}], tmp_path / "set", splits=["heldout"])
+    (tmp_path / "tune.jsonl").write_text(json.dumps({"instruction": "Walrus walrus walrus?"}) + "\n")
+    out = tmp_path / "lm" / "token.npz"
+    args = ["train", "token-lm", "--data", str(heldout), "--out", str(out), "--model", str(peaked_omni),
+            "--exclude", str(tmp_path / "tune.jsonl")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    lm = UnitNgram.load(out)
+    tok = load_omni(peaked_omni).llm.tokenizer
+    assert lm.order == 3 and lm.num_units == len(tok)
+
+    def per_token(text, model=lm):  # the n-gram's mean log-probability of a text's tokens, the end included
+        ids = tok(text, add_special_tokens=False).input_ids + [model.num_units]
+        return sum(model.logprob(tuple(ids[max(0, i - 2):i]), t) for i, t in enumerate(ids)) / len(ids)
+
+    assert per_token("How was day 3?") > np.log(0.5)  # an instruction as a set writes it (capital, "?")
+    assert per_token("It was a long and quiet day number 4.") > np.log(0.5)  # an answer text
+    assert per_token("Zebra zebra zebra?") < per_token("How was day 3?") - 2  # held out: never counted
+    result = CliRunner().invoke(app, args[:-2] + ["--out", str(tmp_path / "all.npz")])  # no --exclude
+    assert result.exit_code == 0, result.stderr
+    everything = UnitNgram.load(tmp_path / "all.npz")
+    assert per_token("Walrus walrus walrus?") < per_token("Walrus walrus walrus?", everything) - 1
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    for bad in (["--exclude", str(tmp_path / "bad.jsonl")], ["--exclude", str(tmp_path / "missing.jsonl")]):
+        result = CliRunner().invoke(app, ["train", "token-lm", "--data", str(heldout), "--out", str(out), "--model", str(peaked_omni), *bad])
+        assert result.exit_code == 2 and "Traceback" not in result.stderr, bad
+    assert CliRunner().invoke(app, ["train", "token-lm", "--data", str(tmp_path / "nope"), "--out", str(out),
+                                    "--model", str(peaked_omni)]).exit_code == 2
+
+
 def test_stage2_gives_the_decoder_the_said_tokens_of_a_markdown_answer(peaked_omni, monkeypatch):
     """A list's numbers and markdown never reach the decoder in the pipeline; stage 2 cuts them
     out of its states, ids and units alike (the units of the text said, not of "1." and "**")."""

@@ -176,3 +176,37 @@ def peaked_omni_unit(tiny_e2e_parts, tmp_path):
 
     model = tiny_e2e_parts["model"]
     return save_omni(model, tmp_path / "omni"), model.config.speech_decoder.num_units
+
+
+def test_one_probability_at_a_time_equals_the_distribution_over_any_vocabulary(tmp_path):
+    """`logprob` (what the search asks) is `logprobs`' entry, for a few units and for a vocabulary
+    of LLM tokens (over 65,535 symbols: stored wider, read back the same); an order too large to
+    index is refused."""
+    rng = np.random.default_rng(3)
+    for n in (K, 70000):
+        seqs = [rng.integers(0, min(n, 40), 12).tolist() for _ in range(30)] + [[n - 1, n - 2, n - 1]]
+        lm = UnitNgram.fit(seqs, order=3, num_units=n)
+        lm.save(tmp_path / "lm.npz")
+        again = UnitNgram.load(tmp_path / "lm.npz")
+        for history in [(), (seqs[0][0],), tuple(seqs[1][:2]), (n - 1, n - 2), (n - 2, n - 2)]:
+            full = lm.logprobs(history)
+            for symbol in {0, seqs[0][1], n - 1, n}:
+                assert again.logprob(history, symbol) == pytest.approx(full[symbol], rel=1e-9)
+    assert again.logprob((n - 1, n - 2), n - 1) > np.log(0.5)  # seen once, after a context seen once
+    with pytest.raises(ConfigError, match="too large"):
+        UnitNgram.fit([[0, 1]], order=5, num_units=70000)
+
+
+def test_an_lm_over_symbols_steers_a_search_over_other_class_ids():
+    """The adaptor's classes are LLM tokens by a table (class c is token symbols[c]): an n-gram
+    over token ids that has always seen 7 -> 9 brings back class 1 (token 9) where the CTC alone
+    prefers class 2 (token 4); a table naming tokens the n-gram does not know is refused."""
+    symbols = [7, 9, 4]  # classes 0, 1, 2; the blank is class 3
+    logp = np.log(np.array([[0.9, 0.02, 0.02, 0.06], [0.02, 0.4, 0.5, 0.08], [0.02, 0.02, 0.02, 0.94]]))
+    plain = BeamUnits(3, 8, per_frame=3)
+    assert plain.push(logp) + plain.flush() == [0, 2]
+    lm = UnitNgram.fit([[7, 9]] * 30 + [[7, 4]], order=2, num_units=12)
+    fused = BeamUnits(3, 8, lm, weight=1.0, per_frame=3, symbols=symbols)
+    assert fused.push(logp) + fused.flush() == [0, 1]
+    with pytest.raises(ConfigError):
+        BeamUnits(3, 8, lm, weight=1.0, symbols=[7, 9, 40])

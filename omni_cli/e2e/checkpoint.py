@@ -34,6 +34,7 @@ from omni_cli.e2e.speech_generator import SpeechGenerator
 from omni_cli.e2e.speech_llm import SpeechLLM
 from omni_cli.e2e.speech_projector import SpeechProjector, build_projector
 from omni_cli.e2e.state import CheckpointError, strict_load
+from omni_cli.e2e.unit_lm import UnitNgram
 from omni_cli.errors import ModelNotFoundError
 
 OMNI_CONFIG = "omni_e2e.json"
@@ -74,6 +75,9 @@ def save_omni(model: SpeechLLM, folder: Path, dtype: torch.dtype | None = None) 
         lm_name = model.config.speech_decoder.lm
         if lm_name and model.speech_generator.unit_lm is not None:
             model.speech_generator.unit_lm.save(tmp / lm_name)
+        ngram = model.config.projector.ngram
+        if ngram and getattr(model.speech_projector, "token_lm", None) is not None:
+            model.speech_projector.token_lm.save(tmp / ngram)
         (tmp / OMNI_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
     # swap: the previous checkpoint stays complete until the new one is in place
     old = folder.with_name(folder.name + ".old")
@@ -133,11 +137,13 @@ def load_omni(folder: Path, device: str = "cpu"):
     strict_load(projector, _prefixed(state, "speech_projector."), f"{folder}: speech_projector")
     strict_load(generator, _prefixed(state, "speech_generator."), f"{folder}: speech_generator")
     if config.speech_decoder.lm:
-        from omni_cli.e2e.unit_lm import UnitNgram
-
         if not (folder / config.speech_decoder.lm).is_file():
             raise CheckpointError(f"{folder}: the config names the unit LM {config.speech_decoder.lm!r}, which is not there")
         generator.unit_lm = UnitNgram.load(folder / config.speech_decoder.lm)
+    if config.projector.ngram:
+        if not (folder / config.projector.ngram).is_file():
+            raise CheckpointError(f"{folder}: the config names the token n-gram {config.projector.ngram!r}, which is not there")
+        projector.token_lm = UnitNgram.load(folder / config.projector.ngram)
     llm = ChatLLM.load(config.llm_source or None, device=device)
     lora = _prefixed(state, "llm_lora.")
     if config.llm_lora:

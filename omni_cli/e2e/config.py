@@ -59,13 +59,17 @@ class ProjectorConfig:
     lm_weight: float = 0.0  # ctc, beam > 1: weight of the LLM's log-probability of each hypothesis as the
     # user's message, added to its CTC log-probability (the LLM picks the most plausible of what it may have heard)
     length_bonus: float = 0.0  # ctc, beam > 1: added per LLM token of a hypothesis (offsets the LLM's bias to short ones)
+    ngram: str = ""  # ctc, beam > 1: a token n-gram (`unit_lm.UnitNgram` over LLM token ids) file in the model folder,
+    # fused into the beam search itself, so the hypotheses the LLM chooses among are likelier sentences
+    ngram_weight: float = 0.0  # ctc, beam > 1: weight of the token n-gram's log-probability in the search
+    ngram_bonus: float = 0.0  # ctc, beam > 1: added per token in the search (offsets the n-gram's pull to short ones)
     window: int = 0  # ctc, hearing: the adaptor reads at most this many positions (k frames each) at once, longer
     # speech in overlapping windows, each kept but for `window_context` positions at either inner edge (0: all at once)
     window_context: int = 0
 
     def __post_init__(self) -> None:
-        if self.beam < 1 or self.lm_weight < 0:
-            raise ConfigError("projector beam must be >= 1 and lm_weight >= 0")
+        if self.beam < 1 or self.lm_weight < 0 or self.ngram_weight < 0:
+            raise ConfigError("projector beam must be >= 1, and lm_weight and ngram_weight >= 0")
         if self.window < 0 or self.window_context < 0 or (self.window and 2 * self.window_context >= self.window):
             raise ConfigError("projector window must be >= 0, and window_context >= 0 and under half the window")
 

@@ -157,15 +157,28 @@ class SpeechLLM(nn.Module):
         if beam is not None:
             self.set_hearing("--e2e-beam", beam=beam)
 
-    def set_hearing(self, option: str, **fields) -> None:
-        """Set how a ctc adaptor hears (its config's `beam`, `lm_weight`, `length_bonus`, `window`,
-        `window_context`), in the model's config and the adaptor's alike; `option` names what the
-        user gave, for the error a model with another adaptor gives."""
+    def set_hearing(self, option: str, token_lm=None, **fields) -> None:
+        """Set how a ctc adaptor hears (its config's `beam`, `lm_weight`, `length_bonus`, `ngram`,
+        `ngram_weight`, `ngram_bonus`, `window`, `window_context`; `token_lm`: a loaded
+        `unit_lm.UnitNgram` over LLM token ids, kept as the file `fields["ngram"]` names), in the
+        model's config and the adaptor's alike; `option` names what the user gave, for the error a
+        model with another adaptor gives."""
         if self.config.projector.type != "ctc":
             raise ConfigError(f"{option} is for a model with a ctc adaptor (this one's adaptor is "
                               f"{self.config.projector.type!r})")
-        self.speech_projector.config = dataclasses.replace(self.speech_projector.config, **fields)
-        self.config = dataclasses.replace(self.config, projector=self.speech_projector.config)
+        proj = self.speech_projector
+        config = dataclasses.replace(proj.config, **fields)
+        if token_lm is not None:
+            if int(proj.token_ids.max()) >= token_lm.num_units:
+                raise ConfigError(f"the token n-gram knows {token_lm.num_units} symbols, fewer than this LLM's "
+                                  "tokens the adaptor emits: it was counted for another tokenizer")
+            proj.token_lm = token_lm
+        if config.ngram and proj.token_lm is None:
+            raise ConfigError("the adaptor's beam search names a token n-gram, but none is given (--token-lm FILE)")
+        if not config.ngram and config.ngram_weight:
+            raise ConfigError("a token n-gram weight needs a token n-gram (--token-lm FILE)")
+        proj.config = config
+        self.config = dataclasses.replace(self.config, projector=config)
 
     def set_unit_reading(self, unit_lm=None, **fields) -> None:
         """Set how the speech decoder's units are read (its config's `beam`, `lm`, `lm_weight`,

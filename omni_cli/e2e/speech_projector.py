@@ -88,6 +88,7 @@ class CTCSpeechProjector(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab + 1))
         self.log_scale = nn.Parameter(torch.tensor(0.0))
         self._llm: tuple = ()  # (input embeddings, tokenizer) of the LLM, bound at load; not ours to save
+        self.token_lm = None  # config.ngram, a unit_lm.UnitNgram over LLM token ids loaded beside the weights
 
     @property
     def blank(self) -> int:
@@ -205,9 +206,15 @@ class CTCSpeechProjector(nn.Module):
     def hypotheses(self, x: torch.Tensor, width: int) -> list[tuple[list[int], float]]:
         """What one utterance's encoder states (1, frames, width) may say: the `width` best
         collapsed sequences of a CTC prefix beam search, as (LLM token ids, CTC log-probability),
-        best first. With `width` 1 it is close to the greedy `decode`."""
+        best first (the token n-gram's score, where the config names one, is in the search and in
+        the score). With `width` 1 and no n-gram it is close to the greedy `decode`."""
         logp = self.utterance_logits(x).float().log_softmax(-1)
-        found = ctc_prefix_beams(logp, self.blank, width)
+        c = self.config
+        if c.ngram and self.token_lm is None:
+            raise ConfigError(f"this adaptor hears with the token n-gram {c.ngram!r}, which is not loaded")
+        lm = self.token_lm if c.ngram and c.ngram_weight else None
+        found = ctc_prefix_beams(logp, self.blank, width, lm=lm, weight=c.ngram_weight if lm else 0.0,
+                                 bonus=c.ngram_bonus if lm else 0.0, symbols=self.token_ids.tolist() if lm else None)
         ids = self.token_ids.tolist()
         return [([ids[c] for c in classes], score) for classes, score in found]
 
@@ -235,16 +242,18 @@ class CTCSpeechProjector(nn.Module):
         return self.read(x)[0].unsqueeze(0)
 
 
-def ctc_prefix_beams(logp: torch.Tensor, blank: int, width: int, per_frame: int = 8,
-                     floor: float = -12.0) -> list[tuple[list[int], float]]:
+def ctc_prefix_beams(logp: torch.Tensor, blank: int, width: int, per_frame: int = 8, floor: float = -12.0,
+                     lm=None, weight: float = 0.0, bonus: float = 0.0, symbols: list[int] | None = None,
+                     ) -> list[tuple[list[int], float]]:
     """The `width` most probable collapsed class sequences of (frames, classes) log-probabilities,
-    each summed over all its alignments, as (classes, log-probability), best first: a CTC prefix
-    beam search without a language model, each frame extending the prefixes by its `per_frame`
-    most probable classes above `floor` only (a large vocabulary puts almost all of a frame's
-    mass on a few)."""
+    each summed over all its alignments, as (classes, score), best first: a CTC prefix beam
+    search, each frame extending the prefixes by its `per_frame` most probable classes above
+    `floor` only (a large vocabulary puts almost all of a frame's mass on a few); with `lm` (a
+    `unit_lm.UnitNgram` over `symbols[class]`), `weight` x its log-probability and `bonus` per
+    class are in the score."""
     from omni_cli.e2e.unit_lm import BeamUnits
 
-    search = BeamUnits(blank, width, per_frame=per_frame, floor=floor)
+    search = BeamUnits(blank, width, lm, weight, bonus, per_frame=per_frame, floor=floor, symbols=symbols)
     search.push(logp.detach().float().cpu().numpy())
     return search.nbest()
 

