@@ -50,6 +50,8 @@ def adopt(adaptor: Path, base: Path, out: Path) -> None:
     """A model folder: `base` (an omni model) with its adaptor replaced by `adaptor` (adaptor.pt)."""
     from safetensors.torch import load_file, save_file
 
+    from omni_cli.e2e.checkpoint import side_files
+
     state = load_file(str(base / "model.safetensors"))
     new = torch.load(adaptor, map_location="cpu", weights_only=True)
     new["token_ids"] = state["speech_projector.token_ids"]  # the kit's, which are the base's (never stored as float)
@@ -61,6 +63,8 @@ def adopt(adaptor: Path, base: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "model.safetensors"))
     shutil.copy(base / "omni_e2e.json", out / "omni_e2e.json")
+    for name in side_files(json.loads((base / "omni_e2e.json").read_text())):  # its n-gram LMs
+        shutil.copyfile(base / name, out / name)
 
 
 def _decode(blob: bytes) -> np.ndarray:

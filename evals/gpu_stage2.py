@@ -254,7 +254,7 @@ def adopt(decoder: Path, base: Path, out: Path) -> None:
     where the run resampled it, `decoder.json` beside it: its config)."""
     from safetensors.torch import load_file, save_file
 
-    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.checkpoint import load_omni, side_files
 
     state = load_file(str(base / "model.safetensors"))
     config = json.loads((base / "omni_e2e.json").read_text())
@@ -269,8 +269,8 @@ def adopt(decoder: Path, base: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "omni-e2e"})
     (out / "omni_e2e.json").write_text(json.dumps(config, indent=2) + "\n")
-    if config["speech_decoder"].get("lm"):  # the unit LM its beam search reads with
-        shutil.copyfile(base / config["speech_decoder"]["lm"], out / config["speech_decoder"]["lm"])
+    for name in side_files(config):  # the n-gram LMs its beam searches read with
+        shutil.copyfile(base / name, out / name)
     try:
         load_omni(out)
     except Exception as e:  # a decoder of other shapes than its config says

@@ -744,6 +744,33 @@ def test_a_token_ngram_steers_what_the_adaptor_hears_and_travels_with_the_model(
         assert result.exit_code == 2 and "Traceback" not in result.stderr, bad
 
 
+def test_gpu_stage1_adopt_swaps_only_the_adaptor_and_keeps_the_ngram_files(ctc_omni, tmp_path):
+    """`evals.gpu_stage1 --adopt`: the base's adaptor replaced by the trained one, every other
+    weight and the n-gram LMs its config names (token and unit) carried over, so it loads."""
+    from safetensors.torch import load_file
+
+    from evals.gpu_stage1 import adopt
+    from omni_cli.e2e.checkpoint import load_omni, save_omni
+    from omni_cli.e2e.unit_lm import UnitNgram
+
+    base = load_omni(ctc_omni)
+    tok, k = base.llm.tokenizer, base.config.speech_decoder.num_units
+    base.set_hearing("test", UnitNgram.fit([[1, 2, 3]], order=2, num_units=len(tok)), beam=4, ngram="token_lm.npz", ngram_weight=0.2)
+    base.set_unit_reading(UnitNgram.fit([list(range(k))], order=2, num_units=k), beam=4, lm="unit_lm.npz", lm_weight=0.5)
+    save_omni(base, tmp_path / "base")
+    trained = {n: v + 0.5 for n, v in base.speech_projector.state_dict().items() if n != "token_ids"}
+    torch.save(trained, tmp_path / "adaptor.pt")
+    adopt(tmp_path / "adaptor.pt", tmp_path / "base", tmp_path / "adopted")
+    model = load_omni(tmp_path / "adopted")
+    assert model.speech_projector.token_lm is not None and model.speech_generator.unit_lm is not None
+    before, after = load_file(str(tmp_path / "base" / "model.safetensors")), load_file(str(tmp_path / "adopted" / "model.safetensors"))
+    for name in before:
+        if name.startswith("speech_projector.") and name != "speech_projector.token_ids":
+            torch.testing.assert_close(after[name], trained[name.split(".", 1)[1]].to(after[name].dtype))
+        else:
+            assert torch.equal(after[name], before[name]), name
+
+
 def test_e2e_beam_overrides_how_the_model_hears(ctc_omni, tiny_e2e_parts, tmp_path):
     """--e2e-beam reaches the model through the pipeline and the e2e transcriber; a model whose
     adaptor is not ctc refuses it; transcribe takes it only with the e2e backend."""

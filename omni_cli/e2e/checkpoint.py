@@ -90,6 +90,12 @@ def save_omni(model: SpeechLLM, folder: Path, dtype: torch.dtype | None = None) 
     return folder
 
 
+def side_files(config: dict) -> list[str]:
+    """The files beside the weights a model's config (`omni_e2e.json` as a dict) names: its
+    token n-gram and unit LM, if any."""
+    return [name for name in (config.get("projector", {}).get("ngram"), config.get("speech_decoder", {}).get("lm")) if name]
+
+
 def build_encoder(config: EncoderConfig, whisper_spec: str, device: str = "cpu") -> SpeechEncoder:
     from omni_cli.registry import resolve_whisper
 
