@@ -161,7 +161,7 @@ def _shipped_e2e() -> Path | None:
 OMNI_E2E_DEFAULT = ModelEntry(
     name="omni-e2e-tiny-en-smollm2",
     role="e2e",
-    size="adaptor + speech decoder, 12 MB (float16)",
+    size="adaptor, LoRA adapters and speech decoder 30 MB (float16), n-gram LMs 14 MB",
     source="this repository (omni_cli/e2e/weights)",
     license="Apache-2.0",
     install="ships in this repository (omni_cli/e2e/weights); if it is missing, retrain it with "

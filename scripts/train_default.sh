@@ -10,9 +10,9 @@
 #   -> stage 1 continued once more with chit-chat turns (statements, casual speech) beside the questions (v3.6)
 #   -> stage 2 once more on every registry text, batches of 128 (v3.9's decoder, trained on a GPU)
 #   -> the speech decoder resampled to 12 positions a token and trained again (v3.10)
-#   -> a unit n-gram LM over the registry texts' units (v3.12)
+#   -> a unit n-gram LM over the registry texts' units (v3.12), a token n-gram over their LLM tokens (v3.13)
 #   -> export (float16), hearing by beam search with the LLM choosing among the hypotheses (v3.7, v3.8), long speech in 8 s windows (v3.11),
-#      the speech decoder's units read by a beam search with the unit LM (v3.12)
+#      the speech decoder's units read by a beam search with the unit LM (v3.12), the token n-gram in the hearing beam (v3.13)
 # into omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2. Sizes can be set from the environment;
 # every step resumes where it stopped. The defaults are the shipped model's (see its MODEL_CARD.md).
 # DEVICE=cuda trains on a GPU; on a CPU, THREADS (default: all cores) sets torch's threads.
@@ -93,7 +93,11 @@ $OMNI train speech-decoder --from-text --extra-texts "$EXTRA_TEXTS" --data "$RUN
   --upsample 12 --steps "$STEPS2E" --batch-size 16 --lr 3e-4 --save-every 500 --seed $((SEED + 1)) --device "$DEVICE" $(resume "$RUNS/stage2e")
 # the unit LM the speech decoder's units are read with (v3.12; about 45 s)
 [ -f "$RUNS/unit-lm.npz" ] || $OMNI train unit-lm --data "$RUNS/data" --out "$RUNS/unit-lm.npz" --order 7
-# it hears the speech and 0.5 s around it by a CTC beam search of 16, the LLM choosing among them (v3.8);
+# the token n-gram fused into the hearing beam search (v3.13; about 25 s)
+[ -f "$RUNS/token-lm.npz" ] || $OMNI train token-lm --data "$RUNS/data" --out "$RUNS/token-lm.npz" --order 3 --model "$RUNS/stage2e/model"
+# it hears the speech and 0.5 s around it by a CTC beam search of 16 with the token n-gram fused in (v3.13), the LLM
+# choosing among them (v3.8);
 # its units are read by a beam search of 8 with the unit LM (v3.12)
 $OMNI train export "$RUNS/stage2e/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 --beam 16 --lm-weight 0.4 --length-bonus 1.0 --speech-margin 0.5 --window 100 --window-context 20 \
+  --token-lm "$RUNS/token-lm.npz" --token-lm-weight 0.15 --token-lm-bonus 0.2 \
   --unit-lm "$RUNS/unit-lm.npz" --unit-beam 8 --unit-lm-weight 0.5 --unit-length-bonus 1
