@@ -386,9 +386,21 @@ def test_a_repeat_that_loops_gives_what_the_adaptor_heard(ctc_omni):
 
     model = load_omni(ctc_omni, TEST_DEVICE)
     features = model.speech_projector.embed_heard(model.llm.tokenizer(heard, add_special_tokens=False).input_ids)
-    for said, expect in ((looped, heard), ("I like to host guests at my home.", "I like to host guests at my home.")):
-        model.stream_features = lambda *a, said=said, **k: iter([TokenStep(0, said, None), TokenStep(0, "", None, end=True)])
+    def says(*pieces):
+        def stream(*a, **k):
+            for n, piece in enumerate(pieces):
+                said.append(piece)
+                yield TokenStep(n, piece, None)
+            yield TokenStep(len(pieces), "", None, end=True)
+        return stream
+
+    for pieces, expect in (((looped,), heard), (("I like to host guests at my home.",), "I like to host guests at my home."),
+                           # a transcript is one line: what follows a line break is the prompt leaking, and is not asked for
+                           (("Hey!", "\n", "Repeat", " what", " was"), "Hey!"), (("\n", " Six", "\n", "Repeat"), "Six")):
+        said = []
+        model.stream_features = says(*pieces)
         assert model.transcribe(np.zeros(16000 * 6, np.float32), features=features, heard=heard) == expect
+        assert "Repeat" not in said  # generation stopped at the break
 
 
 def test_transcribe_with_the_e2e_backend(ctc_omni, tmp_path):

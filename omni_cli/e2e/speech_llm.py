@@ -12,7 +12,7 @@ import dataclasses
 import re
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 
 import numpy as np
 import torch
@@ -350,8 +350,9 @@ class SpeechLLM(nn.Module):
         """What the model heard: its own greedy answer to the repeat prompt (no repetition
         penalty, since a transcript may repeat words); at most about 6 tokens a second, and
         with a ctc adaptor (features that are the heard tokens) at most a quarter more tokens
-        than it heard, so the repeat cannot run on past what was said, and where the repeat
-        loops (a run of words said again that the adaptor heard once) the adaptor's own text.
+        than it heard, so the repeat cannot run on past what was said; it ends at its first line
+        break, and where the repeat loops (a run of words said again that the adaptor heard once)
+        it gives the adaptor's own text.
         `features`, `heard`: what `hear` gives for `audio`, where the caller has heard it already."""
         limit = max_new_tokens or max(16, int(len(audio) / 16000 * 6) + 8)
         if features is None:
@@ -359,8 +360,13 @@ class SpeechLLM(nn.Module):
         if max_new_tokens is None and self.config.projector.type == "ctc":
             limit = min(limit, len(features) + max(4, len(features) // 4))
         options = GenerationOptions(max_new_tokens=limit, repetition_penalty=1.0)
-        with self.repeating():
-            text = "".join(step.text for step in self.stream_features(features, options, prompt=self.repeat_prompt())).strip()
+        text = ""
+        with self.repeating(), closing(self.stream_features(features, options, prompt=self.repeat_prompt())) as steps:
+            for step in steps:
+                text += step.text
+                if "\n" in text.lstrip():  # a transcript is one line: past it the prompt's words leak ("Hey!\nRepeat what was")
+                    break
+        text = text.strip().split("\n")[0].strip()
         return heard if heard and loops(text, heard) else text
 
     @torch.inference_mode()
