@@ -72,11 +72,11 @@ def main() -> None:
             for a in audio[name]:
                 start = time.perf_counter()
                 with torch.no_grad():
-                    features, text = model.hear(a)
+                    features, text, alternatives = model.listen(a)
                 heard.append(text)
                 seconds.append(time.perf_counter() - start)
                 if args.repeat:  # from the same hearing
-                    repeated.append(model.transcribe(a, features=features, heard=text))
+                    repeated.append(model.transcribe(a, features=features, heard=text, alternatives=alternatives))
             scores[name] = round(100 * wer([ref for _, ref in items], heard), 1)
             if args.repeat:
                 scores[f"{name} repeat"] = round(100 * wer([ref for _, ref in items], repeated), 1)

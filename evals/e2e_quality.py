@@ -80,8 +80,9 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
         for n, item in enumerate(rows_in):
             audio = load_audio(item["audio"])
             with torch.inference_mode():  # heard once: the repeat starts from it, and so does an unanswered item's adaptor text
-                features, said = model.hear(audio)
-            row = {"id": item["id"], "reference": item["reference"], "repeat": model.transcribe(audio, features=features, heard=said)}
+                features, said, alternatives = model.listen(audio)
+            row = {"id": item["id"], "reference": item["reference"],
+                   "repeat": model.transcribe(audio, features=features, heard=said, alternatives=alternatives)}
             response = None
             if item["answer"] is not None:
                 response = collect(pipeline.run(audio), pipeline.sample_rate)

@@ -10,7 +10,7 @@ This module knows nothing about speech.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -319,6 +319,7 @@ def stream_generate(
     options: GenerationOptions = GenerationOptions(),
     output_hidden: bool = False,
     prefix: Sequence[int] = (),
+    allowed: Callable[[list[int]], Collection[int]] | None = None,
 ) -> Iterator[TokenStep]:
     """Generate from a prompt given as ids (1, T) or embeddings (1, T, H), one token per step.
 
@@ -335,6 +336,9 @@ def stream_generate(
     state is part of the published model's speech decoder input). Text of a
     multi-byte character is held back until the character is complete (and dropped if
     the answer stops before it is).
+
+    `allowed`: where given, each step picks only among the token ids it returns for the tokens
+    generated so far (an end token among them ends the answer): constrained decoding.
     """
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("give exactly one of input_ids and inputs_embeds")
@@ -345,13 +349,14 @@ def stream_generate(
     cache, past = llm.held_cache(prefix)  # the rest of the prompt is computed in one pass
     held = prefix[:past]  # the ids whose KV the cache holds, for the next prompt to reuse
     try:
-        yield from _decode(llm, cache, held, past, input_ids, inputs_embeds, options, output_hidden, prefix[past:])
+        yield from _decode(llm, cache, held, past, input_ids, inputs_embeds, options, output_hidden, prefix[past:], allowed)
     finally:
         llm.keep(cache, held)
 
 
 def _decode(llm: ChatLLM, cache, held: list[int], past: int, input_ids, inputs_embeds, options: GenerationOptions,
-            output_hidden: bool, pending: Sequence[int] = ()) -> Iterator[TokenStep]:
+            output_hidden: bool, pending: Sequence[int] = (),
+            allowed: Callable[[list[int]], Collection[int]] | None = None) -> Iterator[TokenStep]:
     """`stream_generate`'s loop, on `cache` (holding the first `past` positions); `held` is
     extended with the ids fed while every position is a known id (not after embeddings), and,
     once the prompt is computed, with `pending`, the ids of the prefix that embeddings follow."""
@@ -378,7 +383,13 @@ def _decode(llm: ChatLLM, cache, held: list[int], past: int, input_ids, inputs_e
         elif pending:
             held += pending
             pending = ()
-        token = _pick(out.logits[0, -1], generated, options, gen)
+        logits = out.logits[0, -1]
+        if allowed is not None:
+            ok = torch.tensor(sorted(allowed(generated)), dtype=torch.long, device=logits.device)
+            if not len(ok):
+                raise ValueError("constrained decoding: no token allowed")
+            logits = torch.full_like(logits, float("-inf")).index_copy(0, ok, logits[ok])
+        token = _pick(logits, generated, options, gen)
         hidden = out.hidden_states[-1][0, -1].detach().clone() if output_hidden else None
         if token in llm.eos_ids:
             yield TokenStep(token, "", hidden, end=True)

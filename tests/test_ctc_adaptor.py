@@ -365,9 +365,9 @@ def test_repeat_is_bounded_by_what_was_heard(ctc_omni):
     said = model.transcribe(audio)
     heard = model.hear(audio)[1]
     assert model.transcribe(audio, features=full, heard=heard) == said  # heard already: the same repeat
-    model.hear = lambda _audio: (full[:3], None)  # three tokens heard in the same long audio
+    model.listen = lambda _audio: (full[:3], None, [])  # three tokens heard in the same long audio
     model.transcribe(audio)
-    model.hear = lambda _audio: (full[:24], None)
+    model.listen = lambda _audio: (full[:24], None, [])
     model.transcribe(audio)
     bound = min(len(full) + max(4, len(full) // 4), 40)
     assert limits == [bound, bound, 3 + 4, 24 + 6]
@@ -402,6 +402,32 @@ def test_a_repeat_that_loops_gives_what_the_adaptor_heard(ctc_omni):
         assert model.transcribe(np.zeros(16000 * 6, np.float32), features=features, heard=heard) == expect
         assert "Repeat" not in said  # generation stopped at the break
 
+
+
+def test_a_repeat_after_a_beam_says_one_of_the_transcripts_the_llm_chose_among(ctc_omni):
+    """Where the adaptor heard by beam search, the repeat picks token by token among its
+    hypotheses: a random-weight LLM, free, says anything; constrained, it says one of them
+    whole, and may stop where a shorter one ends inside a longer."""
+    from omni_cli.e2e.checkpoint import load_omni
+
+    model = load_omni(ctc_omni, TEST_DEVICE)
+    tok = model.llm.tokenizer
+    texts = ["hello world", "hello word", "yellow world again"]
+    alternatives = [tok(t, add_special_tokens=False).input_ids for t in texts]
+    heard = texts[0]
+    features = model.speech_projector.embed_heard(alternatives[0])
+    audio = np.zeros(16000 * 2, np.float32)
+    free = model.transcribe(audio, features=features, heard=heard)
+    said = model.transcribe(audio, features=features, heard=heard, alternatives=alternatives)
+    assert said in texts and free not in texts
+    allowed = model._among(alternatives + [tok("hello", add_special_tokens=False).input_ids])
+    hello = tok("hello", add_special_tokens=False).input_ids
+    assert set(model.llm.eos_ids) <= allowed(hello)  # "hello" is one of them, and ends there
+    assert allowed(hello) - set(model.llm.eos_ids) == {tok("hello world", add_special_tokens=False).input_ids[len(hello)],
+                                                       tok("hello word", add_special_tokens=False).input_ids[len(hello)]}
+    assert allowed(alternatives[2]) == set(model.llm.eos_ids)
+    # one transcript alone (a greedy hearing) leaves nothing to choose: the repeat is free
+    assert model.transcribe(audio, features=features, heard=heard, alternatives=alternatives[:1]) == free
 
 def test_transcribe_with_the_e2e_backend(ctc_omni, tmp_path):
     """`omni transcribe --asr-backend e2e`: the model's repeat, with a reference WER like Whisper's."""

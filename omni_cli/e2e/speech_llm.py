@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import closing, contextmanager
 
 import numpy as np
@@ -135,6 +135,13 @@ class SpeechLLM(nn.Module):
         A ctc adaptor hearing by beam search lets the LLM choose in the prompt the answer will
         have (with `history`). With the encoder config's `speech_margin`, only the speech and
         that margin around it is heard (`speech`: its spans, where the caller has found them)."""
+        features, text, _ = self.listen(audio, history, speech)
+        return features, text
+
+    def listen(self, audio: np.ndarray, history: list[dict[str, str]] | None = None,
+               speech: list[tuple[float, float]] | None = None) -> tuple[torch.Tensor, str | None, list[list[int]]]:
+        """`hear`, and the transcripts the LLM chose among (a ctc adaptor hearing by beam
+        search: its hypotheses' LLM token ids, best first by CTC score; else none)."""
         margin = self.config.encoder.speech_margin
         if margin is not None:
             from omni_cli.vad import around_speech
@@ -146,10 +153,11 @@ class SpeechLLM(nn.Module):
         if self.config.projector.type == "ctc":
             proj = self.speech_projector
             if proj.config.beam > 1:
-                ids = self.most_plausible(proj.hypotheses(x, proj.config.beam), history)
-                return proj.embed_heard(ids), self.llm.tokenizer.decode(ids).strip()
-            return proj.read(x)
-        return self.speech_projector(x)[0], None
+                found = proj.hypotheses(x, proj.config.beam)
+                ids = self.most_plausible(found, history)
+                return proj.embed_heard(ids), self.llm.tokenizer.decode(ids).strip(), [h for h, _ in found]
+            return *proj.read(x), []
+        return self.speech_projector(x)[0], None, []
 
     def hear_with(self, beam: int | None) -> None:
         """Override how a ctc adaptor hears: `beam` hypotheses for the LLM to choose among (1:
@@ -314,20 +322,23 @@ class SpeechLLM(nn.Module):
     def stream_features(
         self, features: torch.Tensor, options: GenerationOptions = GenerationOptions(), history: list[dict[str, str]] | None = None,
         prompt: PromptConfig | None = None, heard: str | None = None,
+        allowed: Callable[[list[int]], Collection[int]] | None = None,
     ) -> Iterator[TokenStep]:
         """Text tokens with the hidden states that emitted them (the last step is the end token).
         `heard`: the text `hear` gave with `features`; where they are exactly the LLM's
         embeddings of its tokens (a ctc adaptor), the prompt is token ids throughout, so the KV
-        cache kept while hearing, and after the answer the whole turn's, is reused."""
+        cache kept while hearing, and after the answer the whole turn's, is reused. `allowed`:
+        constrained decoding (`llm.stream_generate`)."""
         before, after = self.prompt_ids(history, prompt)  # the fixed beginning: its KV cache is kept
         ids = self._embedded_ids(features, heard)
         if ids is not None:
             whole = before + ids + after
             yield from stream_generate(self.llm, input_ids=torch.tensor([whole], device=self.device), options=options,
-                                       output_hidden=True, prefix=whole[:-1])
+                                       output_hidden=True, prefix=whole[:-1], allowed=allowed)
             return
         embeds = self.prompt_embeds(features, history, prompt)
-        yield from stream_generate(self.llm, inputs_embeds=embeds, options=options, output_hidden=True, prefix=before)
+        yield from stream_generate(self.llm, inputs_embeds=embeds, options=options, output_hidden=True, prefix=before,
+                                   allowed=allowed)
 
     def _embedded_ids(self, features: torch.Tensor, heard: str | None) -> list[int] | None:
         """The LLM token ids of `heard` where `features` are exactly their input embeddings, else None."""
@@ -346,28 +357,53 @@ class SpeechLLM(nn.Module):
 
     @torch.inference_mode()
     def transcribe(self, audio: np.ndarray, max_new_tokens: int | None = None, features: torch.Tensor | None = None,
-                   heard: str | None = None) -> str:
+                   heard: str | None = None, alternatives: list[list[int]] | None = None) -> str:
         """What the model heard: its own greedy answer to the repeat prompt (no repetition
-        penalty, since a transcript may repeat words); at most about 6 tokens a second, and
-        with a ctc adaptor (features that are the heard tokens) at most a quarter more tokens
-        than it heard, so the repeat cannot run on past what was said; it ends at its first line
-        break, and where the repeat loops (a run of words said again that the adaptor heard once)
-        it gives the adaptor's own text.
-        `features`, `heard`: what `hear` gives for `audio`, where the caller has heard it already."""
+        penalty, since a transcript may repeat words). Where a ctc adaptor heard by beam search,
+        the repeat chooses token by token among the transcripts the LLM chose among (each next
+        token one that some hypothesis goes on with, the end where one is complete): the LLM
+        says which it heard, in its words, but no word the adaptor did not hear. Otherwise at most
+        about 6 tokens a second, and with a ctc adaptor (features that are the heard tokens) at
+        most a quarter more tokens than it heard, so the repeat cannot run on past what was said;
+        it ends at its first line break, and where it loops (a run of words said again that the
+        adaptor heard once) it gives the adaptor's own text.
+        `features`, `heard`, `alternatives`: what `listen` gives for `audio`, where the caller has
+        heard it already (without `alternatives`, the repeat is free)."""
         limit = max_new_tokens or max(16, int(len(audio) / 16000 * 6) + 8)
         if features is None:
-            features, heard = self.hear(audio)
-        if max_new_tokens is None and self.config.projector.type == "ctc":
+            features, heard, alternatives = self.listen(audio)
+        allowed = None
+        if alternatives and len(alternatives) > 1 and heard is not None and self.config.projector.type == "ctc":
+            allowed = self._among(alternatives)
+            limit = max_new_tokens or 1 + max(len(ids) for ids in allowed.seqs)
+        elif max_new_tokens is None and self.config.projector.type == "ctc":
             limit = min(limit, len(features) + max(4, len(features) // 4))
         options = GenerationOptions(max_new_tokens=limit, repetition_penalty=1.0)
         text = ""
-        with self.repeating(), closing(self.stream_features(features, options, prompt=self.repeat_prompt())) as steps:
+        steps = self.stream_features(features, options, prompt=self.repeat_prompt(), heard=heard, allowed=allowed)
+        with self.repeating(), closing(steps):
             for step in steps:
                 text += step.text
                 if "\n" in text.lstrip():  # a transcript is one line: past it the prompt's words leak ("Hey!\nRepeat what was")
                     break
         text = text.strip().split("\n")[0].strip()
         return heard if heard and loops(text, heard) else text
+
+    def _among(self, alternatives: list[list[int]]) -> Callable[[list[int]], set[int]]:
+        """The tokens a repeat constrained to `alternatives` (LLM token ids) may say next, given
+        what it said: the next canonical token of each that begins so, and the end tokens where
+        one is said whole. Its `seqs` attribute holds the canonical token ids."""
+        tokenizer = self.llm.tokenizer
+        seqs = {tuple(tokenizer(tokenizer.decode(ids).strip(), add_special_tokens=False).input_ids) for ids in alternatives}
+        ends = set(self.llm.eos_ids)
+
+        def allowed(said: list[int]) -> set[int]:
+            n, said_ = len(said), tuple(said)
+            nxt = {q[n] for q in seqs if len(q) > n and q[:n] == said_}
+            return nxt | ends if said_ in seqs or not nxt else nxt
+
+        allowed.seqs = seqs
+        return allowed
 
     @torch.inference_mode()
     def stream(
