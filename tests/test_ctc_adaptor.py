@@ -420,7 +420,8 @@ def test_a_repeat_after_a_beam_says_one_of_the_transcripts_the_llm_chose_among(c
     free = model.transcribe(audio, features=features, heard=heard)
     said = model.transcribe(audio, features=features, heard=heard, alternatives=alternatives)
     assert said in texts and free not in texts
-    allowed = model._among(alternatives + [tok("hello", add_special_tokens=False).input_ids])
+    allowed, longest = model._among(alternatives + [tok("hello", add_special_tokens=False).input_ids])
+    assert longest == len(alternatives[2])
     hello = tok("hello", add_special_tokens=False).input_ids
     assert set(model.llm.eos_ids) <= allowed(hello)  # "hello" is one of them, and ends there
     assert allowed(hello) - set(model.llm.eos_ids) == {tok("hello world", add_special_tokens=False).input_ids[len(hello)],

@@ -362,7 +362,7 @@ class SpeechLLM(nn.Module):
         penalty, since a transcript may repeat words). Where a ctc adaptor heard by beam search,
         the repeat chooses token by token among the transcripts the LLM chose among (each next
         token one that some hypothesis goes on with, the end where one is complete): the LLM
-        says which it heard, in its words, but no word the adaptor did not hear. Otherwise at most
+        says which of them it heard, and no word the adaptor did not hear. Otherwise at most
         about 6 tokens a second, and with a ctc adaptor (features that are the heard tokens) at
         most a quarter more tokens than it heard, so the repeat cannot run on past what was said;
         it ends at its first line break, and where it loops (a run of words said again that the
@@ -374,8 +374,8 @@ class SpeechLLM(nn.Module):
             features, heard, alternatives = self.listen(audio)
         allowed = None
         if alternatives and len(alternatives) > 1 and heard is not None and self.config.projector.type == "ctc":
-            allowed = self._among(alternatives)
-            limit = max_new_tokens or 1 + max(len(ids) for ids in allowed.seqs)
+            allowed, longest = self._among(alternatives)
+            limit = max_new_tokens or longest + 1
         elif max_new_tokens is None and self.config.projector.type == "ctc":
             limit = min(limit, len(features) + max(4, len(features) // 4))
         options = GenerationOptions(max_new_tokens=limit, repetition_penalty=1.0)
@@ -389,10 +389,10 @@ class SpeechLLM(nn.Module):
         text = text.strip().split("\n")[0].strip()
         return heard if heard and loops(text, heard) else text
 
-    def _among(self, alternatives: list[list[int]]) -> Callable[[list[int]], set[int]]:
+    def _among(self, alternatives: list[list[int]]) -> tuple[Callable[[list[int]], set[int]], int]:
         """The tokens a repeat constrained to `alternatives` (LLM token ids) may say next, given
-        what it said: the next canonical token of each that begins so, and the end tokens where
-        one is said whole. Its `seqs` attribute holds the canonical token ids."""
+        what it said (the next canonical token of each that begins so, and the end tokens where
+        one is said whole), and the length of the longest in canonical tokens."""
         tokenizer = self.llm.tokenizer
         seqs = {tuple(tokenizer(tokenizer.decode(ids).strip(), add_special_tokens=False).input_ids) for ids in alternatives}
         ends = set(self.llm.eos_ids)
@@ -402,8 +402,7 @@ class SpeechLLM(nn.Module):
             nxt = {q[n] for q in seqs if len(q) > n and q[:n] == said_}
             return nxt | ends if said_ in seqs or not nxt else nxt
 
-        allowed.seqs = seqs
-        return allowed
+        return allowed, max(len(q) for q in seqs)
 
     @torch.inference_mode()
     def stream(
