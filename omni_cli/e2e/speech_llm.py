@@ -21,6 +21,7 @@ from torch import nn
 from omni_cli.e2e.config import SPEECH_PLACEHOLDER, OmniConfig, PromptConfig
 from omni_cli.e2e.speech_encoder import SpeechEncoder
 from omni_cli.e2e.speech_generator import SpeechGenerator
+from omni_cli.e2e.speech_projector import canonical_ids
 from omni_cli.errors import ConfigError
 from omni_cli.llm import ChatLLM, GenerationOptions, TokenStep, stream_generate
 
@@ -251,7 +252,7 @@ class SpeechLLM(nn.Module):
         p = self.speech_projector.config
         tokenizer, llm = self.llm.tokenizer, self.llm
         before, after = self.prompt_ids(history)
-        seqs = [tokenizer(tokenizer.decode(ids).strip(), add_special_tokens=False).input_ids + after[:1] for ids, _ in hypotheses]
+        seqs = [canonical_ids(tokenizer, ids) + after[:1] for ids, _ in hypotheses]
         # every path starts at the prompt's last token before the speech, whose logits score the first heard token
         tokens, depths, ancestry, paths = token_tree([before[-1:] + q for q in seqs])
         past = len(before) - 1
@@ -393,8 +394,7 @@ class SpeechLLM(nn.Module):
         """The tokens a repeat constrained to `alternatives` (LLM token ids) may say next, given
         what it said (the next canonical token of each that begins so, and the end tokens where
         one is said whole), and the length of the longest in canonical tokens."""
-        tokenizer = self.llm.tokenizer
-        seqs = {tuple(tokenizer(tokenizer.decode(ids).strip(), add_special_tokens=False).input_ids) for ids in alternatives}
+        seqs = {tuple(canonical_ids(self.llm.tokenizer, ids)) for ids in alternatives}
         ends = set(self.llm.eos_ids)
 
         def allowed(said: list[int]) -> set[int]:

@@ -220,8 +220,7 @@ class CTCSpeechProjector(nn.Module):
     def embed_heard(self, ids: list[int]) -> torch.Tensor:
         """(tokens, llm_width): the LLM's input embeddings of its canonical tokens of the text
         the CTC ids spell."""
-        tokenizer = self._llm[1]
-        canonical = tokenizer(tokenizer.decode(ids).strip(), add_special_tokens=False).input_ids
+        canonical = canonical_ids(self._llm[1], ids)
         table = self._table()
         return table[torch.tensor(canonical, dtype=torch.long, device=table.device)]
 
@@ -258,6 +257,12 @@ def ctc_prefix_beams(logp: torch.Tensor, blank: int, width: int, per_frame: int 
 
 
 CHARS = "abcdefghijklmnopqrstuvwxyz0123456789 '.,?!-"  # what a "chars" head spells
+
+
+def canonical_ids(tokenizer, ids: list[int]) -> list[int]:
+    """The tokenizer's own tokens of the text LLM token ids spell (a CTC head may spell a text
+    with other pieces than the tokenizer would): what the LLM reads for a heard transcript."""
+    return tokenizer(tokenizer.decode(ids).strip(), add_special_tokens=False).input_ids
 
 
 def normalize_chars(text: str) -> str:
