@@ -403,7 +403,6 @@ def test_a_repeat_that_loops_gives_what_the_adaptor_heard(ctc_omni):
         assert "Repeat" not in said  # generation stopped at the break
 
 
-
 def test_a_repeat_after_a_beam_says_one_of_the_transcripts_the_llm_chose_among(ctc_omni):
     """Where the adaptor heard by beam search, the repeat picks token by token among its
     hypotheses: a random-weight LLM, free, says anything; constrained, it says one of them
@@ -429,6 +428,7 @@ def test_a_repeat_after_a_beam_says_one_of_the_transcripts_the_llm_chose_among(c
     assert allowed(alternatives[2]) == set(model.llm.eos_ids)
     # one transcript alone (a greedy hearing) leaves nothing to choose: the repeat is free
     assert model.transcribe(audio, features=features, heard=heard, alternatives=alternatives[:1]) == free
+
 
 def test_transcribe_with_the_e2e_backend(ctc_omni, tmp_path):
     """`omni transcribe --asr-backend e2e`: the model's repeat, with a reference WER like Whisper's."""
