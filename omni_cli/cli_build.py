@@ -202,7 +202,7 @@ def _train() -> None:
     """
 
 
-def _train_run(stage: str, data_dir: Path, out: Path, start: Path | None, resume: bool, options, **stage_options) -> None:
+def _train_run(stage: str, data_dir: Path | list[Path], out: Path, start: Path | None, resume: bool, options, **stage_options) -> None:
     """Run a training stage (`start_stage`) with a progress bar; in a distributed run only the
     first process reports."""
     from omni_cli.e2e.train import preparation_progress, start_stage, world
@@ -230,6 +230,7 @@ TrainBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Items per 
 TrainLr = Annotated[float, typer.Option("--lr", help="Peak learning rate.")]
 TrainResume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
 TrainData = Annotated[Path, typer.Option("--data", help="A set made by `omni data build`.")]
+TrainSets = Annotated[list[Path], typer.Option("--data", help="A set made by `omni data build`; repeat it to train on several together (an item whose text another holds out is left out).")]
 TrainOut = Annotated[Path, typer.Option("--out", "-o", help="Run folder: model/, train_state.pt, losses.json, loss.png.")]
 TrainFrom = Annotated[Path | None, typer.Option("--from", help="Start from this model folder (default: a fresh offline default).")]
 TrainDevice = Annotated[str, typer.Option("--device", help="cpu, or cuda / cuda:N (bfloat16 autocast); under torchrun each process takes its own GPU.")]
@@ -237,7 +238,7 @@ TrainDevice = Annotated[str, typer.Option("--device", help="cpu, or cuda / cuda:
 
 @train_app.command("adaptor")
 def train_adaptor_cmd(
-    data_dir: TrainData, out: TrainOut, start: TrainFrom = None,
+    data_dir: TrainSets, out: TrainOut, start: TrainFrom = None,
     task: Annotated[str, typer.Option("--task", help="ctc: the ctc adaptor's CTC head on the transcripts (no LLM pass); answer: answer the spoken instruction; asr: repeat it (pre-alignment through the LLM); align: CTC onto the LLM's word embeddings (a pre-alignment for the linear adaptor, no LLM pass).")] = "ctc",
     steps: TrainSteps = 1000, batch_size: TrainBatch = 8, lr: TrainLr = 1e-3, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 200,
     seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False, device: TrainDevice = "cpu",
@@ -249,6 +250,7 @@ def train_adaptor_cmd(
     [bold]Examples:[/]
       omni train adaptor --data runs/data --out runs/stage1 --task ctc --steps 3000 --batch-size 32
       omni train adaptor --data runs/data --out runs/stage1 --task ctc --device cuda --augment --batch-size 64
+      omni train adaptor --data runs/data --data runs/more --out runs/stage1c --from runs/stage1/model --task ctc --lr 3e-4
       torchrun --nproc-per-node 4 --no-python omni train adaptor --data runs/data --out runs/stage1 --task ctc --device cuda
       omni train adaptor --data runs/data --out runs/stage0 --task align --steps 2000 --batch-size 16   # linear adaptor
     """
@@ -262,7 +264,7 @@ def train_adaptor_cmd(
 
 @train_app.command("llm")
 def train_llm_cmd(
-    data_dir: TrainData, out: TrainOut, start: TrainFrom = None,
+    data_dir: TrainSets, out: TrainOut, start: TrainFrom = None,
     steps: TrainSteps = 600, batch_size: TrainBatch = 8, lr: TrainLr = 5e-4, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 100,
     seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
     rank: Annotated[int, typer.Option("--lora-rank", min=1, help="Rank of the LoRA adapters.")] = 8,
@@ -286,7 +288,7 @@ def train_llm_cmd(
 
 @train_app.command("speech-decoder")
 def train_speech_decoder_cmd(
-    data_dir: TrainData, out: TrainOut, start: TrainFrom = None,
+    data_dir: TrainSets, out: TrainOut, start: TrainFrom = None,
     steps: TrainSteps = 2000, batch_size: TrainBatch = 8, lr: TrainLr = 1e-3, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 200,
     seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
     from_text: Annotated[bool, typer.Option("--from-text", help="Read the typed instruction in the speech's place (no audio or adaptor needed).")] = False,

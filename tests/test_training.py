@@ -603,6 +603,20 @@ def test_start_stage_picks_the_runs_own_model_on_resume(peaked_omni, rows, tmp_p
     assert loaded == [peaked_omni]  # nothing to resume there: the given model
 
 
+def test_stages_train_on_several_sets_together_leaving_out_what_any_of_them_holds_out(peaked_omni, rows, tmp_path):
+    first = built_set([{**r, "instruction": t} for r, t in zip(rows, ["one", "two", "three"])], tmp_path / "a",
+                      splits=["train", "train", "heldout"])
+    second = built_set([{**r, "instruction": t} for r, t in zip(rows, ["Two", "four", "five"])], tmp_path / "b",
+                       splits=["heldout", "train", "train"])
+    opts = TrainOptions(steps=2, batch_size=2, warmup=1, save_every=2)
+    got, steps = start_stage("adaptor", [first, second], tmp_path / "run", start=peaked_omni, options=opts, task="answer",
+                             device=TEST_DEVICE)
+    assert [(r["audio"].split("/")[-3], r["instruction"]) for r in got] == [("a", "one"), ("b", "four"), ("b", "five")]
+    assert [p.step for p in steps] == [1, 2]
+    alone, _ = start_stage("adaptor", first, tmp_path / "run2", start=peaked_omni, options=opts, task="answer", device=TEST_DEVICE)
+    assert [r["instruction"] for r in alone] == ["one", "two"]  # alone, its own held-out texts only
+
+
 def test_start_stage_without_a_model_starts_a_fresh_default_with_the_stages_adaptor(peaked_omni, rows, tmp_path, monkeypatch):
     import omni_cli.e2e.defaults as defaults
 

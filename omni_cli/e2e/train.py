@@ -883,14 +883,30 @@ def _keep_said(model: SpeechLLM, spoken: list[tuple[list[int], list[bool], str]]
 STAGES = ("adaptor", "llm", "speech-decoder")
 
 
+def training_rows(data_dirs: Sequence[Path]) -> tuple[list[dict], set[str]]:
+    """The training items of one or more sets made by `build`, in order, less any whose text
+    another of them holds out (`build` keeps a set's own splits apart); and the instructions
+    they hold out, lower case."""
+    from omni_cli.e2e.build_data import read_manifest
+
+    for d in data_dirs:
+        if not (d / "manifest.jsonl").is_file():
+            raise ConfigError(f"{d}: no manifest.jsonl (build one with `omni data build --out {d}`)")
+    held = [{r["instruction"].lower() for r in read_manifest(d, split="heldout")} for d in data_dirs]
+    rows = [r for n, d in enumerate(data_dirs) for r in read_manifest(d, split="train")
+            if not any(r["instruction"].lower() in h for m, h in enumerate(held) if m != n)]
+    return rows, set().union(*held)
+
+
 def start_stage(
-    stage: str, data_dir: Path, out: Path, start: Path | None = None, resume: bool = False,
+    stage: str, data_dir: Path | Sequence[Path], out: Path, start: Path | None = None, resume: bool = False,
     options: TrainOptions = TrainOptions(), task: str = "ctc", units: str = "tokens", augment: bool = False,
     lora: LoraConfig = LoraConfig(), answer_share: float = 0.5, lora_tasks: Sequence[str] | None = None,
     from_text: bool = False, read_back: int = 0, extra_texts: int = 0, text_sources: Sequence[str] = (), device: str = "cpu",
     upsample: int = 0,
 ) -> tuple[list[dict], Iterator[Progress]]:
-    """A training stage ready to run on the train split of a set made by `build`: its rows, and
+    """A training stage ready to run on the train split of a set made by `build` (or of several:
+    `training_rows`): its rows, and
     the stage's steps (not started: the first step also prepares the items, the frozen encoder
     and LLM passes). The model is the run's own (`out/model`) when resuming one, else `start`,
     else a fresh default (a ctc adaptor, or a linear one for the adaptor tasks answer, asr and
@@ -899,8 +915,6 @@ def start_stage(
     `extra_texts` pairs drawn from the registry sets `text_sources` by `decoder_texts`, none of
     the set's held-out instructions among them; `upsample`: the decoder resampled to this many
     positions a token first, `SpeechGenerator.resampled`, where it has another number)."""
-    from omni_cli.e2e.build_data import read_manifest
-
     if stage not in STAGES:
         raise ValueError(f"stage is one of {STAGES}, not {stage!r}")
     if task not in ("ctc", "answer", "asr", "align"):
@@ -917,14 +931,16 @@ def start_stage(
         from omni_cli.e2e.build_data import DECODER_TEXT_SOURCES, training_sources
 
         text_sources = training_sources(text_sources or DECODER_TEXT_SOURCES)
-    if not (data_dir / "manifest.jsonl").is_file():
-        raise ConfigError(f"{data_dir}: no manifest.jsonl (build one with `omni data build --out {data_dir}`)")
-    rows = read_manifest(data_dir, split="train")
+    data_dirs = [Path(data_dir)] if isinstance(data_dir, (str, Path)) else [Path(d) for d in data_dir]
+    if not data_dirs:
+        raise ConfigError("give a set to train on (--data)")
+    rows, heldout = training_rows(data_dirs)
+    named = ", ".join(map(str, data_dirs))
     # stage 2 on registry texts needs no spoken item: the set gives only the held-out texts to leave out
     if not rows and not (stage == "speech-decoder" and extra_texts):
-        raise ConfigError(f"{data_dir}: no training items")
+        raise ConfigError(f"{named}: no training items")
     if not rows and start is None and not resume:
-        raise ConfigError(f"{data_dir} has no training items: stage 2 on registry texts alone continues a model (--from)")
+        raise ConfigError(f"{named} has no training items: stage 2 on registry texts alone continues a model (--from)")
     device = training_device(device)
     resuming = resume and (out / "model").is_dir()
     if stage == "speech-decoder" and upsample and resuming:  # checked before the slow load
@@ -955,7 +971,6 @@ def start_stage(
             from omni_cli import data
             from omni_cli.e2e.build_data import decoder_texts
 
-            heldout = {r["instruction"].lower() for r in read_manifest(data_dir, split="heldout")}
             texts = decoder_texts([item for name in text_sources for item in data.load(name)], extra_texts, seed=options.seed,
                                   exclude=heldout)
         steps = train_speech_decoder(model, rows, out, options, resume=resume, from_text=from_text, read_back=read_back,
