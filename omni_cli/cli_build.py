@@ -148,6 +148,18 @@ def data_fetch(
             raise typer.Exit(1)
 
 
+def _followed(steps, title: str, loading: str):
+    """Run a set-making job's `steps` (BuildProgress: the first once it is ready) under a progress
+    bar; its last progress."""
+    with ui.err.status(loading):
+        p = next(steps)
+    with ui.progress() as bar:
+        task = bar.add_task(title, total=p.total, completed=p.done)
+        for p in steps:
+            bar.update(task, completed=p.done)
+    return p
+
+
 @data_app.command("build")
 def data_build(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the set (manifest.jsonl + audio/); an existing one is resumed.")],
@@ -174,15 +186,31 @@ def data_build(
         names = [n.strip() for n in sources.split(",") if n.strip()]
         steps = build_set(out, BuildOptions(size=size, answered=answered, heldout_fraction=heldout_fraction, seed=seed),
                           names, llm, workers, exclude or ())
-        with ui.err.status("loading instructions and models ..."):
-            p = next(steps)
-        with ui.progress() as bar:
-            task = bar.add_task("speaking, then answering", total=p.total, completed=p.done)
-            for p in steps:
-                bar.update(task, completed=p.done)
+        p = _followed(steps, "speaking, then answering", "loading instructions and models ...")
         ui.note(f"{p.items} items, {p.answered} answered, in {out}")
         if p.failed:
             ui.failed(f"{p.failed} of them could not be spoken (the synthesizer failed on their text): left out, listed in {out / 'failed.jsonl'}")
+
+
+@data_app.command("room-copies")
+def data_room_copies(
+    src: Annotated[Path, typer.Argument(help="A set made by `omni data build`.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the copies (a set of their own); an existing one is resumed.")],
+    size: Annotated[int, typer.Option("--size", min=1, help="How many training items to copy.")] = 10000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed: which items, and what is done to each.")] = 0,
+) -> None:
+    """Copies of a set's training items as people's recordings might sound: a room's echo, a
+    microphone's band, coloured noise, another level. Train stage 1 on both sets together.
+
+    [bold]Examples:[/]
+      omni data room-copies runs/data --out runs/rooms --size 24000
+      omni train adaptor --task ctc --data runs/data --data runs/rooms --out runs/stage1r --from runs/stage1/model --lr 3e-4
+    """
+    from omni_cli.e2e.build_data import room_set
+
+    with user_errors():
+        p = _followed(room_set(src, out, size, seed), "room copies", "reading the set ...")
+        ui.note(f"{p.done} room copies in {out}")
 
 
 # -- omni train -----------------------------------------------------------------------------

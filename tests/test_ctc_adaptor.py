@@ -644,6 +644,39 @@ def test_reverb_is_a_decaying_echo_at_the_ratio_asked():
     assert changed.shape == plain.shape and not torch.allclose(changed, plain, atol=0.05)
 
 
+def test_a_microphone_keeps_its_band_and_noise_comes_at_the_ratio_and_colour_asked():
+    from omni_cli.e2e.train import coloured_noise, microphone
+
+    t = torch.arange(16000) / 16000
+    low, mid, high = (torch.sin(2 * torch.pi * f * t) for f in (100.0, 1000.0, 7000.0))
+    heard = [microphone(x, 300.0, 3400.0, 0.0).pow(2).mean() / x.pow(2).mean() for x in (low, mid, high)]
+    assert heard[0] < 0.02 and 0.95 < heard[1] < 1.05 and heard[2] < 0.01  # below and above the band: gone
+    tilted = microphone(high, 60.0, 8000.0, 6.0).pow(2).mean() / microphone(high, 60.0, 8000.0, 0.0).pow(2).mean()
+    assert 1.5 < float(tilted) < 8  # +6 dB per two octaves: brighter at 7 kHz
+    for slope in (0.0, 2.0):
+        noisy = coloured_noise(mid, 10.0, slope, torch.Generator().manual_seed(0))
+        noise = noisy - mid
+        assert abs(10 * torch.log10(mid.pow(2).mean() / noise.pow(2).mean()).item() - 10.0) < 0.01
+        spectrum = torch.fft.rfft(noise).abs().pow(2)
+        ratio = spectrum[100:200].mean() / spectrum[4000:5000].mean()  # 100-200 Hz against 4-5 kHz
+        assert (ratio < 3) if slope == 0 else (ratio > 100)  # white is flat, brown falls steeply
+
+
+def test_a_room_copy_is_the_same_length_at_a_new_level_and_the_same_draws_make_the_same_copy():
+    import random
+
+    from omni_cli.e2e.train import room_copy
+
+    audio = torch.sin(torch.arange(32000) / 7.0) * torch.linspace(0, 1, 32000)
+    copies = [room_copy(audio, random.Random(f"0:{i}")) for i in range(12)]
+    for copy, how in copies:
+        assert copy.shape == audio.shape and torch.isfinite(copy).all() and 0.2 <= float(copy.abs().max()) <= 0.9
+    assert {"reverb" in how for _, how in copies} == {True, False}  # a share, not every one
+    again, how = room_copy(audio, random.Random("0:3"))
+    assert torch.equal(again, copies[3][0]) and how == copies[3][1]
+    assert not torch.allclose(copies[0][0], copies[1][0])
+
+
 def test_ctc_stage_learns_from_augmented_audio(ctc_omni, tmp_path):
     """Training from audio (the encoder run on every batch, augmented) learns and leaves the
     encoder and the LLM as they were."""

@@ -617,6 +617,44 @@ def test_stages_train_on_several_sets_together_leaving_out_what_any_of_them_hold
     assert [r["instruction"] for r in alone] == ["one", "two"]  # alone, its own held-out texts only
 
 
+def test_room_copies_are_a_set_of_their_own_that_keeps_the_sources_held_out_texts(rows, tmp_path):
+    from omni_cli.audio import load_audio
+    from omni_cli.e2e.build_data import room_set
+    from omni_cli.e2e.train import training_rows
+
+    src = built_set([{**r, "instruction": t} for r, t in zip(rows, ["one", "two", "three"])], tmp_path / "src",
+                    splits=["train", "heldout", "train"])
+    progress = list(room_set(src, tmp_path / "rooms", size=5, seed=1))
+    assert [(p.done, p.total) for p in progress] == [(0, 2), (1, 2), (2, 2)]  # only two training items to copy
+    copies = read_manifest(tmp_path / "rooms", split="train")
+    assert sorted(r["instruction"] for r in copies) == ["one", "three"]
+    assert all(r["id"].startswith("room-") and ";" in r["voice"] for r in copies)
+    for r in copies:
+        original = load_audio(src / "audio" / f"{r['id'][5:]}.wav")
+        copy = load_audio(r["audio"])
+        assert copy.shape == original.shape and not np.allclose(copy, original, atol=1e-2)
+    assert [r["instruction"] for r in read_manifest(tmp_path / "rooms", split="heldout")] == ["two"]
+    assert [(p.done, p.total) for p in room_set(src, tmp_path / "rooms", size=5, seed=1)] == [(2, 2)]  # resumed: nothing left
+    assert len(read_manifest(tmp_path / "rooms")) == 3
+    together, held = training_rows([src, tmp_path / "rooms"])
+    assert len(together) == 4 and held == {"two"}
+    with pytest.raises(ConfigError, match="folder of their own"):
+        next(room_set(src, src, size=1))
+
+
+def test_cli_room_copies_writes_the_copies_and_refuses_a_folder_that_is_no_set(rows, tmp_path):
+    from typer.testing import CliRunner
+
+    from omni_cli.cli import app
+
+    src = built_set(rows, tmp_path / "src")
+    result = CliRunner().invoke(app, ["data", "room-copies", str(src), "--out", str(tmp_path / "rooms"), "--size", "2"])
+    assert result.exit_code == 0 and "2 room copies" in result.stderr
+    assert len(read_manifest(tmp_path / "rooms", split="train")) == 2
+    result = CliRunner().invoke(app, ["data", "room-copies", str(tmp_path / "nope"), "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 2 and "not a built set" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_start_stage_without_a_model_starts_a_fresh_default_with_the_stages_adaptor(peaked_omni, rows, tmp_path, monkeypatch):
     import omni_cli.e2e.defaults as defaults
 

