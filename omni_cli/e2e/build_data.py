@@ -436,11 +436,10 @@ def room_set(src: Path, out: Path, size: int, seed: int = 0) -> Iterator[BuildPr
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / "manifest.jsonl"
     done = {r["id"] for r in _read_jsonl(manifest, repair=True)}
-    if not done:  # the source's held-out items, once, so what it holds out stays held out
-        with open(manifest, "a", encoding="utf-8") as f:
-            for r in rows:
-                if r.get("split") == "heldout":
-                    f.write(json.dumps({**r, "audio": str((src / r["audio"]).resolve())}, ensure_ascii=False) + "\n")
+    with open(manifest, "a", encoding="utf-8") as f:  # the source's held-out items, once: what it holds out stays held out
+        for r in rows:
+            if r.get("split") == "heldout" and r["id"] not in done:
+                f.write(json.dumps({**r, "audio": str((src / r["audio"]).resolve())}, ensure_ascii=False) + "\n")
     (out / "build.json").write_text(json.dumps({"room_copies_of": str(src), "size": size, "seed": seed}, indent=2) + "\n")
     n = sum(f"room-{r['id']}" in done for r in chosen)
     yield BuildProgress(done=n, total=len(chosen), items=len(chosen), answered=0)
