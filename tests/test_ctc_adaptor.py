@@ -645,7 +645,7 @@ def test_reverb_is_a_decaying_echo_at_the_ratio_asked():
 
 
 def test_a_microphone_keeps_its_band_and_noise_comes_at_the_ratio_and_colour_asked():
-    from omni_cli.e2e.train import coloured_noise, microphone
+    from omni_cli.e2e.rooms import coloured_noise, microphone
 
     t = torch.arange(16000) / 16000
     low, mid, high = (torch.sin(2 * torch.pi * f * t) for f in (100.0, 1000.0, 7000.0))
@@ -665,7 +665,7 @@ def test_a_microphone_keeps_its_band_and_noise_comes_at_the_ratio_and_colour_ask
 def test_a_room_copy_is_the_same_length_at_a_new_level_and_the_same_draws_make_the_same_copy():
     import random
 
-    from omni_cli.e2e.train import room_copy
+    from omni_cli.e2e.rooms import room_copy
 
     audio = torch.sin(torch.arange(32000) / 7.0) * torch.linspace(0, 1, 32000)
     copies = [room_copy(audio, random.Random(f"0:{i}")) for i in range(12)]

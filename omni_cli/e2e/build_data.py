@@ -412,7 +412,7 @@ def heldout_texts(folders: Sequence[Path]) -> set[str]:
 
 def room_set(src: Path, out: Path, size: int, seed: int = 0) -> Iterator[BuildProgress]:
     """Room copies of a set: `size` training items of the set in `src` (drawn by `seed`), each as a
-    person's recording might have it (`train.room_copy`: a room's echo, a microphone's band,
+    person's recording might have it (`rooms.room_copy`: a room's echo, a microphone's band,
     coloured noise, a level), written to `out` as a set of its own (`manifest.jsonl`, `audio/`;
     ids `room-<id>`, the voice label saying what was done; the source's held-out items are kept
     as they are, so the copies never train on text the source evaluates on, and training on both
@@ -421,7 +421,7 @@ def room_set(src: Path, out: Path, size: int, seed: int = 0) -> Iterator[BuildPr
     progress first, then after each item."""
     import torch
 
-    from omni_cli.e2e.train import room_copy
+    from omni_cli.e2e.rooms import room_copy
 
     if not (src / "manifest.jsonl").is_file():
         raise ConfigError(f"{src}: not a built set (no manifest.jsonl)")
