@@ -258,7 +258,7 @@ TrainBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Items per 
 TrainLr = Annotated[float, typer.Option("--lr", help="Peak learning rate.")]
 TrainResume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
 TrainData = Annotated[Path, typer.Option("--data", help="A set made by `omni data build`.")]
-TrainSets = Annotated[list[Path], typer.Option("--data", help="A set made by `omni data build`; repeat it to train on several together (an item whose text another holds out is left out).")]
+TrainSets = Annotated[list[Path], typer.Option("--data", metavar="SET", help="A set made by `omni data build`; repeat it to train on several together (an item whose text another holds out is left out).")]
 TrainOut = Annotated[Path, typer.Option("--out", "-o", help="Run folder: model/, train_state.pt, losses.json, loss.png.")]
 TrainFrom = Annotated[Path | None, typer.Option("--from", help="Start from this model folder (default: a fresh offline default).")]
 TrainDevice = Annotated[str, typer.Option("--device", help="cpu, or cuda / cuda:N (bfloat16 autocast); under torchrun each process takes its own GPU.")]
