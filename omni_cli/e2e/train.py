@@ -877,9 +877,10 @@ def training_rows(data_dirs: Sequence[Path]) -> tuple[list[dict], set[str]]:
     for d in data_dirs:
         if not (d / "manifest.jsonl").is_file():
             raise ConfigError(f"{d}: no manifest.jsonl (build one with `omni data build --out {d}`)")
-    held = [{r["instruction"].lower() for r in read_manifest(d, split="heldout")} for d in data_dirs]
-    rows = [r for n, d in enumerate(data_dirs) for r in read_manifest(d, split="train")
-            if not any(r["instruction"].lower() in h for m, h in enumerate(held) if m != n)]
+    sets = [read_manifest(d) for d in data_dirs]
+    held = [{r["instruction"].lower() for r in part if r["split"] == "heldout"} for part in sets]
+    rows = [r for n, part in enumerate(sets) for r in part
+            if r["split"] == "train" and not any(r["instruction"].lower() in h for m, h in enumerate(held) if m != n)]
     return rows, set().union(*held)
 
 
