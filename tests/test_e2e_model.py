@@ -182,7 +182,7 @@ class RecordingVocoder:
     def __init__(self, vocoder):
         self.inner = vocoder
         self.sample_rate, self.num_units = vocoder.sample_rate, vocoder.num_units
-        self.boundary_units = vocoder.boundary_units
+        self.boundary_units, self.phrase_units = vocoder.boundary_units, vocoder.phrase_units
         self.calls = []
 
     def units_to_audio(self, units):

@@ -209,9 +209,32 @@ def test_unit_chunker_schedule_starts_small_and_doubles_up_to_omega():
     at_words = UnitChunker(8, boundaries=frozenset({0}), first=2)  # unit 0 ends a word
     words = [5, 0, 6, 7, 0, 5, 6, 7, 8, 0, 1, 2, 3, 4, 5, 6, 7, 0, 9]
     chunks = [c for u in words for c in at_words.push([u])] + list(at_words.flush())
-    assert [len(c) for c in chunks] == [2, 3, 5, 8, 1] and sum(chunks, []) == words
+    # each chunk at least its size (2, 4, 8) and ending at a word end: 3 units were too few for 4
+    assert [len(c) for c in chunks] == [2, 8, 8, 1] and sum(chunks, []) == words
     with pytest.raises(ValueError):
         UnitChunker(8, first=0)
+
+
+def test_unit_chunker_never_hands_out_a_lone_short_word_first():
+    # units as an LLM's tokens bring them: "the" (2 units), then " official" (a space first)
+    the, official, approval = [41, 59], [3, 59, 19, 120, 74, 96, 59], [3, 50, 28, 88, 120]
+    chunker = UnitChunker(40, boundaries=frozenset({3}), first=6)
+    assert list(chunker.push(the)) == [] and list(chunker.push(official)) == []  # 9 units, but "the" alone is 3
+    assert list(chunker.push(approval)) == [the + official + [3]]
+
+
+def test_unit_chunker_ends_later_chunks_at_phrase_ends_and_waits_at_most_four_sizes():
+    space, comma, period = 0, 1, 2
+    chunker = UnitChunker(4, boundaries=frozenset({space, comma, period}), first=2, phrase_ends=frozenset({comma, period}))
+    words = [[5, space], [6, 7, space], [8, 9, space], [5, comma], [6, space], [7, period]]
+    chunks = [c for w in words for c in chunker.push(w)] + list(chunker.flush())
+    # the first at a word end; the second waits past two word ends for the comma
+    assert chunks == [[5, space], [6, 7, space, 8, 9, space, 5, comma], [6, space, 7, period]]
+    no_phrase = UnitChunker(2, boundaries=frozenset({space, comma}), first=2, phrase_ends=frozenset({comma}))
+    units = [5, space] + [6, space] * 6
+    chunks = [c for u in units for c in no_phrase.push([u])] + list(no_phrase.flush())
+    assert chunks[0] == [5, space] and len(chunks[1]) == 8 and chunks[1][-1] == space  # 4 x 2 units: a word end will do
+    assert sum(chunks, []) == units
 
 
 @pytest.mark.parametrize("window", [7, 30])

@@ -63,7 +63,8 @@ class E2EPipeline:
         decoder = SpeechDecoderStream(self.model.speech_generator)
         first = self.options.first_chunk
         first = getattr(self.vocoder, "default_first_chunk", None) if first is None else (first or None)
-        chunker = UnitChunker(self.options.omega, getattr(self.vocoder, "boundary_units", None), first)
+        chunker = UnitChunker(self.options.omega, getattr(self.vocoder, "boundary_units", None), first,
+                              getattr(self.vocoder, "phrase_units", None))
         text: list[str] = []
         n_chunks = 0
         t = now()

@@ -2,7 +2,8 @@
 
 - `PiperUnitVocoder` (the offline default): the units are a Piper voice's phoneme ids
   (without its pad/BOS/EOS ids, which it puts back), and the voice's VITS network turns
-  them into audio (onnxruntime). Chunks end between words, so they sound natural.
+  them into audio (onnxruntime). Chunks end between words, later ones at phrase ends, so they
+  sound natural.
 - `UnitHiFiGANVocoder` (in `unit_hifigan.py`): the published mHuBERT-unit vocoder.
 `load_unit_vocoder` picks one from a registry name or path. `UnitChunker` decides when
 pending units are handed to the vocoder (every Omega units, at an allowed boundary).
@@ -19,18 +20,22 @@ import numpy as np
 from omni_cli.errors import ModelNotFoundError
 
 
-# Omega, the units per streamed chunk when none is asked for, for phoneme units, from a measured
-# sweep (README "Omega": 20 AlpacaEval items, the shipped default): omega 20 speaks as
-# intelligibly as 40 or one chunk at the end (corpus ASR-WER 43.3 % vs 42.9 % and 42.2 %) with
-# first audio at 0.50 s instead of 0.69 s and 2.67 s; 10 and 5 start sooner (0.42 s, 0.38 s) but
-# cost 8 to 13 points of ASR-WER and slow the speech (more, shorter chunks). A phoneme lasts
-# several times as long as a 50 Hz HuBERT unit, hence far fewer than the unit HiFi-GAN's 40.
-PIPER_DEFAULT_OMEGA = 20
-# The first chunk is smaller, each later one doubling up to Omega (evals/chunk_sweep.py, 30
-# AlpacaEval-style spoken questions, Omega 20): first chunk 20 / 10 / 6 / 3 units gave first
-# audio 0.42 / 0.34 / 0.30 / 0.29 s (median) at corpus ASR-WER 53.6 / 44.5 / 45.4 / 44.6 %:
-# no cost in intelligibility; 6 for its slightly lower p90 (0.45 s against 0.47 s).
-PIPER_DEFAULT_FIRST_CHUNK = 6
+# Omega, the units per streamed chunk when none is asked for, for phoneme units. A phoneme lasts
+# several times as long as a 50 Hz HuBERT unit, hence far fewer than the unit HiFi-GAN's 40 units
+# of 20 ms; a Piper chunk is vocoded as an utterance of its own, so each join costs intonation.
+# Later chunks end at a phrase end (punctuation) after at least Omega units, and the first after
+# at least PIPER_DEFAULT_FIRST_CHUNK units at a word end (it had been cut at the last word end
+# pending, often after the answer's first word alone: "The" said alone was heard as "that" in 27
+# of 50 answers starting with it). `python -m evals.chunk_sweep --limit 24 --first-chunks 1,6,10,16
+# --omegas 20,40 --first-words 0` (24 AlpacaEval questions, the v3.13 model, one run), first
+# audio median (s) / corpus / per-item median ASR-WER of the spoken answer (%):
+#   Omega 20: first chunk 1: 0.71 / 14.1 / 7.2;  6: 0.77 / 8.5 / 7.1;  10: 0.80 / 9.5 / 6.1;  16: 0.89 / 31.3 / 4.5
+#   Omega 40: first chunk 1: 0.66 / 11.1 / 9.4;  6: 0.74 / 8.9 / 7.1;  10: 0.81 / 7.9 / 5.6;  16: 0.93 / 8.9 / 4.9
+#   (the cascade, same run: 1.38 s / 3.9 / 0.0; 31.3: the judge looping on one answer)
+# On the true units of 80 held-out answers, streamed token by token: corpus ASR-WER 12.0 % as
+# chunked before (Omega 20, first chunk 6), 8.6 % as now; 40 of them vocoded whole: 8.5 %.
+PIPER_DEFAULT_OMEGA = 40
+PIPER_DEFAULT_FIRST_CHUNK = 10
 
 
 class UnitVocoder(Protocol):
@@ -53,8 +58,9 @@ class PiperUnitVocoder:
         self.num_units = 1 + max(i for ids in id_map.values() for i in ids)
         self.pad, self.bos, self.eos = id_map["_"][0], id_map["^"][0], id_map["$"][0]
         self.special = frozenset((self.pad, self.bos, self.eos))
-        # word and phrase ends: where a chunk may stop
-        self.boundary_units = frozenset(id_map[p][0] for p in (" ", ".", ",", "?", "!", ";", ":") if p in id_map)
+        # phrase ends (punctuation) and word ends: where a chunk may stop
+        self.phrase_units = frozenset(id_map[p][0] for p in (".", ",", "?", "!", ";", ":") if p in id_map)
+        self.boundary_units = self.phrase_units | {id_map[" "][0]}
         self.label = f"piper:{self.tts.label}"
         self.default_omega = PIPER_DEFAULT_OMEGA
         self.default_first_chunk = PIPER_DEFAULT_FIRST_CHUNK
@@ -99,11 +105,16 @@ class UnitChunker:
 
     The first chunk needs `first` units (default: `omega`), each later one twice the last,
     up to `omega`: the first audio comes early, later chunks are long enough to sound whole.
-    With `boundaries` (unit ids that end a word), a chunk stops at the last boundary among
-    the pending units, so no word is cut in two; without a boundary the chunk waits, up to
-    4 x its size. `omega=None` hands everything out at the end only (no streaming)."""
+    With `boundaries` (unit ids that end a word), a chunk of size n ends at a word end after at
+    least n units (the last such end among the pending units), so no word is cut in two and no
+    chunk is a lone short word (vocoded alone, "the" sounded as "that"); with `phrase_ends` too
+    (ids that end a phrase: punctuation), a chunk after the first ends at a phrase end after at
+    least n units, so each is said with a phrase's intonation, as a TTS says a sentence. Without
+    such an end a chunk waits, up to 4 x its size, then ends at the last word end there is.
+    `omega=None` hands everything out at the end only (no streaming)."""
 
-    def __init__(self, omega: int | None, boundaries: frozenset[int] | None = None, first: int | None = None):
+    def __init__(self, omega: int | None, boundaries: frozenset[int] | None = None, first: int | None = None,
+                 phrase_ends: frozenset[int] | None = None):
         if omega is not None and omega < 1:
             raise ValueError(f"omega must be >= 1 or None, got {omega}")
         if first is not None and first < 1:
@@ -111,23 +122,32 @@ class UnitChunker:
         self.omega = omega
         self.size = None if omega is None else min(omega, first or omega)
         self.boundaries = boundaries
+        self.phrase_ends = phrase_ends
+        self.started = False
         self.pending: list[int] = []
+
+    def _last_end(self, ends: frozenset[int], at_least: int) -> int | None:
+        """The length of the longest pending prefix of at least `at_least` units ending in `ends`."""
+        for i in range(len(self.pending) - 1, at_least - 2, -1):
+            if self.pending[i] in ends:
+                return i + 1
+        return None
 
     def push(self, units: list[int]) -> Iterator[list[int]]:
         self.pending.extend(units)
         while self.size is not None and len(self.pending) >= self.size:
-            cut = len(self.pending)
+            cut: int | None = len(self.pending)
             if self.boundaries:
-                last = max((i for i, u in enumerate(self.pending) if u in self.boundaries), default=-1)
-                if last >= 0:
-                    cut = last + 1
-                elif len(self.pending) < 4 * self.size:
+                ends = self.phrase_ends if self.started and self.phrase_ends else self.boundaries
+                cut = self._last_end(ends, self.size)
+                if cut is None and len(self.pending) >= 4 * self.size:  # waited long enough: any word end will do
+                    cut = self._last_end(self.boundaries, 1) or len(self.pending)
+                if cut is None:
                     return
             chunk, self.pending = self.pending[:cut], self.pending[cut:]
             self.size = min(self.omega, 2 * self.size)
+            self.started = True
             yield chunk
-            if self.boundaries and len(self.pending) < self.size:
-                return
 
     def flush(self) -> Iterator[list[int]]:
         if self.pending:
