@@ -26,7 +26,7 @@ from omni_cli.errors import ModelNotFoundError
 # Later chunks end at a phrase end (punctuation) after at least Omega units, and the first after
 # at least PIPER_DEFAULT_FIRST_CHUNK units at a word end (it had been cut at the last word end
 # pending, often after the answer's first word alone: "The" said alone was heard as "that" in 27
-# of 50 answers starting with it). `python -m evals.chunk_sweep --limit 24 --first-chunks 1,6,10,16
+# of 49 answers starting with it). `python -m evals.chunk_sweep --limit 24 --first-chunks 1,6,10,16
 # --omegas 20,40 --first-words 0` (24 AlpacaEval questions, the v3.13 model, one run), first
 # audio median (s) / corpus / per-item median ASR-WER of the spoken answer (%):
 #   Omega 20: first chunk 1: 0.71 / 14.1 / 7.2;  6: 0.77 / 8.5 / 7.1;  10: 0.80 / 9.5 / 6.1;  16: 0.89 / 31.3 / 4.5
