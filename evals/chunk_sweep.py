@@ -43,13 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     from baselines.cascade import CascadePipeline
     from omni_cli.asr import load_judge
     from omni_cli.benches import load_bench
-    from omni_cli.e2e.load import parse_omega
     from omni_cli.e2e.pipeline import E2EPipeline
-    from omni_cli.evaluate import Evaluator, summarize
+    from omni_cli.evaluate import Evaluator, parse_omegas, summarize
     from omni_cli.pipelines import PipelineConfig, load_pipeline
 
     items = load_bench(args.bench)[: args.limit]
-    omegas = [parse_omega(o.strip()) for o in args.omegas.split(",")]
+    omegas = list(parse_omegas(args.omegas))
     config = PipelineConfig(omega=omegas[0], max_new_tokens=args.max_new_tokens)
     with err.status("loading ..."):
         cascade, e2e = load_pipeline("cascade", config), load_pipeline("e2e", config)
