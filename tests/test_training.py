@@ -660,8 +660,8 @@ def test_start_stage_without_a_model_starts_a_fresh_default_with_the_stages_adap
 
     made = []
 
-    def new_default_model(transcripts, seed=0, adaptor="ctc", units="tokens"):
-        made.append((transcripts, seed, adaptor, units))
+    def new_default_model(transcripts, seed=0, adaptor="ctc", units="tokens", **parts):
+        made.append((transcripts, seed, adaptor, units, parts))
         return load_omni(peaked_omni)
 
     monkeypatch.setattr(defaults, "new_default_model", new_default_model)
@@ -671,7 +671,13 @@ def test_start_stage_without_a_model_starts_a_fresh_default_with_the_stages_adap
                                  ("speech-decoder", "ctc", "ctc")):
         made.clear()
         start_stage(stage, data_dir, tmp_path / "run", options=opts, task=task, units="chars", device=TEST_DEVICE)
-        assert made == [(["Tell me about the moon."] * 3, 4, adaptor, "chars")], stage
+        assert made == [(["Tell me about the moon."] * 3, 4, adaptor, "chars", {})], stage
+    made.clear()  # another Whisper and LLM for the fresh model (`train adaptor --encoder --llm`)
+    start_stage("adaptor", data_dir, tmp_path / "other", options=opts, encoder="/models/whisper-base", llm="my-llm",
+                device=TEST_DEVICE)
+    assert made[0][4] == {"encoder": "/models/whisper-base", "llm": "my-llm"}
+    with pytest.raises(ConfigError, match="--encoder and --llm choose the parts of a fresh model; --from"):
+        start_stage("adaptor", data_dir, tmp_path / "other2", start=peaked_omni, encoder="/models/whisper-base")
 
 
 def test_build_set_refuses_an_evaluation_set_before_loading_anything(tmp_path, monkeypatch):

@@ -889,7 +889,7 @@ def start_stage(
     options: TrainOptions = TrainOptions(), task: str = "ctc", units: str = "tokens", augment: bool = False,
     lora: LoraConfig = LoraConfig(), answer_share: float = 0.5, lora_tasks: Sequence[str] | None = None,
     from_text: bool = False, read_back: int = 0, extra_texts: int = 0, text_sources: Sequence[str] = (), device: str = "cpu",
-    upsample: int = 0,
+    upsample: int = 0, encoder: str | None = None, llm: str | None = None,
 ) -> tuple[list[dict], Iterator[Progress]]:
     """A training stage ready to run on the train split of a set made by `build` (or of several:
     `training_rows`): its rows, and
@@ -900,7 +900,9 @@ def start_stage(
     and `augment`), llm (`lora`, `answer_share`, `lora_tasks`) or speech-decoder (`from_text`, `read_back`, and
     `extra_texts` pairs drawn from the registry sets `text_sources` by `decoder_texts`, none of
     the set's held-out instructions among them; `upsample`: the decoder resampled to this many
-    positions a token first, `SpeechGenerator.resampled`, where it has another number)."""
+    positions a token first, `SpeechGenerator.resampled`, where it has another number). A fresh
+    model's Whisper (`encoder`) and LLM (`llm`) are the offline default's unless named (a registry
+    name, a local folder or checkpoint, a hub id where a network is)."""
     if stage not in STAGES:
         raise ValueError(f"stage is one of {STAGES}, not {stage!r}")
     if task not in ("ctc", "answer", "asr", "align"):
@@ -929,6 +931,9 @@ def start_stage(
         raise ConfigError(f"{named} has no training items: stage 2 on registry texts alone continues a model (--from)")
     device = training_device(device)
     resuming = resume and (out / "model").is_dir()
+    if (encoder or llm) and (resuming or start is not None):
+        raise ConfigError("--encoder and --llm choose the parts of a fresh model; "
+                          f"{'the run in ' + str(out) if resuming else '--from ' + str(start)} has its own")
     if stage == "speech-decoder" and upsample and resuming:  # checked before the slow load
         own = read_omni_config(out / "model").speech_decoder.upsample
         if own != upsample:  # the optimizer's state is for the run's own shapes
@@ -942,7 +947,8 @@ def start_stage(
         from omni_cli.e2e.defaults import new_default_model
 
         adaptor = "linear" if stage == "adaptor" and task in ("align", "asr", "answer") else "ctc"
-        model = new_default_model([r["instruction"] for r in rows], seed=options.seed, adaptor=adaptor, units=units)
+        parts = {k: v for k, v in (("encoder", encoder), ("llm", llm)) if v}
+        model = new_default_model([r["instruction"] for r in rows], seed=options.seed, adaptor=adaptor, units=units, **parts)
     if stage == "speech-decoder" and upsample and model.speech_generator.config.upsample != upsample:
         model.speech_generator = model.speech_generator.resampled(upsample)
         model.config = dataclasses.replace(model.config, speech_decoder=model.speech_generator.config)
