@@ -417,6 +417,16 @@ def _ngram_file(path: Path | None, option: str):
     return UnitNgram.load(path)
 
 
+def _speeds(text: str) -> tuple[float, ...]:
+    """--speeds: comma-separated factors ('none' or '': hear once)."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(float(f) for f in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--speeds takes comma-separated factors such as 0.9,1.1, not {text!r}") from None
+
+
 @train_app.command("export")
 def train_export_cmd(
     model_dir: Annotated[Path, typer.Argument(metavar="MODEL", help="A trained model folder (e.g. runs/stage2/model).")],
@@ -430,6 +440,7 @@ def train_export_cmd(
     token_lm_bonus: Annotated[float | None, typer.Option("--token-lm-bonus", help="ctc adaptor: added per token in the search.")] = None,
     window: Annotated[int | None, typer.Option("--window", min=0, help="ctc adaptor: read longer speech in windows of this many positions (0: all at once).")] = None,
     window_context: Annotated[int | None, typer.Option("--window-context", min=0, help="ctc adaptor, --window: positions of context each window gives up at its inner edges.")] = None,
+    speeds: Annotated[str | None, typer.Option("--speeds", help="ctc adaptor, --beam > 1: also hear the speech played this many times as fast, comma-separated (e.g. 0.9,1.1; 'none': once), the hypotheses of every copy pooled and scored by their CTC log-probability over all.")] = None,
     speech_margin: Annotated[float | None, typer.Option("--speech-margin", min=0.0, help="Hear only the speech (Silero VAD) and this many seconds around it (default: as trained).")] = None,
     whole_input: Annotated[bool, typer.Option("--whole-input", help="Hear the whole input, silence and noise around the speech included (drops --speech-margin).")] = False,
     unit_beam: Annotated[int | None, typer.Option("--unit-beam", min=1, help="Speech decoder: hypotheses of the CTC beam search that reads its units (1: greedy; default: as trained).")] = None,
@@ -443,6 +454,7 @@ def train_export_cmd(
       omni train export runs/default/stage2/model omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2
       omni train export runs/stage1/model runs/shipped --beam 8 --lm-weight 0.3 --length-bonus 0.5 --speech-margin 0.5
       omni train export runs/stage1/model runs/shipped --window 100 --window-context 20
+      omni train export runs/stage1/model runs/shipped --speeds 0.9,1.1
       omni train export runs/stage1/model runs/shipped --token-lm runs/token-lm.npz --token-lm-weight 0.1 --token-lm-bonus 0.1
       omni train export runs/stage2/model runs/shipped --unit-lm runs/unit-lm.npz --unit-beam 8 --unit-lm-weight 0.5 --unit-length-bonus 1
     """
@@ -458,11 +470,13 @@ def train_export_cmd(
         hearing = {k: v for k, v in (("beam", beam), ("lm_weight", lm_weight), ("length_bonus", length_bonus),
                                      ("ngram_weight", token_lm_weight), ("ngram_bonus", token_lm_bonus),
                                      ("window", window), ("window_context", window_context)) if v is not None}
+        if speeds is not None:
+            hearing["speeds"] = _speeds(speeds)
         ngram = _ngram_file(token_lm, "--token-lm")
         if ngram is not None:
             hearing["ngram"] = "token_lm.npz"
         if hearing:
-            model.set_hearing("--beam / --lm-weight / --length-bonus / --token-lm / --window", ngram, **hearing)
+            model.set_hearing("--beam / --lm-weight / --length-bonus / --token-lm / --window / --speeds", ngram, **hearing)
         if speech_margin is not None or whole_input:
             model.set_speech_margin(None if whole_input else speech_margin)
         reading = {k: v for k, v in (("beam", unit_beam), ("lm_weight", unit_lm_weight), ("length_bonus", unit_length_bonus))

@@ -586,7 +586,8 @@ def test_batched_encoder_equals_one_utterance_at_a_time(ctc_omni):
 def test_augmentation_changes_speed_and_masks_the_mel(ctc_omni):
     import random
 
-    from omni_cli.e2e.train import Augment, augmented_mels, speed_perturb
+    from omni_cli.e2e.speech_encoder import speed_perturb
+    from omni_cli.e2e.train import Augment, augmented_mels
 
     audio = torch.sin(torch.arange(16000) / 10.0)
     assert speed_perturb(audio, 1.25).shape[0] == 12800 and speed_perturb(audio, 0.8).shape[0] == 20000
@@ -979,3 +980,64 @@ def test_long_speech_is_heard_in_windows_each_kept_in_its_middle(ctc_omni):
         assert [h for h, _ in proj.hypotheses(x, 4)] == [[ids[c] for c in h] for h, _ in ctc_prefix_beams(got.float().log_softmax(-1), proj.blank, 4)]
     with pytest.raises(ConfigError, match="window"):
         model.set_hearing("--window", window=40, window_context=20)
+
+
+def test_ctc_logprobs_sum_every_alignment_and_rule_out_what_cannot_fit():
+    """Two frames, each 0.4 'a' and 0.6 blank: 'a' has three alignments (0.64), nothing one
+    (0.36), 'aa' none (two a's need a blank between: three frames)."""
+    import math
+
+    from omni_cli.e2e.speech_projector import ctc_logprobs, ctc_prefix_beams
+
+    a, blank = 0, 2
+    two = torch.tensor([[0.4, 1e-9, 0.6]] * 2).log()
+    got = ctc_logprobs(two, [[a], [], [a, a]], blank)
+    assert math.isclose(math.exp(got[0]), 0.64, rel_tol=1e-4) and math.isclose(math.exp(got[1]), 0.36, rel_tol=1e-4)
+    assert got[2] == -math.inf
+    logp = torch.randn(6, 3).log_softmax(-1)  # a search too wide to prune anything gives these sums too
+    found = ctc_prefix_beams(logp, blank, width=1000)[:8]
+    assert ctc_logprobs(logp, [h for h, _ in found], blank) == pytest.approx([s for _, s in found], abs=1e-4)
+
+
+def test_hearing_at_several_speeds_pools_the_hypotheses_of_every_copy(ctc_omni, tmp_path):
+    """`--speeds`: the hypotheses of the speech played at each speed are pooled, each scored by
+    its CTC log-probability averaged over the copies; a copy identical to the speech only rescores
+    the search's hypotheses exactly; the setting travels with the model; a bad list is one clear error."""
+    from typer.testing import CliRunner
+
+    from omni_cli.cli import app
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.speech_projector import ctc_logprobs
+
+    out = tmp_path / "speeds"
+    result = CliRunner().invoke(app, ["train", "export", str(ctc_omni), str(out), "--beam", "4", "--speeds", "0.9,1.1"])
+    assert result.exit_code == 0, result.stderr
+    model = load_omni(out)
+    proj = model.speech_projector
+    assert proj.config.speeds == (0.9, 1.1) and model.config.projector.speeds == (0.9, 1.1)
+    audio = np.random.default_rng(2).standard_normal(32000).astype(np.float32) * 0.1
+    with torch.no_grad():
+        x = model.speech_encoder.encode(audio).unsqueeze(0)
+        copies = model._played_at(audio, proj.config.speeds, x.dtype)
+        assert x.shape[1] == 100 and [c.shape[1] for c in copies] == [111, 90]  # 2 s played as 2.22 s and 1.82 s
+        once = proj.hypotheses(x, 4)
+        same = proj.hypotheses(x, 4, also=[x])
+        pooled = proj.hypotheses(x, 4, also=copies)
+        logps = [proj.utterance_logits(s).float().log_softmax(-1) for s in (x, *copies)]
+    # the same hypotheses, each scored by all of its alignments (the search's pruned score is at most that)
+    assert sorted(h for h, _ in same) == sorted(h for h, _ in once)
+    assert all(dict((tuple(h), s) for h, s in same)[tuple(h)] >= s - 1e-4 for h, s in once)
+    index = {t: c for c, t in enumerate(proj.token_ids.tolist())}
+    for ids, score in pooled:
+        classes = [index[t] for t in ids]
+        mean = sum(ctc_logprobs(lp, [classes], proj.blank)[0] for lp in logps) / 3
+        assert score == pytest.approx(mean, abs=1e-3)
+    assert [s for _, s in pooled] == sorted((s for _, s in pooled), reverse=True)
+    with torch.no_grad():
+        assert isinstance(model.hear(audio)[1], str)
+    again = tmp_path / "once"
+    assert CliRunner().invoke(app, ["train", "export", str(out), str(again), "--speeds", "none"]).exit_code == 0
+    assert load_omni(again).speech_projector.config.speeds == ()
+    for bad in ("0.9,fast", "0.9,3"):
+        result = CliRunner().invoke(app, ["train", "export", str(ctc_omni), str(tmp_path / "x"), "--speeds", bad])
+        assert result.exit_code == 2 and "Traceback" not in result.stderr and "speeds" in result.stderr, bad

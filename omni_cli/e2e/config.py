@@ -66,8 +66,14 @@ class ProjectorConfig:
     window: int = 0  # ctc, hearing: the adaptor reads at most this many positions (k frames each) at once, longer
     # speech in overlapping windows, each kept but for `window_context` positions at either inner edge (0: all at once)
     window_context: int = 0
+    speeds: tuple[float, ...] = ()  # ctc, beam > 1: the speech is also heard played this many times as fast (as
+    # stage 1's speed augmentation plays it); the beam's hypotheses of every copy are pooled, each scored by its
+    # CTC log-probability averaged over the copies (test-time augmentation; () hears it once)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "speeds", tuple(float(f) for f in self.speeds))
+        if any(not 0.5 <= f <= 2.0 for f in self.speeds):
+            raise ConfigError(f"projector speeds are factors from 0.5 to 2.0, got {list(self.speeds)}")
         if self.beam < 1 or self.lm_weight < 0 or self.ngram_weight < 0:
             raise ConfigError("projector beam must be >= 1, and lm_weight and ngram_weight >= 0")
         if self.window < 0 or self.window_context < 0 or (self.window and 2 * self.window_context >= self.window):

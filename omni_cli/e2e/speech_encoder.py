@@ -28,6 +28,15 @@ def _plain_layer_norms(module: nn.Module) -> None:
             _plain_layer_norms(child)
 
 
+def speed_perturb(audio: torch.Tensor, factor: float) -> torch.Tensor:
+    """1-D audio played `factor` times as fast (linear resampling: tempo and pitch change together,
+    as stage 1's augmentation and the hearing's `speeds` do it)."""
+    if factor == 1.0:
+        return audio
+    n = max(1, round(audio.shape[-1] / factor))
+    return torch.nn.functional.interpolate(audio[None, None], size=n, mode="linear", align_corners=True)[0, 0]
+
+
 def real_length_mel(audio: torch.Tensor, n_mels: int, n_ctx: int) -> torch.Tensor:
     """Whisper's log-mel (n_mels, frames) of 16 kHz audio as a real-length encoder reads it: at
     most its context (n_ctx * 2 frames), an even number of frames, at least 2."""

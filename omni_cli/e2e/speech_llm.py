@@ -154,11 +154,20 @@ class SpeechLLM(nn.Module):
         if self.config.projector.type == "ctc":
             proj = self.speech_projector
             if proj.config.beam > 1:
-                found = proj.hypotheses(x, proj.config.beam)
+                found = proj.hypotheses(x, proj.config.beam, also=self._played_at(audio, proj.config.speeds, dtype))
                 ids = self.most_plausible(found, history)
                 return proj.embed_heard(ids), self.llm.tokenizer.decode(ids).strip(), [h for h, _ in found]
             return *proj.read(x), []
         return self.speech_projector(x)[0], None, []
+
+    def _played_at(self, audio: np.ndarray, speeds: tuple[float, ...], dtype: torch.dtype) -> list[torch.Tensor]:
+        """The encoder states (1, frames, width) of the audio played at each of `speeds`."""
+        from omni_cli.e2e.speech_encoder import speed_perturb
+
+        if not speeds:
+            return []
+        audio = torch.as_tensor(np.asarray(audio, dtype=np.float32))
+        return [self.speech_encoder.encode(speed_perturb(audio, f).numpy()).unsqueeze(0).to(dtype) for f in speeds]
 
     def hear_with(self, beam: int | None) -> None:
         """Override how a ctc adaptor hears: `beam` hypotheses for the LLM to choose among (1:
@@ -168,7 +177,7 @@ class SpeechLLM(nn.Module):
 
     def set_hearing(self, option: str, token_lm=None, **fields) -> None:
         """Set how a ctc adaptor hears (its config's `beam`, `lm_weight`, `length_bonus`, `ngram`,
-        `ngram_weight`, `ngram_bonus`, `window`, `window_context`; `token_lm`: a loaded
+        `ngram_weight`, `ngram_bonus`, `window`, `window_context`, `speeds`; `token_lm`: a loaded
         `unit_lm.UnitNgram` over LLM token ids, kept as the file `fields["ngram"]` names), in the
         model's config and the adaptor's alike; `option` names what the user gave, for the error a
         model with another adaptor gives."""

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dataclasses
 import functools
 import math
@@ -203,19 +205,37 @@ class CTCSpeechProjector(nn.Module):
             previous = c
         return self.token_ids[torch.tensor(ids, dtype=torch.long)].tolist() if ids else []
 
-    def hypotheses(self, x: torch.Tensor, width: int) -> list[tuple[list[int], float]]:
+    def hypotheses(self, x: torch.Tensor, width: int, also: Sequence[torch.Tensor] = ()) -> list[tuple[list[int], float]]:
         """What one utterance's encoder states (1, frames, width) may say: the `width` best
         collapsed sequences of a CTC prefix beam search, as (LLM token ids, CTC log-probability),
         best first (the token n-gram's score, where the config names one, is in the search and in
-        the score). With `width` 1 and no n-gram it is close to the greedy `decode`."""
-        logp = self.utterance_logits(x).float().log_softmax(-1)
+        the score). With `width` 1 and no n-gram it is close to the greedy `decode`. `also`: the
+        encoder states of the same speech played faster or slower (the config's `speeds`): the
+        hypotheses of every copy are pooled, each scored by its exact CTC log-probability averaged
+        over the copies (+ the n-gram's score), and the `width` best kept."""
         p, ids = self.config, self.token_ids.tolist()
         if p.ngram and self.token_lm is None:
             raise ConfigError(f"this adaptor hears with the token n-gram {p.ngram!r}, which is not loaded")
         lm = self.token_lm if p.ngram and p.ngram_weight else None
-        found = ctc_prefix_beams(logp, self.blank, width, lm=lm, weight=p.ngram_weight if lm else 0.0,
-                                 bonus=p.ngram_bonus if lm else 0.0, symbols=ids if lm else None)
-        return [([ids[c] for c in classes], score) for classes, score in found]
+        found, logps = [], []
+        for states in (x, *also):
+            logp = self.utterance_logits(states).float().log_softmax(-1)
+            logps.append(logp)
+            found += ctc_prefix_beams(logp, self.blank, width, lm=lm, weight=p.ngram_weight if lm else 0.0,
+                                      bonus=p.ngram_bonus if lm else 0.0, symbols=ids if lm else None)
+        if also:
+            pooled = list(dict.fromkeys(tuple(classes) for classes, _ in found))
+            ctc = torch.tensor([ctc_logprobs(logp, pooled, self.blank) for logp in logps]).mean(0).tolist()
+            found = sorted(((list(c), score + self._ngram_score(c, lm)) for c, score in zip(pooled, ctc)), key=lambda h: -h[1])
+        return [([ids[c] for c in classes], score) for classes, score in found[:width]]
+
+    def _ngram_score(self, classes: Sequence[int], lm) -> float:
+        """The token n-gram's part of a hypothesis's score in the beam search (`ngram_weight` x its
+        log-probability of the classes' tokens and the end, + `ngram_bonus` per token)."""
+        if lm is None:
+            return 0.0
+        p, ids = self.config, self.token_ids
+        return p.ngram_weight * lm.sequence_logprob([int(ids[c]) for c in classes]) + p.ngram_bonus * len(classes)
 
     def embed_heard(self, ids: list[int]) -> torch.Tensor:
         """(tokens, llm_width): the LLM's input embeddings of its canonical tokens of the text
@@ -254,6 +274,23 @@ def ctc_prefix_beams(logp: torch.Tensor, blank: int, width: int, per_frame: int 
     search = BeamUnits(blank, width, lm, weight, bonus, per_frame=per_frame, floor=floor, symbols=symbols)
     search.push(logp.detach().float().cpu().numpy())
     return search.nbest()
+
+
+def ctc_logprobs(logp: torch.Tensor, sequences: Sequence[Sequence[int]], blank: int) -> list[float]:
+    """Each collapsed class sequence's exact CTC log-probability (summed over all its alignments)
+    under (frames, classes) log-probabilities; -inf where it cannot fit the frames."""
+    if not sequences:
+        return []
+    cols = sorted({c for seq in sequences for c in seq} | {blank})  # only the classes named: a small problem
+    index = {c: n for n, c in enumerate(cols)}
+    small = logp[:, torch.tensor(cols, device=logp.device)].float().cpu()
+    frames, n = small.shape[0], len(sequences)
+    targets = torch.tensor([index[c] for seq in sequences for c in seq], dtype=torch.long)
+    loss = torch.nn.functional.ctc_loss(small[:, None, :].expand(frames, n, len(cols)), targets,
+                                        torch.full((n,), frames, dtype=torch.long),
+                                        torch.tensor([len(seq) for seq in sequences], dtype=torch.long),
+                                        blank=index[blank], reduction="none", zero_infinity=False)
+    return (-loss).tolist()
 
 
 CHARS = "abcdefghijklmnopqrstuvwxyz0123456789 '.,?!-"  # what a "chars" head spells

@@ -452,19 +452,11 @@ def warp_frequencies(mel: torch.Tensor, factor: float) -> torch.Tensor:
     return mel[low] * (1 - frac) + mel[high] * frac
 
 
-def speed_perturb(audio: torch.Tensor, factor: float) -> torch.Tensor:
-    """1-D audio played `factor` times as fast (linear resampling: tempo and pitch change together)."""
-    if factor == 1.0:
-        return audio
-    n = max(1, round(audio.shape[-1] / factor))
-    return torch.nn.functional.interpolate(audio[None, None], size=n, mode="linear", align_corners=True)[0, 0]
-
-
 def augmented_mels(audios: list[torch.Tensor], n_mels: int, augment: Augment | None, rng: random.Random,
                    n_ctx: int = 1500) -> list[torch.Tensor]:
     """Each utterance's log-mel (n_mels, even frames), as the real-length encoder of context
     `n_ctx` reads it, after `augment` (none: exactly `SpeechEncoder.mel`'s)."""
-    from omni_cli.e2e.speech_encoder import real_length_mel
+    from omni_cli.e2e.speech_encoder import real_length_mel, speed_perturb
 
     factor = rng.uniform(*augment.speed) if augment else 1.0
     gen = torch.Generator().manual_seed(rng.randrange(2**31)) if augment and (augment.noise_snr or augment.reverb) else None

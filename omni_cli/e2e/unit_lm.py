@@ -119,6 +119,12 @@ class UnitNgram:
             return float(self.logprobs(history)[symbol])
         return self._one(self._context(history), symbol)
 
+    def sequence_logprob(self, symbols: Sequence[int], end: bool = True) -> float:
+        """log P of the whole sequence from its start (and, with `end`, of the end after it)."""
+        need = self.order - 1
+        seq = list(symbols) + ([self.num_units] if end else [])
+        return sum(self.logprob(tuple(seq[max(0, i - need):i]), u) for i, u in enumerate(seq))
+
     def _row(self, n: int, history: tuple[int, ...]) -> tuple[int, int, int] | None:
         """Where order n's table lists what followed the last n - 1 symbols of `history`: (the
         context's index, its first and past-last entry), or None for an unseen context."""
