@@ -1038,6 +1038,6 @@ def test_hearing_at_several_speeds_pools_the_hypotheses_of_every_copy(ctc_omni, 
     again = tmp_path / "once"
     assert CliRunner().invoke(app, ["train", "export", str(out), str(again), "--speeds", "none"]).exit_code == 0
     assert load_omni(again).speech_projector.config.speeds == ()
-    for bad in ("0.9,fast", "0.9,3"):
-        result = CliRunner().invoke(app, ["train", "export", str(ctc_omni), str(tmp_path / "x"), "--speeds", bad])
+    for bad in (["--beam", "4", "--speeds", "0.9,fast"], ["--beam", "4", "--speeds", "0.9,3"], ["--beam", "1", "--speeds", "0.9"]):
+        result = CliRunner().invoke(app, ["train", "export", str(ctc_omni), str(tmp_path / "x"), *bad])
         assert result.exit_code == 2 and "Traceback" not in result.stderr and "speeds" in result.stderr, bad

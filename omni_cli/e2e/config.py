@@ -74,6 +74,8 @@ class ProjectorConfig:
         object.__setattr__(self, "speeds", tuple(float(f) for f in self.speeds))
         if any(not 0.5 <= f <= 2.0 for f in self.speeds):
             raise ConfigError(f"projector speeds are factors from 0.5 to 2.0, got {list(self.speeds)}")
+        if self.speeds and self.beam < 2:
+            raise ConfigError("projector speeds pool the hypotheses of a beam search: they need a beam over 1")
         if self.beam < 1 or self.lm_weight < 0 or self.ngram_weight < 0:
             raise ConfigError("projector beam must be >= 1, and lm_weight and ngram_weight >= 0")
         if self.window < 0 or self.window_context < 0 or (self.window and 2 * self.window_context >= self.window):
