@@ -161,13 +161,20 @@ class SpeechLLM(nn.Module):
         return self.speech_projector(x)[0], None, []
 
     def _played_at(self, audio: np.ndarray, speeds: tuple[float, ...], dtype: torch.dtype) -> list[torch.Tensor]:
-        """The encoder states (1, frames, width) of the audio played at each of `speeds`."""
+        """The encoder states (1, frames, width) of the audio played at each of `speeds`: one
+        padded encoder batch of the copies where the encoder reads real lengths."""
         from omni_cli.e2e.speech_encoder import speed_perturb
 
         if not speeds:
             return []
         audio = torch.as_tensor(np.asarray(audio, dtype=np.float32))
-        return [self.speech_encoder.encode(speed_perturb(audio, f).numpy()).unsqueeze(0).to(dtype) for f in speeds]
+        copies = [speed_perturb(audio, f).numpy() for f in speeds]
+        encoder = self.speech_encoder
+        if encoder.config.padded:
+            return [encoder.encode(c).unsqueeze(0).to(dtype) for c in copies]
+        weight = next(encoder.parameters())
+        states, valid = encoder.encode_batch([encoder.mel(c)[0].to(weight.device, weight.dtype) for c in copies])
+        return [s[None, :n].to(dtype) for s, n in zip(states, valid.tolist())]
 
     def hear_with(self, beam: int | None) -> None:
         """Override how a ctc adaptor hears: `beam` hypotheses for the LLM to choose among (1:
