@@ -28,12 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-from evals.report import emit, median_wer_percent
+from evals.report import emit, median_asr_wer_percent
 
 
 def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_tokens: int, sets: tuple[str, ...]) -> dict:
     import torch
-    from sacrebleu.metrics import CHRF
 
     from omni_cli.asr import load_asr, load_judge
     from omni_cli.audio import SAMPLE_RATE, load_audio, resample
@@ -41,7 +40,6 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
     from omni_cli.e2e.build_data import read_manifest
     from omni_cli.events import collect
     from omni_cli.llm import ChatLLM, GenerationOptions, answer_texts
-    from omni_cli.metrics import wer
     from omni_cli.pipelines import PipelineConfig, load_pipeline
     from omni_cli.tts import PiperTTS
 
@@ -53,7 +51,6 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
     judge = load_judge()
     cascade_asr = load_asr(None)  # the cascade's own Whisper (the offline default), for its answers' chrF
     tts = PiperTTS()
-    chrf = CHRF()
     reads_text = model.config.projector.type == "ctc"  # the LLM reads text: what it heard can be scored
     items: dict[str, list[dict]] = {}
     if data_dir is not None and "heldout-voices" in sets:
@@ -99,28 +96,46 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
         # the cascade's text answers: the same LLM, options and prompt, reading Whisper's transcript
         for r, a in zip(answered, answer_texts(base_llm, [r["cascade_transcript"] for r in answered], generation)):
             r["cascade_answer"] = a
-        refs = [r["reference"] for r in rows]
-        summary = {"items": len(rows), "seconds": round(time.perf_counter() - t0, 1),
-                   "repeat_wer": round(100 * wer(refs, [r["repeat"] for r in rows]), 2)}
-        if reads_text:
-            summary["adaptor_wer"] = round(100 * wer(refs, [r["adaptor"] for r in rows]), 2)
-        if answered:
-            typed = [[r["text_answer"] for r in answered]]
-            summary["chrf"] = round(chrf.corpus_score([r["answer"] for r in answered], typed).score, 2)
-            summary["cascade_chrf"] = round(chrf.corpus_score([r["cascade_answer"] for r in answered], typed).score, 2)
-            summary["asr_wer"] = round(100 * wer([r["answer"] for r in answered], [r["heard"] for r in answered]), 2)
-            summary["cascade_asr_wer"] = round(100 * wer([r["text_answer"] for r in answered], [r["cascade_heard"] for r in answered]), 2)
-            summary.update(median_asr_wer(answered))
-        report["sets"][name] = {"summary": summary, "rows": rows}
+        report["sets"][name] = {"summary": {"items": len(rows), "seconds": round(time.perf_counter() - t0, 1),
+                                            **summarize(rows)}, "rows": rows}
+    return report
+
+
+def summarize(rows: list[dict]) -> dict:
+    """A set's figures from its rows (what each item heard, answered and was heard to say)."""
+    from sacrebleu.metrics import CHRF
+
+    from omni_cli.metrics import asr_wer, wer
+
+    refs = [r["reference"] for r in rows]
+    summary = {"repeat_wer": round(100 * wer(refs, [r["repeat"] for r in rows]), 2)}
+    if rows and all("adaptor" in r for r in rows):  # a ctc adaptor's text, as the LLM read it
+        summary["adaptor_wer"] = round(100 * wer(refs, [r["adaptor"] for r in rows]), 2)
+    answered = [r for r in rows if "answer" in r]
+    if answered:
+        chrf, typed = CHRF(), [[r["text_answer"] for r in answered]]
+        summary["chrf"] = round(chrf.corpus_score([r["answer"] for r in answered], typed).score, 2)
+        summary["cascade_chrf"] = round(chrf.corpus_score([r["cascade_answer"] for r in answered], typed).score, 2)
+        summary["asr_wer"] = round(100 * asr_wer([r["answer"] for r in answered], [r["heard"] for r in answered]), 2)
+        summary["cascade_asr_wer"] = round(100 * asr_wer([r["text_answer"] for r in answered], [r["cascade_heard"] for r in answered]), 2)
+        summary.update(median_asr_wer(answered))
+    return summary
+
+
+def rescore(report: dict) -> dict:
+    """The figures of a saved report computed again from its rows (after a change to how they
+    are scored; nothing is run again)."""
+    for part in report["sets"].values():
+        part["summary"] = {k: v for k, v in part["summary"].items() if k in ("items", "seconds")} | summarize(part["rows"])
     return report
 
 
 def median_asr_wer(answered: list[dict]) -> dict:
     """The per-item median ASR-WER of the e2e and the cascade answers: unlike the corpus figure,
     not swayed by the one item whose Whisper transcript loops ("be-be-be-..." is WER 590 %)."""
-    return {"asr_wer_median": median_wer_percent([r["answer"] for r in answered], [r["heard"] for r in answered]),
-            "cascade_asr_wer_median": median_wer_percent([r["text_answer"] for r in answered],
-                                                         [r["cascade_heard"] for r in answered])}
+    return {"asr_wer_median": median_asr_wer_percent([r["answer"] for r in answered], [r["heard"] for r in answered]),
+            "cascade_asr_wer_median": median_asr_wer_percent([r["text_answer"] for r in answered],
+                                                             [r["cascade_heard"] for r in answered])}
 
 
 SETS = ("heldout-voices", "real-speech", "alpacaeval")
@@ -134,12 +149,18 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=80, help="answer length, as in the training answers")
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of: {', '.join(SETS)}")
     parser.add_argument("--out", type=Path, help="write the full report (summaries and every item) as JSON here")
+    parser.add_argument("--rescore", type=Path, metavar="REPORT",
+                        help="run nothing: score a saved report's rows again (written back to --out, or to it)")
     args = parser.parse_args()
     sets = tuple(s.strip() for s in args.sets.split(",") if s.strip())
     unknown = set(sets) - set(SETS)
     if unknown:
         parser.error(f"unknown set(s): {', '.join(sorted(unknown))}")
-    report = evaluate(args.model, args.data, args.limit, args.max_new_tokens, sets)
+    if args.rescore:
+        report = rescore(json.loads(args.rescore.read_text(encoding="utf-8")))
+        args.out = args.out or args.rescore
+    else:
+        report = evaluate(args.model, args.data, args.limit, args.max_new_tokens, sets)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     lines = ["| set | items | repeat WER % | adaptor WER % | chrF (cascade's) | ASR-WER % (corpus / median) | cascade ASR-WER % |",

@@ -19,3 +19,11 @@ def median_wer_percent(references: list[str], hypotheses: list[str]) -> float | 
 
     m = median_wer(references, hypotheses)
     return None if m is None else round(100 * m, 2)
+
+
+def median_asr_wer_percent(answers: list[str], heard: list[str]) -> float | None:
+    """The per-item median ASR-WER in %: written answers against transcripts of their speech
+    (`metrics.as_spoken`: words between brackets are said)."""
+    from omni_cli.metrics import as_spoken
+
+    return median_wer_percent([as_spoken(a) for a in answers], [as_spoken(h) for h in heard])

@@ -24,7 +24,7 @@ from pathlib import Path
 import jiwer
 import torch
 
-from evals.report import emit, median_wer_percent
+from evals.report import emit, median_asr_wer_percent
 
 
 def unit_error_rate(references: list[list[int]], predictions: list[list[int]]) -> float:
@@ -81,7 +81,7 @@ def main() -> None:
     if args.speak:
         from omni_cli.asr import load_judge
         from omni_cli.audio import SAMPLE_RATE, resample
-        from omni_cli.metrics import wer
+        from omni_cli.metrics import asr_wer
 
         judge = load_judge()
 
@@ -101,11 +101,11 @@ def main() -> None:
                 k = min(args.speak, len(items))
                 answers = [a for _, a in items[:k]]
                 spoken = [heard(u) for u in pred[:k]]
-                scores[name]["asr_wer_predicted_units"] = round(100 * wer(answers, spoken), 2)
-                scores[name]["asr_wer_predicted_units_median"] = median_wer_percent(answers, spoken)
+                scores[name]["asr_wer_predicted_units"] = round(100 * asr_wer(answers, spoken), 2)
+                scores[name]["asr_wer_predicted_units_median"] = median_asr_wer_percent(answers, spoken)
                 spoken = [heard(u) for u in truth[name][:k]]
-                scores[name]["asr_wer_true_units"] = round(100 * wer(answers, spoken), 2)
-                scores[name]["asr_wer_true_units_median"] = median_wer_percent(answers, spoken)
+                scores[name]["asr_wer_true_units"] = round(100 * asr_wer(answers, spoken), 2)
+                scores[name]["asr_wer_true_units_median"] = median_asr_wer_percent(answers, spoken)
         result[str(folder)] = scores
         print(folder, json.dumps(scores), flush=True)
     emit(result, args.json)

@@ -34,7 +34,7 @@ from omni_cli.audio import MAX_DURATION_S, SAMPLE_RATE, find_audio_files, load_a
 from omni_cli.cache import atomic_file
 from omni_cli.errors import ConfigError, InputError, OmniError
 from omni_cli.events import Response, collect, latency_metrics
-from omni_cli.metrics import wer_counts
+from omni_cli.metrics import as_spoken, wer_counts
 from omni_cli.pipelines import MODES, PipelineConfig, load_pipeline, omega_of, with_omega
 
 RESULTS = "results.jsonl"
@@ -171,7 +171,7 @@ def score(response: Response, reference: str | None, heard: str | None) -> dict:
     if reference is not None and response.transcript is not None:
         counts["wer"] = wer_counts(reference, response.transcript)
     if heard is not None and response.text.strip():
-        counts["asr_wer"] = wer_counts(response.text, heard)
+        counts["asr_wer"] = wer_counts(as_spoken(response.text), as_spoken(heard))
     for name, (edits, n) in counts.items():
         m[name] = edits / n if n else None
     return {
@@ -533,7 +533,8 @@ DEFINITIONS = {
     "WER of what was heard (%)": "word error rate against the reference transcript of what the mode heard: the cascade's "
                                  "Whisper transcript; for e2e, the speech LLM itself asked to repeat what was said",
     "ASR-WER of the spoken answer (%)": "word error rate of a Whisper transcript of the spoken answer (a deterministic "
-                                        "judge) against the answer's own text: how intelligible the speech is",
+                                        "judge) against the answer's own text, its words between brackets counted as said: how intelligible "
+                                        "the speech is",
     "corpus WER / ASR-WER (%)": "the same, as total edits over total reference words of all items",
     "answer chrF vs the cascade's answer": "character n-gram F-score (sacrebleu chrF, 0-100) of an e2e answer against the "
                                             "cascade's answer to the same question: how close it comes to what the same "

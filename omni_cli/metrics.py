@@ -7,6 +7,7 @@ figures are `events.latency_metrics`, beside the events they read.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -23,6 +24,24 @@ def _normalizer():
 
 def normalize(text: str) -> str:
     return " ".join(_normalizer()(text).split())
+
+
+_BRACKETS = re.compile(r"[()\[\]<>]")
+
+
+def as_spoken(text: str) -> str:
+    """A written answer as its speech says it, for ASR-WER: the words between brackets are
+    spoken ("England (the largest country)" is read whole), but Whisper's normalizer drops them,
+    as it drops a transcript's annotations ("(laughs)"), so each said word would count as an
+    insertion; the brackets are taken away first, the words kept."""
+    return _BRACKETS.sub(" ", text)
+
+
+def asr_wer(answers: Sequence[str], heard: Sequence[str]) -> float:
+    """Corpus ASR-WER: written answers against Whisper transcripts of their speech (`as_spoken`)."""
+    if isinstance(answers, str) or isinstance(heard, str):
+        raise TypeError("asr_wer takes lists of answers and transcripts, not strings")
+    return wer([as_spoken(a) for a in answers], [as_spoken(h) for h in heard])
 
 
 def wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:

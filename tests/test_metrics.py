@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from omni_cli.events import AudioChunk, Done, SpeechEnded, StageTiming, TextDelta, Transcript, latency_metrics
-from omni_cli.metrics import median_wer, normalize, wer, wer_counts
+from omni_cli.events import AudioChunk, Done, Response, SpeechEnded, StageTiming, TextDelta, Transcript, latency_metrics
+from omni_cli.metrics import as_spoken, asr_wer, median_wer, normalize, wer, wer_counts
 
 
 def test_wer_uses_whisper_normalizer_on_both_sides():
@@ -23,6 +23,31 @@ def test_median_wer_is_not_swayed_by_one_looping_transcript():
     assert wer(refs, hyps) > 6  # the corpus figure: one loop decides it
     assert median_wer(refs, hyps) == pytest.approx(1 / 3)
     assert median_wer([""], ["words"]) is None
+
+
+def test_asr_wer_counts_the_words_between_brackets_as_said():
+    answer = "The UK has four countries: * England (the largest) * Wales [a nation]."
+    heard = "The UK has four countries, England, the largest, Wales, a nation."
+    # Whisper's normalizer drops bracketed words, as a transcript's "(laughs)": every word the
+    # speech said between them would be an insertion
+    assert wer([answer], [heard]) == pytest.approx(4 / 7)
+    assert asr_wer([answer], [heard]) == 0.0
+    assert as_spoken("(a) <b> [c]").split() == ["a", "b", "c"]
+    assert asr_wer(["the cat (sat)"], ["the cat"]) == pytest.approx(1 / 3)  # a bracketed word not said is missed
+    with pytest.raises(TypeError, match="lists"):
+        asr_wer("the cat", "the cat")
+
+
+def test_evaluation_scores_asr_wer_as_spoken():
+    from omni_cli.evaluate import score
+
+    text = "Paris (the capital) is big."
+    events = (SpeechEnded(duration_s=1.0, t=0.0), Transcript(text="where is paris", t=0.2), TextDelta(text=text, t=0.4),
+              AudioChunk(samples=np.zeros(16000, dtype=np.float32), sample_rate=16000, index=0, t=0.5),
+              Done(text=text, transcript="where is paris", t=1.6))
+    response = Response(text=text, transcript="where is paris", audio=np.zeros(16000, dtype=np.float32),
+                        sample_rate=16000, events=events)
+    assert score(response, None, "Paris, the capital, is big.")["metrics"]["asr_wer"] == 0.0
 
 
 def test_wer_refuses_strings_which_would_be_scored_character_by_character():
@@ -79,3 +104,23 @@ def test_pauses_are_the_waits_of_a_listener_playing_chunks_as_they_arrive():
 def test_latency_metrics_need_the_end_of_speech():
     with pytest.raises(ValueError):
         latency_metrics([Done(text="x")])
+
+
+def test_quality_report_is_scored_again_from_its_rows():
+    """`evals.e2e_quality --rescore`: a saved report's figures recomputed from its items alone."""
+    from evals.e2e_quality import rescore
+
+    row = {"id": "a", "reference": "what are the uk countries", "repeat": "what are the uk countries",
+           "adaptor": "what are the countries", "answer": "England (the largest) and Wales.",
+           "text_answer": "England and Wales.", "heard": "England, the largest, and Wales.",
+           "cascade_heard": "England and whales.", "cascade_answer": "England and Wales."}
+    report = {"model": "m", "sets": {"s": {"summary": {"items": 1, "seconds": 2.0, "asr_wer": 80.0}, "rows": [row]},
+                                     "real": {"summary": {"items": 1, "seconds": 1.0},
+                                              "rows": [{"id": "b", "reference": "a cat", "repeat": "a hat"}]}}}
+    s = rescore(report)["sets"]
+    assert s["s"]["summary"]["items"] == 1 and s["s"]["summary"]["seconds"] == 2.0
+    assert s["s"]["summary"]["asr_wer"] == 0.0 and s["s"]["summary"]["asr_wer_median"] == 0.0
+    assert s["s"]["summary"]["cascade_asr_wer"] == pytest.approx(100 / 3, abs=0.01)
+    assert s["s"]["summary"]["repeat_wer"] == 0.0 and s["s"]["summary"]["adaptor_wer"] == 20.0
+    assert s["s"]["summary"]["chrf"] < 100 and s["s"]["summary"]["cascade_chrf"] == 100.0
+    assert s["real"]["summary"] == {"items": 1, "seconds": 1.0, "repeat_wer": 50.0}
