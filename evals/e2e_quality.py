@@ -16,7 +16,9 @@ Measures:
   answer, so the figure is read against what the cascade's hearing allows on the same items;
 - ASR-WER: the answer text against the project's deterministic Whisper judge's transcript of
   the answer's speech; beside it, the cascade's: the same judge on the cascade's TTS (Piper)
-  speaking the typed answer, so "<= 1.5x the cascade's" is read on the same items.
+  speaking the typed answer as the cascade does (`text.clean_for_speech`), so "<= 1.5x the
+  cascade's" is read on the same items. Both are scored as spoken (`metrics.as_spoken`): what
+  neither pipeline says (markdown, list numbers) left out, the words between brackets kept.
 Real speech gets the repeat WERs only (its utterances are not instructions).
 """
 
@@ -41,6 +43,7 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
     from omni_cli.events import collect
     from omni_cli.llm import ChatLLM, GenerationOptions, answer_texts
     from omni_cli.pipelines import PipelineConfig, load_pipeline
+    from omni_cli.text import clean_for_speech
     from omni_cli.tts import PiperTTS
 
     generation = GenerationOptions(max_new_tokens=max_new_tokens)
@@ -85,7 +88,7 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
                 response = collect(pipeline.run(audio), pipeline.sample_rate)
                 row.update(answer=response.text.strip(), text_answer=item["answer"],
                            heard=heard(response.audio, pipeline.sample_rate),
-                           cascade_heard=heard(tts.synthesize(item["answer"]), tts.sample_rate),
+                           cascade_heard=heard(tts.synthesize(clean_for_speech(item["answer"])), tts.sample_rate),
                            cascade_transcript=cascade_asr.transcribe(audio).text.strip())
             if reads_text:  # answered: the pipeline's own hearing (its Transcript event)
                 row["adaptor"] = response.transcript if response is not None else said

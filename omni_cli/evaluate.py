@@ -533,8 +533,8 @@ DEFINITIONS = {
     "WER of what was heard (%)": "word error rate against the reference transcript of what the mode heard: the cascade's "
                                  "Whisper transcript; for e2e, the speech LLM itself asked to repeat what was said",
     "ASR-WER of the spoken answer (%)": "word error rate of a Whisper transcript of the spoken answer (a deterministic "
-                                        "judge) against the answer's own text, its words between brackets counted as said: how intelligible "
-                                        "the speech is",
+                                        "judge) against the answer's own text as spoken (no markdown or list numbers, the words between "
+                                        "brackets kept): how intelligible the speech is",
     "corpus WER / ASR-WER (%)": "the same, as total edits over total reference words of all items",
     "answer chrF vs the cascade's answer": "character n-gram F-score (sacrebleu chrF, 0-100) of an e2e answer against the "
                                             "cascade's answer to the same question: how close it comes to what the same "

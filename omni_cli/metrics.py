@@ -30,11 +30,14 @@ _BRACKETS = re.compile(r"[()\[\]<>]")
 
 
 def as_spoken(text: str) -> str:
-    """A written answer as its speech says it, for ASR-WER: the words between brackets are
-    spoken ("England (the largest country)" is read whole), but Whisper's normalizer drops them,
-    as it drops a transcript's annotations ("(laughs)"), so each said word would count as an
-    insertion; the brackets are taken away first, the words kept."""
-    return _BRACKETS.sub(" ", text)
+    """A written answer as both pipelines' speech says it, for ASR-WER: what a voice does not
+    read left out (`text.clean_for_speech`: markdown, a list item's bullet or number, URLs,
+    emoji), and the words between brackets kept: they are said ("England (the largest
+    country)" is read whole), but Whisper's normalizer drops them, as it drops a transcript's
+    annotations ("(laughs)"), so each said word would count as an insertion."""
+    from omni_cli.text import clean_for_speech
+
+    return _BRACKETS.sub(" ", clean_for_speech(text))
 
 
 def asr_wer(answers: Sequence[str], heard: Sequence[str]) -> float:

@@ -33,6 +33,11 @@ def test_asr_wer_counts_the_words_between_brackets_as_said():
     assert wer([answer], [heard]) == pytest.approx(4 / 7)
     assert asr_wer([answer], [heard]) == 0.0
     assert as_spoken("(a) <b> [c]").split() == ["a", "b", "c"]
+    # neither pipeline says a list's numbers or bullets, markdown or emoji (text.clean_for_speech)
+    listed = "Some are:\n\n1. **Paris** 🗼\n2. Rome\n- Oslo"
+    assert as_spoken(listed).split() == ["Some", "are:", "Paris", "Rome", "Oslo"]
+    assert asr_wer([listed], ["Some are Paris, Rome, Oslo."]) == 0.0
+    assert wer([listed], ["Some are Paris, Rome, Oslo."]) == pytest.approx(2 / 7)
     assert asr_wer(["the cat (sat)"], ["the cat"]) == pytest.approx(1 / 3)  # a bracketed word not said is missed
     with pytest.raises(TypeError, match="lists"):
         asr_wer("the cat", "the cat")
