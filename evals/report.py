@@ -22,8 +22,8 @@ def median_wer_percent(references: list[str], hypotheses: list[str]) -> float | 
 
 
 def median_asr_wer_percent(answers: list[str], heard: list[str]) -> float | None:
-    """The per-item median ASR-WER in %: written answers against transcripts of their speech
-    (`metrics.as_spoken`: words between brackets are said)."""
+    """The per-item median ASR-WER in %: written answers against transcripts of their speech,
+    both as spoken (`metrics.as_spoken`: no markdown or list numbers, bracketed words kept)."""
     from omni_cli.metrics import as_spoken
 
     return median_wer_percent([as_spoken(a) for a in answers], [as_spoken(h) for h in heard])
