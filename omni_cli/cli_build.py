@@ -272,7 +272,7 @@ def train_adaptor_cmd(
     seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False, device: TrainDevice = "cpu",
     units: Annotated[str, typer.Option("--units", help="A fresh ctc adaptor spells the LLM's 'tokens' or lower-case 'chars'.")] = "tokens",
     augment: Annotated[bool, typer.Option("--augment", help="ctc task: run the encoder on every batch of audio, sped up or slowed down (0.9-1.1x) and SpecAugment-masked, instead of reading cached encoder outputs (slower per step; meant for a GPU).")] = False,
-    encoder: Annotated[str | None, typer.Option("--encoder", help="A fresh model's Whisper, whose encoder it hears with: a registry name, a CTranslate2 folder or openai-whisper .pt file, or a name or hub id where a network is (default: whisper-tiny.en).")] = None,
+    encoder: Annotated[str | None, typer.Option("--encoder", help="A fresh model's Whisper, whose encoder it hears with: a registry name, a CTranslate2 folder or openai-whisper .pt file, or a name or hub id where a network is (default: whisper-tiny.en). With --from (ctc task): the model's trained adaptor is moved onto this Whisper first (its first layer fitted anew to give what it gave on the old encoder), then trained.")] = None,
     llm: Annotated[str | None, typer.Option("--llm", help="A fresh model's LLM: a registry name, a transformers folder, or a hub id where a network is (default: smollm2-135m-instruct).")] = None,
 ) -> None:
     """Stage 1: train the speech adaptor (encoder and LLM frozen): the ctc adaptor's CTC head, or the linear adaptor on answers or as ASR pre-alignment.
@@ -284,6 +284,7 @@ def train_adaptor_cmd(
       torchrun --nproc-per-node 4 --no-python omni train adaptor --data runs/data --out runs/stage1 --task ctc --device cuda
       omni train adaptor --data runs/data --out runs/stage0 --task align --steps 2000 --batch-size 16   # linear adaptor
       omni train adaptor --data runs/data --out runs/base --encoder ./whisper-base-ct2 --steps 3000 --batch-size 32  # another Whisper
+      omni train adaptor --data runs/data --out runs/moved --from runs/stage1/model --encoder ./whisper-base-ct2 --lr 2e-4  # the trained adaptor moved onto it
     """
     from omni_cli.e2e.train import TrainOptions
 

@@ -1041,3 +1041,51 @@ def test_hearing_at_several_speeds_pools_the_hypotheses_of_every_copy(ctc_omni, 
     for bad in (["--beam", "4", "--speeds", "0.9,fast"], ["--beam", "4", "--speeds", "0.9,3"], ["--beam", "1", "--speeds", "0.9"]):
         result = CliRunner().invoke(app, ["train", "export", str(ctc_omni), str(tmp_path / "x"), *bad])
         assert result.exit_code == 2 and "Traceback" not in result.stderr and "speeds" in result.stderr, bad
+
+
+def test_a_ctc_adaptor_moves_onto_another_whisper(ctc_omni, tmp_path):
+    """`omni train adaptor --from M --encoder W`: the adaptor's first layer fitted anew, so that
+    on the new encoder's outputs it gives what it gave on the old one's; every other weight kept."""
+    import json
+
+    from whisper.model import ModelDimensions, Whisper
+
+    from omni_cli.e2e.checkpoint import load_omni, read_omni_config
+    from omni_cli.e2e.train import TrainOptions, encode_rows, start_stage, stitch_encoder
+
+    torch.manual_seed(1)
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=48, n_audio_head=2, n_audio_layer=1,
+                           n_vocab=51864, n_text_ctx=8, n_text_state=16, n_text_head=2, n_text_layer=1)
+    other = tmp_path / "other-whisper.pt"
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": Whisper(dims).state_dict()}, other)
+    (tmp_path / "set" / "audio").mkdir(parents=True)
+    rows = []
+    for i, seconds in enumerate((1.0, 1.5)):
+        path = tmp_path / "set" / "audio" / f"{i}.wav"
+        shutil.copy(EXAMPLE_QUESTION, path)
+        rows.append({"id": str(i), "audio": str(path), "instruction": "The moon is bright.", "split": "train"})
+    model = load_omni(ctc_omni)
+    old_proj = model.speech_projector
+    kept = {k: v.clone() for k, v in old_proj.state_dict().items() if not k.startswith("linear1.")}
+    old = encode_rows(model, rows)
+    stitch_encoder(model, str(other), rows, ridge=1e-9)
+    assert model.config.encoder.width == 48 and model.config.projector.encoder_width == 48
+    assert model.config.encoder_source == str(other) and model.speech_encoder.whisper.conv1.out_channels == 48
+    moved = model.speech_projector
+    assert moved.linear1.in_features == 48 * moved.k
+    assert all(torch.equal(v, kept[k]) for k, v in moved.state_dict().items() if not k.startswith("linear1."))
+    new = encode_rows(model, rows)
+    with torch.no_grad():
+        for a, b in zip(old, new):
+            m = min(len(a), len(b)) // 4 * 4
+            want = old_proj.logits(a[None, :m].float())
+            got = moved.logits(b[None, :m].float())
+            assert (got - want).abs().max() < 1e-2 * want.abs().max()
+    # from the CLI's stage: moved, then trained, and saved with the new encoder
+    (tmp_path / "set" / "manifest.jsonl").write_text(
+        "".join(json.dumps({**r, "audio": f"audio/{i}.wav"}) + "\n" for i, r in enumerate(rows)))
+    _, steps = start_stage("adaptor", tmp_path / "set", tmp_path / "run", start=ctc_omni, encoder=str(other),
+                           options=TrainOptions(steps=1, batch_size=2), device=TEST_DEVICE)
+    list(steps)
+    saved = read_omni_config(tmp_path / "run" / "model")
+    assert saved.encoder_source == str(other) and saved.projector.encoder_width == 48

@@ -677,6 +677,10 @@ def test_start_stage_without_a_model_starts_a_fresh_default_with_the_stages_adap
                 device=TEST_DEVICE)
     assert made[0][4] == {"encoder": "/models/whisper-base", "llm": "my-llm"}
     with pytest.raises(ConfigError, match="--encoder and --llm choose the parts of a fresh model; --from"):
+        start_stage("adaptor", data_dir, tmp_path / "other2", start=peaked_omni, encoder="/models/whisper-base", llm="my-llm")
+    with pytest.raises(ConfigError, match="--encoder with --from moves a ctc adaptor onto another Whisper: train adaptor --task ctc"):
+        start_stage("llm", data_dir, tmp_path / "other2", start=peaked_omni, encoder="/models/whisper-base")
+    with pytest.raises(ConfigError, match="moves a ctc adaptor onto another Whisper; this model's adaptor is linear"):
         start_stage("adaptor", data_dir, tmp_path / "other2", start=peaked_omni, encoder="/models/whisper-base")
 
 
