@@ -85,16 +85,23 @@ def _in_package(module: str, *parts: str) -> Callable[[], Path | None]:
     return locate
 
 
+def _ct2_parts(modules: tuple[str, ...]) -> list[Path] | None:
+    """The parts of a CTranslate2 `model.bin` split across packages (`data/model.bin.part1` in
+    the first, `.part2` in the second, ...), where every one is installed."""
+    roots = [package_dir(m) for m in modules]
+    if any(r is None for r in roots):
+        return None
+    parts = [r / "data" / f"model.bin.part{n + 1}" for n, r in enumerate(roots)]
+    return parts if all(p.is_file() for p in parts) else None
+
+
 def _split_ct2_parts(modules: tuple[str, ...]) -> Callable[[], Path | None]:
-    """A CTranslate2 Whisper whose `model.bin` ships split across packages (`data/model.bin.part1`
-    in the first, `.part2` in the second, ...; config and tokenizer beside the first part): the
-    first package's data folder, where every part is installed."""
+    """A CTranslate2 Whisper shipped as `_ct2_parts` (config and tokenizer beside the first
+    part): the first package's data folder, where every part is installed."""
 
     def locate() -> Path | None:
-        roots = [package_dir(m) for m in modules]
-        if any(r is None or not (r / "data" / f"model.bin.part{n + 1}").is_file() for n, r in enumerate(roots)):
-            return None
-        return roots[0] / "data"
+        parts = _ct2_parts(modules)
+        return parts[0].parent if parts else None
 
     return locate
 
@@ -106,7 +113,9 @@ def _joined_ct2(name: str, modules: tuple[str, ...]) -> Callable[[Path], Path]:
         from omni_cli.cache import atomic_dir
 
         out = cache_dir() / "whisper" / name
-        parts = [package_dir(m) / "data" / f"model.bin.part{n + 1}" for n, m in enumerate(modules)]
+        parts = _ct2_parts(modules)
+        if parts is None:
+            raise ModelNotFoundError(f"{first}: a part of the split Whisper ({', '.join(modules)}) is missing")
         if (out / "model.bin").is_file() and (out / "model.bin").stat().st_size == sum(p.stat().st_size for p in parts):
             return out
         with atomic_dir(out) as tmp:

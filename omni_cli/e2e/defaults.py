@@ -27,6 +27,27 @@ def default_prompt() -> PromptConfig:
     return PromptConfig(system=SPOKEN_SYSTEM_PROMPT, instruction="", template="chat")
 
 
+def whisper_dims(spec: str):
+    """A Whisper's `ModelDimensions`: a registry name, a local CTranslate2 folder or
+    openai-whisper .pt, or a name the backend fetches where a network is."""
+    from whisper.model import ModelDimensions
+
+    from omni_cli.registry import resolve_whisper
+
+    checkpoint = resolve_whisper(spec, need="openai").openai_checkpoint
+    if checkpoint is None:  # a name the backend fetches
+        import whisper
+
+        return whisper.load_model(spec, device="cpu").dims
+    return ModelDimensions(**torch.load(checkpoint, map_location="cpu", weights_only=True)["dims"])
+
+
+def encoder_config(dims, speech_margin: float | None = None) -> EncoderConfig:
+    """Our encoder config of a Whisper of these dimensions (run on the real length of the audio)."""
+    return EncoderConfig(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer,
+                         padded=False, speech_margin=speech_margin)
+
+
 def default_config(encoder_dims, llm_width: int, num_units: int, rope_theta: float, rms_norm_eps: float,
                    vocab: int, adaptor: str = "ctc", units: str = "tokens") -> OmniConfig:
     """`adaptor` "ctc" (the default; `units` "tokens" at 12.5 Hz or "chars" at 25 Hz), or
@@ -38,8 +59,7 @@ def default_config(encoder_dims, llm_width: int, num_units: int, rope_theta: flo
     else:
         projector = ProjectorConfig(k=5, encoder_width=encoder_dims.n_audio_state, hidden=1024, llm_width=llm_width)
     return OmniConfig(
-        encoder=EncoderConfig(encoder_dims.n_mels, encoder_dims.n_audio_ctx, encoder_dims.n_audio_state,
-                              encoder_dims.n_audio_head, encoder_dims.n_audio_layer, padded=False),
+        encoder=encoder_config(encoder_dims),
         projector=projector,
         speech_decoder=SpeechDecoderConfig(llm_width=llm_width, width=384, n_layers=2, n_heads=6, n_kv_heads=6, ffn=1024,
                                            num_units=num_units, upsample=UPSAMPLE, rms_norm_eps=rms_norm_eps,
@@ -58,20 +78,16 @@ def new_default_model(transcripts: list[str], seed: int = 0, encoder: str = "whi
     adaptor's head can emit the LLM tokens of `transcripts` (the training set's)."""
     import dataclasses
 
-    from whisper.model import ModelDimensions
-
     from omni_cli.e2e.checkpoint import build_encoder
     from omni_cli.e2e.speech_generator import SpeechGenerator
     from omni_cli.e2e.speech_llm import SpeechLLM
     from omni_cli.e2e.speech_projector import build_projector, ctc_vocabulary
     from omni_cli.e2e.unit_vocoder import PiperUnitVocoder
     from omni_cli.llm import ChatLLM
-    from omni_cli.registry import resolve_whisper
 
     chat = ChatLLM.load(llm)
     token_ids = ctc_vocabulary(chat.tokenizer, transcripts, units)
-    ckpt = torch.load(resolve_whisper(encoder, need="openai").openai_checkpoint, map_location="cpu", weights_only=True)
-    dims = ModelDimensions(**ckpt["dims"])
+    dims = whisper_dims(encoder)
     cfg = chat.model.config
     rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
     config = default_config(dims, cfg.hidden_size, PiperUnitVocoder().num_units, float(rope), float(cfg.rms_norm_eps),

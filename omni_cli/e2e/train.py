@@ -317,12 +317,9 @@ def stitch_encoder(model: SpeechLLM, encoder: str, rows: list[dict], items: int 
     encoders' outputs cached as `encode_rows` caches them); every other weight is kept, so stage
     1 goes on from what the adaptor knew instead of from nothing (v3.13's adaptor on Whisper base:
     34 % WER before any step, where a fresh one was at 50 % after 1,500 steps of 32)."""
-    import whisper.model as whisper_model
-
     from omni_cli.e2e.checkpoint import build_encoder
-    from omni_cli.e2e.config import EncoderConfig
+    from omni_cli.e2e.defaults import encoder_config, whisper_dims
     from omni_cli.e2e.speech_projector import _stack, build_projector
-    from omni_cli.registry import resolve_whisper
 
     proj = model.speech_projector
     if model.config.projector.type != "ctc":
@@ -330,15 +327,7 @@ def stitch_encoder(model: SpeechLLM, encoder: str, rows: list[dict], items: int 
                           f"{model.config.projector.type}")
     if not rows:
         raise ConfigError("moving the adaptor onto another Whisper needs spoken training items")
-    checkpoint = resolve_whisper(encoder, need="openai").openai_checkpoint
-    if checkpoint is None:  # a name the backend fetches
-        import whisper
-
-        dims = whisper.load_model(encoder, device="cpu").dims
-    else:
-        dims = whisper_model.ModelDimensions(**torch.load(checkpoint, map_location="cpu", weights_only=True)["dims"])
-    enc_config = EncoderConfig(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer,
-                               padded=False, speech_margin=model.config.encoder.speech_margin)
+    enc_config = encoder_config(whisper_dims(encoder), speech_margin=model.config.encoder.speech_margin)
     sample = random.Random(0).sample(rows, min(items, len(rows)))
     old = encode_rows(model, sample)
     device = model.device
