@@ -1089,3 +1089,45 @@ def test_a_ctc_adaptor_moves_onto_another_whisper(ctc_omni, tmp_path):
     list(steps)
     saved = read_omni_config(tmp_path / "run" / "model")
     assert saved.encoder_source == str(other) and saved.projector.encoder_width == 48
+
+
+def test_two_adaptors_blended_hear_from_the_weighted_log_probabilities(ctc_omni):
+    """`evals.adaptor_blend`: weight 1 hears as the model alone; otherwise the beam search reads
+    weight x its log-probabilities + (1 - weight) x the other's over its classes (a grown head's
+    extra classes left out)."""
+    from evals.adaptor_blend import Blend
+    from omni_cli.audio import load_audio
+    from omni_cli.e2e.checkpoint import load_omni
+
+    audio = load_audio(EXAMPLE_QUESTION)
+    alone = load_omni(ctc_omni)
+    alone.hear_with(4)
+    model, other = load_omni(ctc_omni), load_omni(ctc_omni)
+    model.hear_with(4)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in other.speech_projector.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    other.speech_projector.extend([int(other.llm.tokenizer.eos_token_id)])
+    blend = Blend(model, other, weight=1.0)
+    with torch.no_grad():
+        assert model.listen(audio)[1] == alone.listen(audio)[1]
+        states = model.speech_encoder.encode(audio).unsqueeze(0)
+        own = alone.speech_projector.utterance_logits(states).float().log_softmax(-1)
+        theirs = other.speech_projector.utterance_logits(other.speech_encoder.encode(audio).unsqueeze(0)).float()
+        n = model.speech_projector.config.vocab
+        assert theirs.shape[-1] == n + 2  # the grown class and the blank
+        theirs = torch.cat([theirs[:, :n], theirs[:, -1:]], -1).log_softmax(-1)
+        for weight in (0.0, 0.7):
+            blend.weight = weight
+            model.speech_encoder.encode(audio)
+            got = model.speech_projector.utterance_logits(states)
+            assert torch.allclose(got, weight * own + (1 - weight) * theirs, atol=1e-5)
+        blend.weight = 0.0
+        assert model.listen(audio)[1] is not None
+    stranger = load_omni(ctc_omni)
+    stranger.speech_projector.token_ids[0] += 1
+    with pytest.raises(ValueError, match="classes"):
+        Blend(alone, stranger)
+    with pytest.raises(ValueError, match="beam"):
+        Blend(load_omni(ctc_omni), other)
