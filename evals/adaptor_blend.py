@@ -15,7 +15,6 @@ AlpacaEval instructions.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -39,6 +38,8 @@ class Blend:
         self.model, self.other, self.weight = model, other, weight
         self._encode, self._logits = model.speech_encoder.encode, first.utterance_logits
         self._other_states = None
+        self._classes = n
+        self._other_dtype = next(p for p in second.parameters() if p.is_floating_point()).dtype
         model.speech_encoder.encode = self._encode_both
         first.utterance_logits = self._blended
 
@@ -51,27 +52,14 @@ class Blend:
         own = self._logits(states).float().log_softmax(-1)
         if self.weight >= 1 or self._other_states is None:
             return own
-        second = self.other.speech_projector
-        dtype = next(p for p in second.parameters() if p.is_floating_point()).dtype
-        logits = second.utterance_logits(self._other_states.unsqueeze(0).to(dtype)).float()
-        n = self.model.speech_projector.config.vocab
-        theirs = torch.cat([logits[:, :n], logits[:, -1:]], -1).log_softmax(-1)  # the first's classes and the blank
+        logits = self.other.speech_projector.utterance_logits(self._other_states.unsqueeze(0).to(self._other_dtype)).float()
+        theirs = torch.cat([logits[:, : self._classes], logits[:, -1:]], -1).log_softmax(-1)  # the first's classes and the blank
         frames = min(len(own), len(theirs))
         return self.weight * own[:frames] + (1 - self.weight) * theirs[:frames]
 
 
-def _items(args) -> list[tuple[Path, str]]:
-    from omni_cli.benches import load_bench
-
-    if args.bench:
-        bench = load_bench(args.bench)
-        return [(Path(i.audio), i.reference) for i in bench[: args.limit or None]]
-    lo, hi = (int(x) for x in args.items.split(":"))
-    rows = [json.loads(line) for line in (args.data / "manifest.jsonl").open(encoding="utf-8")]
-    return [(args.data / r["audio"], r["instruction"]) for r in rows if r["split"] != "train"][lo:hi]
-
-
 def main() -> None:
+    from evals.adaptor_wer import bench_items, heldout_items
     from omni_cli.audio import load_audio
     from omni_cli.e2e.checkpoint import load_omni
     from omni_cli.metrics import wer
@@ -88,7 +76,11 @@ def main() -> None:
     args = ap.parse_args()
     if not args.bench and not args.data:
         ap.error("give --data (held-out items) or --bench")
-    items = _items(args)
+    if args.bench:
+        items = bench_items(args.bench, args.limit)
+    else:
+        lo, hi = (int(x) for x in args.items.split(":"))
+        items = heldout_items(args.data, lo, hi)
     audio = [load_audio(path) for path, _ in items]
     blend = Blend(load_omni(args.model), load_omni(args.other))
     result = {}

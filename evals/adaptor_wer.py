@@ -28,7 +28,6 @@ from evals.report import emit
 
 def main() -> None:
     from omni_cli.audio import load_audio
-    from omni_cli.benches import load_bench
     from omni_cli.e2e.checkpoint import load_omni
     from omni_cli.metrics import wer
 
@@ -43,15 +42,12 @@ def main() -> None:
                     help="also the cascade's Whisper (default: the offline default, tiny.en) on the same items")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    rows = [json.loads(line) for line in (args.data / "manifest.jsonl").open(encoding="utf-8")]
-    sets = {
-        "heldout-voices": [(args.data / r["audio"], r["instruction"]) for r in rows if r["split"] != "train"][: args.heldout],
-        "real-speech": [(Path(i.audio), i.reference) for i in load_bench("real-speech")],
-    }
+    sets = {"heldout-voices": heldout_items(args.data, 0, args.heldout), "real-speech": bench_items("real-speech")}
     if args.alpaca:  # new kinds of text (instructions), spoken by a held-out voice
-        sets["alpacaeval"] = [(Path(i.audio), i.reference) for i in load_bench("instructs2s-eval")[: args.alpaca]]
+        sets["alpacaeval"] = bench_items("instructs2s-eval", args.alpaca)
     audio = {name: [load_audio(path) for path, _ in items] for name, items in sets.items()}
     if args.long:
+        rows = [json.loads(line) for line in (args.data / "manifest.jsonl").open(encoding="utf-8")]
         held = [r for r in rows if r["split"] != "train"][args.heldout:]
         audio["long-heldout"], sets["long-heldout"] = joined(args.data, held, args.long)
     result = {}
@@ -84,6 +80,19 @@ def main() -> None:
         result[str(folder)] = scores
         print(folder, scores, flush=True)
     emit(result, args.json)
+
+
+def heldout_items(data: Path, start: int = 0, stop: int | None = None) -> list[tuple[Path, str]]:
+    """A built set's held-out items `start` to `stop` (in manifest order): (audio path, transcript)."""
+    rows = [json.loads(line) for line in (data / "manifest.jsonl").open(encoding="utf-8")]
+    return [(data / r["audio"], r["instruction"]) for r in rows if r["split"] != "train"][start:stop]
+
+
+def bench_items(name: str, limit: int = 0) -> list[tuple[Path, str]]:
+    """A bench's first `limit` items (0: all): (audio path, reference)."""
+    from omni_cli.benches import load_bench
+
+    return [(Path(i.audio), i.reference) for i in load_bench(name)[: limit or None]]
 
 
 def joined(data: Path, rows: list[dict], n: int) -> tuple[list, list[tuple[None, str]]]:
