@@ -2,9 +2,17 @@
 lent GPU machine that has no registry and takes 64 MiB a call. The set travels as Opus
 (`evals/pack_audio.py`), the frozen parts as a small kit:
 
-    python -m evals.gpu_stage1 --make-kit .gpu/s1k        # here: encoder, token table, tokenizer
+    python -m evals.gpu_stage1 --make-kit .gpu/s1k        # here: encoder, token table, adaptor, tokenizer
     python -m evals.gpu_stage1 --kit .gpu/s1k --audio .gpu/s1 --minutes 6 --out $OUT   # there
     python -m evals.gpu_stage1 --adopt OUT/adaptor.pt --out runs/v3/stage1/model     # here again
+
+`--base` names the model the kit is made from and the adopted adaptor goes into (default: the
+shipped one); an adaptor moved onto another Whisper (`omni train adaptor --from M --encoder
+whisper-base`) trains on from where it is. The kit is four files, each small enough to travel
+in a call of its own (Whisper base's encoder alone is 41 MB, the token table 33 MB):
+`encoder.pt` (the frozen encoder and the model's config), `table.pt` (the LLM's input
+embeddings of the adaptor's classes), `adaptor.pt` (the adaptor to start from; `--init`
+another) and `tokenizer/`.
 
 There, the Whisper encoder runs on every batch (speed perturbation and SpecAugment, see
 `train.Augment`); every `--eval-every` steps the adaptor's greedy CTC transcripts of held-out
@@ -32,18 +40,36 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "omni_cli" / "e2e" / "weights" / "omni-e2e-tiny-en-smollm2"
 
 
-def make_kit(out: Path) -> None:
-    from omni_cli.e2e.load import load_speech_llm
+KIT_FILES = ("encoder.pt", "table.pt", "adaptor.pt")
 
-    model = load_speech_llm(None)
-    out.mkdir(parents=True, exist_ok=True)
+
+def make_kit(out: Path, base: Path = SHIPPED) -> dict[str, int]:
+    """The frozen parts and the adaptor of `base` as the kit's files; returns each one's bytes."""
+    from omni_cli.e2e.checkpoint import load_omni
+
+    model = load_omni(base)
     proj = model.speech_projector
+    if proj.config.type != "ctc":
+        raise SystemExit(f"{base}: stage 1 here trains a ctc adaptor, this model's is {proj.config.type!r}")
+    out.mkdir(parents=True, exist_ok=True)
     table = model.llm.model.get_input_embeddings().weight
-    torch.save({"encoder": {k: v.half() for k, v in model.speech_encoder.whisper.state_dict().items()},
-                "token_ids": proj.token_ids.clone(), "rows": table[proj.token_ids].detach().half().clone(),
-                "vocab_size": table.shape[0], "config": json.loads((SHIPPED / "omni_e2e.json").read_text())},
-               out / "kit.pt")
+
+    def half(state: dict) -> dict:
+        return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+    config = json.loads((base / "omni_e2e.json").read_text())
+    torch.save({"encoder": half(model.speech_encoder.whisper.state_dict()), "config": config}, out / "encoder.pt")
+    torch.save({"token_ids": proj.token_ids.clone(), "rows": table[proj.token_ids].detach().half().clone(),
+                "vocab_size": table.shape[0]}, out / "table.pt")
+    torch.save(half({k: v for k, v in proj.state_dict().items() if k != "token_ids"}), out / "adaptor.pt")
     model.llm.tokenizer.save_pretrained(out / "tokenizer")
+    return {name: (out / name).stat().st_size for name in KIT_FILES}
+
+
+def load_kit(folder: Path) -> dict:
+    kit = torch.load(folder / "encoder.pt", weights_only=False)
+    kit.update(torch.load(folder / "table.pt", weights_only=False))
+    return kit
 
 
 def adopt(adaptor: Path, base: Path, out: Path) -> None:
@@ -99,6 +125,13 @@ class Stage1(nn.Module):
         return next(self.parameters()).device
 
 
+def start_from(model: Stage1, adaptor: Path) -> None:
+    """The adaptor's weights from `adaptor` (an adaptor.pt: the kit's, or a run's); every one of
+    them must fit (a state of another shape or with missing weights is refused)."""
+    state = {k: v.float() for k, v in torch.load(adaptor, map_location="cpu", weights_only=True).items() if k != "token_ids"}
+    model.speech_projector.load_state_dict(state | {"token_ids": model.speech_projector.token_ids})
+
+
 @torch.no_grad()
 def heard(model: Stage1, audios: list[np.ndarray], batch: int = 64) -> list[str]:
     from omni_cli.e2e.train import augmented_mels
@@ -139,10 +172,10 @@ def run(args) -> None:
     train = [rows[k] for k in ids if rows[k]["split"] == "train"]
     held = [rows[k] for k in ids if rows[k]["split"] != "train"][: args.eval_items]
     print(f"{len(train)} training items, {len(held)} held out, decoded in {time.time() - t0:.0f} s", flush=True)
-    kit = torch.load(args.kit / "kit.pt", weights_only=False)
-    model = Stage1(kit, AutoTokenizer.from_pretrained(args.kit / "tokenizer")).to(device)
-    if args.init:
-        model.speech_projector.load_state_dict({k: v.float() for k, v in torch.load(args.init, map_location="cpu").items() if k != "token_ids"}, strict=False)
+    model = Stage1(load_kit(args.kit), AutoTokenizer.from_pretrained(args.kit / "tokenizer")).to(device)
+    init = args.init or args.kit / "adaptor.pt"
+    if not args.fresh:
+        start_from(model, init)
     train_audio = [audio[r["id"]].astype(np.float32) / 32768 for r in train]
     held_audio = [audio[r["id"]] for r in held]
     refs = [r["instruction"] for r in held]
@@ -197,11 +230,12 @@ def main() -> None:
     ap.add_argument("--make-kit", type=Path)
     ap.add_argument("--kit", type=Path)
     ap.add_argument("--adopt", type=Path, help="here: write --out as the model --base with this adaptor.pt")
-    ap.add_argument("--base", type=Path, default=SHIPPED)
+    ap.add_argument("--base", type=Path, default=SHIPPED, help="the model the kit is made from and --adopt writes into")
     ap.add_argument("--audio", type=Path)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--work", type=Path, default=Path("/tmp/gpu_stage1"), help="the optimizer's state (large: kept out of --out)")
-    ap.add_argument("--init", type=Path, help="start from this adaptor state (adaptor.pt)")
+    ap.add_argument("--init", type=Path, help="start from this adaptor state (default: the kit's adaptor.pt)")
+    ap.add_argument("--fresh", action="store_true", help="start from a fresh adaptor instead")
     ap.add_argument("--minutes", type=float, default=6.0)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -215,7 +249,8 @@ def main() -> None:
     ap.add_argument("--reverb", help="a synthetic room's echo on half the items, its RT60 in this range, seconds (e.g. 0.2,0.8)")
     args = ap.parse_args()
     if args.make_kit:
-        make_kit(args.make_kit)
+        for name, size in make_kit(args.make_kit, args.base).items():
+            print(f"{args.make_kit / name}: {size / 2**20:.1f} MiB", flush=True)
     elif args.adopt:
         adopt(args.adopt, args.base, args.out)
     else:

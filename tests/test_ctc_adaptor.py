@@ -844,6 +844,35 @@ def test_gpu_stage1_adopt_swaps_only_the_adaptor_and_keeps_the_ngram_files(ctc_o
             assert torch.equal(after[name], before[name]), name
 
 
+def test_gpu_stage1_kit_hears_as_its_base_model(ctc_omni, tmp_path):
+    """`evals.gpu_stage1 --make-kit --base M`: the kit's files rebuild M's encoder and adaptor
+    as the GPU run trains them (the LLM's rows and its adaptor to start from), so on the same
+    audio they give M's CTC logits, up to the kit's float16; an adaptor state of another shape is
+    refused rather than partly loaded."""
+    from transformers import AutoTokenizer
+
+    from evals.gpu_stage1 import KIT_FILES, Stage1, load_kit, make_kit, start_from
+    from omni_cli.e2e.checkpoint import load_omni
+
+    sizes = make_kit(tmp_path / "kit", ctc_omni)
+    assert set(sizes) == set(KIT_FILES) and all(sizes.values())
+    model = load_omni(ctc_omni)
+    kit = Stage1(load_kit(tmp_path / "kit"), AutoTokenizer.from_pretrained(tmp_path / "kit" / "tokenizer")).eval()
+    audio = np.random.default_rng(3).normal(0, 0.1, 16000).astype(np.float32)
+    with torch.no_grad():
+        fresh = kit.speech_projector.utterance_logits(kit.speech_encoder.encode(audio).unsqueeze(0))
+        start_from(kit, tmp_path / "kit" / "adaptor.pt")
+        ours = kit.speech_projector.utterance_logits(kit.speech_encoder.encode(audio).unsqueeze(0))
+        theirs = model.speech_projector.utterance_logits(model.speech_encoder.encode(audio).unsqueeze(0))
+    torch.testing.assert_close(ours, theirs, atol=2e-2, rtol=2e-2)
+    assert not torch.allclose(fresh, theirs, atol=2e-2, rtol=2e-2)  # a fresh adaptor until the kit's is loaded
+    bad = torch.load(tmp_path / "kit" / "adaptor.pt")
+    bad.pop(sorted(bad)[0])
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(RuntimeError, match="Missing"):
+        start_from(kit, tmp_path / "bad.pt")
+
+
 def test_e2e_beam_overrides_how_the_model_hears(ctc_omni, tiny_e2e_parts, tmp_path):
     """--e2e-beam reaches the model through the pipeline and the e2e transcriber; a model whose
     adaptor is not ctc refuses it; transcribe takes it only with the e2e backend."""
