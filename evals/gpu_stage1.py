@@ -93,6 +93,17 @@ def adopt(adaptor: Path, base: Path, out: Path) -> None:
         shutil.copyfile(base / name, out / name)
 
 
+def read_packed(folder: Path) -> tuple[dict[str, dict], dict[str, bytes]]:
+    """What `evals.pack_audio` wrote: the rows by id, and each item's Opus file."""
+    rows = {r["id"]: r for r in json.loads((folder / "rows.json").read_text())}
+    blobs = {}
+    for part in sorted(folder.glob("p*")):
+        data = (part / "audio.bin").read_bytes()
+        for key, (offset, size) in json.loads((part / "index.json").read_text()).items():
+            blobs[key] = data[offset : offset + size]
+    return rows, blobs
+
+
 def _decode(blob: bytes) -> np.ndarray:
     audio, _ = sf.read(io.BytesIO(blob), dtype="int16")
     return audio
@@ -160,12 +171,7 @@ def run(args) -> None:
     t0 = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
     device = training_device(args.device)
-    rows = {r["id"]: r for r in json.loads((args.audio / "rows.json").read_text())}
-    blobs = {}
-    for part in sorted(args.audio.glob("p*")):
-        data = (part / "audio.bin").read_bytes()
-        for key, (offset, size) in json.loads((part / "index.json").read_text()).items():
-            blobs[key] = data[offset : offset + size]
+    rows, blobs = read_packed(args.audio)
     ids = [k for k in rows if k in blobs]
     with ProcessPoolExecutor(16) as pool:
         audio = dict(zip(ids, pool.map(_decode, [blobs[k] for k in ids], chunksize=256)))

@@ -873,6 +873,45 @@ def test_gpu_stage1_kit_hears_as_its_base_model(ctc_omni, tmp_path):
         start_from(kit, tmp_path / "bad.pt")
 
 
+def test_pack_audio_packs_sets_as_training_takes_them_into_parts_of_a_size(tmp_path, monkeypatch):
+    """`evals.pack_audio` with two sets: their training items as `omni train adaptor --data A
+    --data B` takes them (B's item whose text A holds out is left out) and the held-out items,
+    each once, in parts of at most --part-mb, read back by the GPU script as the same audio."""
+    import io
+    import json
+    import sys
+
+    import soundfile as sf
+
+    from evals import pack_audio
+    from evals.gpu_stage1 import read_packed
+
+    rng = np.random.default_rng(0)
+    texts = {"A": [("a1", "Why is the sky blue?", "heldout"), ("a2", "How do birds fly?", "train")],
+             "B": [("b1", "Why is the sky blue?", "train"), ("b2", "What is rain?", "train"), ("a2", "How do birds fly?", "train")]}
+    audio = {}
+    for name, rows in texts.items():
+        (tmp_path / name / "audio").mkdir(parents=True)
+        lines = []
+        for key, text, split in rows:
+            wave = (0.3 * np.sin(np.arange(16000 * 2) * (0.05 + 0.01 * len(audio))) + rng.normal(0, 0.01, 32000)).astype(np.float32)
+            audio.setdefault(key, wave)
+            sf.write(tmp_path / name / "audio" / f"{key}.wav", audio[key], 16000)
+            lines.append(json.dumps({"id": key, "instruction": text, "audio": f"audio/{key}.wav", "split": split, "voice": "v"}))
+        (tmp_path / name / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    one = len(pack_audio._encode(str(tmp_path / "A" / "audio" / "a1.wav")))
+    monkeypatch.setattr(sys, "argv", ["pack_audio", "--data", str(tmp_path / "A"), "--data", str(tmp_path / "B"),
+                                      "--out", str(tmp_path / "out"), "--part-mb", str(1.5 * one / 2**20), "--workers", "1"])
+    pack_audio.main()
+    rows, blobs = read_packed(tmp_path / "out")
+    assert [(r["id"], r["split"]) for r in rows.values()] == [("a2", "train"), ("b2", "train"), ("a1", "heldout")]
+    assert set(blobs) == set(rows) and len(list((tmp_path / "out").glob("p*"))) == 3  # one item a part at this size
+    for key, blob in blobs.items():
+        back, sr = sf.read(io.BytesIO(blob), dtype="float32")
+        assert sr == 16000 and abs(len(back) - len(audio[key])) < 1000
+        assert np.corrcoef(back[: len(audio[key])][2000:30000], audio[key][2000:30000])[0, 1] > 0.8  # its own audio
+
+
 def test_e2e_beam_overrides_how_the_model_hears(ctc_omni, tiny_e2e_parts, tmp_path):
     """--e2e-beam reaches the model through the pipeline and the e2e transcriber; a model whose
     adaptor is not ctc refuses it; transcribe takes it only with the e2e backend."""
