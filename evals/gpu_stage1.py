@@ -8,8 +8,9 @@ lent GPU machine that has no registry and takes 64 MiB a call. The set travels a
 
 `--base` names the model the kit is made from and the adopted adaptor goes into (default: the
 shipped one); an adaptor moved onto another Whisper (`omni train adaptor --from M --encoder
-whisper-base`) trains on from where it is. The kit is four files, each small enough to travel
-in a call of its own (Whisper base's encoder alone is 41 MB, the token table 33 MB):
+whisper-base`) trains on from where it is. The kit is three files and the tokenizer, each file
+small enough to travel in a call of its own (Whisper base's encoder alone is 41 MB, the token
+table 33 MB):
 `encoder.pt` (the frozen encoder and the model's config), `table.pt` (the LLM's input
 embeddings of the adaptor's classes), `adaptor.pt` (the adaptor to start from; `--init`
 another) and `tokenizer/`.
@@ -254,6 +255,8 @@ def main() -> None:
     ap.add_argument("--noise-snr", help="white noise on half the items at an SNR in this range, dB (e.g. 5,25)")
     ap.add_argument("--reverb", help="a synthetic room's echo on half the items, its RT60 in this range, seconds (e.g. 0.2,0.8)")
     args = ap.parse_args()
+    if args.fresh and args.init:
+        ap.error("--fresh starts from a new adaptor, --init from a given one: give one of them")
     if args.make_kit:
         for name, size in make_kit(args.make_kit, args.base).items():
             print(f"{args.make_kit / name}: {size / 2**20:.1f} MiB", flush=True)
