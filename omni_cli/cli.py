@@ -212,6 +212,11 @@ class TtsEngine(str, Enum):
     espeak = "espeak"
 
 
+class LlmDtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
 LlmOpt = Annotated[str | None, typer.Option("--llm", help="Cascade LLM: 'smollm2-135m-instruct' (embedded), a local folder or .gguf, or a hub id (network).")]
 TtsOpt = Annotated[TtsEngine, typer.Option("--tts", help="Voice engine for the cascade.")]
 VoiceOpt = Annotated[str | None, typer.Option("--voice", help="Piper voice (.onnx path) or espeak-ng voice name.")]
@@ -517,6 +522,7 @@ def eval_cmd(
     max_sentences: MaxSentencesOpt = 3,
     device: DeviceOpt = "cpu",
     max_duration: MaxDurOpt = 1800.0,
+    llm_dtype: Annotated[LlmDtype | None, typer.Option("--llm-dtype", help="Both pipelines' LLM weights (default: bfloat16 on a CPU with native bfloat16, else float32). float32 gives the same text the same answer in both pipelines, so answers differ only by what each heard; bfloat16 decodes about twice as fast on such a CPU but the path alone changes answers (40 typed AlpacaEval requests fed to both pipelines: 14 answers identical, chrF 70; float32: 40 of 40).", show_default=False)] = None,
     compare: Annotated[tuple[Path, Path] | None, typer.Option("--compare", help="Compare two finished runs (--out folders) on the items both have: B - A per figure, marked better or worse; JSON to stdout.", show_default=False)] = None,
 ) -> None:
     """Evaluate audio folders or manifests through the cascade and the end-to-end pipeline, side by side.
@@ -555,7 +561,8 @@ def eval_cmd(
             modes=ev.parse_modes(modes), omegas=ev.parse_omegas(omega, e2e_model, vocoder), asr_model=asr_model, asr_backend=backend.value,
             beam_size=beam_size, llm=llm, tts=tts.value, voice=voice, e2e_model=e2e_model, vocoder=vocoder, e2e_beam=e2e_beam,
             max_new_tokens=max_new_tokens, max_sentences=max_sentences, asr_wer=asr_wer, judge_asr=judge_asr, device=device, max_duration_s=max_duration,
-            answers_dir=str(out / "answers") if out else None, naturalness=naturalness)
+            answers_dir=str(out / "answers") if out else None, naturalness=naturalness,
+            llm_dtype=llm_dtype.value if llm_dtype else None)
         if not paths and not bench and not (judge and resume):
             raise ConfigError("give audio folders, files or manifests, or --bench NAME (see `omni eval --help`)")
         from omni_cli.audio import check_output_dir

@@ -145,6 +145,7 @@ class EvalConfig:
     threads: int | None = None  # CPU threads per worker (None: the libraries' defaults)
     answers_dir: str | None = None  # where each spoken answer is kept (Ogg/Opus), for the HTML report
     naturalness: bool = True  # DNSMOS of each spoken answer
+    llm_dtype: str | None = None  # both pipelines' LLM weights (None: the answering default, `llm.inference_dtype`)
 
     def conditions(self) -> list[str]:
         return [condition_label(m, o) for m in self.modes for o in (self.omegas if m == "e2e" else (None,))]
@@ -153,7 +154,7 @@ class EvalConfig:
         return PipelineConfig(asr_model=self.asr_model, asr_backend=self.asr_backend, beam_size=self.beam_size,
                               threads=self.threads, llm=self.llm, tts=self.tts, voice=self.voice, e2e_model=self.e2e_model,
                               vocoder=self.vocoder, e2e_beam=self.e2e_beam, omega=self.omegas[0], max_new_tokens=self.max_new_tokens,
-                              max_sentences=self.max_sentences, device=self.device)
+                              max_sentences=self.max_sentences, device=self.device, llm_dtype=self.llm_dtype)
 
 
 # -- one item ----------------------------------------------------------------------------------

@@ -61,15 +61,20 @@ class PipelineConfig:
     max_new_tokens: int = 160
     max_sentences: int = 3  # brief, for speech: stop at the sentence end that reaches 3 sentences or 60 words (0: no limit)
     device: str = "cpu"
+    llm_dtype: str | None = None  # the LLM's weights: "float32" or "bfloat16" (None: `llm.inference_dtype`'s choice)
 
 
 def load_pipeline(mode: str, config: PipelineConfig, warm: bool = True) -> Pipeline:
     """The `mode` ("cascade" or "e2e") pipeline of `config`, warmed up (each model run once,
     so the first turn is as fast as later ones) unless `warm` is False."""
+    import torch
+
     from omni_cli.llm import inference_dtype
 
+    if config.llm_dtype not in (None, "float32", "bfloat16"):
+        raise ConfigError(f"the LLM's dtype is float32 or bfloat16, not {config.llm_dtype!r}")
     pipeline = _load(mode, config)
-    dtype = inference_dtype(config.device)
+    dtype = getattr(torch, config.llm_dtype) if config.llm_dtype else inference_dtype(config.device)
     if dtype is not None:  # the LLM only: the other models are small, or not torch
         chat_llm(pipeline).model.to(dtype)
     if warm:

@@ -230,6 +230,26 @@ def test_every_pipeline_comes_from_the_one_loader(tiny_evaluator):
         with_omega(pipelines["cascade"], 5)
 
 
+def test_llm_dtype_sets_both_pipelines_llm_whatever_the_default(tiny_config, monkeypatch):
+    """`omni eval --llm-dtype`: both pipelines' LLM in the dtype asked for (float32 even where
+    the answering default is bfloat16: the same text then gets the same answer in both), an
+    unknown dtype refused before anything loads."""
+    import torch
+
+    from omni_cli.errors import ConfigError
+    from omni_cli.pipelines import chat_llm
+
+    monkeypatch.setenv("OMNI_LLM_DTYPE", "bfloat16")  # the default on a CPU with native bfloat16
+    for dtype in ("float32", "bfloat16"):
+        evaluator = ev.Evaluator.load(replace(tiny_config, omegas=(10,), llm_dtype=dtype))
+        assert {next(chat_llm(p).model.parameters()).dtype for p in evaluator.pipelines.values()} == {getattr(torch, dtype)}
+    monkeypatch.delenv("OMNI_LLM_DTYPE")
+    with pytest.raises(ConfigError, match="float32 or bfloat16"):
+        ev.Evaluator.load(replace(tiny_config, llm_dtype="half"))
+    result = CliRunner().invoke(app, ["eval", "--bench", "real-speech", "--llm-dtype", "half"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
 @pytest.fixture()
 def corpus(tmp_path, bad_inputs):
     """Two good spoken questions with references, a corrupt file and a silent one."""
