@@ -539,7 +539,9 @@ DEFINITIONS = {
     "corpus WER / ASR-WER (%)": "the same, as total edits over total reference words of all items",
     "answer chrF vs the cascade's answer": "character n-gram F-score (sacrebleu chrF, 0-100) of an e2e answer against the "
                                             "cascade's answer to the same question: how close it comes to what the same "
-                                            "LLM says when it reads a transcript",
+                                            "LLM says when it reads a transcript (where the LLM answers in bfloat16, the "
+                                            "pipelines' paths alone change answers: --llm-dtype float32 leaves only what "
+                                            "each heard)",
     "answer chrF vs the reference answer": "the same against the manifest's reference answer, where there is one",
     "spoken words per second": "answer words / length of the spoken answer",
     "answer length (words)": "words in the answer's text",
