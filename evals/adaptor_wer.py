@@ -16,7 +16,6 @@ own ASR (`omni transcribe`'s default Whisper, or the one named) hears the same i
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from evals.report import emit
 
 def main() -> None:
     from omni_cli.audio import load_audio
+    from omni_cli.e2e.build_data import read_manifest
     from omni_cli.e2e.checkpoint import load_omni
     from omni_cli.metrics import wer
 
@@ -47,8 +47,7 @@ def main() -> None:
         sets["alpacaeval"] = bench_items("instructs2s-eval", args.alpaca)
     audio = {name: [load_audio(path) for path, _ in items] for name, items in sets.items()}
     if args.long:
-        rows = [json.loads(line) for line in (args.data / "manifest.jsonl").open(encoding="utf-8")]
-        held = [r for r in rows if r["split"] != "train"][args.heldout:]
+        held = [r for r in read_manifest(args.data) if r["split"] != "train"][args.heldout:]
         audio["long-heldout"], sets["long-heldout"] = joined(args.data, held, args.long)
     result = {}
     if args.whisper is not None:
@@ -84,8 +83,9 @@ def main() -> None:
 
 def heldout_items(data: Path, start: int = 0, stop: int | None = None) -> list[tuple[Path, str]]:
     """A built set's held-out items `start` to `stop` (in manifest order): (audio path, transcript)."""
-    rows = [json.loads(line) for line in (data / "manifest.jsonl").open(encoding="utf-8")]
-    return [(data / r["audio"], r["instruction"]) for r in rows if r["split"] != "train"][start:stop]
+    from omni_cli.e2e.build_data import read_manifest
+
+    return [(Path(r["audio"]), r["instruction"]) for r in read_manifest(data) if r["split"] != "train"][start:stop]
 
 
 def bench_items(name: str, limit: int = 0) -> list[tuple[Path, str]]:

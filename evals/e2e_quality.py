@@ -57,10 +57,11 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
 
     generation = GenerationOptions(max_new_tokens=max_new_tokens)
     # every answer compared (the e2e model's, the typed and the cascade's) from the LLM in one dtype
-    dtype = (inference_dtype() or torch.float32) if llm_dtype == "auto" else getattr(torch, llm_dtype)
+    dtype = inference_dtype(choice=None if llm_dtype == "auto" else llm_dtype) or torch.float32
+    dtype_name = str(dtype).removeprefix("torch.")
     # no sentence budget: the answer is compared with the base LLM's whole typed answer
     pipeline = load_pipeline("e2e", PipelineConfig(e2e_model=model_spec, max_new_tokens=max_new_tokens, max_sentences=0,
-                                                   llm_dtype=str(dtype).removeprefix("torch.")))
+                                                   llm_dtype=dtype_name))
     model = pipeline.model
     base_llm = ChatLLM.load(model.config.llm_source or None, dtype=dtype)  # the LLM as the cascade runs it (no adapters)
     judge = load_judge()
@@ -87,7 +88,7 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
         return judge.transcribe(audio).text.strip() if audio.size else ""
 
     report: dict = {"model": model_spec or "omni-e2e-tiny-en-smollm2 (default)", "max_new_tokens": max_new_tokens,
-                    "llm_dtype": str(dtype).removeprefix("torch."), "sets": {}}
+                    "llm_dtype": dtype_name, "sets": {}}
     for name, rows_in in items.items():
         rows = []
         t0 = time.perf_counter()

@@ -44,6 +44,11 @@ SHIPPED = ROOT / "omni_cli" / "e2e" / "weights" / "omni-e2e-tiny-en-smollm2"
 KIT_FILES = ("encoder.pt", "table.pt", "adaptor.pt")
 
 
+def half(state: dict) -> dict:
+    """A state dict with its floating-point tensors in float16 (what travels and is written)."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def make_kit(out: Path, base: Path = SHIPPED) -> dict[str, int]:
     """The frozen parts and the adaptor of `base` as the kit's files; returns each one's bytes."""
     from omni_cli.e2e.checkpoint import load_omni
@@ -54,9 +59,6 @@ def make_kit(out: Path, base: Path = SHIPPED) -> dict[str, int]:
         raise SystemExit(f"{base}: stage 1 here trains a ctc adaptor, this model's is {proj.config.type!r}")
     out.mkdir(parents=True, exist_ok=True)
     table = model.llm.model.get_input_embeddings().weight
-
-    def half(state: dict) -> dict:
-        return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
 
     config = json.loads((base / "omni_e2e.json").read_text())
     torch.save({"encoder": half(model.speech_encoder.whisper.state_dict()), "config": config}, out / "encoder.pt")
@@ -226,8 +228,7 @@ def run(args) -> None:
             score = evaluate(p.step)
             if score < best:
                 best = score
-                torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.speech_projector.state_dict().items()},
-                           args.out / "adaptor.pt")
+                torch.save(half(model.speech_projector.state_dict()), args.out / "adaptor.pt")
             (args.out / "log.json").write_text(json.dumps(log))
     print(f"best held-out CTC WER {best:.1f} %, {time.time() - t0:.0f} s", flush=True)
 

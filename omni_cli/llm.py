@@ -54,17 +54,19 @@ class TokenStep:
     end: bool = False  # the end-of-turn token: the last step, with no text
 
 
-def inference_dtype(device: str | torch.device = "cpu") -> torch.dtype | None:
+def inference_dtype(device: str | torch.device = "cpu", choice: str | None = None) -> torch.dtype | None:
     """The LLM's weight type for answering: bfloat16 on a CPU with native bfloat16 arithmetic
     (AVX512-BF16 or AMX), where decoding reads half the bytes per token (SmolLM2-135M on a
     2-core EPYC: 40 -> 21 ms a token, prompt 66 -> 27 ms); None (as loaded) elsewhere, where
-    bfloat16 would be emulated. OMNI_LLM_DTYPE=float32 or bfloat16 overrides it."""
+    bfloat16 would be emulated. `choice` (float32 or bfloat16: a caller's option, such as
+    `omni eval --llm-dtype`) decides instead, else OMNI_LLM_DTYPE=float32 or bfloat16."""
     import os
 
-    forced = os.environ.get("OMNI_LLM_DTYPE", "").strip().lower()
+    forced = (choice or os.environ.get("OMNI_LLM_DTYPE", "")).strip().lower()
     if forced:
         if forced not in ("float32", "bfloat16"):
-            raise ConfigError(f"OMNI_LLM_DTYPE is float32 or bfloat16, got {forced!r}")
+            where = "the LLM's dtype" if choice else "OMNI_LLM_DTYPE"
+            raise ConfigError(f"{where} is float32 or bfloat16, got {forced!r}")
         return getattr(torch, forced)
     if torch.device(device).type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
         return torch.bfloat16

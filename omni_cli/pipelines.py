@@ -67,14 +67,10 @@ class PipelineConfig:
 def load_pipeline(mode: str, config: PipelineConfig, warm: bool = True) -> Pipeline:
     """The `mode` ("cascade" or "e2e") pipeline of `config`, warmed up (each model run once,
     so the first turn is as fast as later ones) unless `warm` is False."""
-    import torch
-
     from omni_cli.llm import inference_dtype
 
-    if config.llm_dtype not in (None, "float32", "bfloat16"):
-        raise ConfigError(f"the LLM's dtype is float32 or bfloat16, not {config.llm_dtype!r}")
+    dtype = inference_dtype(config.device, config.llm_dtype)  # an unknown dtype is refused before anything loads
     pipeline = _load(mode, config)
-    dtype = getattr(torch, config.llm_dtype) if config.llm_dtype else inference_dtype(config.device)
     if dtype is not None:  # the LLM only: the other models are small, or not torch
         chat_llm(pipeline).model.to(dtype)
     if warm:
