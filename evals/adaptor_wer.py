@@ -48,7 +48,7 @@ def main() -> None:
     audio = {name: [load_audio(path) for path, _ in items] for name, items in sets.items()}
     if args.long:
         held = [r for r in read_manifest(args.data) if r["split"] != "train"][args.heldout:]
-        audio["long-heldout"], sets["long-heldout"] = joined(args.data, held, args.long)
+        audio["long-heldout"], sets["long-heldout"] = joined(held, args.long)
     result = {}
     if args.whisper is not None:
         from omni_cli.asr import load_asr
@@ -95,9 +95,10 @@ def bench_items(name: str, limit: int = 0) -> list[tuple[Path, str]]:
     return [(Path(i.audio), i.reference) for i in load_bench(name)[: limit or None]]
 
 
-def joined(data: Path, rows: list[dict], n: int) -> tuple[list, list[tuple[None, str]]]:
-    """`n` long utterances of consecutive held-out items, three or four at a time (drawn with a
-    fixed seed), 0.4 s of silence between: their audio, and (None, the joined transcripts)."""
+def joined(rows: list[dict], n: int) -> tuple[list, list[tuple[None, str]]]:
+    """`n` long utterances of consecutive held-out items (`rows` as `read_manifest` gives them),
+    three or four at a time (drawn with a fixed seed), 0.4 s of silence between: their audio,
+    and (None, the joined transcripts)."""
     import random
 
     import numpy as np
@@ -111,7 +112,7 @@ def joined(data: Path, rows: list[dict], n: int) -> tuple[list, list[tuple[None,
         i += len(group)
         if len(group) < 3:
             raise SystemExit(f"--long {n}: the set has held-out items for {len(items)} long utterances only")
-        parts = [x for r in group for x in (load_audio(data / r["audio"]), gap)][:-1]
+        parts = [x for r in group for x in (load_audio(r["audio"]), gap)][:-1]
         audio.append(np.concatenate(parts))
         items.append((None, " ".join(r["instruction"] for r in group)))
     return audio, items
