@@ -272,6 +272,7 @@ def train_adaptor_cmd(
     seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False, device: TrainDevice = "cpu",
     units: Annotated[str, typer.Option("--units", help="A fresh ctc adaptor spells the LLM's 'tokens' or lower-case 'chars'.")] = "tokens",
     augment: Annotated[bool, typer.Option("--augment", help="ctc task: run the encoder on every batch of audio, sped up or slowed down (0.9-1.1x) and SpecAugment-masked, instead of reading cached encoder outputs (slower per step; meant for a GPU).")] = False,
+    reverb: Annotated[str | None, typer.Option("--reverb", metavar="MIN,MAX", help="With --augment: a room's echo on half the items, its decay time (RT60) drawn from MIN-MAX seconds (real recordings have one; the synthetic voices do not).")] = None,
     encoder: Annotated[str | None, typer.Option("--encoder", help="A fresh model's Whisper, whose encoder it hears with: a registry name, a CTranslate2 folder or openai-whisper .pt file, or a name or hub id where a network is (default: whisper-tiny.en). With --from (ctc task): the model's trained adaptor is moved onto this Whisper first (its first layer fitted anew to give what it gave on the old encoder), then trained.")] = None,
     llm: Annotated[str | None, typer.Option("--llm", help="A fresh model's LLM: a registry name, a transformers folder, or a hub id where a network is (default: smollm2-135m-instruct).")] = None,
 ) -> None:
@@ -280,15 +281,20 @@ def train_adaptor_cmd(
     [bold]Examples:[/]
       omni train adaptor --data runs/data --out runs/stage1 --task ctc --steps 3000 --batch-size 32
       omni train adaptor --data runs/data --out runs/stage1 --task ctc --device cuda --augment --batch-size 64
+      omni train adaptor --data runs/data --out runs/stage1r --from runs/stage1/model --augment --reverb 0.2,0.8 --lr 2e-4
       omni train adaptor --data runs/data --data runs/more --out runs/stage1c --from runs/stage1/model --task ctc --lr 3e-4
       torchrun --nproc-per-node 4 --no-python omni train adaptor --data runs/data --out runs/stage1 --task ctc --device cuda
       omni train adaptor --data runs/data --out runs/stage0 --task align --steps 2000 --batch-size 16   # linear adaptor
       omni train adaptor --data runs/data --out runs/base --encoder ./whisper-base-ct2 --steps 3000 --batch-size 32  # another Whisper
       omni train adaptor --data runs/data --out runs/moved --from runs/stage1/model --encoder whisper-base --lr 2e-4  # the trained adaptor moved onto Whisper base
     """
-    from omni_cli.e2e.train import TrainOptions
+    from omni_cli.e2e.train import Augment, TrainOptions
 
     with user_errors():
+        if reverb is not None:
+            if not augment:
+                raise ConfigError("--reverb is an augmentation: add --augment")
+            augment = Augment(reverb=_range(reverb, "--reverb"))
         _train_run("adaptor", data_dir, out, start, resume,
                    TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), task=task,
                    device=device, units=units, augment=augment, encoder=encoder, llm=llm)
@@ -426,6 +432,17 @@ def _speeds(text: str) -> tuple[float, ...]:
         return tuple(float(f) for f in text.split(","))
     except ValueError:
         raise ConfigError(f"--speeds takes comma-separated factors such as 0.9,1.1, not {text!r}") from None
+
+
+def _range(text: str, option: str) -> tuple[float, float]:
+    """MIN,MAX: two non-negative numbers, MIN <= MAX."""
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} takes MIN,MAX such as 0.2,0.8, not {text!r}") from None
+    if not 0 <= low <= high:
+        raise ConfigError(f"{option} {text}: needs 0 <= MIN <= MAX")
+    return (low, high)
 
 
 @train_app.command("export")

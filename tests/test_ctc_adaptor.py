@@ -1199,3 +1199,34 @@ def test_two_adaptors_blended_hear_from_the_weighted_log_probabilities(ctc_omni)
         Blend(alone, stranger)
     with pytest.raises(ValueError, match="beam"):
         Blend(load_omni(ctc_omni), other)
+
+
+def test_audio_samples_reads_the_length_a_decode_gives(tmp_path):
+    """Training from audio reads each batch's files as it comes; the lengths it batches by come
+    from the files' headers, and are the lengths decoding gives at 16 kHz (another rate too)."""
+    import numpy as np
+    import soundfile
+
+    from omni_cli.audio import load_audio
+    from omni_cli.e2e.train import audio_samples
+
+    assert audio_samples(EXAMPLE_QUESTION) == len(load_audio(EXAMPLE_QUESTION))
+    tone = np.sin(np.arange(22050 * 3 // 2) / 7).astype(np.float32) * 0.3
+    soundfile.write(tmp_path / "a.wav", tone, 22050)
+    soundfile.write(tmp_path / "a.flac", tone, 22050)
+    for path in (tmp_path / "a.wav", tmp_path / "a.flac"):
+        assert audio_samples(path) == len(load_audio(path)) == 24000
+
+
+def test_reverb_option_needs_augment_and_a_range(tmp_path):
+    from typer.testing import CliRunner
+
+    from omni_cli.cli import app
+
+    runner = CliRunner()
+    for args, message in ((["--reverb", "0.2,0.8"], "--reverb is an augmentation: add --augment"),
+                          (["--augment", "--reverb", "0.8"], "--reverb takes MIN,MAX"),
+                          (["--augment", "--reverb", "0.8,0.2"], "needs 0 <= MIN <= MAX")):
+        result = runner.invoke(app, ["train", "adaptor", "--data", str(tmp_path), "--out", str(tmp_path / "o"), *args])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "o").exists()

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omni_cli.audio import load_audio
+from omni_cli.audio import SAMPLE_RATE, load_audio
 from omni_cli.errors import ConfigError
 from omni_cli.e2e.checkpoint import load_omni, read_omni_config, save_omni
 from omni_cli.e2e.config import lora_tasks as checked_lora_tasks
@@ -531,6 +531,18 @@ def augmented_mels(audios: list[torch.Tensor], n_mels: int, augment: Augment | N
     return mels
 
 
+def audio_samples(path: Path, sample_rate: int = SAMPLE_RATE) -> int:
+    """How many samples at `sample_rate` the file holds: from its header where soundfile reads
+    it (no decoding), else by decoding it."""
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+    except RuntimeError:  # soundfile's errors for a format it cannot read
+        return len(load_audio(path, sample_rate))
+    return round(info.frames * sample_rate / info.samplerate)
+
+
 def ctc_adaptor_loss(proj, x: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
     """CTC of the ctc adaptor's posteriors for encoder states `x` (batch, frames, width) with
     `lengths` valid frames each, against each item's class sequence."""
@@ -580,13 +592,18 @@ def train_ctc_adaptor(
     else:
         if encoder.config.padded:
             raise ConfigError("training from audio (augment) needs a real-length encoder")
-        if audios is None:
-            audios = [load_audio(Path(r["audio"])) for r in rows]
-        lengths_of = [len(a) for a in audios]
+        if audios is None:  # each batch's files read as it comes: a set of 80,000 utterances is about 25 GB as float32
+            lengths_of = [audio_samples(Path(r["audio"])) for r in rows]
+
+            def audio_of(i: int) -> np.ndarray:
+                return load_audio(Path(rows[i]["audio"]))
+        else:
+            lengths_of = [len(a) for a in audios]
+            audio_of = audios.__getitem__
 
         def batch_loss(indices: list[int], step: int) -> torch.Tensor:
             rng = random.Random(f"{options.seed}:{step}")
-            batch = [torch.as_tensor(audios[i]).to(dev) for i in indices]
+            batch = [torch.as_tensor(audio_of(i)).to(dev) for i in indices]
             with torch.no_grad():
                 x, lengths = encoder.encode_batch(augmented_mels(batch, encoder.config.n_mels, augment, rng,
                                                                  encoder.config.n_ctx))
@@ -926,7 +943,7 @@ def training_rows(data_dirs: Sequence[Path]) -> tuple[list[dict], set[str]]:
 
 def start_stage(
     stage: str, data_dir: Path | Sequence[Path], out: Path, start: Path | None = None, resume: bool = False,
-    options: TrainOptions = TrainOptions(), task: str = "ctc", units: str = "tokens", augment: bool = False,
+    options: TrainOptions = TrainOptions(), task: str = "ctc", units: str = "tokens", augment: bool | Augment = False,
     lora: LoraConfig = LoraConfig(), answer_share: float = 0.5, lora_tasks: Sequence[str] | None = None,
     from_text: bool = False, read_back: int = 0, extra_texts: int = 0, text_sources: Sequence[str] = (), device: str = "cpu",
     upsample: int = 0, encoder: str | None = None, llm: str | None = None,
