@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omni_cli.audio import SAMPLE_RATE, load_audio
+from omni_cli.audio import SAMPLE_RATE, audio_duration, load_audio
 from omni_cli.errors import ConfigError
 from omni_cli.e2e.checkpoint import load_omni, read_omni_config, save_omni
 from omni_cli.e2e.config import lora_tasks as checked_lora_tasks
@@ -532,15 +532,10 @@ def augmented_mels(audios: list[torch.Tensor], n_mels: int, augment: Augment | N
 
 
 def audio_samples(path: Path, sample_rate: int = SAMPLE_RATE) -> int:
-    """How many samples at `sample_rate` the file holds: from its header where soundfile reads
-    it (no decoding), else by decoding it."""
-    import soundfile
-
-    try:
-        info = soundfile.info(str(path))
-    except RuntimeError:  # soundfile's errors for a format it cannot read
-        return len(load_audio(path, sample_rate))
-    return round(info.frames * sample_rate / info.samplerate)
+    """How many samples at `sample_rate` the file holds: from its header (`audio_duration`, no
+    decoding), else by decoding it."""
+    seconds = audio_duration(path)
+    return round(seconds * sample_rate) if seconds is not None else len(load_audio(path, sample_rate))
 
 
 def ctc_adaptor_loss(proj, x: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
