@@ -13,7 +13,7 @@
 #   -> a unit n-gram LM over the registry texts' units (v3.12), a token n-gram over their LLM tokens (v3.13)
 #   -> export (float16), hearing by beam search with the LLM choosing among the hypotheses (v3.7, v3.8), long speech in 8 s windows (v3.11),
 #      the speech decoder's units read by a beam search with the unit LM (v3.12), the token n-gram in the hearing beam (v3.13)
-# into omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2. Sizes can be set from the environment;
+# into omni_cli/e2e/weights/omni-e2e-base-smollm2. Sizes can be set from the environment;
 # every step resumes where it stopped. The defaults are the shipped model's (see its MODEL_CARD.md).
 # DEVICE=cuda trains on a GPU; on a CPU, THREADS (default: all cores) sets torch's threads.
 set -euo pipefail
@@ -98,6 +98,6 @@ $OMNI train speech-decoder --from-text --extra-texts "$EXTRA_TEXTS" --data "$RUN
 # it hears the speech and 0.5 s around it by a CTC beam search of 16 with the token n-gram fused in (v3.13), the LLM
 # choosing among them (v3.8);
 # its units are read by a beam search of 8 with the unit LM (v3.12)
-$OMNI train export "$RUNS/stage2e/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 --beam 16 --lm-weight 0.4 --length-bonus 1.0 --speech-margin 0.5 --window 100 --window-context 20 \
+$OMNI train export "$RUNS/stage2e/model" omni_cli/e2e/weights/omni-e2e-base-smollm2 --beam 16 --lm-weight 0.4 --length-bonus 1.0 --speech-margin 0.5 --window 100 --window-context 20 \
   --token-lm "$RUNS/token-lm.npz" --token-lm-weight 0.15 --token-lm-bonus 0.2 \
   --unit-lm "$RUNS/unit-lm.npz" --unit-beam 8 --unit-lm-weight 0.5 --unit-length-bonus 1
