@@ -8,7 +8,7 @@ LLM reads, per weight (1: the first model alone), on held-out voices' items (`--
 items 300 on are ones no evaluation scores, for choosing a weight), the real-speech bench or
 AlpacaEval instructions.
 
-    python -m evals.adaptor_blend --model omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 \\
+    python -m evals.adaptor_blend --model omni_cli/e2e/weights/omni-e2e-base-smollm2 \\
         --other runs/v21/ft-base/model --weights 1,0.8,0.6 --data runs/v2/data --items 300:500
 """
 

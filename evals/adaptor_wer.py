@@ -10,7 +10,7 @@ LLM asked to say exactly what was said, its LoRA adapters merged, as `omni trans
 --asr-backend e2e` runs it) is scored beside, on the same items. With `--whisper`, the cascade's
 own ASR (`omni transcribe`'s default Whisper, or the one named) hears the same items first.
 
-    python -m evals.adaptor_wer --models omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 runs/v3/a/model --data runs/v2/data
+    python -m evals.adaptor_wer --models omni_cli/e2e/weights/omni-e2e-base-smollm2 runs/v3/a/model --data runs/v2/data
 """
 
 from __future__ import annotations

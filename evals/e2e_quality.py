@@ -87,7 +87,7 @@ def evaluate(model_spec: str | None, data_dir: Path | None, limit: int, max_new_
         audio = resample(audio, sample_rate, SAMPLE_RATE)
         return judge.transcribe(audio).text.strip() if audio.size else ""
 
-    report: dict = {"model": model_spec or "omni-e2e-tiny-en-smollm2 (default)", "max_new_tokens": max_new_tokens,
+    report: dict = {"model": model_spec or "omni-e2e-base-smollm2 (default)", "max_new_tokens": max_new_tokens,
                     "llm_dtype": dtype_name, "sets": {}}
     for name, rows_in in items.items():
         rows = []

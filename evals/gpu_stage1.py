@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "omni_cli" / "e2e" / "weights" / "omni-e2e-tiny-en-smollm2"
+SHIPPED = ROOT / "omni_cli" / "e2e" / "weights" / "omni-e2e-base-smollm2"
 
 
 KIT_FILES = ("encoder.pt", "table.pt", "adaptor.pt")

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "omni_cli" / "e2e" / "weights" / "omni-e2e-tiny-en-smollm2"
+SHIPPED = ROOT / "omni_cli" / "e2e" / "weights" / "omni-e2e-base-smollm2"
 PART = 35_900_000  # bytes of the GGUF per call: 64 MiB less the working tree
 
 

@@ -32,7 +32,7 @@ import torch
 from evals.report import emit
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "omni_cli" / "e2e" / "weights" / "omni-e2e-tiny-en-smollm2"
+SHIPPED = ROOT / "omni_cli" / "e2e" / "weights" / "omni-e2e-base-smollm2"
 LLM_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
 # openai-whisper's tiny.en dimensions
 TINY_EN = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4, n_vocab=51864,

@@ -1,6 +1,6 @@
 """What the speech decoder says, alone: its unit error rate (UER) on answers it never trained on.
 
-    python -m evals.unit_error --models omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 runs/x/model --data runs/v2/data
+    python -m evals.unit_error --models omni_cli/e2e/weights/omni-e2e-base-smollm2 runs/x/model --data runs/v2/data
 
 For each answered item of the built set's held-out split (and, with `--alpaca N`, the base
 LLM's answers to the first N AlpacaEval instructions, typed), the LLM reads the typed

@@ -469,7 +469,7 @@ def train_export_cmd(
     """Copy a trained model for shipping or sharing: config + adaptor and speech decoder weights only.
 
     [bold]Examples:[/]
-      omni train export runs/default/stage2/model omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2
+      omni train export runs/default/stage2/model omni_cli/e2e/weights/omni-e2e-base-smollm2
       omni train export runs/stage1/model runs/shipped --beam 8 --lm-weight 0.3 --length-bonus 0.5 --speech-margin 0.5
       omni train export runs/stage1/model runs/shipped --window 100 --window-context 20
       omni train export runs/stage1/model runs/shipped --speeds 0.9,1.1

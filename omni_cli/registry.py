@@ -167,8 +167,9 @@ WHISPER_BASE = ModelEntry(
     locate=_split_ct2_parts(_BASE_PARTS),
     cached=_whisper_pt("base"),
     prepare=_joined_ct2("base-ct2", _BASE_PARTS),
-    note="multilingual; an option (not a default): the two parts are joined once into the cache; "
-    "`omni train adaptor --encoder whisper-base` hears with it",
+    default=True,
+    note="multilingual; the end-to-end default's encoder (the cascade's ASR is tiny.en unless "
+    "`--asr whisper-base`); the two parts are joined once into the cache",
 )
 SMOLLM2 = ModelEntry(
     name="smollm2-135m-instruct",
@@ -215,12 +216,12 @@ SILERO_VAD = ModelEntry(
 )
 
 def _shipped_e2e() -> Path | None:
-    path = Path(__file__).resolve().parent / "e2e" / "weights" / "omni-e2e-tiny-en-smollm2"
+    path = Path(__file__).resolve().parent / "e2e" / "weights" / "omni-e2e-base-smollm2"
     return path if (path / "omni_e2e.json").exists() else None
 
 
 OMNI_E2E_DEFAULT = ModelEntry(
-    name="omni-e2e-tiny-en-smollm2",
+    name="omni-e2e-base-smollm2",
     role="e2e",
     size="adaptor, LoRA adapters and speech decoder 30 MB (float16), n-gram LMs 14 MB",
     source="this repository (omni_cli/e2e/weights)",
@@ -230,7 +231,7 @@ OMNI_E2E_DEFAULT = ModelEntry(
     "or a published-format model such as ICTNLP/Llama-3.1-8B-Omni with its --vocoder",
     locate=lambda: _shipped_e2e(),
     default=True,
-    note="Whisper tiny.en encoder + SmolLM2-135M + Piper phoneme units",
+    note="Whisper base encoder + SmolLM2-135M + Piper phoneme units",
 )
 LLAMA_OMNI = ModelEntry(
     name="ICTNLP/Llama-3.1-8B-Omni",
@@ -357,7 +358,7 @@ def resolve_voice(spec: str | None) -> tuple[Path, Path]:
 
 def prepare_defaults(progress: Callable[[str], None] = lambda _msg: None) -> None:
     """Do the one-time conversions of the embedded defaults now rather than on first use."""
-    for entry in (WHISPER_TINY_EN, SMOLLM2):
+    for entry in (WHISPER_TINY_EN, WHISPER_BASE, SMOLLM2):
         entry.require()
         if entry.cached is not None and not entry.cached().exists():
             progress(f"converting {entry.name} (one time) ...")

