@@ -357,8 +357,17 @@ def resolve_voice(spec: str | None) -> tuple[Path, Path]:
 
 
 def prepare_defaults(progress: Callable[[str], None] = lambda _msg: None) -> None:
-    """Do the one-time conversions of the embedded defaults now rather than on first use."""
-    for entry in (WHISPER_TINY_EN, WHISPER_BASE, SMOLLM2):
+    """Do the one-time conversions of the embedded defaults now rather than on first use: the
+    cascade's Whisper and LLM, and the Whisper whose encoder the shipped end-to-end default names."""
+    entries = [WHISPER_TINY_EN, SMOLLM2]
+    shipped = _shipped_e2e()
+    if shipped is not None:
+        from omni_cli.e2e.checkpoint import read_omni_config
+
+        encoder = lookup(read_omni_config(shipped).encoder_source)
+        if encoder is not None and encoder not in entries:
+            entries.append(encoder)
+    for entry in entries:
         entry.require()
         if entry.cached is not None and not entry.cached().exists():
             progress(f"converting {entry.name} (one time) ...")
