@@ -75,10 +75,13 @@ def models_prepare() -> None:
 
     [bold]Example:[/] omni models prepare
     """
-    from omni_cli.registry import prepare_defaults
+    from omni_cli.e2e.checkpoint import read_omni_config
+    from omni_cli.registry import OMNI_E2E_DEFAULT, prepare_defaults
 
     with user_errors():
-        prepare_defaults(progress=ui.note)
+        shipped = OMNI_E2E_DEFAULT.locate()
+        encoders = (read_omni_config(shipped).encoder_source,) if shipped is not None else ()
+        prepare_defaults(progress=ui.note, encoders=encoders)
         ui.note("embedded defaults ready")
 
 

@@ -356,15 +356,15 @@ def resolve_voice(spec: str | None) -> tuple[Path, Path]:
     )
 
 
-def prepare_defaults(progress: Callable[[str], None] = lambda _msg: None) -> None:
+def prepare_defaults(
+    progress: Callable[[str], None] = lambda _msg: None, encoders: tuple[str, ...] = ()
+) -> None:
     """Do the one-time conversions of the embedded defaults now rather than on first use: the
-    cascade's Whisper and LLM, and the Whisper whose encoder the shipped end-to-end default names."""
+    cascade's Whisper and LLM, and the registry Whispers named in `encoders` (the CLI passes the one
+    whose encoder the shipped end-to-end default names)."""
     entries = [WHISPER_TINY_EN, SMOLLM2]
-    shipped = _shipped_e2e()
-    if shipped is not None:
-        from omni_cli.e2e.checkpoint import read_omni_config
-
-        encoder = lookup(read_omni_config(shipped).encoder_source)
+    for name in encoders:
+        encoder = lookup(name)
         if encoder is not None and encoder not in entries:
             entries.append(encoder)
     for entry in entries:
