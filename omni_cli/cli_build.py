@@ -80,7 +80,8 @@ def models_prepare() -> None:
 
     with user_errors():
         shipped = OMNI_E2E_DEFAULT.locate()
-        encoders = (read_omni_config(shipped).encoder_source,) if shipped is not None else ()
+        config = read_omni_config(shipped) if shipped is not None else None
+        encoders = () if config is None else (config.encoder_source,) + ((config.partner.encoder_source,) if config.partner else ())
         prepare_defaults(progress=ui.note, encoders=encoders)
         ui.note("embedded defaults ready")
 
@@ -448,6 +449,35 @@ def _range(text: str, option: str) -> tuple[float, float]:
     return (low, high)
 
 
+def _export_partner(model, partner: Path | None, weight: float | None) -> None:
+    """export's --partner / --partner-weight, applied to the loaded `model`."""
+    from omni_cli.e2e.checkpoint import load_omni
+
+    if partner is not None and str(partner).lower() == "none":
+        if weight is not None:
+            raise ConfigError("--partner none drops the partner: give no --partner-weight with it")
+        model.set_partner(None, None)
+        return
+    if partner is None and weight is None:
+        return
+    if weight is not None and not 0 < weight < 1:
+        raise ConfigError(f"--partner-weight is a share between 0 and 1, not {weight}")
+    if model.config.projector.type != "ctc":
+        raise ConfigError("--partner is for a model with a ctc adaptor")
+    if partner is None:
+        if model.config.partner is None:
+            raise ConfigError("--partner-weight needs a partner (--partner MODEL)")
+        model.set_partner(model.partner_encoder, model.partner_projector, model.config.partner.encoder_source, weight)
+        return
+    with ui.err.status("loading the partner ..."):
+        other = load_omni(partner)
+    if other.config.projector.type != "ctc":
+        raise ConfigError(f"--partner {partner}: its adaptor is {other.config.projector.type!r}, not a ctc adaptor")
+    other.set_partner(None, None)
+    model.set_partner(other.speech_encoder, other.speech_projector, other.config.encoder_source,
+                      0.5 if weight is None else weight)
+
+
 @train_app.command("export")
 def train_export_cmd(
     model_dir: Annotated[Path, typer.Argument(metavar="MODEL", help="A trained model folder (e.g. runs/stage2/model).")],
@@ -468,6 +498,8 @@ def train_export_cmd(
     unit_lm: Annotated[Path | None, typer.Option("--unit-lm", help="Speech decoder, --unit-beam > 1: a unit LM (`omni train unit-lm`) fused into that search, copied into DEST.")] = None,
     unit_lm_weight: Annotated[float | None, typer.Option("--unit-lm-weight", min=0.0, help="Speech decoder: weight of the unit LM's log-probability.")] = None,
     unit_length_bonus: Annotated[float | None, typer.Option("--unit-length-bonus", help="Speech decoder: added per unit of a hypothesis.")] = None,
+    partner: Annotated[Path | None, typer.Option("--partner", help="ctc adaptor: another trained model folder whose Whisper encoder and ctc adaptor hear beside this one's, their CTC log-probabilities blended ('none': drop the model's partner).")] = None,
+    partner_weight: Annotated[float | None, typer.Option("--partner-weight", min=0.0, max=1.0, help="--partner: its share of the blend, between 0 and 1 (default 0.5).")] = None,
 ) -> None:
     """Copy a trained model for shipping or sharing: config + adaptor and speech decoder weights only.
 
@@ -478,6 +510,7 @@ def train_export_cmd(
       omni train export runs/stage1/model runs/shipped --speeds 0.9,1.1
       omni train export runs/stage1/model runs/shipped --token-lm runs/token-lm.npz --token-lm-weight 0.1 --token-lm-bonus 0.1
       omni train export runs/stage2/model runs/shipped --unit-lm runs/unit-lm.npz --unit-beam 8 --unit-lm-weight 0.5 --unit-length-bonus 1
+      omni train export runs/base/model runs/shipped --partner runs/tiny/model --partner-weight 0.5
     """
     import torch
 
@@ -507,6 +540,7 @@ def train_export_cmd(
             reading["lm"] = "unit_lm.npz"
         if reading:
             model.set_unit_reading(lm, **reading)
+        _export_partner(model, partner, partner_weight)
         save_omni(model, dest, dtype=torch.float16 if half else None)
         size = sum(f.stat().st_size for f in dest.iterdir()) / 1e6
         ui.note(f"exported {model_dir} to {dest} ({size:.1f} MB)")

@@ -360,8 +360,8 @@ def prepare_defaults(
     progress: Callable[[str], None] = lambda _msg: None, encoders: tuple[str, ...] = ()
 ) -> None:
     """Do the one-time conversions of the embedded defaults now rather than on first use: the
-    cascade's Whisper and LLM, and the registry Whispers named in `encoders` (the CLI passes the one
-    whose encoder the shipped end-to-end default names)."""
+    cascade's Whisper and LLM, and the registry Whispers named in `encoders` (the CLI passes those
+    whose encoders the shipped end-to-end default names)."""
     entries = [WHISPER_TINY_EN, SMOLLM2]
     for name in encoders:
         encoder = lookup(name)

@@ -1159,46 +1159,84 @@ def test_a_ctc_adaptor_moves_onto_another_whisper(ctc_omni, tmp_path):
     assert saved.encoder_source == str(other) and saved.projector.encoder_width == 48
 
 
-def test_two_adaptors_blended_hear_from_the_weighted_log_probabilities(ctc_omni):
-    """`evals.adaptor_blend`: weight 1 hears as the model alone; otherwise the beam search reads
-    weight x its log-probabilities + (1 - weight) x the other's over its classes (a grown head's
-    extra classes left out)."""
-    from evals.adaptor_blend import Blend
+def test_a_partner_hears_beside_the_adaptor_and_travels_with_the_model(ctc_omni, tmp_path):
+    """`omni train export --partner`: a second encoder + ctc adaptor whose CTC log-probabilities
+    are blended with the model's own before its search, classes matched by LLM token (the
+    model's classes the partner lacks keep the model's own log-probability); saved with the model
+    (`partner_projector.*`), kept by a later export, dropped by `--partner none`; a bad weight, a
+    weight without a partner or a missing partner is one clear error. `evals.adaptor_blend` hears through it."""
+    from typer.testing import CliRunner
+
+    from evals.adaptor_blend import blend
     from omni_cli.audio import load_audio
-    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.cli import app
+    from omni_cli.e2e.checkpoint import load_omni, save_omni
 
     audio = load_audio(EXAMPLE_QUESTION)
-    alone = load_omni(ctc_omni)
-    alone.hear_with(4)
-    model, other = load_omni(ctc_omni), load_omni(ctc_omni)
-    model.hear_with(4)
+    other = load_omni(ctc_omni)
     torch.manual_seed(3)
     with torch.no_grad():
         for p in other.speech_projector.parameters():
             p.add_(0.5 * torch.randn_like(p))
-    other.speech_projector.extend([int(other.llm.tokenizer.eos_token_id)])
-    blend = Blend(model, other, weight=1.0)
+    tok = other.llm.tokenizer
+    other.speech_projector.extend([int(tok.eos_token_id)])  # a class the model lacks: left out
+    other.config = dataclasses.replace(other.config, projector=other.speech_projector.config)
+    partner_dir = save_omni(other, tmp_path / "other")
+    model = load_omni(ctc_omni)
+    lacks = next(t for t in range(len(tok)) if t not in set(other.speech_projector.token_ids.tolist()))
+    model.speech_projector.extend([lacks])  # a class the partner lacks
+    model.config = dataclasses.replace(model.config, projector=model.speech_projector.config)
+    model.hear_with(4)
+    alone = model.listen(audio)[1]
+    model.set_partner(other.speech_encoder, other.speech_projector, other.config.encoder_source, 0.3)
+    n = model.speech_projector.config.vocab
     with torch.no_grad():
-        assert model.listen(audio)[1] == alone.listen(audio)[1]
         states = model.speech_encoder.encode(audio).unsqueeze(0)
-        own = alone.speech_projector.utterance_logits(states).float().log_softmax(-1)
-        theirs = other.speech_projector.utterance_logits(other.speech_encoder.encode(audio).unsqueeze(0)).float()
-        n = model.speech_projector.config.vocab
-        assert theirs.shape[-1] == n + 2  # the grown class and the blank
-        theirs = torch.cat([theirs[:, :n], theirs[:, -1:]], -1).log_softmax(-1)
-        for weight in (0.0, 0.7):
-            blend.weight = weight
-            model.speech_encoder.encode(audio)
-            got = model.speech_projector.utterance_logits(states)
-            assert torch.allclose(got, weight * own + (1 - weight) * theirs, atol=1e-5)
-        blend.weight = 0.0
-        assert model.listen(audio)[1] is not None
-    stranger = load_omni(ctc_omni)
-    stranger.speech_projector.token_ids[0] += 1
-    with pytest.raises(ValueError, match="classes"):
-        Blend(alone, stranger)
-    with pytest.raises(ValueError, match="beam"):
-        Blend(load_omni(ctc_omni), other)
+        own = model.speech_projector.utterance_logits(states).float().log_softmax(-1)
+        raw = other.speech_projector.utterance_logits(other.speech_encoder.encode(audio).unsqueeze(0)).float()
+        assert raw.shape[-1] == n + 1  # its extra class and the blank; ours has one it lacks
+        theirs = torch.cat([raw[:, : n - 1], raw[:, -1:]], -1).log_softmax(-1)
+        want = 0.7 * own.clone()
+        want[:, : n - 1] += 0.3 * theirs[:, :-1]
+        want[:, n - 1] += 0.3 * own[:, n - 1]
+        want[:, n] += 0.3 * theirs[:, -1]
+        assert torch.allclose(model._partner_mix(audio)(own), want, atol=1e-5)
+        # classes matched by token, not by position: the partner's head in another order hears the same
+        order = torch.randperm(other.speech_projector.config.vocab)
+        shuffled = load_omni(partner_dir)
+        sp = shuffled.speech_projector
+        sp.token_ids.copy_(sp.token_ids[order])
+        sp.bias.data[:-1] = sp.bias.data[:-1][order]
+        model.set_partner(shuffled.speech_encoder, sp, shuffled.config.encoder_source, 0.3)
+        assert torch.allclose(model._partner_mix(audio)(own), want, atol=1e-5)
+        blended = model.listen(audio)[1]
+        greedy_mix = model.speech_projector.read(states, model._partner_mix(audio))[1]
+    assert model.config.partner.weight == 0.3 and model.config.partner.projector.beam == 1
+    saved = save_omni(model, tmp_path / "with-partner")
+    again = load_omni(saved)
+    assert again.config.partner == model.config.partner
+    with torch.no_grad():
+        assert again.listen(audio)[1] == blended
+        again.hear_with(1)
+        assert again.listen(audio)[1] == greedy_mix  # greedy reading hears the blend too
+    # evals.adaptor_blend: weight 1 hears as the model alone
+    blend(again, load_omni(partner_dir), 1.0)
+    assert again.config.partner is None and again.partner_projector is None
+    # the CLI
+    out = tmp_path / "exported"
+    result = CliRunner().invoke(app, ["train", "export", str(ctc_omni), str(out), "--partner", str(partner_dir),
+                                      "--partner-weight", "0.4"])
+    assert result.exit_code == 0, result.stderr
+    assert load_omni(out).config.partner.weight == 0.4
+    kept, dropped = tmp_path / "kept", tmp_path / "dropped"
+    assert CliRunner().invoke(app, ["train", "export", str(out), str(kept), "--partner-weight", "0.2"]).exit_code == 0
+    assert load_omni(kept).config.partner.weight == 0.2 and load_omni(kept).partner_projector is not None
+    assert CliRunner().invoke(app, ["train", "export", str(out), str(dropped), "--partner", "none"]).exit_code == 0
+    assert load_omni(dropped).config.partner is None
+    for bad, code in ((["--partner", str(partner_dir), "--partner-weight", "1"], 2), (["--partner-weight", "0.5"], 2),
+                      (["--partner", str(tmp_path / "missing")], 3)):  # 3: a model not found
+        result = CliRunner().invoke(app, ["train", "export", str(ctc_omni), str(tmp_path / "x"), *bad])
+        assert result.exit_code == code and "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1, bad
 
 
 def test_audio_samples_reads_the_length_a_decode_gives(tmp_path):

@@ -2,7 +2,8 @@
 
 Our format: a folder with `omni_e2e.json` (the `OmniConfig`, naming the encoder and LLM
 by registry name, path or hub id) and `model.safetensors` holding only what we train:
-`speech_projector.*` and `speech_generator.*` (a few MB for the small default).
+`speech_projector.*` and `speech_generator.*` (a few MB for the small default), the LLM's LoRA
+adapters (`llm_lora.*`) and a second ear's ctc adaptor (`partner_projector.*`) where it has them.
 
 The published format (ICTNLP/Llama-3.1-8B-Omni): an HF folder whose `config.json` has
 `model_type` "omni_speech2s_llama" and the speech fields (`speech_encoder_ds_rate`,
@@ -14,6 +15,7 @@ Every key is placed; a missing or unexpected key is an error that names it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -65,6 +67,10 @@ def save_omni(model: SpeechLLM, folder: Path, dtype: torch.dtype | None = None) 
     state = {f"speech_projector.{k}": v.detach().contiguous().cpu() for k, v in model.speech_projector.state_dict().items()}
     state |= {f"speech_generator.{k}": v.detach().contiguous().cpu() for k, v in model.speech_generator.state_dict().items()}
     state |= {f"llm_lora.{k}": v.contiguous() for k, v in model.lora_weights().items()}
+    if model.config.partner is not None:
+        if model.partner_projector is None:
+            raise CheckpointError("the model's config names a partner, but it has none loaded (set_partner)")
+        state |= {f"partner_projector.{k}": v.detach().contiguous().cpu() for k, v in model.partner_projector.state_dict().items()}
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     staged = folder.with_name(folder.name + ".new")
@@ -136,7 +142,8 @@ def load_omni(folder: Path, device: str = "cpu"):
     state = load_file(str(folder / OMNI_WEIGHTS))
     projector = build_projector(config.projector)
     generator = SpeechGenerator(config.speech_decoder)
-    parts = ("speech_projector.", "speech_generator.") + (("llm_lora.",) if config.llm_lora else ())
+    parts = ("speech_projector.", "speech_generator.") + (("llm_lora.",) if config.llm_lora else ()) \
+        + (("partner_projector.",) if config.partner else ())
     unexpected = [k for k in state if not k.startswith(parts)]
     if unexpected:
         raise CheckpointError(f"{folder / OMNI_WEIGHTS}: unexpected key(s): {', '.join(unexpected[:6])}")
@@ -161,8 +168,13 @@ def load_omni(folder: Path, device: str = "cpu"):
         else:  # for the repeat task alone: checked against the LLM now, merged while it runs
             check_lora(llm.model, lora)
     encoder = build_encoder(config.encoder, config.encoder_source, device)
-    model = SpeechLLM(config, encoder, projector.to(device), llm, generator.to(device)).eval()
+    model = SpeechLLM(dataclasses.replace(config, partner=None), encoder, projector.to(device), llm, generator.to(device)).eval()
     model.loaded_lora = lora
+    if config.partner is not None:
+        partner = build_projector(config.partner.projector)
+        strict_load(partner, _prefixed(state, "partner_projector."), f"{folder}: partner_projector")
+        model.set_partner(build_encoder(config.partner.encoder, config.partner.encoder_source, device), partner.to(device),
+                          config.partner.encoder_source, config.partner.weight)
     return model
 
 

@@ -83,6 +83,32 @@ class ProjectorConfig:
 
 
 @dataclass(frozen=True)
+class PartnerConfig:
+    """A second ear (ctc adaptors only): another Whisper's encoder and a ctc adaptor trained on it,
+    which hear the same speech; their CTC log-probabilities, frame by frame, are blended with the
+    model's own before its beam search (or greedy reading), `weight` x theirs + (1 - weight) x its
+    own (both encoders give 50 frames a second; both adaptors must stack the same `k`). Classes are
+    matched by LLM token; where the partner lacks one of the model's, the model's own
+    log-probability stands in. Its weights are stored as `partner_projector.*`."""
+
+    encoder_source: str  # registry name or path of the partner's Whisper
+    encoder: EncoderConfig
+    projector: ProjectorConfig
+    weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.weight < 1:
+            raise ConfigError(f"a partner's weight is its share of the blend, between 0 and 1, not {self.weight}")
+        if self.projector.type != "ctc":
+            raise ConfigError(f"a partner's adaptor must be a ctc adaptor, not {self.projector.type!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PartnerConfig:
+        return cls(encoder_source=d["encoder_source"], encoder=EncoderConfig(**d["encoder"]),
+                   projector=ProjectorConfig(**d["projector"]), weight=float(d.get("weight", 0.5)))
+
+
+@dataclass(frozen=True)
 class SpeechDecoderConfig:
     """speech_generator: Linear in -> N causal Llama layers -> Linear out to K + 1 (blank = K)."""
 
@@ -150,6 +176,11 @@ class OmniConfig:
     lora_tasks: tuple[str, ...] = LORA_TASKS  # what the adapters serve: both tasks (merged into the LLM at
     # load), or ("repeat",) only: merged for the repeat task (ASR) alone, so the answers are the base LLM's,
     # as it answers typed text
+    partner: PartnerConfig | None = None  # a second ear beside the encoder and ctc adaptor (see PartnerConfig)
+
+    def __post_init__(self) -> None:
+        if self.partner is not None and (self.projector.type != "ctc" or self.partner.projector.k != self.projector.k):
+            raise ConfigError("a partner hears beside a ctc adaptor that stacks as many frames as its own")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -166,4 +197,5 @@ class OmniConfig:
             vocoder=d.get("vocoder", ""),
             llm_lora=d.get("llm_lora"),
             lora_tasks=lora_tasks(d.get("lora_tasks", LORA_TASKS)),
+            partner=PartnerConfig.from_dict(d["partner"]) if d.get("partner") else None,
         )

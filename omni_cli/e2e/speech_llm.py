@@ -80,6 +80,10 @@ class SpeechLLM(nn.Module):
         self.llm_model = llm.model  # registered, so .to()/.eval() reach it
         self.llm = llm
         self.speech_generator = generator
+        # a second ear (config.partner): another Whisper's encoder and the ctc adaptor trained on it
+        self.partner_encoder: SpeechEncoder | None = None
+        self.partner_projector: nn.Module | None = None
+        self._partner_classes: torch.Tensor | None = None
         # LoRA adapters loaded with the model: merged into the LLM at load, or, where they serve the
         # repeat task alone (config.lora_tasks), kept apart and merged while it runs (`repeating`)
         self.loaded_lora: dict[str, torch.Tensor] = {}
@@ -113,6 +117,40 @@ class SpeechLLM(nn.Module):
                 yield
         finally:
             self.llm.forget()
+
+    def set_partner(self, encoder: SpeechEncoder | None, projector: nn.Module | None, encoder_source: str = "",
+                    weight: float = 0.5) -> None:
+        """Hear with a second ear (see `config.PartnerConfig`): `encoder` (from `encoder_source`) and
+        the ctc `projector` trained on it, blended with this model's adaptor at `weight`; None drops it."""
+        from omni_cli.e2e.config import PartnerConfig
+
+        if encoder is None or projector is None:
+            self.partner_encoder = self.partner_projector = self._partner_classes = None
+            self.config = dataclasses.replace(self.config, partner=None)
+            return
+        # the partner's head is only read: no search of its own (its window it keeps)
+        projector.config = dataclasses.replace(projector.config, beam=1, lm_weight=0.0, length_bonus=0.0, ngram="",
+                                               ngram_weight=0.0, ngram_bonus=0.0, speeds=())
+        projector.token_lm = None
+        partner = PartnerConfig(encoder_source=encoder_source, encoder=encoder.config, projector=projector.config, weight=weight)
+        self.config = dataclasses.replace(self.config, partner=partner)  # checks the adaptors go together
+        projector.bind(self.llm.model.get_input_embeddings(), self.llm.tokenizer)
+        self.partner_encoder, self.partner_projector = encoder.eval(), projector.eval()
+        self._partner_classes = self.speech_projector.classes_in(projector)
+
+    def _partner_mix(self, audio: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """What the adaptor's log-probabilities of `audio` become with the partner's blended in
+        (None without a partner)."""
+        if self.partner_projector is None or self.config.partner is None:
+            return None
+        encoder, projector = self.partner_encoder, self.partner_projector
+        assert encoder is not None and self._partner_classes is not None
+        dtype = next(p for p in projector.parameters() if p.is_floating_point()).dtype
+        logits = projector.utterance_logits(encoder.encode(audio).unsqueeze(0).to(dtype))
+        if len(self._partner_classes) != self.speech_projector.config.vocab:  # the head grew in training
+            self._partner_classes = self.speech_projector.classes_in(projector)
+        index, weight = self._partner_classes, self.config.partner.weight
+        return lambda logp: self.speech_projector.blended(logp, logits, index, weight)
 
     @property
     def device(self) -> torch.device:
@@ -152,12 +190,12 @@ class SpeechLLM(nn.Module):
         dtype = next(p for p in self.speech_projector.parameters() if p.is_floating_point()).dtype
         x = states.unsqueeze(0).to(dtype)
         if self.config.projector.type == "ctc":
-            proj = self.speech_projector
+            proj, mix = self.speech_projector, self._partner_mix(audio)
             if proj.config.beam > 1:
-                found = proj.hypotheses(x, proj.config.beam, also=self._played_at(audio, proj.config.speeds, dtype))
+                found = proj.hypotheses(x, proj.config.beam, also=self._played_at(audio, proj.config.speeds, dtype), mix=mix)
                 ids = self.most_plausible(found, history)
                 return proj.embed_heard(ids), self.llm.tokenizer.decode(ids).strip(), [h for h, _ in found]
-            return *proj.read(x), []
+            return *proj.read(x, mix), []
         return self.speech_projector(x)[0], None, []
 
     def _played_at(self, audio: np.ndarray, speeds: tuple[float, ...], dtype: torch.dtype) -> list[torch.Tensor]:

@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import dataclasses
 import functools
@@ -205,21 +205,48 @@ class CTCSpeechProjector(nn.Module):
             previous = c
         return self.token_ids[torch.tensor(ids, dtype=torch.long)].tolist() if ids else []
 
-    def hypotheses(self, x: torch.Tensor, width: int, also: Sequence[torch.Tensor] = ()) -> list[tuple[list[int], float]]:
+    def classes_in(self, other: CTCSpeechProjector) -> torch.Tensor:
+        """(vocab,) for each of this head's classes, the class of `other`'s head that emits the same
+        LLM token, or -1 where it has none."""
+        where = {t: n for n, t in enumerate(other.token_ids.tolist())}
+        return torch.tensor([where.get(t, -1) for t in self.token_ids.tolist()], dtype=torch.long)
+
+    def blended(self, logp: torch.Tensor, partner_logits: torch.Tensor, index: torch.Tensor, weight: float) -> torch.Tensor:
+        """This head's log-probabilities of one utterance (frames, vocab + 1) blended with a
+        partner's logits over the same speech (frames', its vocab + 1): `weight` x the partner's +
+        (1 - weight) x its own, over the frames both have. The partner's are normalized over the
+        classes it shares with this head (`index`, from `classes_in`) and its blank; where it has
+        no class for one of this head's, this head's own log-probability stands in."""
+        shared = index >= 0
+        picked = torch.cat([index[shared].to(partner_logits.device), torch.tensor([partner_logits.shape[-1] - 1],
+                                                                                device=partner_logits.device)])
+        theirs_shared = partner_logits.float()[:, picked].log_softmax(-1)
+        frames = min(len(logp), len(theirs_shared))
+        own = logp[:frames]
+        theirs = own.clone()
+        columns = torch.cat([shared.nonzero()[:, 0], torch.tensor([self.blank])]).to(own.device)
+        theirs[:, columns] = theirs_shared[:frames].to(own.device)
+        return (1 - weight) * own + weight * theirs
+
+    def hypotheses(self, x: torch.Tensor, width: int, also: Sequence[torch.Tensor] = (),
+                   mix: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[tuple[list[int], float]]:
         """What one utterance's encoder states (1, frames, width) may say: the `width` best
         collapsed sequences of a CTC prefix beam search, as (LLM token ids, CTC log-probability),
         best first (the token n-gram's score, where the config names one, is in the search and in
         the score). With `width` 1 and no n-gram it is close to the greedy `decode`. `also`: the
         encoder states of the same speech played faster or slower (the config's `speeds`): the
         hypotheses of every copy are pooled, each scored by its exact CTC log-probability averaged
-        over the copies (+ the n-gram's score), and the `width` best kept."""
+        over the copies (+ the n-gram's score), and the `width` best kept. `mix`: what the
+        log-probabilities of `x` itself become before the search (a partner's blend)."""
         p, ids = self.config, self.token_ids.tolist()
         if p.ngram and self.token_lm is None:
             raise ConfigError(f"this adaptor hears with the token n-gram {p.ngram!r}, which is not loaded")
         lm = self.token_lm if p.ngram and p.ngram_weight else None
         found, logps = [], []
-        for states in (x, *also):
+        for n, states in enumerate((x, *also)):
             logp = self.utterance_logits(states).float().log_softmax(-1)
+            if n == 0 and mix is not None:
+                logp = mix(logp)
             logps.append(logp)
             found += ctc_prefix_beams(logp, self.blank, width, lm=lm, weight=p.ngram_weight if lm else 0.0,
                                       bonus=p.ngram_bonus if lm else 0.0, symbols=ids if lm else None)
@@ -244,12 +271,14 @@ class CTCSpeechProjector(nn.Module):
         table = self._table()
         return table[torch.tensor(canonical, dtype=torch.long, device=table.device)]
 
-    def read(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
+    def read(self, x: torch.Tensor, mix: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, str]:
         """(1, frames, encoder_width) -> ((tokens, llm_width) the LLM's input embeddings of its
-        canonical tokens of the text heard (possibly none), that text)."""
+        canonical tokens of the text heard (possibly none), that text); `mix` as in `hypotheses`."""
         if x.shape[0] != 1:
             raise ValueError("the ctc speech_projector reads one utterance at a time")
-        if self.config.window and x.shape[1] // self.k > self.config.window:
+        if mix is not None:
+            ids = self._collapsed(mix(self.utterance_logits(x).float().log_softmax(-1)).argmax(-1).tolist())
+        elif self.config.window and x.shape[1] // self.k > self.config.window:
             ids = self._collapsed(self.utterance_logits(x).argmax(-1).tolist())
         else:  # as trained and evaluated in batches
             ids = self.decode(x)
