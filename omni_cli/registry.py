@@ -223,7 +223,7 @@ def _shipped_e2e() -> Path | None:
 OMNI_E2E_DEFAULT = ModelEntry(
     name="omni-e2e-base-smollm2",
     role="e2e",
-    size="adaptor, LoRA adapters and speech decoder 30 MB (float16), n-gram LMs 14 MB",
+    size="two adaptors, LoRA adapters and speech decoder 46 MB (float16), n-gram LMs 14 MB",
     source="this repository (omni_cli/e2e/weights)",
     license="Apache-2.0",
     install="ships in this repository (omni_cli/e2e/weights); if it is missing, retrain it with "
@@ -231,7 +231,7 @@ OMNI_E2E_DEFAULT = ModelEntry(
     "or a published-format model such as ICTNLP/Llama-3.1-8B-Omni with its --vocoder",
     locate=lambda: _shipped_e2e(),
     default=True,
-    note="Whisper base encoder + SmolLM2-135M + Piper phoneme units",
+    note="Whisper base and tiny.en encoders + SmolLM2-135M + Piper phoneme units",
 )
 LLAMA_OMNI = ModelEntry(
     name="ICTNLP/Llama-3.1-8B-Omni",

@@ -24,7 +24,7 @@ def test_the_default_is_shipped_small_and_half_precision():
     folder = OMNI_E2E_DEFAULT.installed_path()
     assert folder is not None and (folder / "MODEL_CARD.md").is_file()
     weights = folder / "model.safetensors"
-    assert weights.stat().st_size < 40e6
+    assert weights.stat().st_size < 50e6  # two adaptors (v4.1's second ear), LoRA adapters, speech decoder
     with safe_open(str(weights), "pt") as f:
         dtypes = {str(f.get_tensor(k).dtype) for k in f.keys()}
     assert dtypes - {"torch.int64"} == {"torch.float16"}  # weights in half precision; the adaptor's token ids stay integers
