@@ -129,11 +129,12 @@ class SpeechLLM(nn.Module):
             self.config = dataclasses.replace(self.config, partner=None)
             return
         # the partner's head is only read: no search of its own (its window it keeps)
-        projector.config = dataclasses.replace(projector.config, beam=1, lm_weight=0.0, length_bonus=0.0, ngram="",
-                                               ngram_weight=0.0, ngram_bonus=0.0, speeds=())
-        projector.token_lm = None
-        partner = PartnerConfig(encoder_source=encoder_source, encoder=encoder.config, projector=projector.config, weight=weight)
-        self.config = dataclasses.replace(self.config, partner=partner)  # checks the adaptors go together
+        read_only = dataclasses.replace(projector.config, beam=1, lm_weight=0.0, length_bonus=0.0, ngram="",
+                                        ngram_weight=0.0, ngram_bonus=0.0, speeds=())
+        partner = PartnerConfig(encoder_source=encoder_source, encoder=encoder.config, projector=read_only, weight=weight)
+        # checked (the weight, both adaptors ctc and stacking alike) before anything changes
+        self.config = dataclasses.replace(self.config, partner=partner)
+        projector.config, projector.token_lm = read_only, None
         projector.bind(self.llm.model.get_input_embeddings(), self.llm.tokenizer)
         self.partner_encoder, self.partner_projector = encoder.eval(), projector.eval()
         self._partner_classes = self.speech_projector.classes_in(projector)
