@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from omni_cli.e2e.state import CheckpointError
 from omni_cli.errors import ConfigError
@@ -225,32 +226,39 @@ class BeamUnits:
         # the units after `done` -> [log P(blank last), log P(unit last), LM + bonus score of the whole prefix]
         self.hyps: dict[tuple[int, ...], list[float]] = {(): [0.0, NEG, 0.0]}
 
-    def _lm(self, tail: tuple[int, ...], unit: int | None) -> float:
-        """The LM's log-probability of `unit` (None: the end) after `done` + `tail`, weighted."""
+    def _history(self, tail: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The LM's history (its symbols) after `done` + `tail`; None without an LM."""
         if self.lm is None or not self.weight:
-            return 0.0
+            return None
         need = self.lm.order - 1
         history = (tuple(self.done[-need:]) + tail)[-need:] if need else ()
-        if self.symbols is not None:
-            history = tuple(self.symbols[c] for c in history)
-            unit = None if unit is None else self.symbols[unit]
-        return self.weight * self.lm.logprob(history, self.lm.num_units if unit is None else unit)
+        return tuple(self.symbols[c] for c in history) if self.symbols is not None else history
 
-    def _extend(self, tail: tuple[int, ...], score: float, unit: int) -> float:
-        return score + self._lm(tail, unit) + self.bonus
+    def _lm(self, history: tuple[int, ...] | None, unit: int | None) -> float:
+        """The LM's log-probability of `unit` (None: the end) after `history` (`_history`'s), weighted."""
+        if history is None:
+            return 0.0
+        if unit is None:
+            unit = self.lm.num_units
+        elif self.symbols is not None:
+            unit = self.symbols[unit]
+        return self.weight * self.lm.logprob(history, unit)
 
-    def _tried(self, logp: np.ndarray) -> list[list[int]]:
-        """The classes each position extends the hypotheses by."""
+    def _tried(self, logp: np.ndarray) -> list[tuple[list[int], list[float]]]:
+        """The classes each position extends the hypotheses by, and their log-probabilities."""
         if not self.per_frame:
-            return [np.flatnonzero(row >= row.max() - self.prune).tolist() for row in logp]
-        k = min(self.per_frame, logp.shape[1])
-        top = np.argpartition(-logp, k - 1, axis=1)[:, :k] if k < logp.shape[1] else np.tile(np.arange(k), (len(logp), 1))
-        return [[c for c in row.tolist() if c != self.blank and values[c] > self.floor] + [self.blank]
-                for row, values in zip(top, logp)]
+            chosen = [np.flatnonzero(row.astype(np.float64) >= float(row.max()) - self.prune) for row in logp]
+        else:
+            k = min(self.per_frame, logp.shape[1])
+            # torch's top-k: tens of times numpy's argpartition over tens of thousands of classes
+            top = torch.topk(torch.from_numpy(logp), k, dim=1).indices.numpy()
+            chosen = [[c for c in row.tolist() if c != self.blank and values[c] > self.floor] + [self.blank]
+                      for row, values in zip(top, logp)]
+        return [(list(map(int, classes)), row[classes].tolist()) for classes, row in zip(chosen, logp)]
 
     def push(self, logp: np.ndarray) -> list[int]:
-        logp = np.asarray(logp, dtype=np.float64)
-        for row, tried in zip(logp, self._tried(logp)):
+        logp = np.ascontiguousarray(logp, dtype=np.float32)  # float32 in, each tried value a Python float out
+        for tried, values in self._tried(logp):
             new: dict[tuple[int, ...], list[float]] = {}
 
             def add(tail, pb, pnb, score):
@@ -263,13 +271,13 @@ class BeamUnits:
             for tail, (pb, pnb, score) in self.hyps.items():
                 total = _logaddexp(pb, pnb)
                 last = tail[-1] if tail else (self.done[-1] if self.done else None)
-                for u in tried:
-                    p = row[u]
+                history = self._history(tail)
+                for u, p in zip(tried, values):
                     if u == self.blank:
                         add(tail, total + p, NEG, score)
                         continue
                     longer = tail + (u,)
-                    grown = new[longer][2] if longer in new else self._extend(tail, score, u)
+                    grown = new[longer][2] if longer in new else score + self._lm(history, u) + self.bonus
                     if u == last:  # a repeat collapses, unless a blank came between
                         add(tail, NEG, pnb + p, score)
                         add(longer, NEG, pb + p, grown)
@@ -300,7 +308,7 @@ class BeamUnits:
         included), best first."""
         found = []
         for tail, (pb, pnb, score) in self.hyps.items():
-            found.append((self.done + list(tail), _logaddexp(pb, pnb) + score + self._lm(tail, None)))
+            found.append((self.done + list(tail), _logaddexp(pb, pnb) + score + self._lm(self._history(tail), None)))
         return sorted(found, key=lambda h: -h[1])
 
     def flush(self) -> list[int]:
