@@ -135,6 +135,11 @@ class CTCSpeechProjector(nn.Module):
     def logits(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, frames, encoder_width) -> (batch, frames // k, vocab + 1) CTC logits; with
         `lengths` (valid encoder frames per item), padding is masked out of attention."""
+        return self.head(self.states(x, lengths))
+
+    def states(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, frames, encoder_width) -> (batch, frames // k, llm_width): what the CTC head
+        compares with each class's LLM embedding (`logits` = `head(states)`)."""
         h = self.linear1(_stack(x, self.k))
         h = h + _sinusoids(h.shape[1], h.shape[2]).to(h)
         if self.layers is not None:
@@ -143,7 +148,10 @@ class CTCSpeechProjector(nn.Module):
                 valid = torch.div(lengths, self.k, rounding_mode="floor")
                 mask = torch.arange(h.shape[1], device=h.device)[None, :] >= valid[:, None]
             h = self.layers(h, src_key_padding_mask=mask)
-        v = self.linear2(self.norm(h))
+        return self.linear2(self.norm(h))
+
+    def head(self, v: torch.Tensor) -> torch.Tensor:
+        """(..., llm_width) `states` -> (..., vocab + 1) CTC logits: each position on its own."""
         return self.log_scale.exp() * v @ self._classes(v.dtype).T + self.bias
 
     def utterance_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,9 +170,10 @@ class CTCSpeechProjector(nn.Module):
             hi = min(n, max(0, start - context) + window)
             lo = max(0, hi - window)
             end = n if hi == n else hi - context
-            parts.append(self.logits(x[:, lo * self.k : hi * self.k])[0, start - lo : end - lo])
+            # the head (most of the cost over tens of thousands of classes) on the positions kept only
+            parts.append(self.states(x[:, lo * self.k : hi * self.k])[0, start - lo : end - lo])
             start = end
-        return torch.cat(parts)
+        return self.head(torch.cat(parts))
 
     def _classes(self, dtype: torch.dtype) -> torch.Tensor:
         """(vocab + 1, llm_width): each class's LLM input embedding, the blank's last. Gathering
