@@ -1,6 +1,8 @@
 """Reading the speech decoder's units: the unit n-gram LM, the CTC prefix beam search it is fused
 into (streamed in pieces == one pass), and a model that carries both through export and load."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -210,3 +212,23 @@ def test_an_lm_over_symbols_steers_a_search_over_other_class_ids():
     assert fused.push(logp) + fused.flush() == [0, 1]
     with pytest.raises(ConfigError):
         BeamUnits(3, 8, lm, weight=1.0, symbols=[7, 9, 40])
+
+
+def test_a_search_over_many_classes_tries_each_positions_most_probable_ones_only():
+    """With `per_frame` k, each position extends the hypotheses by its k most probable classes
+    (and the blank): the same search as trying every class where all but those k are impossible."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 3, size=(30, 41)).astype(np.float32)
+    logp = logits - np.log(np.exp(logits.astype(np.float64)).sum(-1, keepdims=True)).astype(np.float32)
+    blank, k = 40, 5
+    masked = np.full_like(logp, -1e9)
+    for t, row in enumerate(logp):
+        top = [c for c in np.argsort(-row)[:k] if c != blank]
+        masked[t, top], masked[t, blank] = row[top], row[blank]
+    fast = BeamUnits(blank, 8, per_frame=k)
+    fast.push(logp)
+    every = BeamUnits(blank, 8, prune=math.inf)
+    every.push(masked)
+    (best, score), (expect, expect_score) = fast.nbest()[0], every.nbest()[0]
+    assert best == expect and score == pytest.approx(expect_score, abs=1e-6)
+    assert [h for h, _ in fast.nbest()[:4]] == [h for h, _ in every.nbest()[:4]]
