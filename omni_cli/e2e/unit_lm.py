@@ -257,7 +257,8 @@ class BeamUnits:
         return [(list(map(int, classes)), row[classes].tolist()) for classes, row in zip(chosen, logp)]
 
     def push(self, logp: np.ndarray) -> list[int]:
-        logp = np.ascontiguousarray(logp, dtype=np.float32)  # float32 in, each tried value a Python float out
+        # float32 in (writable, for torch's top-k), each tried value a Python float out
+        logp = np.require(logp, dtype=np.float32, requirements=("C", "W"))
         for tried, values in self._tried(logp):
             new: dict[tuple[int, ...], list[float]] = {}
 
