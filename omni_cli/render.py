@@ -18,10 +18,25 @@ from rich.text import Text
 err = Console(stderr=True, highlight=False)
 
 
+_stdout_closed = False
+
+
 def out(text: str) -> None:
-    """Data to stdout, unstyled, flushed (so streamed text appears as it is written)."""
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    """Data to stdout, unstyled, flushed (so streamed text appears as it is written). Where the
+    reader has gone (`omni respond q.wav | head -1`), the rest of the data is dropped and the
+    command goes on to finish what it writes to files (the spoken answer, the results)."""
+    global _stdout_closed
+    if _stdout_closed:
+        return
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_closed = True
+        import os
+
+        # stdout now writes nowhere, so that nothing (not even the flush at exit) fails on it again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def error(message: str) -> None:

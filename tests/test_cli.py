@@ -139,6 +139,27 @@ def test_respond_with_espeak_voice_streams_text_to_stdout(tmp_path):
     assert sf.info(out).duration > 0.5
 
 
+
+@pytest.mark.real
+def test_a_reader_that_stops_early_loses_the_text_but_not_the_spoken_answer(tmp_path):
+    """`omni respond q.wav --out a.wav | head -c 1`: the text has nowhere to go once head exits,
+    but the spoken answer is still written and the command ends well, with nothing on stderr
+    about the pipe."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "answer.wav"
+    omni = os.path.join(os.path.dirname(sys.executable), "omni")
+    proc = subprocess.Popen([omni, "respond", str(EXAMPLE_QUESTION), "--tts", "espeak", "--out", str(out),
+                             "--max-new-tokens", "40"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.read(1)  # the first byte of the answer, then the reader goes away
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0, stderr
+    assert "pipe" not in stderr.lower() and "Traceback" not in stderr
+    assert sf.info(out).duration > 0.5
+
 def test_out_folder_mirrors_inputs_so_equal_names_do_not_collide(tmp_path):
     for sub in ("a", "b"):
         (tmp_path / "in" / sub).mkdir(parents=True)
