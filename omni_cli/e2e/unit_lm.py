@@ -55,6 +55,8 @@ class UnitNgram:
         self.totals = [np.add.reduceat(c, o[:-1]) if len(k) else np.zeros(0) for k, o, _, c in self.tables]
         self._dist = functools.lru_cache(maxsize=1 << 16)(self._logprobs)
         self._one = functools.lru_cache(maxsize=1 << 18)(self._logprob)
+        self._context_row = functools.lru_cache(maxsize=1 << 16)(self._find_row)
+        self._unigram: np.ndarray | None = None  # every symbol's order-1 estimate, made on first use
 
     @classmethod
     def fit(cls, sequences: Iterable[Iterable[int]], order: int, num_units: int) -> UnitNgram:
@@ -129,8 +131,11 @@ class UnitNgram:
     def _row(self, n: int, history: tuple[int, ...]) -> tuple[int, int, int] | None:
         """Where order n's table lists what followed the last n - 1 symbols of `history`: (the
         context's index, its first and past-last entry), or None for an unseen context."""
+        return self._context_row(n, tuple(history[len(history) - (n - 1):]) if n > 1 else ())
+
+    def _find_row(self, n: int, context: tuple[int, ...]) -> tuple[int, int, int] | None:
         key = 0
-        for x in history[len(history) - (n - 1):] if n > 1 else ():
+        for x in context:
             key = key * self.base + x
         keys, offsets = self.tables[n - 1][:2]
         i = int(np.searchsorted(keys, key))
@@ -139,8 +144,17 @@ class UnitNgram:
         return i, int(offsets[i]), int(offsets[i + 1])
 
     def _logprob(self, history: tuple[int, ...], symbol: int) -> float:
-        p = 1.0 / self.base
-        for n in range(1, self.order + 1):
+        if self._unigram is None:  # order 1 has one context (none): its estimate of every symbol at once
+            self._unigram = np.full(self.base, 1.0 / self.base)
+            row = self._row(1, history)
+            if row is not None:
+                i, lo, hi = row
+                words, counts = self.tables[0][2:]
+                seen = np.zeros(self.base)
+                seen[words[lo:hi]] = counts[lo:hi]
+                self._unigram = (seen + self._unigram * (hi - lo)) / (self.totals[0][i] + hi - lo)
+        p = float(self._unigram[symbol])
+        for n in range(2, self.order + 1):
             row = self._row(n, history)
             if row is None:
                 continue  # an unseen context: the lower order's estimate stands
