@@ -13,7 +13,8 @@
 #   -> a unit n-gram LM over the registry texts' units (v3.12), a token n-gram over their LLM tokens (v3.13)
 #   -> the adaptor moved onto Whisper base (its first layer fitted anew to give what it gave on tiny.en),
 #      then trained on from augmented audio (speed, SpecAugment, a room's echo) on every set (v4)
-#   -> the tiny.en adaptor kept beside it as a second ear, their CTC log-probabilities blended (v4.1)
+#   -> the tiny.en adaptor kept beside it as a second ear, their CTC log-probabilities blended (v4.1),
+#      each token of a hypothesis given a bonus of 3.0 in the LLM's choice (v4.2)
 #   -> export (float16), hearing by beam search with the LLM choosing among the hypotheses (v3.7, v3.8), long speech in 8 s windows (v3.11),
 #      the speech decoder's units read by a beam search with the unit LM (v3.12), the token n-gram in the hearing beam (v3.13)
 # into omni_cli/e2e/weights/omni-e2e-base-smollm2. Sizes can be set from the environment;
@@ -122,4 +123,4 @@ $OMNI train adaptor --task ctc --data "$RUNS/chat" --data "$RUNS/fresh" --from "
 # exported as it hears (the settings above travel in the model's config), with the tiny.en model above as its
 # second ear (v4.1): their CTC log-probabilities blended half and half before the beam search
 $OMNI train export "$RUNS/base-aug/model" omni_cli/e2e/weights/omni-e2e-base-smollm2 --speech-margin 0.5 \
-  --partner "$RUNS/tiny-en" --partner-weight 0.5
+  --partner "$RUNS/tiny-en" --partner-weight 0.5 --length-bonus 3.0
