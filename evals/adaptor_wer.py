@@ -9,6 +9,9 @@ same run. With `--repeat`, the model's repeat of what it heard (`SpeechLLM.trans
 LLM asked to say exactly what was said, its LoRA adapters merged, as `omni transcribe
 --asr-backend e2e` runs it) is scored beside, on the same items. With `--whisper`, the cascade's
 own ASR (`omni transcribe`'s default Whisper, or the one named) hears the same items first.
+`--heldout-start 300 --heldout 200` scores held-out items 300-499 instead of the first 300: items
+no evaluation scores, on which a model's hearing settings are chosen (`omni train export
+--length-bonus ...` and the like).
 
     python -m evals.adaptor_wer --models omni_cli/e2e/weights/omni-e2e-base-smollm2 runs/v3/a/model --data runs/v2/data
 """
@@ -34,7 +37,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=Path, nargs="+", required=True)
     ap.add_argument("--data", type=Path, required=True, help="a built set (omni data build): its held-out items")
-    ap.add_argument("--heldout", type=int, default=300)
+    ap.add_argument("--heldout", type=int, default=300, help="how many held-out items")
+    ap.add_argument("--heldout-start", type=int, default=0, help="the first of them (300: the tuning items)")
     ap.add_argument("--alpaca", type=int, default=0, help="also the first N AlpacaEval instructions of the instructs2s-eval bench")
     ap.add_argument("--long", type=int, default=0, help="also N long utterances (3-4 other held-out items joined, 10-40 s)")
     ap.add_argument("--repeat", action="store_true", help="also score the model's repeat of what it heard (its ASR task)")
@@ -42,12 +46,12 @@ def main() -> None:
                     help="also the cascade's Whisper (default: the offline default, tiny.en) on the same items")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    sets = {"heldout-voices": heldout_items(args.data, 0, args.heldout), "real-speech": bench_items("real-speech")}
+    sets = {"heldout-voices": heldout_items(args.data, args.heldout_start, args.heldout_start + args.heldout), "real-speech": bench_items("real-speech")}
     if args.alpaca:  # new kinds of text (instructions), spoken by a held-out voice
         sets["alpacaeval"] = bench_items("instructs2s-eval", args.alpaca)
     audio = {name: [load_audio(path) for path, _ in items] for name, items in sets.items()}
     if args.long:
-        held = [r for r in read_manifest(args.data) if r["split"] != "train"][args.heldout:]
+        held = [r for r in read_manifest(args.data) if r["split"] != "train"][args.heldout_start + args.heldout:]
         audio["long-heldout"], sets["long-heldout"] = joined(held, args.long)
     result = {}
     if args.whisper is not None:
