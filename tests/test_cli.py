@@ -139,7 +139,6 @@ def test_respond_with_espeak_voice_streams_text_to_stdout(tmp_path):
     assert sf.info(out).duration > 0.5
 
 
-
 @pytest.mark.real
 def test_a_reader_that_stops_early_loses_the_text_but_not_the_spoken_answer(tmp_path):
     """`omni respond q.wav --out a.wav | head -c 1`: the text has nowhere to go once head exits,
@@ -159,6 +158,7 @@ def test_a_reader_that_stops_early_loses_the_text_but_not_the_spoken_answer(tmp_
     assert proc.wait(timeout=300) == 0, stderr
     assert "pipe" not in stderr.lower() and "Traceback" not in stderr
     assert sf.info(out).duration > 0.5
+
 
 def test_out_folder_mirrors_inputs_so_equal_names_do_not_collide(tmp_path):
     for sub in ("a", "b"):

@@ -56,7 +56,8 @@ class UnitNgram:
         self._dist = functools.lru_cache(maxsize=1 << 16)(self._logprobs)
         self._one = functools.lru_cache(maxsize=1 << 18)(self._logprob)
         self._context_row = functools.lru_cache(maxsize=1 << 16)(self._find_row)
-        self._unigram: np.ndarray | None = None  # every symbol's order-1 estimate, made on first use
+        # order 1 has one context (none): its estimate of every symbol, once, where each history's starts
+        self._unigram = self._interpolated((), np.full(self.base, 1.0 / self.base), range(1, 2))
 
     @classmethod
     def fit(cls, sequences: Iterable[Iterable[int]], order: int, num_units: int) -> UnitNgram:
@@ -144,15 +145,6 @@ class UnitNgram:
         return i, int(offsets[i]), int(offsets[i + 1])
 
     def _logprob(self, history: tuple[int, ...], symbol: int) -> float:
-        if self._unigram is None:  # order 1 has one context (none): its estimate of every symbol at once
-            self._unigram = np.full(self.base, 1.0 / self.base)
-            row = self._row(1, history)
-            if row is not None:
-                i, lo, hi = row
-                words, counts = self.tables[0][2:]
-                seen = np.zeros(self.base)
-                seen[words[lo:hi]] = counts[lo:hi]
-                self._unigram = (seen + self._unigram * (hi - lo)) / (self.totals[0][i] + hi - lo)
         p = float(self._unigram[symbol])
         for n in range(2, self.order + 1):
             row = self._row(n, history)
@@ -166,8 +158,12 @@ class UnitNgram:
         return math.log(p)
 
     def _logprobs(self, history: tuple[int, ...]) -> np.ndarray:
-        p = np.full(self.base, 1.0 / self.base)
-        for n in range(1, self.order + 1):
+        return np.log(self._interpolated(history, self._unigram, range(2, self.order + 1)))
+
+    def _interpolated(self, history: tuple[int, ...], p: np.ndarray, orders: range) -> np.ndarray:
+        """Every symbol's estimate after `history`: `p`, the estimate below `orders`, interpolated
+        with each of them in turn (`p` itself where none holds the context; it is never changed)."""
+        for n in orders:
             row = self._row(n, history)
             if row is None:
                 continue
@@ -176,7 +172,7 @@ class UnitNgram:
             q = p * (hi - lo)
             q[words[lo:hi]] += counts[lo:hi]
             p = q / (self.totals[n - 1][i] + hi - lo)
-        return np.log(p)
+        return p
 
 
 def ctc_collapse(units: list[int], blank: int, previous: int | None = None) -> list[int]:
