@@ -1,5 +1,7 @@
 """Real human speech (DATA.md sets) through both Whisper backends over the same tiny.en weights."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -79,3 +81,24 @@ def test_a_long_file_streams_through_in_pieces_cut_between_words(real_asr, tmp_p
     assert starts == sorted(starts) and len(starts) >= 3 and starts[-1] > 6
     assert len(seen) >= 3 and [d for d, _ in seen] == sorted(d for d, _ in seen)
     assert abs(seen[-1][0] - seen[-1][1]) < 0.1  # done is all of it
+
+
+LOOPED_ANSWER = ("There are many weird and wonderful Christmas traditions around the world. One of them is the Santa Claus, "
+                 "who's actually a Christian holiday spirit called Epiphany. In some parts of Europe, Epiphany is celebrated on "
+                 "January 6th, but in other parts of the world, it's celebrated on January 5th. Another tradition is the "
+                 "Christmas tree, which is decorated with lights and ornaments. Some")
+
+
+def test_the_judge_hears_an_answer_it_once_looped_on_as_it_was_said():
+    """The cascade's spoken answer to an AlpacaEval question (Piper, 22 s): the judge as it was,
+    deterministic and prompted with what it had heard, went on "and this is the Christmas tree"
+    to its token limit (195 errors on 65 words, on an AVX-512 CPU; where it loops turns on the
+    kernels' rounding). Unprompted, it hears the answer."""
+    from omni_cli.asr import load_judge
+    from omni_cli.metrics import asr_wer
+
+    judge = load_judge()
+    assert judge.options.condition_on_previous_text is False
+    heard = judge.transcribe(load_audio(Path(__file__).parent / "data" / "looped-by-a-prompted-judge.flac")).text
+    assert heard.count("Christmas tree") <= 2, heard
+    assert asr_wer([LOOPED_ANSWER], [heard]) < 0.2, heard
