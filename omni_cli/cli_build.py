@@ -482,6 +482,7 @@ def train_export_cmd(
     beam: Annotated[int | None, typer.Option("--beam", min=1, help="ctc adaptor: hypotheses of its CTC beam search (1: greedy; default: as trained).")] = None,
     lm_weight: Annotated[float | None, typer.Option("--lm-weight", min=0.0, help="ctc adaptor, --beam > 1: weight of the LLM's log-probability in choosing among them.")] = None,
     length_bonus: Annotated[float | None, typer.Option("--length-bonus", help="ctc adaptor, --beam > 1: added per token of a hypothesis.")] = None,
+    blank_penalty: Annotated[float | None, typer.Option("--blank-penalty", help="ctc adaptor, --beam > 1: taken from the blank's log-probability on every frame before the search (after a partner's blend).")] = None,
     token_lm: Annotated[Path | None, typer.Option("--token-lm", help="ctc adaptor, --beam > 1: a token n-gram (`omni train token-lm`) fused into its beam search, copied into DEST.")] = None,
     token_lm_weight: Annotated[float | None, typer.Option("--token-lm-weight", min=0.0, help="ctc adaptor: weight of the token n-gram's log-probability in the search.")] = None,
     token_lm_bonus: Annotated[float | None, typer.Option("--token-lm-bonus", help="ctc adaptor: added per token in the search.")] = None,
@@ -506,7 +507,7 @@ def train_export_cmd(
       omni train export runs/stage1/model runs/shipped --speeds 0.9,1.1
       omni train export runs/stage1/model runs/shipped --token-lm runs/token-lm.npz --token-lm-weight 0.1 --token-lm-bonus 0.1
       omni train export runs/stage2/model runs/shipped --unit-lm runs/unit-lm.npz --unit-beam 8 --unit-lm-weight 0.5 --unit-length-bonus 1
-      omni train export runs/base/model runs/shipped --partner runs/tiny/model --partner-weight 0.5
+      omni train export runs/base/model runs/shipped --partner runs/tiny/model --partner-weight 0.5 --blank-penalty 0.6
     """
     import torch
 
@@ -517,7 +518,7 @@ def train_export_cmd(
             raise ConfigError("give --speech-margin or --whole-input, not both")
         with ui.err.status("loading the model ..."):
             model = load_omni(model_dir)
-        hearing = {k: v for k, v in (("beam", beam), ("lm_weight", lm_weight), ("length_bonus", length_bonus),
+        hearing = {k: v for k, v in (("beam", beam), ("lm_weight", lm_weight), ("length_bonus", length_bonus), ("blank_penalty", blank_penalty),
                                      ("ngram_weight", token_lm_weight), ("ngram_bonus", token_lm_bonus),
                                      ("window", window), ("window_context", window_context)) if v is not None}
         if speeds is not None:
@@ -526,7 +527,7 @@ def train_export_cmd(
         if ngram is not None:
             hearing["ngram"] = "token_lm.npz"
         if hearing:
-            model.set_hearing("--beam / --lm-weight / --length-bonus / --token-lm / --window / --speeds", ngram, **hearing)
+            model.set_hearing("--beam / --lm-weight / --length-bonus / --blank-penalty / --token-lm / --window / --speeds", ngram, **hearing)
         if speech_margin is not None or whole_input:
             model.set_speech_margin(None if whole_input else speech_margin)
         reading = {k: v for k, v in (("beam", unit_beam), ("lm_weight", unit_lm_weight), ("length_bonus", unit_length_bonus))

@@ -1111,6 +1111,38 @@ def test_hearing_at_several_speeds_pools_the_hypotheses_of_every_copy(ctc_omni, 
         assert result.exit_code == 2 and "Traceback" not in result.stderr and "speeds" in result.stderr, bad
 
 
+def test_a_blank_penalty_is_taken_from_every_frames_blank_before_the_search(ctc_omni, tmp_path):
+    """`--blank-penalty B`: the search scores each hypothesis on log-probabilities whose blank is
+    B lower on every frame (each hypothesis's exact score, read through a copy identical to the
+    speech, is its CTC log-probability on them); the setting travels with the model, and a search
+    without it scores on the log-probabilities as they are."""
+    from typer.testing import CliRunner
+
+    from omni_cli.cli import app
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.speech_projector import ctc_logprobs
+
+    out = tmp_path / "penalized"
+    result = CliRunner().invoke(app, ["train", "export", str(ctc_omni), str(out), "--beam", "4", "--blank-penalty", "1.5"])
+    assert result.exit_code == 0, result.stderr
+    model = load_omni(out)
+    proj = model.speech_projector
+    assert proj.config.blank_penalty == 1.5 == model.config.projector.blank_penalty
+    audio = np.random.default_rng(3).standard_normal(32000).astype(np.float32) * 0.1
+    index = {t: c for c, t in enumerate(proj.token_ids.tolist())}
+    with torch.no_grad():
+        x = model.speech_encoder.encode(audio).unsqueeze(0)
+        logp = proj.utterance_logits(x).float().log_softmax(-1)
+        exact = proj.hypotheses(x, 4, also=[x])
+        proj.config = dataclasses.replace(proj.config, blank_penalty=0.0)
+        plain = proj.hypotheses(x, 4, also=[x])
+    penalized = logp.clone()
+    penalized[:, proj.blank] -= 1.5
+    for found, table in ((exact, penalized), (plain, logp)):
+        for ids, score in found:
+            assert score == pytest.approx(ctc_logprobs(table, [[index[t] for t in ids]], proj.blank)[0], abs=1e-3)
+
+
 def test_a_ctc_adaptor_moves_onto_another_whisper(ctc_omni, tmp_path):
     """`omni train adaptor --from M --encoder W`: the adaptor's first layer fitted anew, so that
     on the new encoder's outputs it gives what it gave on the old one's; every other weight kept."""

@@ -69,6 +69,8 @@ class ProjectorConfig:
     speeds: tuple[float, ...] = ()  # ctc, beam > 1: the speech is also heard played this many times as fast (as
     # stage 1's speed augmentation plays it); the beam's hypotheses of every copy are pooled, each scored by its
     # CTC log-probability averaged over the copies (test-time augmentation; () hears it once)
+    blank_penalty: float = 0.0  # ctc, beam > 1: subtracted from the blank's log-probability on every frame before the
+    # search (after a partner's blend): more of what was said kept as tokens, where the blend hears each less surely
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "speeds", tuple(float(f) for f in self.speeds))

@@ -130,7 +130,7 @@ class SpeechLLM(nn.Module):
             return
         # the partner's head is only read: no search of its own (its window it keeps)
         read_only = dataclasses.replace(projector.config, beam=1, lm_weight=0.0, length_bonus=0.0, ngram="",
-                                        ngram_weight=0.0, ngram_bonus=0.0, speeds=())
+                                        ngram_weight=0.0, ngram_bonus=0.0, speeds=(), blank_penalty=0.0)
         partner = PartnerConfig(encoder_source=encoder_source, encoder=encoder.config, projector=read_only, weight=weight)
         # checked (the weight, both adaptors ctc and stacking alike) before anything changes
         self.config = dataclasses.replace(self.config, partner=partner)
@@ -222,11 +222,11 @@ class SpeechLLM(nn.Module):
             self.set_hearing("--e2e-beam", beam=beam)
 
     def set_hearing(self, option: str, token_lm=None, **fields) -> None:
-        """Set how a ctc adaptor hears (its config's `beam`, `lm_weight`, `length_bonus`, `ngram`,
-        `ngram_weight`, `ngram_bonus`, `window`, `window_context`, `speeds`; `token_lm`: a loaded
-        `unit_lm.UnitNgram` over LLM token ids, kept as the file `fields["ngram"]` names), in the
-        model's config and the adaptor's alike; `option` names what the user gave, for the error a
-        model with another adaptor gives."""
+        """Set how a ctc adaptor hears (its config's `beam`, `lm_weight`, `length_bonus`,
+        `blank_penalty`, `ngram`, `ngram_weight`, `ngram_bonus`, `window`, `window_context`, `speeds`;
+        `token_lm`: a loaded `unit_lm.UnitNgram` over LLM token ids, kept as the file
+        `fields["ngram"]` names), in the model's config and the adaptor's alike; `option` names what
+        the user gave, for the error a model with another adaptor gives."""
         if self.config.projector.type != "ctc":
             raise ConfigError(f"{option} is for a model with a ctc adaptor (this one's adaptor is "
                               f"{self.config.projector.type!r})")

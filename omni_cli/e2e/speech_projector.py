@@ -246,7 +246,8 @@ class CTCSpeechProjector(nn.Module):
         encoder states of the same speech played faster or slower (the config's `speeds`): the
         hypotheses of every copy are pooled, each scored by its exact CTC log-probability averaged
         over the copies (+ the n-gram's score), and the `width` best kept. `mix`: what the
-        log-probabilities of `x` itself become before the search (a partner's blend)."""
+        log-probabilities of `x` itself become before the search (a partner's blend); the config's
+        `blank_penalty` is then taken from every frame's blank (of every copy)."""
         p, ids = self.config, self.token_ids.tolist()
         if p.ngram and self.token_lm is None:
             raise ConfigError(f"this adaptor hears with the token n-gram {p.ngram!r}, which is not loaded")
@@ -256,6 +257,9 @@ class CTCSpeechProjector(nn.Module):
             logp = self.utterance_logits(states).float().log_softmax(-1)
             if n == 0 and mix is not None:
                 logp = mix(logp)
+            if p.blank_penalty:
+                logp = logp.clone()
+                logp[:, self.blank] -= p.blank_penalty
             logps.append(logp)
             found += ctc_prefix_beams(logp, self.blank, width, lm=lm, weight=p.ngram_weight if lm else 0.0,
                                       bonus=p.ngram_bonus if lm else 0.0, symbols=ids if lm else None)
