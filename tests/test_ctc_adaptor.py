@@ -1141,6 +1141,10 @@ def test_a_blank_penalty_is_taken_from_every_frames_blank_before_the_search(ctc_
     for found, table in ((exact, penalized), (plain, logp)):
         for ids, score in found:
             assert score == pytest.approx(ctc_logprobs(table, [[index[t] for t in ids]], proj.blank)[0], abs=1e-3)
+    for bad in (["--blank-penalty", "nan"], ["--length-bonus", "inf"]):  # never a model that hears nothing
+        result = CliRunner().invoke(app, ["train", "export", str(ctc_omni), str(tmp_path / "bad"), "--beam", "4", *bad])
+        assert result.exit_code == 2 and "Traceback" not in result.stderr and bad[0][2:].replace("-", "_") in result.stderr, bad
+        assert not (tmp_path / "bad").exists()
 
 
 def test_a_ctc_adaptor_moves_onto_another_whisper(ctc_omni, tmp_path):

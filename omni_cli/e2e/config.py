@@ -6,6 +6,7 @@ published LLaMA-Omni model maps onto these from its HF config (see `checkpoint.p
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from omni_cli.errors import ConfigError
@@ -80,6 +81,11 @@ class ProjectorConfig:
             raise ConfigError("projector speeds pool the hypotheses of a beam search: they need a beam over 1")
         if self.beam < 1 or self.lm_weight < 0 or self.ngram_weight < 0:
             raise ConfigError("projector beam must be >= 1, and lm_weight and ngram_weight >= 0")
+        weights = {"lm_weight": self.lm_weight, "length_bonus": self.length_bonus, "ngram_weight": self.ngram_weight,
+                   "ngram_bonus": self.ngram_bonus, "blank_penalty": self.blank_penalty}
+        if any(not math.isfinite(v) for v in weights.values()):
+            raise ConfigError("projector " + ", ".join(f"{k} {v}" for k, v in weights.items() if not math.isfinite(v))
+                              + ": the hearing's weights must be numbers")
         if self.window < 0 or self.window_context < 0 or (self.window and 2 * self.window_context >= self.window):
             raise ConfigError("projector window must be >= 0, and window_context >= 0 and under half the window")
 
