@@ -149,6 +149,12 @@ class SpeechDecoderConfig:
     max_pending: int = 4  # beam > 1: after each token, the best hypothesis's units but its last this many are
     # spoken (0: only what every hypothesis agrees on, which can wait for many tokens)
 
+    def __post_init__(self) -> None:
+        if self.beam < 1 or self.max_pending < 0 or not math.isfinite(self.lm_weight) or self.lm_weight < 0 \
+                or not math.isfinite(self.length_bonus):
+            raise ConfigError(f"speech decoder beam must be >= 1 (got {self.beam}), max_pending >= 0 ({self.max_pending}), "
+                              f"lm_weight a number >= 0 ({self.lm_weight}) and length_bonus a number ({self.length_bonus})")
+
 
 @dataclass(frozen=True)
 class PromptConfig:
