@@ -14,7 +14,8 @@ each answer's events, seconds after the end of the question:
 
 Each is given as median and p90 per mode, with the e2e / cascade ratio of the medians. The
 first turn of each pipeline in the process is also compared with the same item answered three
-times more at the end (the median) (a model that is not warmed at load pays its cold start there).
+times more at the end (the median), each time after another item (a model that is not warmed at
+load pays its cold start there).
 
 `--talk N` also plays the first N items into `omni talk`'s conversation engine in real time
 (the file as the microphone) and times the first audio from the VAD's end-of-speech decision,
@@ -145,11 +146,15 @@ def main(argv: list[str] | None = None) -> int:
             for mode in (("cascade", "e2e") if i % 2 == 0 else ("e2e", "cascade")):
                 status.update(f"item {i + 1}/{len(items)}: {mode}")
                 rows[mode].append(stage_times(list(pipelines[mode].run(audio))))
-        again: dict[str, list] = {m: [] for m in pipelines}  # the first item 3 times more, warm: against its first answer
+        # the first item 3 times more, warm: against its first answer; each time after another item, so that
+        # what a pipeline keeps of its last turn (the LLM's KV cache, caches keyed by content) is not the same item's
+        again: dict[str, list] = {m: [] for m in pipelines}
         audio = load_audio(items[0].audio)
-        for _ in range(3):
+        between = [load_audio(item.audio) for item in (items[1:4] or items[:1])]
+        for n in range(3):
             for mode in pipelines:
                 status.update(f"item 1 again: {mode}")
+                list(pipelines[mode].run(between[n % len(between)]))
                 again[mode].append(stage_times(list(pipelines[mode].run(audio)))["first_audio_s"])
         talk: dict[str, list] = {f"{m} {k}": [] for m in pipelines for k in ("early", "late")}
         for i, item in enumerate(items[: args.talk]):
