@@ -257,8 +257,7 @@ class CTCSpeechProjector(nn.Module):
             logp = self.utterance_logits(states).float().log_softmax(-1)
             if n == 0 and mix is not None:
                 logp = mix(logp)
-            if p.blank_penalty:
-                logp = logp.clone()
+            if p.blank_penalty:  # logp is this call's own (log_softmax's, or the blend's)
                 logp[:, self.blank] -= p.blank_penalty
             logps.append(logp)
             found += ctc_prefix_beams(logp, self.blank, width, lm=lm, weight=p.ngram_weight if lm else 0.0,
