@@ -81,13 +81,17 @@ class ProjectorConfig:
             raise ConfigError("projector speeds pool the hypotheses of a beam search: they need a beam over 1")
         if self.beam < 1 or self.lm_weight < 0 or self.ngram_weight < 0:
             raise ConfigError("projector beam must be >= 1, and lm_weight and ngram_weight >= 0")
-        weights = {"lm_weight": self.lm_weight, "length_bonus": self.length_bonus, "ngram_weight": self.ngram_weight,
-                   "ngram_bonus": self.ngram_bonus, "blank_penalty": self.blank_penalty}
-        if any(not math.isfinite(v) for v in weights.values()):
-            raise ConfigError("projector " + ", ".join(f"{k} {v}" for k, v in weights.items() if not math.isfinite(v))
-                              + ": the hearing's weights must be numbers")
+        _numbers("projector", lm_weight=self.lm_weight, length_bonus=self.length_bonus, ngram_weight=self.ngram_weight,
+                 ngram_bonus=self.ngram_bonus, blank_penalty=self.blank_penalty)
         if self.window < 0 or self.window_context < 0 or (self.window and 2 * self.window_context >= self.window):
             raise ConfigError("projector window must be >= 0, and window_context >= 0 and under half the window")
+
+
+def _numbers(owner: str, **weights: float) -> None:
+    """A search's weights must be numbers: with NaN or infinity in its scores it hears or speaks garbage."""
+    bad = [f"{name} {value}" for name, value in weights.items() if not math.isfinite(value)]
+    if bad:
+        raise ConfigError(f"{owner} {', '.join(bad)}: its search's weights must be numbers")
 
 
 @dataclass(frozen=True)
@@ -150,10 +154,10 @@ class SpeechDecoderConfig:
     # spoken (0: only what every hypothesis agrees on, which can wait for many tokens)
 
     def __post_init__(self) -> None:
-        if self.beam < 1 or self.max_pending < 0 or not math.isfinite(self.lm_weight) or self.lm_weight < 0 \
-                or not math.isfinite(self.length_bonus):
-            raise ConfigError(f"speech decoder beam must be >= 1 (got {self.beam}), max_pending >= 0 ({self.max_pending}), "
-                              f"lm_weight a number >= 0 ({self.lm_weight}) and length_bonus a number ({self.length_bonus})")
+        if self.beam < 1 or self.max_pending < 0 or self.lm_weight < 0:
+            raise ConfigError(f"speech decoder beam must be >= 1 (got {self.beam}), max_pending >= 0 ({self.max_pending}) "
+                              f"and lm_weight >= 0 ({self.lm_weight})")
+        _numbers("speech decoder", lm_weight=self.lm_weight, length_bonus=self.length_bonus)
 
 
 @dataclass(frozen=True)
