@@ -197,6 +197,24 @@ def piper_units():
     return PiperUnitVocoder()
 
 
+def test_the_piper_unit_vocoder_says_each_sentence_as_an_utterance_of_its_own(piper_units, monkeypatch):
+    """Units of three sentences are vocoded as three utterances (each with the voice's begin and
+    end ids), split after each sentence's end mark, as Piper says text; nothing dropped or added."""
+    units = piper_units.text_to_units("It is late. Go home! Are you there?")
+    calls = []
+    real = piper_units.tts.ids_to_audio
+    monkeypatch.setattr(piper_units.tts, "ids_to_audio", lambda ids: calls.append(list(ids)) or real(ids))
+    audio = piper_units.units_to_audio(units)
+    assert len(calls) == 3 and audio.size > 0
+    bos, pad, eos = piper_units.bos, piper_units.pad, piper_units.eos
+    said = []
+    for ids in calls:
+        assert ids[:2] == [bos, pad] and ids[-1] == eos and ids[3:-1:2] == [pad] * ((len(ids) - 3) // 2)
+        said.append(ids[2:-1:2])
+    assert [s[-1] for s in said] == [piper_units.tts.voice.config.phoneme_id_map[p][0] for p in ".!?"]
+    assert [u for s in said for u in s] == units
+
+
 @pytest.mark.parametrize("omega", [3, 10, None])
 def test_pipeline_streams_units_and_audio(tiny_e2e_parts, question_audio, piper_units, omega):
     model = tiny_e2e_parts["model"]

@@ -60,6 +60,7 @@ class PiperUnitVocoder:
         self.special = frozenset((self.pad, self.bos, self.eos))
         # phrase ends (punctuation) and word ends: where a chunk may stop
         self.phrase_units = frozenset(id_map[p][0] for p in (".", ",", "?", "!", ";", ":") if p in id_map)
+        self.sentence_units = frozenset(id_map[p][0] for p in (".", "?", "!") if p in id_map)
         self.boundary_units = self.phrase_units | {id_map[" "][0]}
         self.label = f"piper:{self.tts.label}"
         self.default_omega = PIPER_DEFAULT_OMEGA
@@ -71,9 +72,19 @@ class PiperUnitVocoder:
         return [u for i, u in enumerate(units) if i == 0 or u != units[i - 1]]
 
     def units_to_audio(self, units: list[int]) -> np.ndarray:
+        """Each sentence (units up to a . ? or !) said as an utterance of its own, as Piper says
+        text: the voice says a long run of sentences as one utterance less clearly."""
         units = [u for u in units if 0 <= u < self.num_units and u not in self.special]
-        if not units:
-            return np.zeros(0, dtype=np.float32)
+        sentences, start = [], 0
+        for i, u in enumerate(units):
+            if u in self.sentence_units and (i + 1 == len(units) or units[i + 1] not in self.sentence_units):
+                sentences.append(units[start : i + 1])
+                start = i + 1
+        sentences.append(units[start:])
+        audio = [self._utterance(s) for s in sentences if s]
+        return np.concatenate(audio) if audio else np.zeros(0, dtype=np.float32)
+
+    def _utterance(self, units: list[int]) -> np.ndarray:
         ids = [self.bos, self.pad]
         for u in units:
             ids += [u, self.pad]
