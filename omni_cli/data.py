@@ -161,14 +161,14 @@ def _boolq_passages(wheel: Path, out: Path, max_chars: int = 250) -> Items:
                 if not sep or passage in seen:
                     continue
                 seen.add(passage)
-                chunk, k = "", 0
-                for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])", " ".join(body.split())):
-                    if chunk and len(chunk) + 1 + len(sentence) > max_chars:
-                        yield {"id": f"boolq-{len(seen)}-{k}", "instruction": f"Tell me about {title.strip()}.", "answer": chunk}
-                        chunk, k = "", k + 1
-                    chunk = f"{chunk} {sentence}".strip()
-                if chunk:
-                    yield {"id": f"boolq-{len(seen)}-{k}", "instruction": f"Tell me about {title.strip()}.", "answer": chunk}
+                replies: list[str] = []
+                for sentence in filter(None, re.split(r"(?<=[.!?])\s+(?=[A-Z])", " ".join(body.split()))):
+                    if replies and len(replies[-1]) + 1 + len(sentence) <= max_chars:
+                        replies[-1] += " " + sentence
+                    else:
+                        replies.append(sentence)
+                for k, reply in enumerate(replies):
+                    yield {"id": f"boolq-{len(seen)}-{k}", "instruction": f"Tell me about {title.strip()}.", "answer": reply}
 
 
 def _self_instruct_seed(sdist: Path, out: Path) -> Items:
