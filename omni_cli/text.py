@@ -110,13 +110,18 @@ def clean_for_speech(text: str) -> str:
     """Text as a voice should read it: no markdown, list markers, URLs or emoji; '' if nothing speakable."""
     text = re.sub(r"https?://\S+", " ", text)
     text = re.sub(r"^\s*(?:[-*•]|\d+[.)])\s+", " ", text, flags=re.MULTILINE)
-    text = re.sub(r"[*_`#>|~\[\]{}]", " ", text)
+    text = strip_marks(text)
     text = "".join(ch for ch in text if ch.isascii() or ch.isalpha() or ch in "’‘“”–—…")
     text = " ".join(text.split())
     return text if re.search(r"[A-Za-z0-9]", text) else ""
 
 
 _MARKS = frozenset("*_`#>|~[]{}")  # what `clean_for_speech` takes out anywhere
+
+
+def strip_marks(text: str) -> str:
+    """`text` with each markdown mark (`_MARKS`) a space: a voice does not say them."""
+    return re.sub(r"[*_`#>|~\[\]{}]", " ", text)
 _BULLETS = frozenset("-•")
 
 

@@ -398,6 +398,20 @@ def test_stage2_gives_the_decoder_the_said_tokens_of_a_markdown_answer(peaked_om
     assert torch.equal(states[1], before[1]) and units[1].tolist() == [2]  # nothing to cut: as it was
 
 
+def test_the_text_a_kept_token_says_has_no_markdown_marks(peaked_omni, monkeypatch):
+    """SmolLM2 writes "Goods:** Baked" with ":**" one token, kept for its colon: the units the
+    decoder learns for it are those of "Goods: Baked", never of a read-out "asterisk asterisk"."""
+    import omni_cli.e2e.train as train
+    import omni_cli.e2e.unit_vocoder as uv
+
+    model = load_omni(peaked_omni)
+    monkeypatch.setattr(train, "said_tokens", lambda model, ids: [True] * len(ids))  # as where ":**" is one token
+    ids, keep, said = train.said_answer(model, "Baked Goods:** Baked goods like `pizza`.")
+    assert all(keep) and said.split() == ["Baked", "Goods:", "Baked", "goods", "like", "pizza", "."]
+    voc = uv.PiperUnitVocoder()
+    assert voc.text_to_units(said) == voc.text_to_units("Baked Goods: Baked goods like pizza .")
+
+
 def test_stage2_on_registry_texts_alone_leaves_the_sets_held_out_texts_out(peaked_omni, rows, tmp_path, monkeypatch):
     """A set with held-out items only (no training audio) is enough for stage 2 on registry texts."""
     from omni_cli import data

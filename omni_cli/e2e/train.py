@@ -112,12 +112,15 @@ def said_tokens(model: SpeechLLM, ids: list[int]) -> list[bool]:
 
 def said_answer(model: SpeechLLM, text: str) -> tuple[list[int], list[bool], str]:
     """An answer's token ids (`_answer_ids`), which of them reach the speech decoder
-    (`said_tokens`), and the text those say (`text` itself where all of them do)."""
+    (`said_tokens`), and the text those say, its markdown marks left out: a token kept for
+    what else it says may hold one (":**" in "Goods:** Baked"), which a phonemizer reads out
+    ("colon asterisk asterisk") and the speech decoder must not learn to say."""
+    from omni_cli.text import strip_marks
+
     ids = _answer_ids(model, text)
     keep = said_tokens(model, ids)
-    if all(keep):
-        return ids, keep, text
-    return ids, keep, model.llm.tokenizer.decode([i for i, k in zip(ids, keep) if k], skip_special_tokens=True)
+    said = text if all(keep) else model.llm.tokenizer.decode([i for i, k in zip(ids, keep) if k], skip_special_tokens=True)
+    return ids, keep, strip_marks(said)
 
 
 StepLoss = Callable[[list[int], int], float]  # (this process's items of the step, step number) -> loss, after backward
