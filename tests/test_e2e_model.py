@@ -215,6 +215,19 @@ def test_the_piper_unit_vocoder_says_each_sentence_as_an_utterance_of_its_own(pi
     assert [u for s in said for u in s] == units
 
 
+def test_the_vocoder_path_eval_cuts_true_units_as_the_pipeline_does(piper_units):
+    """`evals.vocoder_path`'s chunked path: every unit once, in order; the first chunk at least
+    the vocoder's first size and ending at a word end, each later one ending at a phrase end."""
+    from evals.vocoder_path import chunked_units
+
+    units = piper_units.text_to_units("Well, the weather is fine today, and the sea is calm. Go out, take a walk by the shore,"
+                                      " and come home before dark; the roads are icy at night.")
+    chunks = chunked_units(units, piper_units)
+    assert len(chunks) >= 3 and [u for c in chunks for u in c] == units
+    assert len(chunks[0]) >= piper_units.default_first_chunk and chunks[0][-1] in piper_units.boundary_units
+    assert all(c[-1] in piper_units.phrase_units for c in chunks[1:-1])
+
+
 @pytest.mark.parametrize("omega", [3, 10, None])
 def test_pipeline_streams_units_and_audio(tiny_e2e_parts, question_audio, piper_units, omega):
     model = tiny_e2e_parts["model"]
