@@ -61,7 +61,24 @@ def _pack(model, vocoder, items: list[dict]) -> dict:
     return {"prefix": prompts[0][:pre].astype(np.int64), "prompts": np.concatenate([p[pre:] for p in prompts]).astype(np.uint16),
             "prompt_lens": np.array([len(p) - pre for p in prompts]), "answers": np.concatenate(answers).astype(np.uint16),
             "answer_lens": np.array([len(a) for a in answers]), "units": np.concatenate(units).astype(np.uint8),
-            "unit_lens": np.array([len(u) for u in units]), "said": np.concatenate(said)}
+            "unit_lens": np.array([len(u) for u in units]), "said": np.concatenate(said),
+            "said_ids": _said_ids(model, answers)}
+
+
+def _said_ids(model, answers: list[np.ndarray]) -> np.ndarray:
+    """(n, 2) token id -> the id whose embedding the speech decoder reads for it
+    (`SpeechLLM.said_token_id`: ":**" -> ":"), for the answers' tokens where they differ."""
+    pairs = [(i, model.said_token_id(i)) for i in sorted({int(t) for a in answers for t in a})]
+    return np.array([p for p in pairs if p[0] != p[1]], dtype=np.int64).reshape(-1, 2)
+
+
+def said_ids(packed: dict, vocab: int) -> torch.Tensor:
+    """A (vocab,) table: each token id to the one the speech decoder reads for it (`_said_ids`;
+    a kit made before them: each to itself)."""
+    table = torch.arange(vocab)
+    pairs = torch.from_numpy(packed.get("said_ids", np.zeros((0, 2), dtype=np.int64)))
+    table[pairs[:, 0]] = pairs[:, 1]
+    return table
 
 
 def _unpack(d: dict) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -181,8 +198,9 @@ def run(args) -> None:
     # the LLM reads every answer token; the decoder gets the states of those said (no markdown, list markers)
     train_states = [h[k.to(h.device)] for h, (_, _, _, k) in zip(states(train), train)]
     val_states = [h[k.to(h.device)] for h, (_, _, _, k) in zip(states(val), val)]
-    train = [(p, a[k], u, k) for p, a, u, k in train]
-    val = [(p, a[k], u, k) for p, a, u, k in val]
+    said_train, said_val = said_ids(kit["train"], embed.num_embeddings), said_ids(kit["val"], embed.num_embeddings)
+    train = [(p, said_train[a[k]], u, k) for p, a, u, k in train]
+    val = [(p, said_val[a[k]], u, k) for p, a, u, k in val]
     say(f"states of {len(train)} texts ({sum(len(s) for s in train_states)} tokens) and {len(val)} held-out answers")
 
     config = read_omni_config(args.base).speech_decoder

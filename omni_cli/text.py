@@ -117,11 +117,17 @@ def clean_for_speech(text: str) -> str:
 
 
 _MARKS = frozenset("*_`#>|~[]{}")  # what `clean_for_speech` takes out anywhere
+_MARK = re.compile("[" + re.escape("".join(sorted(_MARKS))) + "]")
 
 
 def strip_marks(text: str) -> str:
     """`text` with each markdown mark (`_MARKS`) a space: a voice does not say them."""
-    return re.sub(r"[*_`#>|~\[\]{}]", " ", text)
+    return _MARK.sub(" ", text)
+
+
+def unmarked(text: str) -> str:
+    """`text` without its markdown marks (`_MARKS`), nothing in their place (":**" -> ":")."""
+    return _MARK.sub("", text)
 _BULLETS = frozenset("-•")
 
 

@@ -116,3 +116,40 @@ def test_the_default_hears_with_a_token_ngram_that_knows_how_questions_go():
     shuffled = np.mean([bits(random.Random(n).sample(s, len(s))) for n, s in enumerate(seqs)])
     assert ordered > -6.0, ordered  # chance over 49,152 tokens is -15.6 bits a token
     assert ordered > shuffled + 3, (ordered, shuffled)
+
+
+def test_the_speech_decoder_reads_a_marked_token_as_the_token_it_says():
+    """SmolLM2 writes bold headings as "**Baked Goods:** ...", ":**" one token, kept for its colon:
+    the speech decoder reads the embedding of ":" for it (`said_token_id`), whose sound it is; fed
+    ":**"'s own it said something ("cool"), more unit errors on such answers."""
+    import torch
+
+    from evals.unit_error import predicted_units, unit_error_rate
+    from omni_cli.e2e.checkpoint import load_omni
+    from omni_cli.e2e.train import said_answer
+    from omni_cli.e2e.unit_vocoder import load_unit_vocoder
+    from omni_cli.registry import OMNI_E2E_DEFAULT
+
+    model = load_omni(OMNI_E2E_DEFAULT.installed_path())
+    tok = model.llm.tokenizer
+
+    def one(text: str) -> int:
+        ids = tok(text, add_special_tokens=False).input_ids
+        assert len(ids) == 1, (text, ids)
+        return ids[0]
+
+    for marked, said in ((":**", ":"), ("**,", ","), (".**", "."), (" bake", " bake"), ("**", "**")):
+        assert model.said_token_id(one(marked)) == one(said), marked
+    assert torch.equal(model.token_embedding(one(":**")), model.token_embedding(one(":")))
+    pairs = [("What should I eat when I am sick?", "Here are some foods that help:\n\n**Soup:** Warm soup keeps you fed.\n"
+              "**Tea:** Tea with honey soothes a sore throat.\n**Toast:** Plain toast is easy on the stomach."),
+             ("How can I sleep better?", "Try these tips:\n\n**Routine:** Go to bed at the same time every night.\n"
+              "**Light:** Keep your bedroom dark and cool.\n**Screens:** Put your phone away an hour before bed.")]
+    vocoder = load_unit_vocoder(model.config.vocoder)
+    truth = [vocoder.text_to_units(said_answer(model, a)[2]) for _, a in pairs]
+    assert all("*" not in said_answer(model, a)[2] for _, a in pairs)
+    mapped = unit_error_rate(truth, predicted_units(model, [q for q, _ in pairs], [a for _, a in pairs]))
+    model.said_token_ids = lambda ids: [int(i) for i in ids]  # the embeddings of the tokens as written
+    plain = unit_error_rate(truth, predicted_units(model, [q for q, _ in pairs], [a for _, a in pairs]))
+    print(f"unit error rate {100 * mapped:.2f} % (the tokens as written: {100 * plain:.2f} %)")
+    assert mapped < plain, (mapped, plain)

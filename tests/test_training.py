@@ -392,7 +392,7 @@ def test_stage2_gives_the_decoder_the_said_tokens_of_a_markdown_answer(peaked_om
     states = [torch.randn(len(i), 4) for i in ids]
     units = [torch.tensor([1]), torch.tensor([2])]
     before = [s.clone() for s in states]
-    _keep_said(model, spoken, states, ids, units)
+    _keep_said(model, spoken, states, ids, units, answers)
     assert " ".join(model.llm.tokenizer.decode(ids[0].tolist(), skip_special_tokens=True).split()) == "Two: Cats Dogs"
     assert len(states[0]) == len(ids[0]) < len(before[0]) and units[0].tolist() == Letters().text_to_units("Two:\nCats\n Dogs")
     assert torch.equal(states[1], before[1]) and units[1].tolist() == [2]  # nothing to cut: as it was
@@ -794,6 +794,16 @@ def test_gpu_stage2_kit_keeps_every_item_and_adopt_swaps_only_the_decoder(peaked
         assert " ".join(text.split()) == ("Two: Cats Dogs" if "Cats" in item["response"] else item["response"])
         assert units.tolist() == Letters().text_to_units(text) and said.sum() < len(said) * ("Cats" in item["response"]) + len(said) + 1
     assert not packed[2][3].all() and packed[0][3].all()
+    # the embeddings the decoder reads there: `said_token_id`'s (":**" -> ":"), the LLM's states of the tokens as written
+    from evals.gpu_stage2 import said_ids
+
+    moon = tok("the moon", add_special_tokens=False).input_ids
+    model._said_ids[moon[-1]] = moon[0]  # as if "moon" were said as "the"
+    kit = _pack(model, Letters(), items)
+    assert kit["said_ids"].tolist() == [[moon[-1], moon[0]]]
+    table = said_ids(kit, len(tok))
+    assert table[torch.tensor(moon)].tolist() == moon[:-1] + [moon[0]] and table[moon[1]] == moon[1]
+    assert said_ids({}, len(tok)).equal(torch.arange(len(tok)))  # a kit made before them
 
     decoder = {k: v + 1.0 for k, v in model.speech_generator.state_dict().items()}
     save_file(decoder, str(tmp_path / "decoder.safetensors"))

@@ -87,6 +87,7 @@ class SpeechLLM(nn.Module):
         # LoRA adapters loaded with the model: merged into the LLM at load, or, where they serve the
         # repeat task alone (config.lora_tasks), kept apart and merged while it runs (`repeating`)
         self.loaded_lora: dict[str, torch.Tensor] = {}
+        self._said_ids: dict[int, int] = {}  # said_token_id's answers, as asked
 
     def lora_weights(self) -> dict[str, torch.Tensor]:
         """The LLM's LoRA adapters: those being trained (injected), else those loaded with the model."""
@@ -157,11 +158,33 @@ class SpeechLLM(nn.Module):
     def device(self) -> torch.device:
         return next(self.speech_projector.parameters()).device
 
+    def said_token_id(self, token_id: int) -> int:
+        """The token whose embedding the speech decoder reads for `token_id`: itself, or, where
+        its text mixes markdown marks with what a voice says (SmolLM2's ":**" in "Goods:** Baked",
+        "**," or ".**"), the token of that text without the marks if it is one (":"). The mark
+        is never said (`said_answer`'s units leave it out), so the decoder reads the token whose
+        sound it is: it had learned to say ":**" as something ("cool")."""
+        said = self._said_ids.get(token_id)
+        if said is None:
+            from omni_cli.text import unmarked
+
+            tok = self.llm.tokenizer
+            text = tok.decode([token_id])
+            bare = unmarked(text)
+            ids = tok(bare, add_special_tokens=False).input_ids if bare != text and bare.strip() else []
+            said = self._said_ids[token_id] = ids[0] if len(ids) == 1 else token_id
+        return said
+
+    def said_token_ids(self, token_ids) -> list[int]:
+        """`said_token_id` of each id."""
+        return [self.said_token_id(int(i)) for i in token_ids]
+
     def token_embedding(self, token_id: int) -> torch.Tensor | None:
-        """The LLM's input embedding of a token, for a speech decoder that reads it (else None)."""
+        """The LLM's input embedding of a token as the speech decoder reads it (`said_token_id`),
+        for a speech decoder that reads it (else None)."""
         if not self.config.speech_decoder.token_input:
             return None
-        return self.llm.model.get_input_embeddings().weight[token_id]
+        return self.llm.model.get_input_embeddings().weight[self.said_token_id(token_id)]
 
     def speech_features(self, audio: np.ndarray) -> torch.Tensor:
         """(n, llm_width) adaptor outputs for 16 kHz audio."""

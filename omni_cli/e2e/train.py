@@ -714,7 +714,8 @@ def emitting_states_batch(model: SpeechLLM, responses: list[str], encoded: list[
                           embeddings: bool = True) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """`emitting_states` of many items, the LLM run on right-padded batches (bfloat16 autocast
     where the hardware has it), in length order; results on the CPU as `dtype`, in the items'
-    order (without `embeddings`, (states, None): tens of thousands of items fit in memory)."""
+    order (without `embeddings`, (states, None): tens of thousands of items fit in memory); the
+    embeddings are those the speech decoder reads (`SpeechLLM.said_token_id`)."""
     embed = model.llm.model.get_input_embeddings()
     dev = model.device
     if encoded is not None:
@@ -736,7 +737,7 @@ def emitting_states_batch(model: SpeechLLM, responses: list[str], encoded: list[
         for row, i in enumerate(part):
             start = len(prompts[i]) - 1
             out[i] = (hidden[row, start : start + len(answers[i])].to(dtype).cpu().clone(),
-                      embed(answers[i]).to(dtype).cpu() if embeddings else None)
+                      embed(torch.tensor(model.said_token_ids(answers[i]), device=dev)).to(dtype).cpu() if embeddings else None)
         _prepared("LLM states", min(b + batch, len(order)), len(order))
     return out
 
@@ -805,9 +806,9 @@ def train_speech_decoder(
         rows += [r for r in extra if r["units"]]
     states = _cached_states(model, rows, out / "decoder-states.pt", from_text)
     spoken = [said_answer(model, r["response"]) for r in rows]
-    ids = [torch.tensor(i) for i, _, _ in spoken]
+    ids = [torch.tensor(model.said_token_ids(i)) for i, _, _ in spoken]  # the tokens whose embeddings it reads
     units = [torch.tensor(r["units"]) for r in rows]
-    _keep_said(model, spoken, states, ids, units)
+    _keep_said(model, spoken, states, ids, units, [r["response"] for r in rows])
     pad = torch.nn.utils.rnn.pad_sequence
     dev = model.device
     embed = model.llm.model.get_input_embeddings()
@@ -899,12 +900,14 @@ def fit_token_lm(data_dir: Path, out: Path, tokenizer, order: int = 3, text_sour
 
 
 def _keep_said(model: SpeechLLM, spoken: list[tuple[list[int], list[bool], str]], states: list[torch.Tensor],
-               ids: list[torch.Tensor], units: list[torch.Tensor]) -> None:
+               ids: list[torch.Tensor], units: list[torch.Tensor], responses: Sequence[str]) -> None:
     """In place: each answer's states and ids cut to the tokens the pipeline hands the speech
     decoder, and its units those of the text said (`spoken`: each answer's `said_answer`), where
     a token is left out (a list's numbers, markdown: the units of "1." and "**" would teach it to
-    say them). With a unit vocoder that cannot compute units from text, the answers stay whole."""
-    cut = [n for n, (_, keep, _) in enumerate(spoken) if not all(keep)]
+    say them) or the said text is not the answer (a mark inside a token kept, ":**"). With a unit
+    vocoder that cannot compute units from text, the answers stay whole."""
+    cut = [n for n, ((_, keep, said), response) in enumerate(zip(spoken, responses, strict=True))
+           if not all(keep) or said != response]
     if not cut:
         return
     from omni_cli.e2e.unit_vocoder import load_unit_vocoder
