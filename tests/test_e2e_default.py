@@ -140,6 +140,7 @@ def test_the_speech_decoder_reads_a_marked_token_as_the_token_it_says():
 
     for marked, said in ((":**", ":"), ("**,", ","), (".**", "."), (" bake", " bake"), ("**", "**")):
         assert model.said_token_id(one(marked)) == one(said), marked
+    assert all(model.said_token_id(i) == i for i in tok.all_special_ids)  # "<|im_end|>": no marks to leave out
     assert torch.equal(model.token_embedding(one(":**")), model.token_embedding(one(":")))
     pairs = [("What should I eat when I am sick?", "Here are some foods that help:\n\n**Soup:** Warm soup keeps you fed.\n"
               "**Tea:** Tea with honey soothes a sore throat.\n**Toast:** Plain toast is easy on the stomach."),

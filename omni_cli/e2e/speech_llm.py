@@ -169,7 +169,7 @@ class SpeechLLM(nn.Module):
             from omni_cli.text import unmarked
 
             tok = self.llm.tokenizer
-            text = tok.decode([token_id])
+            text = "" if token_id in tok.all_special_ids else tok.decode([token_id])  # "<|im_end|>" is no markdown
             bare = unmarked(text)
             ids = tok(bare, add_special_tokens=False).input_ids if bare != text and bare.strip() else []
             said = self._said_ids[token_id] = ids[0] if len(ids) == 1 else token_id
