@@ -128,6 +128,8 @@ def strip_marks(text: str) -> str:
 def unmarked(text: str) -> str:
     """`text` without its markdown marks (`_MARKS`), nothing in their place (":**" -> ":")."""
     return _MARK.sub("", text)
+
+
 _BULLETS = frozenset("-•")
 
 

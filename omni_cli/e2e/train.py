@@ -724,7 +724,8 @@ def emitting_states_batch(model: SpeechLLM, responses: list[str], encoded: list[
         system = model.config.prompt.system
         prompts = [embed(model.llm.chat_ids([{"role": "system", "content": system}, {"role": "user", "content": text}]))[0]
                    for text in instructions]
-    answers = [torch.tensor(_answer_ids(model, r), device=dev) for r in responses]
+    answer_ids = [_answer_ids(model, r) for r in responses]
+    answers = [torch.tensor(ids, device=dev) for ids in answer_ids]
     order = sorted(range(len(responses)), key=lambda i: len(prompts[i]) + len(answers[i]))
     out: list = [None] * len(responses)
     for b in range(0, len(order), batch):
@@ -737,7 +738,7 @@ def emitting_states_batch(model: SpeechLLM, responses: list[str], encoded: list[
         for row, i in enumerate(part):
             start = len(prompts[i]) - 1
             out[i] = (hidden[row, start : start + len(answers[i])].to(dtype).cpu().clone(),
-                      embed(torch.tensor(model.said_token_ids(answers[i]), device=dev)).to(dtype).cpu() if embeddings else None)
+                      embed(torch.tensor(model.said_token_ids(answer_ids[i]), device=dev)).to(dtype).cpu() if embeddings else None)
         _prepared("LLM states", min(b + batch, len(order)), len(order))
     return out
 
