@@ -34,7 +34,7 @@ def chunked_units(units: list[int], vocoder) -> list[list[int]]:
     """`units` cut into the chunks the pipeline would hand the vocoder, pushed one at a time."""
     from omni_cli.e2e.unit_vocoder import UnitChunker
 
-    chunker = UnitChunker(vocoder.default_omega, vocoder.boundary_units, vocoder.default_first_chunk, vocoder.phrase_units)
+    chunker = UnitChunker.for_vocoder(vocoder, vocoder.default_omega)
     out = [c for u in units for c in chunker.push([u])]
     return out + list(chunker.flush())
 

@@ -237,6 +237,22 @@ def test_unit_chunker_ends_later_chunks_at_phrase_ends_and_waits_at_most_four_si
     assert sum(chunks, []) == units
 
 
+def test_unit_chunker_for_a_vocoder_takes_its_word_ends_and_first_chunk():
+    class WithEnds:  # a unit vocoder that knows its word and phrase ends (Piper's phonemes)
+        boundary_units, phrase_units, default_first_chunk = frozenset({0, 1}), frozenset({1}), 2
+
+    class Plain:  # one that does not (HuBERT units)
+        pass
+
+    chunker = UnitChunker.for_vocoder(WithEnds(), 8)
+    assert (chunker.size, chunker.boundaries, chunker.phrase_ends) == (2, frozenset({0, 1}), frozenset({1}))
+    assert UnitChunker.for_vocoder(WithEnds(), 8, first=0).size == 8  # 0: omega from the start
+    assert UnitChunker.for_vocoder(WithEnds(), 8, first=4).size == 4
+    plain = UnitChunker.for_vocoder(Plain(), 8)
+    assert (plain.size, plain.boundaries, plain.phrase_ends) == (8, None, None)
+    assert UnitChunker.for_vocoder(WithEnds(), None).size is None  # no streaming
+
+
 @pytest.mark.parametrize("window", [7, 30])
 def test_windowed_decoder_streams_exactly_and_forgets_beyond_the_window(window):
     torch.manual_seed(0)

@@ -61,10 +61,7 @@ class E2EPipeline:
         speech = require_speech(audio) if self.options.check_speech else None  # its spans: hearing may keep only them
         yield SpeechEnded(duration_s=len(audio) / SAMPLE_RATE, t=now() if speech_end is None else speech_end)
         decoder = SpeechDecoderStream(self.model.speech_generator)
-        first = self.options.first_chunk
-        first = getattr(self.vocoder, "default_first_chunk", None) if first is None else (first or None)
-        chunker = UnitChunker(self.options.omega, getattr(self.vocoder, "boundary_units", None), first,
-                              getattr(self.vocoder, "phrase_units", None))
+        chunker = UnitChunker.for_vocoder(self.vocoder, self.options.omega, self.options.first_chunk)
         text: list[str] = []
         n_chunks = 0
         t = now()

@@ -137,6 +137,13 @@ class UnitChunker:
         self.started = False
         self.pending: list[int] = []
 
+    @classmethod
+    def for_vocoder(cls, vocoder, omega: int | None, first: int | None = None) -> "UnitChunker":
+        """The chunker a vocoder's units stream through: its word and phrase ends (where it has
+        them); `first=None` takes its default first chunk, `first=0` starts at `omega`."""
+        first = getattr(vocoder, "default_first_chunk", None) if first is None else (first or None)
+        return cls(omega, getattr(vocoder, "boundary_units", None), first, getattr(vocoder, "phrase_units", None))
+
     def _last_end(self, ends: frozenset[int], at_least: int) -> int | None:
         """The length of the longest pending prefix of at least `at_least` units ending in `ends`."""
         for i in range(len(self.pending) - 1, at_least - 2, -1):
