@@ -265,6 +265,7 @@ TrainData = Annotated[Path, typer.Option("--data", help="A set made by `omni dat
 TrainSets = Annotated[list[Path], typer.Option("--data", metavar="SET", help="A set made by `omni data build`; repeat it to train on several together (an item whose text another holds out is left out).")]
 TrainOut = Annotated[Path, typer.Option("--out", "-o", help="Run folder: model/, train_state.pt, losses.json, loss.png.")]
 TrainFrom = Annotated[Path | None, typer.Option("--from", help="Start from this model folder (default: a fresh offline default).")]
+TrainStopAt = Annotated[int | None, typer.Option("--stop-at", min=1, help="Stop after this step with a checkpoint, the learning-rate schedule still that of --steps; --resume goes on from there.")]
 TrainDevice = Annotated[str, typer.Option("--device", help="cpu, or cuda / cuda:N (bfloat16 autocast); under torchrun each process takes its own GPU.")]
 
 
@@ -273,7 +274,7 @@ def train_adaptor_cmd(
     data_dir: TrainSets, out: TrainOut, start: TrainFrom = None,
     task: Annotated[str, typer.Option("--task", help="ctc: the ctc adaptor's CTC head on the transcripts (no LLM pass); answer: answer the spoken instruction; asr: repeat it (pre-alignment through the LLM); align: CTC onto the LLM's word embeddings (a pre-alignment for the linear adaptor, no LLM pass).")] = "ctc",
     steps: TrainSteps = 1000, batch_size: TrainBatch = 8, lr: TrainLr = 1e-3, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 200,
-    seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False, device: TrainDevice = "cpu",
+    seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False, stop_at: TrainStopAt = None, device: TrainDevice = "cpu",
     units: Annotated[str, typer.Option("--units", help="A fresh ctc adaptor spells the LLM's 'tokens' or lower-case 'chars'.")] = "tokens",
     augment: Annotated[bool, typer.Option("--augment", help="ctc task: run the encoder on every batch of audio, sped up or slowed down (0.9-1.1x) and SpecAugment-masked, instead of reading cached encoder outputs (slower per step; meant for a GPU).")] = False,
     reverb: Annotated[str | None, typer.Option("--reverb", metavar="MIN,MAX", help="With --augment: a room's echo on half the items, its decay time (RT60) drawn from MIN-MAX seconds (real recordings have one; the synthetic voices do not).")] = None,
@@ -300,7 +301,7 @@ def train_adaptor_cmd(
                 raise ConfigError("--reverb is an augmentation: add --augment")
             augment = Augment(reverb=_range(reverb, "--reverb"))
         _train_run("adaptor", data_dir, out, start, resume,
-                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), task=task,
+                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed, stop_at=stop_at), task=task,
                    device=device, units=units, augment=augment, encoder=encoder, llm=llm)
 
 
@@ -308,7 +309,7 @@ def train_adaptor_cmd(
 def train_llm_cmd(
     data_dir: TrainSets, out: TrainOut, start: TrainFrom = None,
     steps: TrainSteps = 600, batch_size: TrainBatch = 8, lr: TrainLr = 5e-4, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 100,
-    seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False, stop_at: TrainStopAt = None,
     rank: Annotated[int, typer.Option("--lora-rank", min=1, help="Rank of the LoRA adapters.")] = 8,
     answer_share: Annotated[float, typer.Option("--answer-share", min=0.0, max=1.0, help="Share of items that answer (the rest repeat what was said).")] = 0.5,
     lora_tasks: Annotated[str | None, typer.Option("--lora-tasks", help="What the adapters serve: 'answer,repeat' (merged into the LLM), or 'repeat' (the ASR task only; answers by the base LLM, as typed text gets). Default: the --from model's.")] = None,
@@ -323,7 +324,7 @@ def train_llm_cmd(
 
     with user_errors():
         _train_run("llm", data_dir, out, start, resume,
-                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed, warmup=20),
+                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed, warmup=20, stop_at=stop_at),
                    lora=LoraConfig(rank=rank, alpha=2.0 * rank), answer_share=answer_share,
                    lora_tasks=lora_tasks.split(",") if lora_tasks else None, device=device)
 
@@ -332,7 +333,7 @@ def train_llm_cmd(
 def train_speech_decoder_cmd(
     data_dir: TrainSets, out: TrainOut, start: TrainFrom = None,
     steps: TrainSteps = 2000, batch_size: TrainBatch = 8, lr: TrainLr = 1e-3, save_every: Annotated[int, typer.Option("--save-every", min=1)] = 200,
-    seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0, resume: TrainResume = False, stop_at: TrainStopAt = None,
     from_text: Annotated[bool, typer.Option("--from-text", help="Read the typed instruction in the speech's place (no audio or adaptor needed).")] = False,
     read_back: Annotated[int, typer.Option("--read-back", min=0, help="Also this many unanswered items, their instruction read back as the answer (more decoder text, no LLM answers needed).")] = 0,
     extra_texts: Annotated[int, typer.Option("--extra-texts", min=0, help="Also this many prompt + reply texts from registry sets (chit-chat replies, quiz questions, answers; no audio, no LLM answers), with --from-text.")] = 0,
@@ -346,12 +347,13 @@ def train_speech_decoder_cmd(
       omni train speech-decoder --data runs/data --out runs/stage2 --from runs/stage1/model
       omni train speech-decoder --from-text --extra-texts 16000 --data runs/data --out runs/stage2 --from runs/stage1b/model --steps 6000 --batch-size 16
       omni train speech-decoder --from-text --extra-texts 40000 --data runs/data --out runs/stage2e --from runs/stage2d/model --upsample 12
+      omni train speech-decoder --from-text --extra-texts 16000 --data runs/data --out runs/stage2g --from runs/v45 --steps 3000 --stop-at 1500
     """
     from omni_cli.e2e.train import TrainOptions
 
     with user_errors():
         _train_run("speech-decoder", data_dir, out, start, resume,
-                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed), from_text=from_text,
+                   TrainOptions(steps=steps, batch_size=batch_size, lr=lr, save_every=save_every, seed=seed, stop_at=stop_at), from_text=from_text,
                    device=device, read_back=read_back, extra_texts=extra_texts, upsample=upsample or 0,
                    text_sources=tuple(t.strip() for t in text_sources.split(",") if t.strip()))
 

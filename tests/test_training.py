@@ -224,6 +224,22 @@ def test_stage2_speech_decoder_learns_the_units(peaked_omni, rows, tmp_path):
     assert (tmp_path / "s2" / "loss.png").exists()
 
 
+def test_a_stage_stopped_early_keeps_its_schedule_and_resumes_to_the_end(peaked_omni, rows, tmp_path):
+    from omni_cli.e2e.train import _lr_at
+
+    long = TrainOptions(steps=30, batch_size=3, lr=3e-3, warmup=2, save_every=10)
+    model = load_omni(peaked_omni, TEST_DEVICE)
+    first = list(train_speech_decoder(model, rows, tmp_path / "s2", dataclasses.replace(long, stop_at=13)))
+    assert [p.step for p in first] == list(range(1, 14))
+    state = torch.load(tmp_path / "s2" / "train_state.pt", weights_only=False)
+    # a checkpoint at the stop, its last step taken at the 30-step schedule's rate, not at a 13-step one's end
+    assert state["step"] == 13 and state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(_lr_at(12, long))
+    assert _lr_at(12, long) > 2 * _lr_at(12, dataclasses.replace(long, steps=13))
+    more = list(train_speech_decoder(load_omni(tmp_path / "s2" / "model", TEST_DEVICE), rows, tmp_path / "s2", long, resume=True))
+    assert [p.step for p in more] == list(range(14, 31))
+    assert len(json.loads((tmp_path / "s2" / "losses.json").read_text())) == 30
+
+
 def test_stage2_reads_back_unanswered_instructions(peaked_omni, rows, tmp_path, monkeypatch):
     import omni_cli.e2e.unit_vocoder as uv
 

@@ -52,6 +52,7 @@ class TrainOptions:
     warmup: int = 50  # linear warm-up steps, then cosine decay to 10 %
     save_every: int = 200  # checkpoint interval in steps
     seed: int = 0
+    stop_at: int | None = None  # stop (with a checkpoint) after this step; the schedule stays that of `steps`
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,8 @@ def _loop(
         opt.load_state_dict(state["optimizer"])
         step, losses = state["step"], state["losses"]
     rng = random.Random(f"{options.seed}:{step}")
-    while step < options.steps:
+    end = min(options.steps, options.stop_at or options.steps)
+    while step < end:
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, options)
         opt.zero_grad()
@@ -258,7 +260,7 @@ def _loop(
         step += 1
         losses.append(total)
         yield Progress(step, options.steps, total)
-        if rank == 0 and (step % options.save_every == 0 or step == options.steps):
+        if rank == 0 and (step % options.save_every == 0 or step == end):
             save()
             torch.save({"step": step, "optimizer": opt.state_dict(), "losses": losses, "options": dataclasses.asdict(options)},
                        state_path)
