@@ -15,7 +15,7 @@
 #      then trained on from augmented audio (speed, SpecAugment, a room's echo) on every set (v4)
 #   -> the tiny.en adaptor kept beside it as a second ear, their CTC log-probabilities blended (v4.1),
 #      each token of a hypothesis given a bonus of 3.0 in the LLM's choice (v4.2)
-#   -> the speech decoder trained on with BoolQ's Wikipedia passages beside quiz texts (v4.4), and on another draw of them (v4.5)
+#   -> the speech decoder trained on with BoolQ's Wikipedia passages beside quiz texts (v4.4), and on two more draws of them (v4.5, v4.6)
 #   -> export (float16), hearing by beam search with the LLM choosing among the hypotheses (v3.7, v3.8), long speech in 8 s windows (v3.11),
 #      the speech decoder's units read by a beam search with the unit LM (v3.12), the token n-gram in the hearing beam (v3.13)
 # into omni_cli/e2e/weights/omni-e2e-base-smollm2. Sizes can be set from the environment;
@@ -40,7 +40,10 @@ ALL_TEXTS=${ALL_TEXTS:-108914}     # every registry text decoder_texts gives, fo
 STEPS2D=${STEPS2D:-7750}
 STEPS2E=${STEPS2E:-3000}
 STEPS2F=${STEPS2F:-3000}
-STEPS2G=${STEPS2G:-3000}      # v4.5 is this run's checkpoint at 1,500 steps (stopped for time)
+STEPS2G=${STEPS2G:-3000}      # v4.5 is this run's checkpoint at 1,500 steps (STOP2G)
+STOP2G=${STOP2G:-1500}
+STEPS2H=${STEPS2H:-3000}      # v4.6 is this run's checkpoint at 2,500 steps (STOP2H)
+STOP2H=${STOP2H:-2500}
 MOVED=${MOVED:-6000}         # a fresh draw the adaptor is moved onto Whisper base with (v4)
 STEPS_MOVE=${STEPS_MOVE:-600}
 FRESH=${FRESH:-24000}        # questions and chit-chat in new voices, none of the first set's texts (v4)
@@ -130,11 +133,16 @@ $OMNI train export "$RUNS/base-aug/model" "$RUNS/v43" --speech-margin 0.5 \
   --partner "$RUNS/tiny-en" --partner-weight 0.5 --length-bonus 3.0 --blank-penalty 0.6
 # the speech decoder on 16,000 more texts, half of them BoolQ's Wikipedia passages (names, places, terms), at a low
 # rate (v4.4 was its checkpoint at 1,500 of these 3,000 steps; the LLM's states take about 35 min here), then on
-# 16,000 of another draw (seed 4: other passages) from its end (v4.5)
+# 16,000 of another draw (seed 4: other passages) from its end, stopped at 1,500 of its 3,000 steps (v4.5), then
+# 16,000 of a third draw (seed 5) from v4.5 as exported, stopped at 2,500 of 3,000 (v4.6)
 $OMNI train speech-decoder --from-text --extra-texts 16000 --text-sources boolq-passages,dpr-questions --data "$RUNS/data" \
   --out "$RUNS/stage2f" --from "$RUNS/v43" --steps "$STEPS2F" --batch-size 16 --lr 2e-4 --save-every 500 --seed 3 \
   --device "$DEVICE" $(resume "$RUNS/stage2f")
 $OMNI train speech-decoder --from-text --extra-texts 16000 --text-sources boolq-passages,dpr-questions --data "$RUNS/data" \
-  --out "$RUNS/stage2g" --from "$RUNS/stage2f/model" --steps "$STEPS2G" --batch-size 16 --lr 2e-4 --save-every 500 --seed 4 \
-  --device "$DEVICE" $(resume "$RUNS/stage2g")
-$OMNI train export "$RUNS/stage2g/model" omni_cli/e2e/weights/omni-e2e-base-smollm2
+  --out "$RUNS/stage2g" --from "$RUNS/stage2f/model" --steps "$STEPS2G" --stop-at "$STOP2G" --batch-size 16 --lr 2e-4 \
+  --save-every 500 --seed 4 --device "$DEVICE" $(resume "$RUNS/stage2g")
+$OMNI train export "$RUNS/stage2g/model" "$RUNS/v45"
+$OMNI train speech-decoder --from-text --extra-texts 16000 --text-sources boolq-passages,dpr-questions --data "$RUNS/data" \
+  --out "$RUNS/stage2h" --from "$RUNS/v45" --steps "$STEPS2H" --stop-at "$STOP2H" --batch-size 16 --lr 2e-4 \
+  --save-every 500 --seed 5 --device "$DEVICE" $(resume "$RUNS/stage2h")
+$OMNI train export "$RUNS/stage2h/model" omni_cli/e2e/weights/omni-e2e-base-smollm2
