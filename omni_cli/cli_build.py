@@ -251,8 +251,7 @@ def _train_run(stage: str, data_dir: Path | list[Path], out: Path, start: Path |
         with preparation_progress(report):
             first = next(steps, None)
     with ui.progress() as bar:
-        task_id = bar.add_task(f"{stage}", total=options.steps,
-                               completed=(first.step - 1) if first else min(options.steps, options.stop_at or options.steps))
+        task_id = bar.add_task(f"{stage}", total=options.steps, completed=(first.step - 1) if first else options.last_step)
         for p in itertools.chain([first] if first else [], steps):
             bar.update(task_id, completed=p.step, description=f"{stage} loss {p.loss:.3f}")
     ui.note(f"model: {out / 'model'}  loss curve: {out / 'loss.png'}")

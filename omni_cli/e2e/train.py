@@ -54,6 +54,11 @@ class TrainOptions:
     seed: int = 0
     stop_at: int | None = None  # stop (with a checkpoint) after this step; the schedule stays that of `steps`
 
+    @property
+    def last_step(self) -> int:
+        """The step this run stops after: `steps`, or `stop_at` if that comes first."""
+        return min(self.steps, self.stop_at or self.steps)
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -241,8 +246,7 @@ def _loop(
         opt.load_state_dict(state["optimizer"])
         step, losses = state["step"], state["losses"]
     rng = random.Random(f"{options.seed}:{step}")
-    end = min(options.steps, options.stop_at or options.steps)
-    while step < end:
+    while step < options.last_step:
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, options)
         opt.zero_grad()
@@ -260,7 +264,7 @@ def _loop(
         step += 1
         losses.append(total)
         yield Progress(step, options.steps, total)
-        if rank == 0 and (step % options.save_every == 0 or step == end):
+        if rank == 0 and (step % options.save_every == 0 or step == options.last_step):
             save()
             torch.save({"step": step, "optimizer": opt.state_dict(), "losses": losses, "options": dataclasses.asdict(options)},
                        state_path)
