@@ -15,7 +15,8 @@
 #      then trained on from augmented audio (speed, SpecAugment, a room's echo) on every set (v4)
 #   -> the tiny.en adaptor kept beside it as a second ear, their CTC log-probabilities blended (v4.1),
 #      each token of a hypothesis given a bonus of 3.0 in the LLM's choice (v4.2)
-#   -> the speech decoder trained on with BoolQ's Wikipedia passages beside quiz texts (v4.4), and on two more draws of them (v4.5, v4.6)
+#   -> the speech decoder trained on with BoolQ's Wikipedia passages beside quiz texts (v4.4), and on two more draws of them (v4.5, v4.6),
+#      then on the LLM's own answers to new instructions (v4.7)
 #   -> export (float16), hearing by beam search with the LLM choosing among the hypotheses (v3.7, v3.8), long speech in 8 s windows (v3.11),
 #      the speech decoder's units read by a beam search with the unit LM (v3.12), the token n-gram in the hearing beam (v3.13)
 # into omni_cli/e2e/weights/omni-e2e-base-smollm2. Sizes can be set from the environment;
@@ -44,6 +45,8 @@ STEPS2G=${STEPS2G:-3000}      # v4.5 is this run's checkpoint at 1,500 steps (ST
 STOP2G=${STOP2G:-1500}
 STEPS2H=${STEPS2H:-3000}      # v4.6 is this run's checkpoint at 2,500 steps (STOP2H)
 STOP2H=${STOP2H:-2500}
+ANSWERS=${ANSWERS:-3000}     # new instructions answered by the LLM for the speech decoder (v4.7)
+STEPS2I=${STEPS2I:-1500}
 MOVED=${MOVED:-6000}         # a fresh draw the adaptor is moved onto Whisper base with (v4)
 STEPS_MOVE=${STEPS_MOVE:-600}
 FRESH=${FRESH:-24000}        # questions and chit-chat in new voices, none of the first set's texts (v4)
@@ -142,7 +145,20 @@ $OMNI train speech-decoder --from-text --extra-texts 16000 --text-sources boolq-
   --out "$RUNS/stage2g" --from "$RUNS/stage2f/model" --steps "$STEPS2G" --stop-at "$STOP2G" --batch-size 16 --lr 2e-4 \
   --save-every 500 --seed 4 --device "$DEVICE" $(resume "$RUNS/stage2g")
 $OMNI train export "$RUNS/stage2g/model" "$RUNS/v45"
+if [ ! -d "$RUNS/v46" ]; then  # (the run goes on past its stop below)
+  $OMNI train speech-decoder --from-text --extra-texts 16000 --text-sources boolq-passages,dpr-questions --data "$RUNS/data" \
+    --out "$RUNS/stage2h" --from "$RUNS/v45" --steps "$STEPS2H" --stop-at "$STOP2H" --batch-size 16 --lr 2e-4 \
+    --save-every 500 --seed 5 --device "$DEVICE" $(resume "$RUNS/stage2h")
+  $OMNI train export "$RUNS/stage2h/model" "$RUNS/v46"
+fi
+# v4.7: that run resumed to its end, then the speech decoder on the LLM's own answers to 3,000 new instructions
+# (spoken-style, as it answers at inference; none of the set's held-out ones) beside 4,000 texts of the seed-5 draw
 $OMNI train speech-decoder --from-text --extra-texts 16000 --text-sources boolq-passages,dpr-questions --data "$RUNS/data" \
-  --out "$RUNS/stage2h" --from "$RUNS/v45" --steps "$STEPS2H" --stop-at "$STOP2H" --batch-size 16 --lr 2e-4 \
-  --save-every 500 --seed 5 --device "$DEVICE" $(resume "$RUNS/stage2h")
-$OMNI train export "$RUNS/stage2h/model" omni_cli/e2e/weights/omni-e2e-base-smollm2
+  --out "$RUNS/stage2h" --from "$RUNS/v45" --steps "$STEPS2H" --batch-size 16 --lr 2e-4 \
+  --save-every 500 --seed 5 --device "$DEVICE" --resume
+$OMNI data build --out "$RUNS/answers" --size "$ANSWERS" --answered "$ANSWERS" --heldout-fraction 0 --seed $((SEED + 29)) \
+  --exclude "$RUNS/data" --workers 2
+$OMNI train speech-decoder --from-text --extra-texts 4000 --text-sources boolq-passages,dpr-questions --data "$RUNS/data" \
+  --data "$RUNS/answers" --out "$RUNS/stage2i" --from "$RUNS/stage2h/model" --steps "$STEPS2I" --batch-size 16 --lr 2e-4 \
+  --save-every 500 --seed 5 --device "$DEVICE" $(resume "$RUNS/stage2i")
+$OMNI train export "$RUNS/stage2i/model" omni_cli/e2e/weights/omni-e2e-base-smollm2
