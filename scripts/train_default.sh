@@ -145,19 +145,15 @@ $OMNI train speech-decoder --from-text --extra-texts 16000 --text-sources boolq-
   --out "$RUNS/stage2g" --from "$RUNS/stage2f/model" --steps "$STEPS2G" --stop-at "$STOP2G" --batch-size 16 --lr 2e-4 \
   --save-every 500 --seed 4 --device "$DEVICE" $(resume "$RUNS/stage2g")
 $OMNI train export "$RUNS/stage2g/model" "$RUNS/v45"
+STAGE2H=(--from-text --extra-texts 16000 --text-sources boolq-passages,dpr-questions --data "$RUNS/data" --out "$RUNS/stage2h"
+  --from "$RUNS/v45" --steps "$STEPS2H" --batch-size 16 --lr 2e-4 --save-every 500 --seed 5 --device "$DEVICE")
 if [ ! -d "$RUNS/v46" ]; then  # (the run goes on past its stop below)
-  $OMNI train speech-decoder --from-text --extra-texts 16000 --text-sources boolq-passages,dpr-questions --data "$RUNS/data" \
-    --out "$RUNS/stage2h" --from "$RUNS/v45" --steps "$STEPS2H" --stop-at "$STOP2H" --batch-size 16 --lr 2e-4 \
-    --save-every 500 --seed 5 --device "$DEVICE" $(resume "$RUNS/stage2h")
+  $OMNI train speech-decoder "${STAGE2H[@]}" --stop-at "$STOP2H" $(resume "$RUNS/stage2h")
   $OMNI train export "$RUNS/stage2h/model" "$RUNS/v46"
 fi
 # v4.7: that run resumed to its end, then the speech decoder on the LLM's own answers to 3,000 new instructions
 # (spoken-style, as it answers at inference; none of the set's held-out ones) beside 4,000 texts of the seed-5 draw
-if [ ! -f "$RUNS/stage2i/train_state.pt" ]; then
-  $OMNI train speech-decoder --from-text --extra-texts 16000 --text-sources boolq-passages,dpr-questions --data "$RUNS/data" \
-    --out "$RUNS/stage2h" --from "$RUNS/v45" --steps "$STEPS2H" --batch-size 16 --lr 2e-4 \
-    --save-every 500 --seed 5 --device "$DEVICE" --resume
-fi
+[ -f "$RUNS/stage2i/train_state.pt" ] || $OMNI train speech-decoder "${STAGE2H[@]}" --resume
 $OMNI data build --out "$RUNS/answers" --size "$ANSWERS" --answered "$ANSWERS" --heldout-fraction 0 --seed $((SEED + 29)) \
   --exclude "$RUNS/data" --workers 2
 $OMNI train speech-decoder --from-text --extra-texts 4000 --text-sources boolq-passages,dpr-questions --data "$RUNS/data" \
